@@ -1,0 +1,136 @@
+"""The AMI recording format: `@SECONDS` lines, each followed by one frame exactly as received.
+
+Header lines start with `#`; `# recorded: ... t0_epoch=...` gives the wall-clock time of
+`@0`, and `# call N: key=value ...` lines label the calls (used by tests, ignored by replay).
+The frames keep their CRLF line ends, byte for byte, so a capture can be replayed over TCP
+exactly as Asterisk sent it. `capture` writes this format; `replay` and `demo` read it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+_T0 = re.compile(rb"t0_epoch=([0-9.]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    offset: float  # seconds after the first frame of the recording
+    raw: bytes  # the frame as received, CRLF line ends and the closing empty line included
+
+
+@dataclass(slots=True)
+class Transcript:
+    path: Path
+    header: list[str] = field(default_factory=list)
+    t0_epoch: float = 0.0
+    frames: list[Frame] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[dict[str, str]]:
+        """The `# call N:` header lines as dicts (linkedid, callerid, did, expected, ...)."""
+        calls = []
+        for line in self.header:
+            if not line.startswith("# call "):
+                continue
+            _, _, rest = line.partition(":")
+            fields: dict[str, str] = {}
+            for token in shlex.split(rest.split(" note:", 1)[0]):
+                key, sep, value = token.partition("=")
+                if sep:
+                    fields[key] = value
+            calls.append(fields)
+        return calls
+
+    def events(self) -> Iterator[tuple[float, dict[str, str]]]:
+        """(epoch receive time, parsed frame) for every frame."""
+        for frame in self.frames:
+            yield self.t0_epoch + frame.offset, parse_frame(frame.raw)
+
+
+def parse_frame(raw: bytes) -> dict[str, str]:
+    """Parse one AMI frame into a dict; tolerant of LF-only ends and junk lines.
+
+    Undecodable bytes are replaced (not dropped), so a caller name stays recognisable.
+    A repeated key keeps its first value, as the tracker only needs the first.
+    """
+    text = raw.decode("utf-8", errors="replace")
+    result: dict[str, str] = {}
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        key, sep, value = line.partition(":")
+        if not sep or not key or " " in key.strip():
+            continue
+        result.setdefault(key.strip(), value[1:] if value.startswith(" ") else value)
+    return result
+
+
+def read_transcript(path: str | Path) -> Transcript:
+    path = Path(path)
+    data = path.read_bytes()
+    transcript = Transcript(path=path)
+    position = 0
+    offset: float | None = None
+    body_start = 0
+    while position < len(data):
+        end = data.find(b"\n", position)
+        end = len(data) if end < 0 else end + 1
+        line = data[position:end]
+        if offset is None and line.startswith(b"#"):
+            text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+            transcript.header.append(text)
+            match = _T0.search(line)
+            if match:
+                transcript.t0_epoch = float(match.group(1))
+        elif line.startswith(b"@") and _is_offset_line(line):
+            if offset is not None:
+                transcript.frames.append(Frame(offset, data[body_start:position]))
+            offset = float(line[1:].strip())
+            body_start = end
+        position = end
+    if offset is not None:
+        transcript.frames.append(Frame(offset, data[body_start:]))
+    return transcript
+
+
+def _is_offset_line(line: bytes) -> bool:
+    try:
+        float(line[1:].strip())
+    except ValueError:
+        return False
+    return True
+
+
+class TranscriptWriter:
+    """Writes a live AMI stream in the recording format (for `mcdaemon capture`)."""
+
+    def __init__(self, out: BinaryIO, *, source: str, banner: str = "") -> None:
+        self._out = out
+        self._t0: float | None = None
+        self._source = source
+        self._banner = banner
+        self.frames = 0
+
+    def write(self, raw: bytes, at: float | None = None) -> None:
+        at = time.time() if at is None else at
+        if self._t0 is None:
+            self._t0 = at
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(at))
+            self._out.write(
+                f"# {self._banner or 'Asterisk'} -- AMI events captured by mcdaemon capture "
+                f"from {self._source}\n"
+                f"# recorded: {stamp} t0_epoch={at:.6f}\n"
+                "# format: '@SECONDS' (receive time relative to t0), then the frame exactly "
+                "as received (CRLF line ends) ending with its empty line\n".encode()
+            )
+        if not raw.endswith(b"\r\n\r\n"):
+            raw = raw.rstrip(b"\r\n") + b"\r\n\r\n"
+        self._out.write(f"@{at - self._t0:.6f}\n".encode() + raw)
+        self.frames += 1
+        self._out.flush()
