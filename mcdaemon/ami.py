@@ -1,0 +1,454 @@
+"""The AMI adapter: one connection per PBX on panoramisk 1.4, events out through a queue.
+
+panoramisk supplies the protocol object (`AMIProtocol`), the action frames with their
+ActionIDs (`Action`) and the matching of answers to actions, lists included
+(CoreShowChannels: a Response, one event per channel, a ...Complete event). Its `Manager` is
+not used, and `data_received` is replaced, because of what design.md lists:
+
+- it decodes every TCP chunk on its own with errors='ignore', so a caller name "Zoë" split
+  across two chunks loses its "ë": here the bytes are cut into frames at b"\\r\\n\\r\\n" first
+  and each whole frame is decoded (with errors="replace": damage stays visible);
+- its Manager runs coroutine callbacks with ensure_future (order lost): here every event is put
+  on the queue synchronously, in arrival order, and the read path never awaits;
+- one malformed answer has killed its connection (issues #90, #97, `KeyError: 'async'`): each
+  frame is handled under a guard, and our actions say whether they expect a list;
+- it sends Pings but never checks them: here each Ping must be answered within `ping_timeout`
+  or the link counts as dead (a half-open TCP connection) and is reconnected.
+
+Events are parsed with `transcript.parse_frame`, the parser `mcdaemon replay` uses, so the
+tracker sees the same dicts live and in a replay.
+
+Connection life: connect, read the banner, Login, Filter (Asterisk sends only the events the
+tracker reads), CoreShowChannels (the channels alive now: an AmiStatus "connected" carries
+them, at its place in the event stream, so the tracker can close the calls that ended while
+we were away), then read while Pings go out. Any failure closes the socket and retries with
+exponential backoff and jitter until `stop()`; a refused login waits longer between tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
+
+from .config import AmiConfig
+from .transcript import parse_frame
+
+log = structlog.get_logger(__name__)
+
+#: ActionIDs of our own actions start with this (capture leaves those frames out).
+ACTION_ID_PREFIX: Final = "mcdaemon-"
+#: Events always let through: answers to our own actions and the boot notice.
+ALWAYS_WANTED: Final = frozenset({
+    "OriginateResponse", "FullyBooted", "CoreShowChannel", "CoreShowChannelsComplete"})
+#: Bytes without a frame end after which the buffer is thrown away (a broken peer).
+MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+BANNER_PREFIX: Final = b"Asterisk Call Manager/"
+_SEPARATOR: Final = b"\r\n\r\n"
+_CHANNELS_TIMEOUT: Final = 10.0
+#: The pause between login attempts the PBX refused is at least this share of reconnect_max:
+#: a wrong secret is not fixed by hammering the PBX (and filling its security log).
+_AUTH_FAILED_BACKOFF_SHARE: Final = 0.5
+
+
+class AmiLoginRefused(Exception):
+    """The PBX refused our username/secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class AmiEvent:
+    pbx: str
+    at: float  # time.time() when the frame arrived
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class AmiStatus:
+    pbx: str
+    at: float
+    state: str  # "connecting" | "connected" | "disconnected" | "auth_failed"
+    detail: str
+    live_uniqueids: frozenset[str] | None = None  # on "connected": channels alive on the PBX
+
+
+def event_filter(event_names: frozenset[str], variables: frozenset[str] | None) -> str:
+    """The Asterisk include filter (a regex matched against the whole event text).
+
+    One Filter action, not one per event: once Asterisk holds any include filter it sends
+    only matching events, so adding them one by one would lose the events of the names not
+    yet added while the others go in. VarSet is let through only for the variables wanted.
+    The same text works as an `eventfilter =` line in manager.conf (asterisk-conf/).
+    """
+    names = sorted((event_names | ALWAYS_WANTED) - ({"VarSet"} if variables else set()))
+    regex = f"Event: ({'|'.join(names)})[^A-Za-z0-9_]"
+    if variables and "VarSet" in event_names:
+        regex += f"|Variable: ({'|'.join(sorted(variables))})[^A-Za-z0-9_]"
+    return regex
+
+
+def _one_line(value: object) -> str:
+    """An action value with CR/LF flattened: no value (a caller ID...) can inject a line."""
+    return str(value).replace("\r", " ").replace("\n", " ")
+
+
+class FramedProtocol(AMIProtocol):  # type: ignore[misc]
+    """panoramisk's AMIProtocol fed whole frames: bytes are framed before they are decoded.
+
+    `on_frame(raw, at)` gets every frame (CRLF and closing empty line included) with the time
+    its last chunk arrived; the AmiConnection parses it and hands answers back to panoramisk
+    through `answer()`.
+    """
+
+    closed: bool
+    transport: Any
+
+    def __init__(self, on_frame: Callable[[bytes, float], None]) -> None:
+        super().__init__()
+        self.closed = False
+        self.transport = None
+        self._on_frame = on_frame
+        self._buffer = bytearray()
+        loop = asyncio.get_running_loop()
+        self.banner: asyncio.Future[str] = loop.create_future()
+        self.lost: asyncio.Future[str] = loop.create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.encoding = "utf-8"  # panoramisk encodes actions with this
+
+    def data_received(self, data: bytes) -> None:
+        at = time.time()
+        buffer = self._buffer
+        buffer += data
+        if not self.banner.done():
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                if len(buffer) > 1024:
+                    self._fail_banner(bytes(buffer[:80]))
+                return
+            line = bytes(buffer[:end])
+            if not line.startswith(BANNER_PREFIX):
+                self._fail_banner(line)
+                return
+            del buffer[:end + 2]
+            banner = line.decode("utf-8", errors="replace").strip()
+            self.version = banner.partition("/")[2]
+            self.banner.set_result(banner)
+        start = 0
+        while (end := buffer.find(_SEPARATOR, start)) >= 0:
+            self._on_frame(bytes(buffer[start:end + 4]), at)
+            start = end + 4
+        if start:
+            del buffer[:start]
+        if len(buffer) > MAX_FRAME_BYTES:
+            log.warning("ami_oversized_frame_dropped", size=len(buffer))
+            buffer.clear()
+
+    def _fail_banner(self, line: bytes) -> None:
+        self.banner.set_exception(ConnectionError(
+            f"not an Asterisk manager interface (it said {line[:80]!r})"))
+        self.close()
+
+    def send_action(self, fields: dict[str, str], *, expect_list: bool = False
+                    ) -> asyncio.Future[Any]:
+        """Send an action; the future gets the answer (a Message, or a list for lists).
+
+        `expect_list=False` tells panoramisk the answer is one Response, whatever its Message
+        says: its guess from the text ("successfully queued") read a missing Async key and
+        raised KeyError (issues #90, #97), and would swallow the OriginateResponse event.
+        """
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionError("AMI connection closed")
+        action = Action({key: _one_line(value) for key, value in fields.items()},
+                        as_list=None if expect_list else False)
+        future: asyncio.Future[Any] = self.send(action, as_list=action.as_list)
+        return future
+
+    def answer(self, fields: dict[str, str]) -> Any:
+        """Hand a frame carrying one of our ActionIDs to panoramisk; the Action it belongs to,
+        or None when no action waits for it (a late answer, an OriginateResponse)."""
+        action_id = fields.get("ActionID", "")
+        action = self.responses.get(action_id) if action_id else None
+        if action is None:
+            return None
+        message = Message(fields)
+        try:
+            self.handle_message(message)
+        except Exception:  # a malformed answer: settle the action with it, keep the link
+            log.warning("ami_malformed_answer", action=action.get("Action"),
+                        fields=sorted(fields), exc_info=True)
+            self.responses.pop(action_id, None)
+            if not action.future.done():
+                action.future.set_result(message)
+        return action
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+        detail = f"{type(exc).__name__}: {exc}" if exc else "connection closed by the PBX"
+        if not self.banner.done():
+            self.banner.set_exception(ConnectionError(detail))
+        if not self.lost.done():
+            self.lost.set_result(detail)
+
+    def close(self) -> None:
+        """Fail the actions still waiting (panoramisk would queue them for a resend, logging
+        each one, a Login with its secret included) and close the socket."""
+        actions = {id(action): action for action in self.responses.values()}
+        self.responses.clear()
+        for action in actions.values():
+            if not action.future.done():
+                action.future.set_exception(ConnectionError("AMI connection closed"))
+                action.future.exception()  # retrieved: nobody may be waiting any more
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+
+class AmiConnection:
+    """Keeps one PBX's AMI connection up and turns its frames into AmiEvent/AmiStatus items."""
+
+    def __init__(self, config: AmiConfig, out: asyncio.Queue[AmiEvent | AmiStatus], *,
+                 event_names: frozenset[str] | None = None,
+                 variables: frozenset[str] | None = None,
+                 raw_sink: Callable[[bytes, float], None] | None = None) -> None:
+        self.config = config
+        self._out = out
+        self._wanted = None if event_names is None else event_names | ALWAYS_WANTED
+        self._event_names = event_names
+        self._variables = variables
+        self._raw_sink = raw_sink
+        self._state = "disconnected"
+        self._stopping = asyncio.Event()
+        self._protocol: FramedProtocol | None = None
+        self._ids = itertools.count(1)
+        self._tag = f"{ACTION_ID_PREFIX}{config.name}-{random.randrange(16**6):06x}-"
+        # CoreShowChannels in progress: its Action and the channels born while it runs
+        self._listing: Any = None
+        self._born_while_listing: set[str] = set()
+        self.banner = ""
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def pbx(self) -> str:
+        return self.config.name
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def run(self) -> None:
+        """Connect and read until stop(); reconnect with backoff after every failure."""
+        cfg = self.config
+        delay = cfg.reconnect_min
+        while not self._stopping.is_set():
+            reached = False
+            detail = "connection closed by the PBX"
+            try:
+                reached, detail = await self._session()
+            except AmiLoginRefused:
+                detail = (f"AMI login to {cfg.name} {cfg.host}:{cfg.port} refused: check "
+                          f"ami[{cfg.name}].username/secret and manager.conf permit=")
+                log.error("ami_login_refused", pbx=cfg.name, username=cfg.username,
+                          hint=detail)
+                self._set_state("auth_failed", detail)
+                delay = max(delay, cfg.reconnect_max * _AUTH_FAILED_BACKOFF_SHARE)
+            except (TimeoutError, OSError) as error:
+                detail = f"{type(error).__name__}: {error}".rstrip(": ")
+                log.warning("ami_connection_failed", pbx=self.pbx, host=cfg.host,
+                            port=cfg.port, error=detail)
+            except Exception as error:  # a defect must cost a reconnect, not the daemon
+                detail = f"{type(error).__name__}: {error}".rstrip(": ")
+                log.exception("ami_session_failed", pbx=self.pbx, error=detail)
+            finally:
+                self._close()
+            if self._stopping.is_set():
+                break
+            if self._state != "auth_failed":
+                self._set_state("disconnected", detail)
+            if reached:
+                delay = cfg.reconnect_min
+            pause = random.uniform(delay / 2, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            delay = min(delay * 2, cfg.reconnect_max)
+        self._set_state("disconnected", "stopped")
+
+    async def stop(self) -> None:
+        """Log off politely and close; run() returns."""
+        self._stopping.set()
+        if self._protocol is not None and self._state == "connected":
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._action({"Action": "Logoff"}), 1.0)
+        self._close()
+
+    async def originate(self, **fields: str) -> dict[str, str]:
+        """Send an Originate (always Async); return the Response fields. The outcome comes
+        later as an OriginateResponse event on the queue."""
+        if self._protocol is None or self._state != "connected":
+            raise ConnectionError(f"AMI {self.pbx} is not connected")
+        action = {"Action": "Originate", **fields, "Async": "true"}
+        answer = await asyncio.wait_for(self._action(action), self.config.connect_timeout)
+        return dict(answer.items())
+
+    # ------------------------------------------------------------------ one session
+
+    async def _session(self) -> tuple[bool, str]:
+        """One connection, from connect to its end: (got as far as connected, why it ended)."""
+        cfg = self.config
+        self._set_state("connecting", f"{cfg.host}:{cfg.port}")
+        loop = asyncio.get_running_loop()
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: FramedProtocol(self._on_frame), cfg.host, cfg.port),
+            cfg.connect_timeout)
+        self._protocol = protocol
+        self.banner = await asyncio.wait_for(asyncio.shield(protocol.banner),
+                                             cfg.connect_timeout)
+        if self._stopping.is_set():
+            return False, "stopped"
+        login = {"Action": "Login", "Username": cfg.username, "Secret": cfg.secret}
+        answer = await asyncio.wait_for(self._action(login), cfg.connect_timeout)
+        if not answer.success:
+            raise AmiLoginRefused(answer.get("Message", ""))
+        await self._install_filter()
+        await self._list_channels()
+        watchdog = asyncio.create_task(self._watchdog(), name=f"ami-ping:{cfg.name}")
+        try:
+            ends: set[asyncio.Future[Any]] = {watchdog, protocol.lost}
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            if watchdog.done():
+                watchdog.result()  # raises: the link is dead
+            return True, protocol.lost.result()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watchdog
+
+    async def _install_filter(self) -> None:
+        if self._event_names is None or not self.config.event_filter:
+            return
+        regex = event_filter(self._event_names, self._variables)
+        answer = await asyncio.wait_for(
+            self._action({"Action": "Filter", "Operation": "Add", "Filter": regex}),
+            self.config.connect_timeout)
+        if not answer.success:
+            log.warning("ami_filter_refused", pbx=self.pbx, message=answer.get("Message"),
+                        hint="give the AMI user write=system, or put the eventfilter line "
+                             "of asterisk-conf/manager.conf in manager.conf; events are "
+                             "filtered here meanwhile")
+
+    async def _list_channels(self) -> None:
+        """Ask for the live channels. On success the read path reports "connected" when the
+        list ends, at its place in the stream; otherwise it is reported here, without them."""
+        assert self._protocol is not None
+        self._born_while_listing = set()
+        action_id = self._next_id()
+        future = self._protocol.send_action(
+            {"Action": "CoreShowChannels", "ActionID": action_id}, expect_list=True)
+        self._listing = self._protocol.responses.get(action_id)
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(future), _CHANNELS_TIMEOUT)
+        except TimeoutError:
+            answer = None
+        if self._listing is None:
+            return  # listed: the read path has reported "connected"
+        self._listing = None
+        message = answer.get("Message", "no answer") if isinstance(answer, Message) else \
+            "no answer"
+        log.warning("ami_channel_list_unavailable", pbx=self.pbx, message=message,
+                    hint="give the AMI user write=reporting so calls that end during a "
+                         "disconnection are closed at once")
+        self._set_state("connected", f"logged in (no channel list: {message})")
+
+    async def _watchdog(self) -> None:
+        """Ping regularly; an answer that does not come in time means the link is dead."""
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.ping_interval)
+            try:
+                await asyncio.wait_for(self._action({"Action": "Ping"}), cfg.ping_timeout)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"no answer to Ping within {cfg.ping_timeout:g} s (half-open link)"
+                ) from None
+
+    def _close(self) -> None:
+        protocol, self._protocol = self._protocol, None
+        self._listing = None
+        if protocol is not None:
+            protocol.close()
+
+    # ------------------------------------------------------------------ actions
+
+    def _next_id(self) -> str:
+        return f"{self._tag}{next(self._ids)}"
+
+    async def _action(self, fields: dict[str, str]) -> Any:
+        """Send one action and wait for its single answer (a panoramisk Message)."""
+        if self._protocol is None:
+            raise ConnectionError("AMI connection closed")
+        return await self._protocol.send_action({**fields, "ActionID": self._next_id()})
+
+    # ------------------------------------------------------------------ reading
+
+    def _on_frame(self, raw: bytes, at: float) -> None:
+        """Handle one whole frame synchronously; nothing in here may raise or wait."""
+        try:
+            if self._raw_sink is not None:
+                self._raw_sink(raw, at)
+            fields = parse_frame(raw)
+            if not fields:
+                log.warning("ami_garbage_frame", pbx=self.pbx, size=len(raw))
+                return
+            self._dispatch(fields, at)
+        except Exception:
+            log.warning("ami_frame_failed", pbx=self.pbx, size=len(raw), exc_info=True)
+
+    def _dispatch(self, fields: dict[str, str], at: float) -> None:
+        protocol = self._protocol
+        event = fields.get("Event", "")
+        listing = self._listing
+        if listing is not None and event == "Newchannel":
+            self._born_while_listing.add(fields.get("Uniqueid", ""))  # alive, not yet listed
+        if protocol is not None and fields.get("ActionID", "").startswith(self._tag):
+            action = protocol.answer(fields)
+            if action is not None and action is listing \
+                    and event == "CoreShowChannelsComplete":
+                self._listing_done(listing, at)
+            if action is not None or "Event" not in fields:
+                return
+        if not event or not self._wanted_event(event, fields):
+            return
+        self._out.put_nowait(AmiEvent(self.pbx, at, fields))
+
+    def _listing_done(self, listing: Any, at: float) -> None:
+        listed = {message.get("Uniqueid", "") for message in listing.responses
+                  if message.get("Event") == "CoreShowChannel"}
+        live = frozenset((listed | self._born_while_listing) - {""})
+        self._listing = None
+        self._set_state("connected", f"logged in, {len(live)} live channels", live, at)
+
+    def _wanted_event(self, event: str, fields: dict[str, str]) -> bool:
+        if self._wanted is None:
+            return True
+        if event not in self._wanted:
+            return False
+        if event == "VarSet" and self._variables is not None:
+            return fields.get("Variable", "") in self._variables
+        return True
+
+    def _set_state(self, state: str, detail: str, live: frozenset[str] | None = None,
+                   at: float | None = None) -> None:
+        self._state = state
+        self._out.put_nowait(AmiStatus(self.pbx, time.time() if at is None else at, state,
+                                       detail, live))
