@@ -1,0 +1,152 @@
+"""SMS encoding arithmetic: GSM-7 or UCS-2, characters used, parts, and UDH splitting.
+
+Pure functions shared by the templates (length checks, preview) and the SMPP sender.
+The GSM-7 table is smpplib's (`smpplib.gsm`); the splitting is done here because smpplib's
+splits by bytes and can cut a GSM-7 escape sequence (``€`` = ESC + e) or a UTF-16 surrogate
+pair (an emoji) in two, which phones show as garbage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smpplib import gsm
+
+GSM7 = "gsm7"
+UCS2 = "ucs2"
+
+GSM7_SINGLE = 160  # septets in one SMS
+GSM7_PART = 153  # septets per part of a concatenated SMS (6-byte UDH)
+UCS2_SINGLE = 70  # UTF-16 code units in one SMS
+UCS2_PART = 67
+
+DATA_CODING_UCS2 = 0x08
+ESM_CLASS_UDHI = 0x40
+
+# smpplib's table uses '`' as a filler for unused positions: it is not a GSM-7 character.
+_NOT_GSM7 = frozenset("`")
+
+
+@dataclass(frozen=True, slots=True)
+class SmsPlan:
+    """How a text goes over the air."""
+
+    encoding: str  # GSM7 or UCS2
+    units: int  # septets (GSM-7, extension characters count 2) or UTF-16 code units (UCS-2)
+    parts: int
+    per_part: int  # capacity of one part for this encoding and part count
+
+    @property
+    def capacity(self) -> int:
+        return self.per_part * self.parts
+
+    @property
+    def left(self) -> int:
+        return self.capacity - self.units
+
+
+def is_gsm7(text: str) -> bool:
+    if any(ch in _NOT_GSM7 for ch in text):
+        return False
+    try:
+        gsm.gsm_encode(text)
+    except UnicodeError:
+        return False
+    return True
+
+
+def encoding_for(text: str) -> str:
+    return GSM7 if is_gsm7(text) else UCS2
+
+
+def _units(text: str, encoding: str) -> list[int]:
+    """The size of each character in the encoding's units."""
+    if encoding == GSM7:
+        return [len(gsm.gsm_encode(ch)) for ch in text]
+    return [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+
+
+def plan(text: str, encoding: str | None = None) -> SmsPlan:
+    encoding = encoding or encoding_for(text)
+    sizes = _units(text, encoding)
+    units = sum(sizes)
+    single, part = (GSM7_SINGLE, GSM7_PART) if encoding == GSM7 else (UCS2_SINGLE, UCS2_PART)
+    if units <= single:
+        return SmsPlan(encoding, units, 1, single)
+    return SmsPlan(encoding, units, len(_chunks(text, sizes, part)), part)
+
+
+def _chunks(text: str, sizes: list[int], limit: int) -> list[str]:
+    """Split on character boundaries so no part exceeds `limit` units."""
+    chunks: list[str] = []
+    start, used = 0, 0
+    for index, size in enumerate(sizes):
+        if used + size > limit:
+            chunks.append(text[start:index])
+            start, used = index, 0
+        used += size
+    chunks.append(text[start:])
+    return chunks
+
+
+def encode(text: str, encoding: str) -> bytes:
+    return gsm.gsm_encode(text) if encoding == GSM7 else text.encode("utf-16-be")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedSms:
+    encoding: str
+    data_coding: int
+    esm_class: int
+    parts: tuple[bytes, ...]  # short_message payloads, UDH included when concatenated
+
+
+def split(text: str, *, reference: int, gsm_data_coding: int = 0) -> EncodedSms:
+    """Encode `text` into SMPP payloads; `reference` (0-255) ties the parts together."""
+    encoding = encoding_for(text)
+    sizes = _units(text, encoding)
+    single, part = (GSM7_SINGLE, GSM7_PART) if encoding == GSM7 else (UCS2_SINGLE, UCS2_PART)
+    data_coding = gsm_data_coding if encoding == GSM7 else DATA_CODING_UCS2
+    if sum(sizes) <= single:
+        return EncodedSms(encoding, data_coding, 0, (encode(text, encoding),))
+    chunks = _chunks(text, sizes, part)
+    if len(chunks) > 255:
+        raise ValueError("text too long for a concatenated SMS (255 parts at most)")
+    ref = reference & 0xFF
+    payloads = tuple(
+        bytes((0x05, 0x00, 0x03, ref, len(chunks), number)) + encode(chunk, encoding)
+        for number, chunk in enumerate(chunks, start=1)
+    )
+    return EncodedSms(encoding, data_coding, ESM_CLASS_UDHI, payloads)
+
+
+def gsm_decode(data: bytes) -> str:
+    """Unpacked GSM-7 septets (one per byte, as SMPP carries them) back to text."""
+    table = gsm.GSM_CHARACTER_TABLE
+    chars: list[str] = []
+    index = 0
+    while index < len(data):
+        septet = data[index] & 0x7F
+        if septet == 0x1B and index + 1 < len(data):
+            index += 1
+            chars.append(table[0x80 + (data[index] & 0x7F)])
+        else:
+            chars.append(table[septet])
+        index += 1
+    return "".join(chars)
+
+
+def decode(payload: bytes, data_coding: int, esm_class: int) -> tuple[str, bytes]:
+    """(text, UDH) of a received short_message; the UDH is empty when there is none."""
+    udh = b""
+    if esm_class & ESM_CLASS_UDHI and payload:
+        length = payload[0] + 1
+        udh, payload = payload[:length], payload[length:]
+    coding = data_coding & 0x0F if data_coding & 0xF0 in (0x00, 0xF0) else data_coding
+    if data_coding == DATA_CODING_UCS2 or coding == DATA_CODING_UCS2:
+        return payload.decode("utf-16-be", errors="replace"), udh
+    if data_coding in (0x03,):  # latin-1
+        return payload.decode("latin-1"), udh
+    if data_coding == 0x01:  # IA5 / ASCII
+        return payload.decode("ascii", errors="replace"), udh
+    return gsm_decode(payload), udh

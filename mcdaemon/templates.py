@@ -1,0 +1,257 @@
+"""Text templates: checking them at load, rendering them for a call. Pure functions.
+
+A template is text with `{variable}` fields (`{{` and `}}` for literal braces). The variables:
+
+=============== ==========================================================================
+{caller_name}   the caller's name when it looks like a name, else `policy.name_fallback`
+{caller}        the caller's number (`policy.number_format`: national or international)
+{did}           the number they dialled, same format
+{group}         the group's `display_name`
+{date} {time}   when the call started, in the group's time zone (`policy.date_format`,
+{weekday}       `policy.time_format`, `policy.weekday_format`: strftime formats)
+{wait}          how long the caller waited ("45 s", "3 min")
+{company}       the top-level `company`
+{anything}      the group's own `variables` (e.g. {booking_link})
+=============== ==========================================================================
+
+Caller ID is attacker-controlled, so the name is whitelisted (letters, spaces, ' - . only, no
+digits, nothing that looks like a web address, no generic carrier labels such as
+"WIRELESS CALLER") and capped at `policy.caller_name_max` characters. A template must fit
+`max_parts` SMS in its worst case (longest name, longest numbers, longest date words); at
+render time a name that still does not fit (e.g. "Zoë" would turn a GSM-7 text into UCS-2) is
+folded to GSM-7, then shortened, then replaced by the fallback word.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import string
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import phonenumbers
+
+from . import sms
+from .records import CallRecord
+
+if TYPE_CHECKING:
+    from .config import GroupConfig, PolicyConfig
+
+BUILTIN_VARIABLES = ("caller_name", "caller", "did", "group", "date", "time", "weekday", "wait",
+                     "company")
+
+#: What carriers put in the name field when they have no name: never greet anyone with these.
+GENERIC_NAMES = frozenset({
+    "anonymous", "asterisk", "blocked", "caller id unknown", "cell phone", "mobile",
+    "mobile caller", "name unavailable", "no caller id", "no name", "out of area", "private",
+    "private caller", "private number", "restricted", "toll free", "toll free call", "unavailable",
+    "unknown", "unknown caller", "unknown name", "withheld", "number withheld", "wireless caller",
+    "wireless", "international", "payphone",
+})
+
+# Worst cases used by the length check: an E.164 number has at most 15 digits; formatted
+# with its '+' and up to 4 spaces, 20 characters. {wait} is at most "9999 min".
+_WORST_NUMBER = "+" + "9" * 19
+_WORST_WAIT = "9999 min"
+_WEB = re.compile(r"[A-Za-z]{2,}\.[A-Za-z]{2,}")
+_NAME_PUNCTUATION = frozenset(" '’-.")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A text ready to send, with how it goes over the air."""
+
+    body: str
+    plan: sms.SmsPlan
+    name_used: str  # the caller name as it went into the text (possibly shortened or fallback)
+
+    def fits(self, max_parts: int) -> bool:
+        return self.plan.parts <= max_parts
+
+
+def fields(template: str) -> tuple[str, ...]:
+    """The variable names a template uses; ValueError for broken braces or `{x.y}`/`{x:>5}`."""
+    names = []
+    for _literal, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name:
+            raise ValueError("'{}' needs a variable name (write {{ and }} for literal braces)")
+        if spec or conversion or not name.isidentifier():
+            raise ValueError(f"{{{name}{'!' + conversion if conversion else ''}"
+                             f"{':' + spec if spec else ''}}} is not a plain {{variable}}")
+        names.append(name)
+    return tuple(names)
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Fill the fields literally (no format specs, no attribute access, no recursion)."""
+    pieces = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        pieces.append(literal)
+        if name is not None:
+            pieces.append(values[name])
+    return "".join(pieces)
+
+
+def clean_caller_name(name: str | None, max_length: int) -> str | None:
+    """The caller's name if it looks like a person's or a company's name, else None."""
+    if not name:
+        return None
+    text = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
+    text = " ".join(text.split()).strip(" '’-.")
+    if not text or not any(ch.isalpha() for ch in text):
+        return None
+    if any(not (ch.isalpha() or ch in _NAME_PUNCTUATION or unicodedata.category(ch) == "Mn")
+           for ch in text):
+        return None  # digits, URLs, e-mail addresses, emoji, brackets: not a name
+    if _WEB.search(text) or text.casefold() in GENERIC_NAMES:
+        return None
+    if text.isupper():
+        text = text.title()  # carriers send "SMITH JOHN"; texts read better as "Smith John"
+    if len(text) > max_length:
+        words = text[:max_length + 1]
+        text = (words.rsplit(" ", 1)[0] if " " in words else text[:max_length]).rstrip(" '’-.")
+    return text or None
+
+
+def fold_to_gsm7(text: str) -> str:
+    """Drop accents GSM-7 cannot show ("Zoë" -> "Zoe") and any character it still cannot."""
+    if sms.is_gsm7(text):
+        return text
+    out = []
+    for ch in text:
+        if sms.is_gsm7(ch):
+            out.append(ch)
+            continue
+        base = "".join(c for c in unicodedata.normalize("NFKD", ch)
+                       if unicodedata.category(c) != "Mn")
+        out.append(base if base and sms.is_gsm7(base) else "")
+    return "".join(out)
+
+
+def format_number(number: str | None, style: str, region: str) -> str:
+    """A phone number for people: `national` ("07911 123456") or `international`."""
+    if not number:
+        return ""
+    parsed = parse_number(number, region)
+    if parsed is None:
+        return number
+    fmt = (phonenumbers.PhoneNumberFormat.NATIONAL if style == "national"
+           else phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return phonenumbers.format_number(parsed, fmt)
+
+
+def parse_number(number: str, region: str) -> phonenumbers.PhoneNumber | None:
+    """Parse E.164 (with or without '+', as Asterisk shows DIDs) or a national number."""
+    text = number.strip()
+    candidates = [text]
+    if text.isdigit() and not text.startswith("0"):
+        candidates.insert(0, "+" + text)
+    for candidate in candidates:
+        try:
+            parsed = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_possible_number(parsed):
+            return parsed
+    return None
+
+
+def format_wait(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(0, round(seconds))} s"
+    return f"{round(seconds / 60)} min"
+
+
+def call_values(record: CallRecord, group: GroupConfig, policy: PolicyConfig, company: str,
+                region: str) -> dict[str, str]:
+    """Every variable's value for this call, the caller name still raw (see `render_call`)."""
+    local = dt.datetime.fromtimestamp(record.started, ZoneInfo(group.timezone))
+    values = dict(group.variables)
+    values.update(
+        caller_name=policy.name_fallback,
+        caller=format_number(record.caller_e164 or record.caller, policy.number_format, region),
+        did=format_number(record.did, policy.number_format, region),
+        group=group.display_name,
+        date=local.strftime(policy.date_format),
+        time=local.strftime(policy.time_format),
+        weekday=local.strftime(policy.weekday_format),
+        wait=format_wait(record.wait_seconds),
+        company=company,
+    )
+    return values
+
+
+def render_call(template: str, values: Mapping[str, str], caller_name: str | None,
+                max_parts: int) -> Rendered:
+    """Render, fitting the caller name into `max_parts` SMS: as is, folded, shortened, fallback."""
+    fallback = values["caller_name"]
+    candidates: list[str] = []
+    if caller_name:
+        candidates.append(caller_name)
+        folded = fold_to_gsm7(caller_name).strip()
+        if folded and folded != caller_name:
+            candidates.append(folded)
+        shortest = folded or caller_name
+        candidates.extend(shortest[:length].rstrip() for length in range(len(shortest) - 1, 1, -1))
+    candidates.append(fallback)
+    rendered = None
+    for name in candidates:
+        body = render(template, {**values, "caller_name": name})
+        rendered = Rendered(body, sms.plan(body), name)
+        if rendered.fits(max_parts):
+            return rendered
+    assert rendered is not None
+    return rendered
+
+
+def worst_case_values(group: GroupConfig, policy: PolicyConfig, company: str) -> dict[str, str]:
+    """The longest value each variable can take, for the length check at load."""
+    zone = ZoneInfo(group.timezone)
+    moments = [dt.datetime(2024, 1, 1, hour, minute, tzinfo=zone) + dt.timedelta(days=day)
+               for day in range(366) for hour, minute in ((0, 0), (12, 0), (23, 59))]
+
+    def longest(fmt: str) -> str:
+        return max((moment.strftime(fmt) for moment in moments), key=_units)
+
+    name = "W" * max(policy.caller_name_max, 1)
+    values = dict(group.variables)
+    values.update(
+        caller_name=max(name, policy.name_fallback, key=_units),
+        caller=_WORST_NUMBER, did=_WORST_NUMBER, group=group.display_name,
+        date=longest(policy.date_format), time=longest(policy.time_format),
+        weekday=longest(policy.weekday_format), wait=_WORST_WAIT, company=company,
+    )
+    return values
+
+
+def length_problem(template: str, worst: Mapping[str, str], max_parts: int) -> str | None:
+    """Why the worst case of `template` does not fit `max_parts` SMS, or None when it does."""
+    body = render(template, worst)
+    encoding = sms.encoding_for(body)
+    plan = sms.plan(body, encoding)
+    if plan.parts <= max_parts:
+        return None
+    if encoding == sms.GSM7:
+        limit = sms.GSM7_SINGLE if max_parts == 1 else sms.GSM7_PART * max_parts
+        label = "GSM-7"
+    else:
+        limit = sms.UCS2_SINGLE if max_parts == 1 else sms.UCS2_PART * max_parts
+        label = "UCS-2"
+    why = "" if encoding == sms.GSM7 else f" ({_ucs2_culprit(body)} needs UCS-2)"
+    return (f"{plan.units} {label} characters at most{why}; limit is {limit} "
+            f"(max_parts: {max_parts})")
+
+
+def _ucs2_culprit(text: str) -> str:
+    culprit = next((ch for ch in text if not sms.is_gsm7(ch)), "?")
+    return f"{culprit!r} (U+{ord(culprit):04X})"
+
+
+def _units(text: str) -> int:
+    return sms.plan(text).units if text else 0
