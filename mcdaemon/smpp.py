@@ -1,0 +1,619 @@
+"""The SMPP sender: smpplib in a thread of its own, bridged to asyncio.
+
+smpplib is blocking and has no window, no reconnect and no answer to an SMSC's `unbind`, so
+one thread owns the socket(s) and runs the link: bind (with exponential backoff), a window of
+outstanding submit_sm matched to their responses by sequence number, a token-bucket rate
+limit, enquire_link both ways, receipts and MO texts. The event loop talks to it through a
+queue plus a wake-up socket (so a submit goes out at once, not at the next poll), and gets
+results back with `call_soon_threadsafe`. Nothing here touches the store: the service decides
+what a result means for a message.
+
+Result outcomes and what the service does with them:
+
+    submitted   all parts accepted; their message ids come back, one per part
+    throttled   ESME_RTHROTTLED / ESME_RMSGQFUL: retried later; the sender halves its rate
+    temporary   any other error status: retried with backoff
+    permanent   PERMANENT_STATUSES (bad destination, bad source, bad length...): never retried
+    timeout     no submit_sm_resp within smpp.response_timeout: retried, as a duplicate risk
+    unbound     not bound, or the link dropped with the submit in flight: retried
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+import re
+import select
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from smpplib import consts, exceptions, smpp
+from smpplib.client import Client
+
+from . import sms
+from .config import SmppConfig
+
+log = structlog.get_logger("mcdaemon.smpp")
+
+ESME_RTHROTTLED = 0x58
+ESME_RMSGQFUL = 0x14
+#: statuses that no retry can fix
+PERMANENT_STATUSES = frozenset({
+    0x01,  # ESME_RINVMSGLEN
+    0x0A,  # ESME_RINVSRCADR
+    0x0B,  # ESME_RINVDSTADR
+    0x43,  # ESME_RINVESMCLASS
+    0x48, 0x49,  # ESME_RINVSRCTON, ESME_RINVSRCNPI
+    0x50, 0x51,  # ESME_RINVDSTTON, ESME_RINVDSTNPI
+    0x61, 0x62,  # ESME_RINVSCHED, ESME_RINVEXPIRY
+    0x104,  # ESME_RINVDCS (SMPP 5)
+    0xC2,  # ESME_RINVPARLEN
+})
+_RECEIPT_STATES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV",
+                   6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD"}
+_RECEIPT_WORDS = {state[:5]: state for state in _RECEIPT_STATES.values()}
+_KEY_VALUE = re.compile(r"\b(id|sub|dlvrd|submit date|done date|stat|err)\s*:\s*(\S*)",
+                        re.IGNORECASE)
+_TEXT_FIELD = re.compile(r"\btext\s*:(.*)\Z", re.IGNORECASE | re.DOTALL)
+_POLL = 0.5  # the longest the thread sleeps when nothing happens
+THROTTLE_BACKOFF = 10.0  # seconds at a reduced rate after ESME_RTHROTTLED / ESME_RMSGQFUL
+MIN_RATE = 0.2  # submits per second, however often the SMSC throttles
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    outcome: str
+    smsc_ids: tuple[str, ...] = ()
+    status: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    smsc_id: str
+    state: str
+    error: str | None
+    at: float
+    raw: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MobileOriginated:
+    source: str
+    destination: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BindState:
+    state: str
+    detail: str
+    at: float
+
+
+SmppEvent = DeliveryReceipt | MobileOriginated | BindState
+
+
+def receipt_id_candidates(smsc_id: str) -> tuple[str, ...]:
+    """The id as given (lower-case) and its hex<->decimal reading: SMSCs differ in the base
+    of the id they put in a receipt's text."""
+    given = smsc_id.strip().lower()
+    candidates = [given]
+    if given.isdigit():
+        candidates += [str(int(given)), format(int(given), "x")]
+    if given and re.fullmatch(r"[0-9a-f]+", given) and len(given) <= 16:
+        candidates += [format(int(given, 16), "x"), str(int(given, 16))]
+    return tuple(dict.fromkeys(candidate for candidate in candidates if candidate))
+
+
+_STATUS_NAMES = {value: name.removeprefix("SMPP_") for name, value in vars(consts).items()
+                 if name.startswith("SMPP_ESME_R") and isinstance(value, int)}
+
+
+def status_name(status: int) -> str:
+    """`ESME_RINVDSTADR (0x0B, Invalid Destination Address)`: what an administrator can search."""
+    name = _STATUS_NAMES.get(status, "status")
+    description = consts.DESCRIPTIONS.get(status, "unknown to SMPP 3.4")
+    return f"{name} (0x{status:02X}, {description})"
+
+
+def source_numbering(config: SmppConfig) -> tuple[str, int, int]:
+    """(source_addr, TON, NPI): alphanumeric 5/0, international 1/1, short code 3/0."""
+    address = config.source_addr
+    digits = address.lstrip("+")
+    if digits.isdigit():
+        ton, npi = (1, 1) if address.startswith("+") or len(digits) > 8 else (3, 0)
+        address = digits
+    else:
+        ton, npi = 5, 0
+    if config.source_ton is not None:
+        ton = config.source_ton
+    if config.source_npi is not None:
+        npi = config.source_npi
+    return address, ton, npi
+
+
+@dataclass
+class _Job:
+    destination: str
+    encoded: sms.EncodedSms
+    future: asyncio.Future[SubmitResult]
+    ids: list[str | None] = field(default_factory=list)
+    sent: int = 0
+    answered: int = 0
+    done: bool = False
+    abandoned: bool = False  # the caller gave up (cancelled) before any part went out
+
+
+class SmppSender:
+    """One SMSC account: `start()`, then `submit()` texts; events arrive on the queue."""
+
+    def __init__(self, config: SmppConfig,
+                 events: asyncio.Queue[DeliveryReceipt | MobileOriginated | BindState]) -> None:
+        self.config = config
+        self._events = events
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)  # the event loop never waits on the thread
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = "down"
+        self._in_flight = 0
+        self._accept = True
+        self._slow_factor = 1.0  # < 1 for THROTTLE_BACKOFF s after the SMSC said "throttled"
+        self._slow_until = 0.0
+        self._slowed_at = float("-inf")  # monotonic time of the last halving
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def rate(self) -> float:
+        """Submits per second allowed now: smpp.throughput, less while the SMSC throttles us."""
+        if time.monotonic() < self._slow_until:
+            return max(MIN_RATE, self.config.throughput * self._slow_factor)
+        self._slow_factor = 1.0
+        return self.config.throughput
+
+    def _throttled(self, sent_at: float) -> None:
+        """Halve the rate, once per burst: the other answers to submits sent before the last
+        halving tell nothing new (a full window of them would otherwise divide it by 2^10)."""
+        if sent_at < self._slowed_at:
+            return
+        self._slowed_at = time.monotonic()
+        self._slow_factor = max(1 / 64, self._slow_factor / 2)
+        self._slow_until = self._slowed_at + THROTTLE_BACKOFF
+        log.warning("SMSC throttles us: slowing down", rate=round(self.rate, 2),
+                    for_seconds=THROTTLE_BACKOFF)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="smpp", daemon=True)
+        self._thread.start()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self._accept = False
+        deadline = time.monotonic() + timeout
+        while self._in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._stopping.set()
+        self._wake()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, max(0.5, deadline - time.monotonic()))
+        if self._thread is None or not self._thread.is_alive():
+            self._wake_read.close()
+            self._wake_write.close()
+
+    async def submit(self, destination: str, text: str, *, reference: int) -> SubmitResult:
+        assert self._loop is not None, "start() the sender first"
+        if self._state != "bound" or not self._accept:
+            return SubmitResult("unbound", detail=f"not bound to the SMSC ({self._state})")
+        try:
+            encoded = sms.split(text, reference=reference,
+                                gsm_data_coding=self.config.data_coding_gsm)
+        except ValueError as exc:  # more than 255 parts: no SMS can carry it
+            return SubmitResult("permanent", detail=str(exc))
+        if len(encoded.parts) > self.config.max_parts:
+            return SubmitResult("permanent", detail=f"{len(encoded.parts)} SMS parts; "
+                                f"smpp.max_parts is {self.config.max_parts}")
+        job = _Job(destination.lstrip("+"), encoded, self._loop.create_future())
+        self._in_flight += 1
+        try:
+            self._jobs.put(job)
+            self._wake()
+            return await job.future
+        except asyncio.CancelledError:
+            job.abandoned = True  # not sent if still queued: the caller thinks it was not
+            raise
+        finally:
+            self._in_flight -= 1
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+
+    # ---------------------------------------------------------------- bridge to the loop
+
+    def _emit(self, event: SmppEvent) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    def _set_state(self, state: str, detail: str) -> None:
+        if state != self._state:
+            self._state = state
+            self._emit(BindState(state, detail, time.time()))
+
+    def _finish(self, job: _Job, result: SubmitResult) -> None:
+        if job.done:
+            return
+        job.done = True
+        if self._loop is not None and not self._loop.is_closed():
+            def settle() -> None:
+                if not job.future.done():
+                    job.future.set_result(result)
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(settle)
+
+    # ---------------------------------------------------------------- the thread
+
+    def _run(self) -> None:
+        delay = self.config.reconnect_min
+        while not self._stopping.is_set():
+            link = _Link(self)
+            if self._state != "auth_failed":  # keep showing why until a bind succeeds
+                self._set_state("binding", f"binding to {self.config.host}:{self.config.port}")
+            try:
+                link.bind()
+            except _BindRefused as exc:
+                self._set_state("auth_failed", str(exc))
+                delay = max(delay, self.config.reconnect_max / 4)  # retry slower: a person must act
+                # "SMSC host:port refused the bind as 'id' (ESME_RINVPASWD ...): check ..."
+                log.error(f"SMSC {exc}", retry_in=round(delay, 1))
+                link.close()
+                delay = self._backoff(delay)
+                continue
+            except Exception as exc:  # the thread must outlive any SMSC: retry instead
+                self._set_state("down", f"cannot bind: {exc or type(exc).__name__}")
+                log.warning("SMSC bind failed", smsc=f"{self.config.host}:{self.config.port}",
+                            error=str(exc) or type(exc).__name__, retry_in=round(delay, 1))
+                link.close()
+                delay = self._backoff(delay)
+                continue
+            delay = self.config.reconnect_min
+            self._set_state("bound", f"bound to {self.config.host}:{self.config.port} as "
+                                     f"{self.config.system_id} ({self.config.bind_mode})")
+            log.info("SMSC bound", smsc=f"{self.config.host}:{self.config.port}",
+                     mode=self.config.bind_mode)
+            reason = link.serve()
+            self._set_state("down", reason)
+            if not self._stopping.is_set():
+                log.warning("SMSC link lost", reason=reason, retry_in=round(delay, 1))
+                delay = self._backoff(delay)
+        self._fail_queued("the sender stopped")
+
+    def _backoff(self, delay: float) -> float:
+        self._stopping.wait(delay * random.uniform(0.8, 1.2))
+        self._fail_queued("not bound to the SMSC")
+        return min(self.config.reconnect_max, delay * 2)
+
+    def _fail_queued(self, detail: str) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            self._finish(job, SubmitResult("unbound", detail=detail))
+
+
+class _BindRefused(Exception):
+    pass
+
+
+class _Link:
+    """One bound session (one or two smpplib clients) until it drops."""
+
+    def __init__(self, sender: SmppSender) -> None:
+        self.sender = sender
+        self.config = sender.config
+        self.clients: list[Client] = []
+        self.outstanding: dict[int, tuple[_Job, int, float]] = {}  # seq -> job, part, deadline
+        self.waiting: deque[_Job] = deque()
+        self.tokens = max(1.0, sender.rate / 20)  # full bucket: see _refill
+        self.last_refill = time.monotonic()
+        self.enquire_due = time.monotonic() + self.config.enquire_link
+        self.enquire_pending: dict[int, float] = {}  # seq -> deadline
+
+    def _client(self) -> Client:
+        client = Client(self.config.host, self.config.port,
+                        timeout=max(self.config.response_timeout, 5.0),
+                        allow_unknown_opt_params=True)
+        client.set_error_pdu_handler(lambda pdu: None)
+        client.logger.setLevel(logging.ERROR)  # its warnings duplicate ours, without context
+        return client
+
+    def bind(self) -> None:
+        modes = (["bind_transceiver"] if self.config.bind_mode == "transceiver"
+                 else ["bind_transmitter", "bind_receiver"])
+        for mode in modes:
+            client = self._client()
+            self.clients.append(client)
+            client.connect()
+            try:
+                getattr(client, mode)(system_id=self.config.system_id,
+                                      password=self.config.password,
+                                      system_type=self.config.system_type)
+            except exceptions.PDUError as exc:
+                status = exc.args[1] if len(exc.args) > 1 else None
+                if status in (0x0D, 0x0E, 0x0F):  # RBINDFAIL, RINVPASWD, RINVSYSID
+                    raise _BindRefused(
+                        f"{self.config.host}:{self.config.port} refused the bind as "
+                        f"{self.config.system_id!r} ({status_name(status)}): check "
+                        "smpp.system_id / smpp.password") from exc
+                raise
+
+    def close(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+
+    def serve(self) -> str:
+        """Run until the link drops or the sender stops; return why."""
+        reason = "stopped"
+        try:
+            while not self.sender._stopping.is_set():
+                self._take_jobs()
+                self._send_due()
+                timeout = self._housekeeping()
+                if timeout is None:
+                    reason = "no answer to enquire_link: the link is dead"
+                    break
+                sockets = [client._socket for client in self.clients] + \
+                    [self.sender._wake_read]
+                readable, _, _ = select.select(sockets, [], [], timeout)
+                if self.sender._wake_read in readable:
+                    with contextlib.suppress(OSError):
+                        self.sender._wake_read.recv(4096)
+                for client in self.clients:
+                    if client._socket in readable and not self._read(client):
+                        reason = "the SMSC unbound"
+                        raise _Unbound
+        except _Unbound:
+            pass
+        except (OSError, exceptions.ConnectionError, exceptions.PDUError) as exc:
+            reason = f"connection lost ({exc or type(exc).__name__})"
+        except Exception as exc:  # a bug or a PDU nobody foresaw: rebind rather than die
+            log.exception("SMPP link failed unexpectedly")
+            reason = f"unexpected error ({exc!r})"
+        if self.sender._stopping.is_set():
+            self._unbind()
+        self._fail_all("unbound", reason)
+        self.close()
+        return reason
+
+    # ---------------------------------------------------------------- sending
+
+    def _take_jobs(self) -> None:
+        while True:
+            try:
+                self.waiting.append(self.sender._jobs.get_nowait())
+            except queue.Empty:
+                return
+
+    def _refill(self) -> float:
+        """Add the tokens earned since the last refill; return the current rate.
+
+        The bucket holds 50 ms worth of submits (at least one): a smooth flow, since some
+        SMSCs (Jasmin) throttle on the gap between two submits rather than per second."""
+        now = time.monotonic()
+        rate = self.sender.rate
+        self.tokens = min(max(1.0, rate / 20), self.tokens + (now - self.last_refill) * rate)
+        self.last_refill = now
+        return rate
+
+    def _send_due(self) -> None:
+        transmitter = self.clients[0]
+        source, ton, npi = source_numbering(self.config)
+        while self.waiting and len(self.outstanding) < self.config.window:
+            self._refill()
+            if self.tokens < 1.0:
+                return
+            job = self.waiting[0]
+            if job.abandoned and job.sent == 0:
+                self.waiting.popleft()
+                continue
+            part = job.sent
+            pdu = transmitter.send_message(
+                source_addr_ton=ton, source_addr_npi=npi, source_addr=source,
+                dest_addr_ton=1, dest_addr_npi=1, destination_addr=job.destination,
+                short_message=job.encoded.parts[part], data_coding=job.encoded.data_coding,
+                esm_class=job.encoded.esm_class,
+                registered_delivery=1 if self.config.registered_delivery else 0)
+            self.tokens -= 1.0
+            job.sent += 1
+            job.ids.append(None)
+            self.outstanding[pdu.sequence] = (job, part,
+                                              time.monotonic() + self.config.response_timeout)
+            if job.sent == len(job.encoded.parts):
+                self.waiting.popleft()
+
+    def _housekeeping(self) -> float | None:
+        """Time out submits and enquire_links; return how long select may wait (None: dead)."""
+        now = time.monotonic()
+        for sequence, (job, _part, deadline) in list(self.outstanding.items()):
+            if now >= deadline:
+                del self.outstanding[sequence]
+                self._drop_waiting(job)  # its remaining parts would make no whole text
+                self.sender._finish(job, SubmitResult(
+                    "timeout", detail=f"no submit_sm_resp within "
+                                      f"{self.config.response_timeout:g} s"))
+        if any(now >= deadline for deadline in self.enquire_pending.values()):
+            return None
+        if now >= self.enquire_due:
+            for client in self.clients:
+                pdu = smpp.make_pdu("enquire_link", client=client)
+                client.send_pdu(pdu)
+                self.enquire_pending[pdu.sequence] = now + self.config.response_timeout
+            self.enquire_due = now + self.config.enquire_link
+        waits = [self.enquire_due - now, _POLL]
+        waits += [deadline - now for _, _, deadline in self.outstanding.values()]
+        if self.waiting and len(self.outstanding) < self.config.window:
+            rate = self._refill()
+            waits.append(max(0.0, (1.0 - self.tokens) / rate))
+        return max(0.0, min(waits))
+
+    # ---------------------------------------------------------------- receiving
+
+    def _read(self, client: Client) -> bool:
+        try:
+            pdu = client.read_pdu()
+        except exceptions.UnknownCommandError as exc:  # read whole, so the framing holds
+            log.warning("SMSC sent a PDU smpplib does not know: ignored", error=str(exc))
+            return True
+        command = pdu.command
+        if command == "submit_sm_resp":
+            self._submit_answered(pdu)
+        elif command == "deliver_sm":
+            self._delivered(client, pdu)
+        elif command == "enquire_link":
+            answer = smpp.make_pdu("enquire_link_resp", client=client)
+            answer.sequence = pdu.sequence
+            client.send_pdu(answer)
+        elif command == "enquire_link_resp":
+            self.enquire_pending.pop(pdu.sequence, None)
+        elif command == "unbind":
+            answer = smpp.make_pdu("unbind_resp", client=client)
+            answer.sequence = pdu.sequence
+            with contextlib.suppress(Exception):
+                client.send_pdu(answer)
+            return False
+        elif command == "generic_nack":
+            self._submit_answered(pdu)
+        return True
+
+    def _submit_answered(self, pdu: Any) -> None:
+        entry = self.outstanding.pop(pdu.sequence, None)
+        if entry is None:
+            return  # late answer to a submit that already timed out
+        job, part, deadline = entry
+        status = int(pdu.status or 0)
+        if status:
+            if status in (ESME_RTHROTTLED, ESME_RMSGQFUL):
+                self.sender._throttled(sent_at=deadline - self.config.response_timeout)
+                outcome = "throttled"
+            elif status in PERMANENT_STATUSES:
+                outcome = "permanent"
+            else:
+                outcome = "temporary"
+            self._drop_waiting(job)
+            self.sender._finish(job, SubmitResult(outcome, status=status,
+                                                  detail=status_name(status)))
+            return
+        message_id = pdu.message_id
+        if isinstance(message_id, bytes):
+            message_id = message_id.decode("ascii", errors="replace")
+        job.ids[part] = str(message_id or "").strip("\0 ")
+        job.answered += 1
+        if job.answered == len(job.encoded.parts):
+            self.sender._finish(job, SubmitResult(
+                "submitted", smsc_ids=tuple(smsc_id or "" for smsc_id in job.ids)))
+
+    def _drop_waiting(self, job: _Job) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiting.remove(job)
+
+    def _delivered(self, client: Client, pdu: Any) -> None:
+        answer = smpp.make_pdu("deliver_sm_resp", client=client)
+        answer.sequence = pdu.sequence
+        client.send_pdu(answer)
+        now = time.time()
+        try:
+            payload = pdu.short_message or getattr(pdu, "message_payload", None) or b""
+            if isinstance(payload, str):
+                payload = payload.encode("latin-1")
+            esm_class = int(pdu.esm_class or 0)
+            text, _udh = sms.decode(payload, int(pdu.data_coding or 0), esm_class)
+            if esm_class & 0x3C:  # a delivery receipt (SMSC delivery receipt or ack)
+                receipt = parse_receipt(text, _tlv(pdu, "receipted_message_id"),
+                                        _tlv(pdu, "message_state"), now)
+                if receipt is not None:
+                    self.sender._emit(receipt)
+                return
+            source = _text(pdu.source_addr)
+            if int(pdu.source_addr_ton or 0) == 1:  # international: E.164 without its '+'
+                source = "+" + source.lstrip("+")
+            elif source.startswith("00") and source[2:].isdigit():  # international prefix
+                source = "+" + source[2:]
+            self.sender._emit(MobileOriginated(source, _text(pdu.destination_addr), text, now))
+        except Exception:  # one odd PDU must not take the link down
+            log.warning("deliver_sm not understood", exc_info=True)
+
+    def _unbind(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                client.send_pdu(smpp.make_pdu("unbind", client=client))
+
+    def _fail_all(self, outcome: str, detail: str) -> None:
+        for job, _part, _deadline in self.outstanding.values():
+            self.sender._finish(job, SubmitResult(outcome, detail=detail))
+        for job in self.waiting:
+            self.sender._finish(job, SubmitResult(outcome, detail=detail))
+        self.outstanding.clear()
+        self.waiting.clear()
+
+
+class _Unbound(Exception):
+    pass
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1", errors="replace").strip("\0")
+    return str(value or "").strip("\0")
+
+
+def _tlv(pdu: Any, name: str) -> Any:
+    return getattr(pdu, name, None)
+
+
+def parse_receipt(text: str, receipted_id: Any, message_state: Any,
+                  at: float) -> DeliveryReceipt | None:
+    """A receipt from its TLVs (preferred) and its text (`id:… stat:DELIVRD err:…`)."""
+    head, body = text, ""
+    text_field = _TEXT_FIELD.search(text)
+    if text_field is not None:  # the original text may itself contain "id:" and the like
+        head, body = text[:text_field.start()], text_field.group(1).strip()
+    fields: dict[str, str] = {}
+    for key, value in _KEY_VALUE.findall(head):
+        fields.setdefault(key.lower(), value)
+    if text_field is not None:
+        fields["text"] = body
+    smsc_id = _text(receipted_id) or fields.get("id", "")
+    if not smsc_id:
+        return None
+    state = None
+    if message_state is not None:
+        with contextlib.suppress(TypeError, ValueError):
+            state = _RECEIPT_STATES.get(int(message_state))
+    if state is None:
+        word = fields.get("stat", "").upper()
+        state = _RECEIPT_WORDS.get(word[:5], "UNKNOWN")
+    error = fields.get("err") or None
+    raw = {**fields, "receipt": text[:300]}
+    return DeliveryReceipt(smsc_id, state, error, at, raw)
