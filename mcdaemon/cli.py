@@ -1,0 +1,189 @@
+"""The `mcdaemon` command: argparse subcommands, each handed to the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__, logs
+from .config import Config, ConfigError, load_config
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{config.source}: OK ({len(config.ami)} PBX(s), inbound contexts: "
+          f"{', '.join(config.inbound.contexts)})")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import DryRunPolicy, replay_files
+
+    config = _load(args)
+    return replay_files(config, args.files, sys.stdout, decider=lambda: DryRunPolicy(config))
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    import time
+
+    from .preview import preview
+
+    return preview(_load(args), sys.stdout, args.group, args.outcome, args.caller, time.time())
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import capture
+
+    return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .service import Service
+
+    config = _load(args)
+    return asyncio.run(Service(config, config_path=args.config).run())
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .sendtest import send_test
+
+    return asyncio.run(send_test(_load(args), args.number, args.text, args.timeout))
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .control import set_switch
+
+    return asyncio.run(set_switch(_load(args), args.group, True, sys.stdout))
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .control import set_switch
+
+    return asyncio.run(set_switch(_load(args), args.group, False, sys.stdout))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .control import show_status
+
+    return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
+                                   health=args.health))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .demo import run_demo
+
+    if args.log_level == "info":  # the demo prints what happens; the daemon's log stays quiet
+        logs.configure(args.log_format, "warning")
+    return asyncio.run(run_demo(sys.stdout, speed=args.speed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcdaemon", description="Texts back the callers an Asterisk PBX missed.")
+    parser.add_argument("--version", action="version", version=f"mcdaemon {__version__}")
+    parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
+                        default="auto", help="auto: journald under systemd, else console")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str,
+                config: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if config:
+            sub.add_argument("-c", "--config", required=True, metavar="FILE",
+                             help="the YAML configuration")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("check-config", cmd_check_config,
+            "validate a config file; print every problem; exit 0 (fine) or 1")
+    replay = command("replay", cmd_replay,
+                     "dry run: feed recorded AMI transcripts through the tracker and print "
+                     "one JSON line per finished inbound call; nothing is sent")
+    replay.add_argument("files", nargs="+", metavar="FILE", help="transcripts (.ami)")
+    capture = command("capture", cmd_capture,
+                      "record a PBX's live AMI stream to a transcript file for replay or a "
+                      "bug report")
+    capture.add_argument("--out", required=True, metavar="FILE", help="where to write")
+    capture.add_argument("--pbx", metavar="NAME", help="which ami: entry (default: the first)")
+    capture.add_argument("--duration", type=float, metavar="SECONDS",
+                         help="stop after this long (default: until Ctrl-C)")
+    preview = command("preview", cmd_preview,
+                      "render each template with sample or given values: text, encoding, "
+                      "characters used and left, SMS parts")
+    preview.add_argument("--group", metavar="G", help="only this group")
+    preview.add_argument("--outcome", metavar="O", help="only this outcome's template")
+    preview.add_argument("--caller", metavar="NUMBER", help="render for this caller number")
+    for name, handler, verb in (("enable", cmd_enable, "turn texting on"),
+                                ("disable", cmd_disable, "turn texting off")):
+        switch = command(name, handler, f"{verb} at run time (all groups, or --group G); the "
+                         "running daemon applies it to the next call, no restart")
+        switch.add_argument("--group", metavar="G", help="only this group")
+    status = command("status", cmd_status,
+                     "show the switches, the SMSC bind and AMI states, the outbox depth")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--health", action="store_true",
+                        help="exit 1 unless the daemon runs and every PBX is connected "
+                             "(for HEALTHCHECK)")
+    demo = command("demo", cmd_demo,
+                   "see it work: real AMI recordings replayed over loopback into the real "
+                   "daemon, texts to an embedded SMSC; ends by itself", config=False)
+    demo.add_argument("--speed", type=float, default=20.0,
+                      help="replay speed factor (default 20)")
+    command("run", cmd_run, "run the daemon: watch the PBXs, text the callers they missed")
+    send_test = command("send-test", cmd_send_test,
+                        "send one text through the configured SMSC bind and report the submit "
+                        "result and the delivery receipt")
+    send_test.add_argument("number", help="destination, e.g. +447700900123")
+    send_test.add_argument("text", nargs="?", help="the text (default: a test message)")
+    send_test.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                           help="how long to wait for the bind and the receipt (default 30)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`mcdaemon enable|disable|status`: the run-time switches and a look at a running daemon.
+
+Both work through the store, not by signalling the daemon: the daemon reads the switches for
+every call (so a switch takes effect within a second) and writes its connection states and a
+heartbeat there once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from .config import Config
+from .store import Store
+
+#: a heartbeat older than this means the daemon is not running (it writes one every second)
+HEARTBEAT_STALE = 10.0
+
+
+async def set_switch(config: Config, group: str | None, enabled: bool, out: TextIO) -> int:
+    if group is not None and config.group(group) is None:
+        names = ", ".join(g.name for g in config.groups) or "none"
+        print(f"{config.source}: no group {group!r} (groups: {names})", file=sys.stderr)
+        return 1
+    store = await Store.open(config.store.path)
+    try:
+        name = "global" if group is None else f"group:{group}"
+        await store.set_switch(name, enabled, time.time())
+    finally:
+        await store.close()
+    what = "texting" if group is None else f"texting for group {group}"
+    print(f"{what} {'enabled' if enabled else 'disabled'} (the running daemon applies it to "
+          "the next call)", file=out)
+    return 0
+
+
+async def gather_status(config: Config, now: float) -> dict[str, Any]:
+    store = await Store.open(config.store.path)
+    try:
+        switches = await store.switches()
+        statuses = await store.statuses()
+        outbox = await store.outbox_stats(now)
+    finally:
+        await store.close()
+    heartbeat = statuses.get("heartbeat")
+    running = (statuses.get("daemon", ("stopped", 0))[0] == "running" and heartbeat is not None
+               and now - heartbeat[1] < HEARTBEAT_STALE)
+    return {
+        "daemon": "running" if running else "not running",
+        "texting": {
+            "global": config.policy.enabled and switches.get("global", True),
+            **{group.name: group.enabled and switches.get(f"group:{group.name}", True)
+               for group in config.groups}},
+        "smsc": statuses.get("smpp", ("unknown", 0))[0] if running else "down",
+        "ami": {pbx.name: statuses.get(f"ami:{pbx.name}", ("unknown", 0))[0] if running
+                else "disconnected" for pbx in config.ami},
+        "outbox": outbox,
+    }
+
+
+async def show_status(config: Config, out: TextIO, *, as_json: bool, health: bool) -> int:
+    status = await gather_status(config, time.time())
+    if as_json:
+        print(json.dumps(status, indent=2), file=out)
+    else:
+        print(f"daemon:   {status['daemon']}", file=out)
+        switches = status["texting"]
+        print("texting:  " + ", ".join(f"{name} {'on' if on else 'off'}"
+                                       for name, on in switches.items()), file=out)
+        print(f"smsc:     {status['smsc']}", file=out)
+        for name, state in status["ami"].items():
+            print(f"ami {name}: {state}", file=out)
+        outbox = status["outbox"]
+        counts = ", ".join(f"{state} {count}" for state, count in outbox["by_state"].items())
+        print(f"outbox:   {counts}; deferred {outbox['deferred']}", file=out)
+        age = outbox["oldest_queued_age"]
+        if age is not None:
+            print(f"          oldest queued text waits for {age:.0f} s", file=out)
+    if health:
+        healthy = status["daemon"] == "running" and all(
+            state == "connected" for state in status["ami"].values())
+        return 0 if healthy else 1
+    return 0

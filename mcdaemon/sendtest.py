@@ -1,0 +1,77 @@
+"""`mcdaemon send-test`: one text through the configured bind, to check credentials and routing.
+
+It uses the same sender as the daemon but not the outbox: an administrator's test text is
+not a call and must not count in the KPIs or the fraud-shield counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from typing import TextIO
+
+from .config import Config
+from .phone import to_e164
+from .smpp import BindState, DeliveryReceipt, MobileOriginated, SmppSender, receipt_id_candidates
+
+DEFAULT_TEXT = "mcdaemon test message: your SMSC bind works."
+
+
+async def send_test(config: Config, number: str, text: str | None, timeout: float,
+                    out: TextIO = sys.stdout) -> int:
+    destination = to_e164(number, config.region)
+    if destination is None:
+        print(f"{number!r} is not a valid phone number for region {config.region}; give it in "
+              "international form, e.g. +447700900123", file=sys.stderr)
+        return 2
+    events: asyncio.Queue[DeliveryReceipt | MobileOriginated | BindState] = asyncio.Queue()
+    sender = SmppSender(config.smpp, events)
+    await sender.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while sender.state != "bound":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(f"no bind to {config.smpp.host}:{config.smpp.port} within {timeout:g} s "
+                      f"(state: {sender.state})", file=sys.stderr)
+                return 1
+            try:
+                event = await asyncio.wait_for(events.get(), left)
+            except TimeoutError:
+                continue
+            if isinstance(event, BindState) and event.state == "auth_failed":
+                print(f"bind refused: {event.detail}", file=sys.stderr)
+                return 1
+        print(f"bound to {config.smpp.host}:{config.smpp.port} as {config.smpp.system_id}",
+              file=out)
+        result = await asyncio.wait_for(
+            sender.submit(destination, text or DEFAULT_TEXT, reference=random.randrange(256)),
+            timeout)
+        print(f"submit to {destination}: {result.outcome}"
+              + (f" ids={','.join(result.smsc_ids)}" if result.smsc_ids else "")
+              + (f" status={result.status} {result.detail}" if result.status else ""), file=out)
+        if result.outcome != "submitted":
+            return 1
+        if not config.smpp.registered_delivery:
+            return 0
+        wanted = {candidate for smsc_id in result.smsc_ids
+                  for candidate in receipt_id_candidates(smsc_id)}
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(f"no delivery receipt within {timeout:g} s (it may still come; the "
+                      "daemon would wait for it)", file=out)
+                return 0
+            try:
+                event = await asyncio.wait_for(events.get(), left)
+            except TimeoutError:
+                continue
+            if isinstance(event, DeliveryReceipt) and \
+                    wanted & set(receipt_id_candidates(event.smsc_id)):
+                print(f"delivery receipt: {event.state}"
+                      + (f" err={event.error}" if event.error else ""), file=out)
+                return 0 if event.state == "DELIVRD" else 1
+    finally:
+        await sender.stop()

@@ -1,0 +1,395 @@
+"""`mcdaemon run`: one asyncio process wiring the pipeline.
+
+    AMI connections ──► queue ──► tracker ──► policy ──► store (call + outbox, one transaction)
+                                                              │
+    SMPP sender ◄── dispatcher (claims due messages) ◄────────┘
+        │
+        └──► receipts / MO ──► store (delivered, replies, opt-outs)
+
+Each stage talks to the next through the store or an asyncio queue, never by reaching back.
+The dispatcher claims messages only while the SMSC bind is up, so a message sits in `sending`
+only while its submit is really in flight: what a crash leaves there is what may have gone out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from . import keywords, sdnotify
+from .ami import AmiConnection, AmiEvent, AmiStatus
+from .config import Config, ConfigError, reload_config
+from .logs import mask_number
+from .phone import to_e164
+from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group
+from .records import CallRecord, Decision
+from .smpp import BindState, DeliveryReceipt, MobileOriginated, SmppSender, receipt_id_candidates
+from .store import NewCall, OutboxMessage, Store
+from .tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+
+log = structlog.get_logger("mcdaemon.service")
+
+Clock = Callable[[], float]
+DecisionObserver = Callable[[CallRecord, Decision], None]
+
+#: how often the housekeeping loop runs (expiry, TTL eviction, switch changes are read per call)
+HOUSEKEEPING_INTERVAL = 1.0
+#: the longest the dispatcher sleeps when nothing wakes it (deferred texts become due)
+DISPATCH_IDLE = 0.5
+
+
+class Service:
+    """The daemon. `run()` returns the process exit code."""
+
+    def __init__(self, config: Config, *, config_path: str | Path | None = None,
+                 clock: Clock = time.time, on_decision: DecisionObserver | None = None,
+                 install_signal_handlers: bool = True) -> None:
+        self.config = config
+        self._config_path = Path(config_path) if config_path else None
+        self._clock = clock
+        self._on_decision = on_decision
+        self._install_signals = install_signal_handlers
+        self._ami_queue: asyncio.Queue[AmiEvent | AmiStatus] = asyncio.Queue()
+        self._smpp_events: asyncio.Queue[DeliveryReceipt | MobileOriginated | BindState] = (
+            asyncio.Queue())
+        self._trackers = {pbx.name: CallTracker(pbx.name, config.inbound, config.region)
+                          for pbx in config.ami}
+        self._connections = [
+            AmiConnection(pbx, self._ami_queue, event_names=NEEDED_EVENTS,
+                          variables=NEEDED_VARIABLES) for pbx in config.ami]
+        self._sender = SmppSender(config.smpp, self._smpp_events)
+        self._store: Store | None = None
+        self._wake_dispatcher = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._connected: set[str] = set()
+        self._ready_sent = False
+        self._tripped_reasons: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "the store is opened by run()"
+        return self._store
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        self._store = await Store.open(self.config.store.path)
+        now = self._clock()
+        recovered = await self.store.recover_in_flight(self.config.outbox.after_crash, now)
+        if recovered:
+            log.warning("texts found in flight after an unclean stop",
+                        count=len(recovered), action=self.config.outbox.after_crash,
+                        message_ids=recovered)
+        await self.store.set_status("daemon", "running", now)
+        await self.store.set_status("smpp", "binding", now)
+        if self._install_signals:
+            self._add_signal_handlers()
+        await self._sender.start()
+        workers = [asyncio.create_task(conn.run(), name=f"ami:{conn_cfg.name}")
+                   for conn, conn_cfg in zip(self._connections, self.config.ami, strict=True)]
+        workers += [
+            asyncio.create_task(self._consume_ami(), name="tracker"),
+            asyncio.create_task(self._dispatch(), name="dispatcher"),
+            asyncio.create_task(self._consume_smpp(), name="receipts"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        log.info("mcdaemon started", pbxs=[p.name for p in self.config.ami],
+                 store=self.config.store.path, smsc=f"{self.config.smpp.host}:"
+                 f"{self.config.smpp.port}")
+        if not self.config.ami:
+            self._notify_ready()
+        stopper = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
+        crashed = [task for task in done if task is not stopper and task.exception()]
+        for task in crashed:
+            log.error("a worker stopped unexpectedly", worker=task.get_name(),
+                      error=repr(task.exception()))
+        await self._shutdown([*workers, stopper])
+        return 1 if crashed else 0
+
+    async def _shutdown(self, workers: list[asyncio.Task[object]]) -> None:
+        """Stop taking calls, let in-flight submits finish (or persist), unbind, close."""
+        sdnotify.notify("STOPPING=1")
+        log.info("stopping")
+        for conn in self._connections:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.stop(), 2.0)
+        # the calls already decided are in the store; drain what the tracker has queued
+        log.debug("shutdown: AMI closed")
+        await self._drain_ami_queue()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=5.0)
+        log.debug("shutdown: in-flight submits settled", left=len(self._in_flight))
+        for task in workers:
+            task.cancel()
+        _, stuck = await asyncio.wait(workers, timeout=3.0)
+        if stuck:
+            log.error("workers did not stop", workers=[task.get_name() for task in stuck])
+        log.debug("shutdown: workers stopped")
+        with contextlib.suppress(Exception):
+            await self._sender.stop(timeout=2.0)
+        log.debug("shutdown: SMSC unbound")
+        await self.store.set_status("daemon", "stopped", self._clock())
+        await self.store.set_status("smpp", "down", self._clock())
+        await self.store.close()
+        log.info("stopped")
+
+    def _add_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; a bad one is refused and the old one stays."""
+        if self._config_path is None:
+            return
+        try:
+            new = reload_config(self.config, self._config_path)
+        except ConfigError as exc:
+            log.error("config reload refused; the running config stays",
+                      problems=exc.problems)
+            return
+        changed = [name for name in ("ami", "smpp") if
+                   getattr(new, name) != getattr(self.config, name)]
+        if changed:
+            log.warning("config reload: these sections need a restart to take effect",
+                        sections=changed)
+        for tracker in self._trackers.values():
+            tracker.update_settings(new.inbound, new.region)
+        self.config = new
+        log.info("config reloaded", source=new.source)
+
+    def _notify_ready(self) -> None:
+        if not self._ready_sent:
+            self._ready_sent = True
+            sdnotify.notify("READY=1\nSTATUS=watching the PBX")
+
+    # ------------------------------------------------------------------ AMI → store
+
+    async def _consume_ami(self) -> None:
+        while True:
+            records = await self._take(await self._ami_queue.get())
+            while not self._ami_queue.empty() and len(records) < 500:
+                records += await self._take(self._ami_queue.get_nowait())
+            if records:
+                await self._decide_and_store(records)
+
+    async def _drain_ami_queue(self) -> None:
+        records: list[CallRecord] = []
+        while not self._ami_queue.empty():
+            records += await self._take(self._ami_queue.get_nowait())
+        if records:
+            await self._decide_and_store(records)
+
+    async def _take(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
+        """One item of the AMI queue: a connection state is also recorded for `status`."""
+        if isinstance(item, AmiStatus):
+            await self.store.set_status(f"ami:{item.pbx}", item.state, item.at)
+        return self._track(item)
+
+    def _track(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
+        if isinstance(item, AmiEvent):
+            return self._trackers[item.pbx].feed(item.fields, item.at)
+        log.info("AMI connection", pbx=item.pbx, state=item.state, detail=item.detail)
+        if item.state == "connected":
+            self._connected.add(item.pbx)
+            if self._connected >= set(self._trackers):
+                self._notify_ready()
+            if item.live_uniqueids is not None:
+                return self._trackers[item.pbx].reconcile(set(item.live_uniqueids), item.at)
+        else:
+            self._connected.discard(item.pbx)
+        return []
+
+    async def _decide_and_store(self, records: list[CallRecord]) -> None:
+        """Decide every record, then write them all in one transaction (a storm of hangups
+        costs one commit). Texts decided earlier in the same batch count for later ones."""
+        config = self.config
+        now = self._clock()
+        decided: list[NewCall] = []
+        destinations: list[str | None] = []
+        batch_last: dict[str, float] = {}
+        batch_prefixes: list[str] = []
+        groups = [match_group(record, config) for record in records]
+        prefixes = [destination_prefix(record.caller_e164, config) if record.caller_e164
+                    else None for record in records]
+        views = await self.store.policy_views(
+            [(record.caller_e164, group.name if group else None, prefix)
+             for record, group, prefix in zip(records, groups, prefixes, strict=True)], now)
+        for record, prefix, view in zip(records, prefixes, views, strict=True):
+            number = record.caller_e164
+            if batch_prefixes:
+                view = dataclasses.replace(
+                    view,
+                    last_text_at=batch_last.get(number or "", view.last_text_at),
+                    texts_last_hour=view.texts_last_hour + len(batch_prefixes),
+                    texts_last_day=view.texts_last_day + len(batch_prefixes),
+                    prefix_texts_last_hour=view.prefix_texts_last_hour + sum(
+                        1 for other in batch_prefixes if other == prefix))
+            decision = decide(record, config, view, now)
+            if decision.text and decision.expires_at is None:
+                decision = dataclasses.replace(
+                    decision, expires_at=record.ended + config.outbox.max_age)
+            if decision.text and decision.destination:
+                batch_last[decision.destination] = now
+                batch_prefixes.append(destination_prefix(decision.destination, config))
+            decided.append(NewCall(record, decision))
+            destinations.append(decision.destination)
+        message_ids = await self.store.record_calls(decided, now=now, destinations=destinations)
+        for call, message_id in zip(decided, message_ids, strict=True):
+            self._log_decision(call.record, call.decision, message_id)
+            if self._on_decision is not None:
+                self._on_decision(call.record, call.decision)
+        if any(message_id is not None for message_id in message_ids):
+            self._wake_dispatcher.set()
+
+    def _log_decision(self, record: CallRecord, decision: Decision,
+                      message_id: int | None) -> None:
+        full = self.config.log_full_numbers
+        fields: dict[str, object] = dict(pbx=record.pbx, call_id=record.call_id,
+                      caller=mask_number(record.caller_e164 or record.caller, full),
+                      outcome=str(record.outcome), group=decision.group,
+                      decision="text" if decision.text else "no_text", reason=decision.reason)
+        if decision.detail:
+            fields["detail"] = decision.detail
+        if message_id is not None:
+            fields["message_id"] = message_id
+        if decision.text and message_id is None:
+            fields["duplicate"] = "call already recorded; no second text"
+        if is_fraud_shield_trip(decision.reason) and decision.reason not in self._tripped_reasons:
+            self._tripped_reasons.add(decision.reason)
+            log.error("fraud shield tripped: texts are being refused", reason=decision.reason,
+                      detail=decision.detail)
+        log.info("call decided", **fields)
+
+    # ------------------------------------------------------------------ store → SMSC
+
+    async def _dispatch(self) -> None:
+        window = self.config.smpp.window
+        while not self._stop.is_set():
+            free = window - len(self._in_flight)
+            if self._sender.state != "bound" or free <= 0:
+                await self._sleep_until_woken(DISPATCH_IDLE)
+                continue
+            messages = await self.store.claim_due(self._clock(), free)
+            if not messages:
+                await self._sleep_until_woken(DISPATCH_IDLE)
+                continue
+            for message in messages:
+                task = asyncio.create_task(self._send(message))
+                self._in_flight.add(task)
+                task.add_done_callback(self._send_finished)
+
+    def _send_finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sending a text failed unexpectedly", error=repr(task.exception()))
+        self._wake_dispatcher.set()
+
+    async def _sleep_until_woken(self, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and the dispatcher would never stop
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake_dispatcher.wait()
+        self._wake_dispatcher.clear()
+
+    async def _send(self, message: OutboxMessage) -> None:
+        outbox = self.config.outbox
+        result = await self._sender.submit(message.destination, message.body,
+                                           reference=message.id & 0xFF)
+        now = self._clock()
+        fields = dict(message_id=message.id, call_id=message.call_id,
+                      to=mask_number(message.destination, self.config.log_full_numbers))
+        if result.outcome == "submitted":
+            await self.store.mark_submitted(message.id, result.smsc_ids, now)
+            log.info("text submitted", smsc_ids=list(result.smsc_ids),
+                     after_hangup=round(now - message.call_ended_at, 3)
+                     if message.call_ended_at else None, **fields)
+        elif result.outcome == "permanent" or message.attempts >= outbox.max_attempts:
+            detail = result.detail if result.outcome == "permanent" else (
+                f"gave up after {message.attempts} attempts: {result.detail}")
+            await self.store.mark_failed(message.id, error_code=result.status,
+                                         detail=detail, now=now)
+            log.warning("text failed", status=result.status, detail=detail, **fields)
+        else:
+            delay = min(outbox.retry_max, outbox.retry_min * 2 ** (message.attempts - 1))
+            delay *= random.uniform(0.8, 1.2)
+            # a submit that timed out may have reached the SMSC: its resend is a duplicate risk
+            await self.store.mark_retry(message.id, not_before=now + delay,
+                                        error_code=result.status, detail=result.detail,
+                                        now=now, duplicate_risk=result.outcome == "timeout")
+            log.info("text will be retried", outcome=result.outcome, status=result.status,
+                     detail=result.detail, retry_in=round(delay, 1), **fields)
+
+    # ------------------------------------------------------------------ SMSC → store
+
+    async def _consume_smpp(self) -> None:
+        while True:
+            item = await self._smpp_events.get()
+            if isinstance(item, DeliveryReceipt):
+                message_id = await self.store.apply_receipt(
+                    receipt_id_candidates(item.smsc_id), item.state, item.error, item.at,
+                    item.raw)
+                log.info("delivery receipt", smsc_id=item.smsc_id, state=item.state,
+                         error=item.error, message_id=message_id)
+            elif isinstance(item, MobileOriginated):
+                await self._handle_reply(item)
+            else:
+                log.info("SMSC bind", state=item.state, detail=item.detail)
+                await self.store.set_status("smpp", item.state, item.at)
+                if item.state == "bound":
+                    self._wake_dispatcher.set()
+
+    async def _handle_reply(self, mo: MobileOriginated) -> None:
+        sender = to_e164(mo.source, self.config.region) or mo.source
+        await self.store.add_inbound(sender, mo.destination, mo.text, mo.at)
+        kind = keywords.classify_reply(mo.text)
+        full = self.config.log_full_numbers
+        if kind == "opt_out":
+            newly = await self.store.opt_out(sender, mo.text.strip()[:20], mo.at)
+            log.info("opt-out received", caller=mask_number(sender, full), new=newly)
+            confirmation = self.config.policy.opt_out_confirmation
+            if newly and confirmation:
+                await self.store.enqueue_message(
+                    pbx="-", call_id=f"optout:{sender}:{int(mo.at)}", kind="optout_confirm",
+                    seq=0, destination=sender, body=confirmation, now=self._clock(),
+                    not_before=None, expires_at=self._clock() + self.config.outbox.max_age)
+                self._wake_dispatcher.set()
+        elif kind == "opt_in":
+            await self.store.opt_in(sender, mo.at)
+            log.info("opt-in received", caller=mask_number(sender, full))
+        else:
+            log.info("reply received", caller=mask_number(sender, full), length=len(mo.text))
+
+    # ------------------------------------------------------------------ housekeeping
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            now = self._clock()
+            sdnotify.notify("WATCHDOG=1")
+            await self.store.set_status("heartbeat", str(os.getpid()), now)
+            records: list[CallRecord] = []
+            for tracker in self._trackers.values():
+                records += tracker.expire(now)
+            if records:
+                await self._decide_and_store(records)
+            expired = await self.store.expire_due(now)
+            if expired:
+                log.warning("texts expired before they could be sent",
+                            count=len(expired), max_age=self.config.outbox.max_age)
