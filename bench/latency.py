@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Hangup-to-submit latency under a burst, and the submit rate with window 10 vs window 1.
+
+1. The test AMI server replays N (default 200) copies of a real queue abandon (fresh ids and
+   caller numbers each), holds back each call's ending (from the caller's HangupRequest on)
+   and then releases all N endings at once. For every call we measure from the moment its last
+   Hangup frame is written to the socket to the moment the SMSC simulator reads its submit_sm.
+   The daemon is the real `Service` (`mcdaemon run`'s code path), store on disk.
+2. The SMPP sender alone submits M texts to an SMSC answering each submit after 5 ms, with
+   window 10 and with window 1: the sustained rate of each and the ratio.
+
+    python bench/latency.py [--calls 200] [--texts 300]
+Targets: p99 <= 100 ms; windowed rate >= 5x window 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from mcdaemon.amiserver import AmiTestServer
+from mcdaemon.config import SmppConfig, load_config
+from mcdaemon.service import Service
+from mcdaemon.smpp import SmppSender
+from mcdaemon.smsc import Submit, TestSmsc
+from mcdaemon.transcript import Frame, Transcript, parse_frame, read_transcript
+
+ROOT = Path(__file__).resolve().parent.parent
+ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"
+_IDS = re.compile(rb"(Uniqueid|Linkedid|DestUniqueid|DestLinkedid): 1795369867\.(\d+)")
+
+
+def burst(calls: int, release_at: float) -> tuple[Transcript, dict[str, str]]:
+    """One transcript: every call up to its hangup, then all the hangups at `release_at`."""
+    original = read_transcript(ABANDON)
+    starts: list[Frame] = []
+    endings: list[Frame] = []
+    callers: dict[str, str] = {}
+    for number in range(calls):
+        caller = f"+447700900{number:03d}"
+        callers[caller.lstrip("+")] = f"{number}"
+        ending = False
+        for frame in original.frames:
+            raw = _IDS.sub(rb"\1: " + f"17{number:04d}".encode() + rb".\2", frame.raw)
+            raw = raw.replace(b"+447700900123", caller.encode())
+            if parse_frame(raw).get("Event") == "HangupRequest":
+                ending = True
+            (endings if ending else starts).append(Frame(0.0 if not ending else release_at,
+                                                         raw))
+    return Transcript(ABANDON, [], 0.0, starts + endings), callers
+
+
+def config_file(folder: Path, ami_port: int, smsc_port: int, window: int) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "region": "GB",
+        "ami": [{"name": "bench", "port": ami_port, "username": "mcd", "secret": "s"}],
+        "inbound": {"contexts": ["from-carrier"]},
+        "store": {"path": str(folder / "bench.db")},
+        "smpp": {"port": smsc_port, "system_id": "mcdaemon", "password": "secret",
+                 "source_addr": "Acme", "throughput": 5000, "window": window},
+        "policy": {"caps": {"per_prefix_hour": 100000, "per_hour": 100000,
+                            "per_day": 100000}},
+    }))
+    path.chmod(0o600)
+    return path
+
+
+async def hangup_to_submit(calls: int) -> list[float]:
+    transcript, _ = burst(calls, release_at=3.0)
+    hangup_sent: dict[str, float] = {}
+    submit_read: dict[str, float] = {}
+    linkedid_caller: dict[str, str] = {}
+
+    def on_frame(frame: Frame) -> None:
+        fields = parse_frame(frame.raw)
+        if fields.get("Event") == "Newchannel" and fields.get("Uniqueid") == fields.get(
+                "Linkedid"):
+            linkedid_caller[fields["Linkedid"]] = fields.get("CallerIDNum", "").lstrip("+")
+        if fields.get("Event") == "Hangup":
+            caller = linkedid_caller.get(fields.get("Linkedid", ""))
+            if caller:
+                hangup_sent[caller] = time.perf_counter()  # the last Hangup of the call wins
+
+    def on_submit(submit: Submit) -> None:
+        submit_read.setdefault(submit.destination.lstrip("+"), time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        async with TestSmsc(password="secret", on_submit=on_submit) as smsc, \
+                AmiTestServer([transcript], secret="s", speed=1.0, on_frame=on_frame) as ami:
+            config = load_config(config_file(Path(tmp), ami.port, smsc.port, 10))
+            service = Service(config, install_signal_handlers=False)
+            task = asyncio.create_task(service.run())
+            await asyncio.wait_for(ami.finished(), 30)
+            deadline = time.monotonic() + 30
+            while len(submit_read) < calls and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            service.request_stop()
+            await task
+    return [submit_read[caller] - hangup_sent[caller] for caller in submit_read
+            if caller in hangup_sent]
+
+
+async def submit_rate(texts: int, window: int) -> float:
+    async with TestSmsc(password="secret", response_delay=0.005) as smsc:
+        events: asyncio.Queue[object] = asyncio.Queue()
+        sender = SmppSender(SmppConfig(port=smsc.port, system_id="mcdaemon", password="secret",
+                                       source_addr="Acme", window=window, throughput=100000),
+                            events)  # type: ignore[arg-type]
+        await sender.start()
+        while sender.state != "bound":
+            await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        results = await asyncio.gather(*(
+            sender.submit(f"+447700900{n % 1000:03d}", "rate test", reference=n % 256)
+            for n in range(texts)))
+        elapsed = time.perf_counter() - started
+        await sender.stop()
+    assert all(result.outcome == "submitted" for result in results)
+    return texts / elapsed
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+async def main(calls: int, texts: int) -> None:
+    latencies = await hangup_to_submit(calls)
+    ms = [value * 1000 for value in latencies]
+    print(f"hangup -> submit_sm, {calls} simultaneous abandons, {len(ms)} texts measured:")
+    print(f"  p50 {statistics.median(ms):6.1f} ms   p99 {percentile(ms, 0.99):6.1f} ms   "
+          f"max {max(ms):6.1f} ms   (target p99 <= 100 ms)")
+    windowed = await submit_rate(texts, 10)
+    single = await submit_rate(texts, 1)
+    print(f"submit rate, SMSC answering after 5 ms, {texts} texts:")
+    print(f"  window 10: {windowed:7.0f}/s   window 1: {single:7.0f}/s   ratio "
+          f"{windowed / single:.1f}x   (target >= 5x)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--texts", type=int, default=300)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.calls, arguments.texts))

@@ -1,0 +1,45 @@
+"""The Asterisk kit in asterisk-conf/ agrees with the daemon and with config.example.yaml."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import yaml
+
+from mcdaemon.ami import event_filter
+from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
+
+ROOT = Path(__file__).resolve().parent.parent
+KIT = ROOT / "asterisk-conf"
+
+
+def manager_user() -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(strict=False, interpolation=None,
+                                       inline_comment_prefixes=(";",), comment_prefixes=(";",))
+    parser.read(KIT / "manager.conf")
+    return parser["mcdaemon"]
+
+
+def test_the_manager_user_is_least_privilege_and_loopback_only() -> None:
+    user = manager_user()
+    assert set(user["read"].replace(" ", "").split(",")) == {"call", "agent", "dialplan",
+                                                            "system"}
+    assert set(user["write"].replace(" ", "").split(",")) == {"reporting"}
+    assert user["deny"] == "0.0.0.0/0.0.0.0"
+    assert user["permit"].startswith("127.0.0.1/")
+
+
+def test_the_kits_event_filter_is_the_one_the_daemon_installs() -> None:
+    assert manager_user()["eventfilter"] == event_filter(NEEDED_EVENTS, NEEDED_VARIABLES)
+
+
+def test_the_example_config_names_contexts_the_example_dialplan_has() -> None:
+    dialplan = (KIT / "extensions.conf").read_text(encoding="utf-8")
+    contexts = set(re.findall(r"^\[([\w-]+)\]", dialplan, re.M))
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text(encoding="utf-8"))
+    inbound = example["inbound"]
+    assert set(inbound["contexts"]) <= contexts
+    assert set(inbound["after_hours_contexts"]) <= contexts
+    assert "MCD_GROUP" in dialplan and "MCD_AFTER_HOURS" in dialplan
