@@ -5,7 +5,7 @@
    caller numbers each), holds back each call's ending (from the caller's HangupRequest on)
    and then releases all N endings at once. For every call we measure from the moment its last
    Hangup frame is written to the socket to the moment the SMSC simulator reads its submit_sm.
-   The daemon is the real `Service` (`mcdaemon run`'s code path), store on disk.
+   The daemon is `mcdaemon run` in a process of its own, store on disk.
 2. The SMPP sender alone submits M texts to an SMSC answering each submit after 5 ms, with
    window 10 and with window 1: the sustained rate of each and the ratio.
 
@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +29,16 @@ from pathlib import Path
 import yaml
 
 from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.config import SmppConfig, load_config
-from mcdaemon.service import Service
+from mcdaemon.config import SmppConfig
 from mcdaemon.smpp import SmppSender
 from mcdaemon.smsc import Submit, TestSmsc
 from mcdaemon.transcript import Frame, Transcript, parse_frame, read_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"
+#: MCD_BENCH_PROFILE=FILE runs the daemon under cProfile, its statistics written to FILE
+PROFILE = (["-m", "cProfile", "-o", os.environ["MCD_BENCH_PROFILE"]]
+           if os.environ.get("MCD_BENCH_PROFILE") else [])
 _IDS = re.compile(rb"(Uniqueid|Linkedid|DestUniqueid|DestLinkedid): 1795369867\.(\d+)")
 
 
@@ -74,18 +79,22 @@ def config_file(folder: Path, ami_port: int, smsc_port: int, window: int) -> Pat
 
 
 async def hangup_to_submit(calls: int) -> list[float]:
-    transcript, _ = burst(calls, release_at=3.0)
+    """The daemon runs as `mcdaemon run` in its own process, as in production: the fake PBX
+    and SMSC here must not share its event loop (or its CPU) and slow it down."""
+    transcript, _ = burst(calls, release_at=4.0)
     hangup_sent: dict[str, float] = {}
     submit_read: dict[str, float] = {}
     linkedid_caller: dict[str, str] = {}
 
     def on_frame(frame: Frame) -> None:
-        fields = parse_frame(frame.raw)
-        if fields.get("Event") == "Newchannel" and fields.get("Uniqueid") == fields.get(
-                "Linkedid"):
-            linkedid_caller[fields["Linkedid"]] = fields.get("CallerIDNum", "").lstrip("+")
-        if fields.get("Event") == "Hangup":
-            caller = linkedid_caller.get(fields.get("Linkedid", ""))
+        raw = frame.raw
+        if raw.startswith(b"Event: Newchannel\r\n"):
+            fields = parse_frame(raw)
+            if fields.get("Uniqueid") == fields.get("Linkedid"):
+                linkedid_caller[fields["Linkedid"]] = fields.get("CallerIDNum",
+                                                                 "").lstrip("+")
+        elif raw.startswith(b"Event: Hangup\r\n"):
+            caller = linkedid_caller.get(parse_frame(raw).get("Linkedid", ""))
             if caller:
                 hangup_sent[caller] = time.perf_counter()  # the last Hangup of the call wins
 
@@ -95,15 +104,20 @@ async def hangup_to_submit(calls: int) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         async with TestSmsc(password="secret", on_submit=on_submit) as smsc, \
                 AmiTestServer([transcript], secret="s", speed=1.0, on_frame=on_frame) as ami:
-            config = load_config(config_file(Path(tmp), ami.port, smsc.port, 10))
-            service = Service(config, install_signal_handlers=False)
-            task = asyncio.create_task(service.run())
-            await asyncio.wait_for(ami.finished(), 30)
-            deadline = time.monotonic() + 30
-            while len(submit_read) < calls and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            service.request_stop()
-            await task
+            path = config_file(Path(tmp), ami.port, smsc.port, 10)
+            log = open(os.environ.get("MCD_BENCH_LOG", os.devnull), "wb")  # noqa: SIM115
+            daemon = await asyncio.create_subprocess_exec(
+                sys.executable, *PROFILE, "-m", "mcdaemon", "--log-format", "json", "run", "-c",
+                str(path), stdout=asyncio.subprocess.DEVNULL, stderr=log, cwd=tmp)
+            try:
+                await asyncio.wait_for(ami.finished(), 60)
+                deadline = time.monotonic() + 30
+                while len(submit_read) < calls and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(daemon.wait(), 15)
+                log.close()
     return [submit_read[caller] - hangup_sent[caller] for caller in submit_read
             if caller in hangup_sent]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import random
 import signal
@@ -29,11 +30,19 @@ from . import keywords, sdnotify
 from .ami import AmiConnection, AmiEvent, AmiStatus
 from .config import Config, ConfigError, reload_config
 from .logs import mask_number
+from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from .phone import to_e164
 from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group
 from .records import CallRecord, Decision
-from .smpp import BindState, DeliveryReceipt, MobileOriginated, SmppSender, receipt_id_candidates
-from .store import NewCall, OutboxMessage, Store
+from .smpp import (
+    BindState,
+    DeliveryReceipt,
+    MobileOriginated,
+    SmppSender,
+    SubmitResult,
+    receipt_id_candidates,
+)
+from .store import NewCall, OutboxMessage, ReceiptIn, Store, SubmitOutcome
 from .tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 
 log = structlog.get_logger("mcdaemon.service")
@@ -45,6 +54,8 @@ DecisionObserver = Callable[[CallRecord, Decision], None]
 HOUSEKEEPING_INTERVAL = 1.0
 #: the longest the dispatcher sleeps when nothing wakes it (deferred texts become due)
 DISPATCH_IDLE = 0.5
+#: texts claimed beyond the window: what smpp.throughput sends in this many seconds
+CLAIM_AHEAD = 0.25
 
 
 class Service:
@@ -67,10 +78,13 @@ class Service:
             AmiConnection(pbx, self._ami_queue, event_names=NEEDED_EVENTS,
                           variables=NEEDED_VARIABLES) for pbx in config.ami]
         self._sender = SmppSender(config.smpp, self._smpp_events)
+        self.metrics = Metrics.from_config(config)
         self._store: Store | None = None
         self._wake_dispatcher = asyncio.Event()
         self._stop = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
+        self._results_ready = asyncio.Event()
         self._connected: set[str] = set()
         self._ready_sent = False
         self._tripped_reasons: set[str] = set()
@@ -87,6 +101,12 @@ class Service:
 
     async def run(self) -> int:
         self._store = await Store.open(self.config.store.path)
+        try:
+            await self.metrics.start()
+        except MetricsError as exc:
+            log.error(str(exc))
+            await self.store.close()
+            return 1
         now = self._clock()
         recovered = await self.store.recover_in_flight(self.config.outbox.after_crash, now)
         if recovered:
@@ -103,6 +123,7 @@ class Service:
         workers += [
             asyncio.create_task(self._consume_ami(), name="tracker"),
             asyncio.create_task(self._dispatch(), name="dispatcher"),
+            asyncio.create_task(self._write_results(), name="results"),
             asyncio.create_task(self._consume_smpp(), name="receipts"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
@@ -130,8 +151,17 @@ class Service:
         # the calls already decided are in the store; drain what the tracker has queued
         log.debug("shutdown: AMI closed")
         await self._drain_ami_queue()
+        # the dispatcher claims nothing more once _stop is set; what it claimed is sent
+        # within a few seconds, or handed back unsent when the sender stops (a submit out
+        # and unanswered then is recorded as a duplicate risk)
         if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=5.0)
+            await asyncio.wait(self._in_flight, timeout=4.0)
+        with contextlib.suppress(Exception):
+            await self._sender.stop(timeout=2.0)
+        log.debug("shutdown: SMSC unbound")
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=1.0)
+        await self._flush_results()
         log.debug("shutdown: in-flight submits settled", left=len(self._in_flight))
         for task in workers:
             task.cancel()
@@ -139,11 +169,9 @@ class Service:
         if stuck:
             log.error("workers did not stop", workers=[task.get_name() for task in stuck])
         log.debug("shutdown: workers stopped")
-        with contextlib.suppress(Exception):
-            await self._sender.stop(timeout=2.0)
-        log.debug("shutdown: SMSC unbound")
         await self.store.set_status("daemon", "stopped", self._clock())
         await self.store.set_status("smpp", "down", self._clock())
+        await self.metrics.stop()
         await self.store.close()
         log.info("stopped")
 
@@ -163,7 +191,7 @@ class Service:
             log.error("config reload refused; the running config stays",
                       problems=exc.problems)
             return
-        changed = [name for name in ("ami", "smpp") if
+        changed = [name for name in ("ami", "smpp", "metrics") if
                    getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("config reload: these sections need a restart to take effect",
@@ -171,6 +199,7 @@ class Service:
         for tracker in self._trackers.values():
             tracker.update_settings(new.inbound, new.region)
         self.config = new
+        self.metrics.update_names(new)
         log.info("config reloaded", source=new.source)
 
     def _notify_ready(self) -> None:
@@ -198,6 +227,7 @@ class Service:
     async def _take(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
         """One item of the AMI queue: a connection state is also recorded for `status`."""
         if isinstance(item, AmiStatus):
+            self.metrics.ami_connection_state(item.pbx, item.state)
             await self.store.set_status(f"ami:{item.pbx}", item.state, item.at)
         return self._track(item)
 
@@ -249,9 +279,18 @@ class Service:
                 batch_prefixes.append(destination_prefix(decision.destination, config))
             decided.append(NewCall(record, decision))
             destinations.append(decision.destination)
-        message_ids = await self.store.record_calls(decided, now=now, destinations=destinations)
+        # texts due now are claimed in the same commit while the window has room: the
+        # sender has them as soon as the decision is on disk
+        claim = (self._claim_limit() - len(self._in_flight)
+                 if self._sender.state == "bound" and not self._stop.is_set() else 0)
+        message_ids, claimed = await self.store.record_calls_and_claim(
+            decided, now=now, destinations=destinations, claim=claim)
+        self.metrics.text_transition("queued", sum(1 for message_id in message_ids
+                                                   if message_id is not None))
+        self._start_sending(claimed)
         for call, message_id in zip(decided, message_ids, strict=True):
             self._log_decision(call.record, call.decision, message_id)
+            self.metrics.call_decided(call.record, call.decision)
             if self._on_decision is not None:
                 self._on_decision(call.record, call.decision)
         if any(message_id is not None for message_id in message_ids):
@@ -278,10 +317,17 @@ class Service:
 
     # ------------------------------------------------------------------ store → SMSC
 
+    def _claim_limit(self) -> int:
+        """How many texts may be claimed and not yet settled: the window plus what the
+        throughput sends in CLAIM_AHEAD seconds, so the sender's thread always has the next
+        text at hand when an answer frees a slot of the window (a claim per answer would set
+        the pace), while a crash leaves few texts in `sending`."""
+        smpp = self.config.smpp
+        return smpp.window + max(smpp.window, math.ceil(smpp.throughput * CLAIM_AHEAD))
+
     async def _dispatch(self) -> None:
-        window = self.config.smpp.window
         while not self._stop.is_set():
-            free = window - len(self._in_flight)
+            free = self._claim_limit() - len(self._in_flight)
             if self._sender.state != "bound" or free <= 0:
                 await self._sleep_until_woken(DISPATCH_IDLE)
                 continue
@@ -289,13 +335,23 @@ class Service:
             if not messages:
                 await self._sleep_until_woken(DISPATCH_IDLE)
                 continue
-            for message in messages:
-                task = asyncio.create_task(self._send(message))
-                self._in_flight.add(task)
-                task.add_done_callback(self._send_finished)
+            self._start_sending(messages)
+
+    def _start_sending(self, messages: list[OutboxMessage]) -> None:
+        for message in messages:
+            task = asyncio.create_task(self._send(message))
+            self._in_flight.add(task)
+            task.add_done_callback(self._send_finished)
+        if messages:
+            self._observe_window()
+
+    def _observe_window(self) -> None:
+        window = self.config.smpp.window
+        self.metrics.smpp_window(min(window, len(self._in_flight)), window)
 
     def _send_finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self._observe_window()
         if not task.cancelled() and task.exception() is not None:
             log.error("sending a text failed unexpectedly", error=repr(task.exception()))
         self._wake_dispatcher.set()
@@ -309,51 +365,121 @@ class Service:
         self._wake_dispatcher.clear()
 
     async def _send(self, message: OutboxMessage) -> None:
-        outbox = self.config.outbox
+        """Submit one text; its result joins the next batch the results writer stores."""
         result = await self._sender.submit(message.destination, message.body,
                                            reference=message.id & 0xFF)
-        now = self._clock()
-        fields = dict(message_id=message.id, call_id=message.call_id,
-                      to=mask_number(message.destination, self.config.log_full_numbers))
-        if result.outcome == "submitted":
-            await self.store.mark_submitted(message.id, result.smsc_ids, now)
-            log.info("text submitted", smsc_ids=list(result.smsc_ids),
-                     after_hangup=round(now - message.call_ended_at, 3)
-                     if message.call_ended_at else None, **fields)
-        elif result.outcome == "permanent" or message.attempts >= outbox.max_attempts:
-            detail = result.detail if result.outcome == "permanent" else (
-                f"gave up after {message.attempts} attempts: {result.detail}")
-            await self.store.mark_failed(message.id, error_code=result.status,
-                                         detail=detail, now=now)
-            log.warning("text failed", status=result.status, detail=detail, **fields)
-        else:
-            delay = min(outbox.retry_max, outbox.retry_min * 2 ** (message.attempts - 1))
-            delay *= random.uniform(0.8, 1.2)
-            # a submit that timed out may have reached the SMSC: its resend is a duplicate risk
-            await self.store.mark_retry(message.id, not_before=now + delay,
-                                        error_code=result.status, detail=result.detail,
-                                        now=now, duplicate_risk=result.outcome == "timeout")
-            log.info("text will be retried", outcome=result.outcome, status=result.status,
-                     detail=result.detail, retry_in=round(delay, 1), **fields)
+        self._results.append((message, result, self._clock()))
+        self._results_ready.set()
+
+    async def _write_results(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            await self._flush_results()
+
+    async def _flush_results(self) -> None:
+        """Store every submit result gathered so far in one transaction, then log each."""
+        batch, self._results = self._results, []
+        if not batch:
+            return
+        outbox = self.config.outbox
+        outcomes: list[SubmitOutcome] = []
+        for message, result, _ in batch:
+            if result.outcome == "submitted":
+                outcomes.append(SubmitOutcome(message.id, "submitted",
+                                              smsc_ids=result.smsc_ids))
+            elif result.outcome == "unbound" and not result.in_doubt:
+                # never went out (the bind dropped or the daemon stops): not an attempt;
+                # sent as soon as a bind is up again
+                outcomes.append(SubmitOutcome(message.id, "queued", not_before=batch[-1][2],
+                                              detail=result.detail, refund_attempt=True))
+            elif result.outcome == "permanent" or message.attempts >= outbox.max_attempts:
+                detail = result.detail if result.outcome == "permanent" else (
+                    f"gave up after {message.attempts} attempts: {result.detail}")
+                outcomes.append(SubmitOutcome(message.id, "failed", error_code=result.status,
+                                              detail=detail))
+            else:
+                delay = min(outbox.retry_max, outbox.retry_min * 2 ** (message.attempts - 1))
+                delay *= random.uniform(0.8, 1.2)
+                # a submit that went out unanswered may have reached the SMSC: its resend
+                # is a duplicate risk
+                outcomes.append(SubmitOutcome(
+                    message.id, "queued", not_before=batch[-1][2] + delay,
+                    error_code=result.status, detail=result.detail,
+                    duplicate_risk=result.in_doubt))
+        moved = await self.store.record_submit_outcomes(outcomes, batch[-1][2])
+        full = self.config.log_full_numbers
+        for (message, result, at), outcome, ok in zip(batch, outcomes, moved, strict=True):
+            fields = dict(message_id=message.id, call_id=message.call_id,
+                          to=mask_number(message.destination, full))
+            if ok:
+                self._count_outcome(message, outcome, at)
+            if outcome.state == "submitted":
+                log.info("text submitted", smsc_ids=list(result.smsc_ids),
+                         after_hangup=round(at - message.call_ended_at, 3)
+                         if message.call_ended_at else None, **fields)
+            elif outcome.state == "failed":
+                log.warning("text failed", status=result.status, detail=outcome.detail,
+                            **fields)
+            else:
+                log.info("text will be retried", outcome=result.outcome, status=result.status,
+                         detail=result.detail, duplicate_risk=result.in_doubt,
+                         retry_in=round((outcome.not_before or at) - at, 1), **fields)
+        if any(outcome.state == "queued" for outcome in outcomes):
+            self._wake_dispatcher.set()
+
+    def _count_outcome(self, message: OutboxMessage, outcome: SubmitOutcome,
+                       at: float) -> None:
+        if outcome.state == "submitted":
+            # timed only when it left as soon as it could: not a text deferred on purpose
+            # (opening hours) nor one without a call (an opt-out confirmation)
+            prompt = (message.call_ended_at is not None and message.kind == "first"
+                      and message.not_before <= message.created_at + 1.0)
+            self.metrics.text_submitted(at - message.call_ended_at if prompt
+                                        and message.call_ended_at is not None else None)
+        elif outcome.state == "failed":
+            self.metrics.text_transition("failed")
+        elif not outcome.refund_attempt:
+            self.metrics.text_transition("retry")
 
     # ------------------------------------------------------------------ SMSC → store
 
     async def _consume_smpp(self) -> None:
+        """Receipts, replies and bind states in arrival order; a run of receipts is stored
+        in one transaction (a carrier often sends them in bursts)."""
         while True:
-            item = await self._smpp_events.get()
-            if isinstance(item, DeliveryReceipt):
-                message_id = await self.store.apply_receipt(
-                    receipt_id_candidates(item.smsc_id), item.state, item.error, item.at,
-                    item.raw)
-                log.info("delivery receipt", smsc_id=item.smsc_id, state=item.state,
-                         error=item.error, message_id=message_id)
-            elif isinstance(item, MobileOriginated):
-                await self._handle_reply(item)
-            else:
-                log.info("SMSC bind", state=item.state, detail=item.detail)
-                await self.store.set_status("smpp", item.state, item.at)
-                if item.state == "bound":
-                    self._wake_dispatcher.set()
+            items = [await self._smpp_events.get()]
+            while not self._smpp_events.empty() and len(items) < 500:
+                items.append(self._smpp_events.get_nowait())
+            receipts: list[DeliveryReceipt] = []
+            for item in items:
+                if isinstance(item, DeliveryReceipt):
+                    receipts.append(item)
+                    continue
+                await self._apply_receipts(receipts)
+                receipts = []
+                if isinstance(item, MobileOriginated):
+                    await self._handle_reply(item)
+                else:
+                    log.info("SMSC bind", state=item.state, detail=item.detail)
+                    self.metrics.smpp_bind_state(item.state)
+                    await self.store.set_status("smpp", item.state, item.at)
+                    if item.state == "bound":
+                        self._wake_dispatcher.set()
+            await self._apply_receipts(receipts)
+
+    async def _apply_receipts(self, receipts: list[DeliveryReceipt]) -> None:
+        if not receipts:
+            return
+        applied = await self.store.apply_receipts([
+            ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
+                      item.at, item.raw) for item in receipts])
+        for item, message_id in zip(receipts, applied.matched, strict=True):
+            self.metrics.delivery_receipt(item.state)
+            log.info("delivery receipt", smsc_id=item.smsc_id, state=item.state,
+                     error=item.error, message_id=message_id)
+        for state in ("delivered", "undeliverable"):
+            self.metrics.text_transition(state, applied.settled.get(state, 0))
 
     async def _handle_reply(self, mo: MobileOriginated) -> None:
         sender = to_e164(mo.source, self.config.region) or mo.source
@@ -365,10 +491,12 @@ class Service:
             log.info("opt-out received", caller=mask_number(sender, full), new=newly)
             confirmation = self.config.policy.opt_out_confirmation
             if newly and confirmation:
-                await self.store.enqueue_message(
+                queued = await self.store.enqueue_message(
                     pbx="-", call_id=f"optout:{sender}:{int(mo.at)}", kind="optout_confirm",
                     seq=0, destination=sender, body=confirmation, now=self._clock(),
                     not_before=None, expires_at=self._clock() + self.config.outbox.max_age)
+                if queued is not None:
+                    self.metrics.text_transition("queued")
                 self._wake_dispatcher.set()
         elif kind == "opt_in":
             await self.store.opt_in(sender, mo.at)
@@ -379,9 +507,13 @@ class Service:
     # ------------------------------------------------------------------ housekeeping
 
     async def _housekeeping(self) -> None:
+        snapshot_due = 0.0
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             now = self._clock()
+            if now >= snapshot_due:
+                snapshot_due = now + OUTBOX_SNAPSHOT_INTERVAL
+                self.metrics.observe_outbox(await self.store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
             await self.store.set_status("heartbeat", str(os.getpid()), now)
             records: list[CallRecord] = []
@@ -390,6 +522,7 @@ class Service:
             if records:
                 await self._decide_and_store(records)
             expired = await self.store.expire_due(now)
+            self.metrics.text_transition("expired", len(expired))
             if expired:
                 log.warning("texts expired before they could be sent",
                             count=len(expired), max_age=self.config.outbox.max_age)

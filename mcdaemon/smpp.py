@@ -15,7 +15,8 @@ Result outcomes and what the service does with them:
     temporary   any other error status: retried with backoff
     permanent   PERMANENT_STATUSES (bad destination, bad source, bad length...): never retried
     timeout     no submit_sm_resp within smpp.response_timeout: retried, as a duplicate risk
-    unbound     not bound, or the link dropped with the submit in flight: retried
+    unbound     not bound, or the link dropped with the submit in flight: retried (as a
+                duplicate risk when its submit_sm had gone out unanswered: `in_doubt`)
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class SubmitResult:
     smsc_ids: tuple[str, ...] = ()
     status: int | None = None
     detail: str = ""
+    #: the submit_sm went out and no answer came back: the SMSC may have taken it, so a
+    #: resend may reach the caller twice (a timeout, or a link that dropped mid-window)
+    in_doubt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,7 +466,7 @@ class _Link:
                 self._drop_waiting(job)  # its remaining parts would make no whole text
                 self.sender._finish(job, SubmitResult(
                     "timeout", detail=f"no submit_sm_resp within "
-                                      f"{self.config.response_timeout:g} s"))
+                                      f"{self.config.response_timeout:g} s", in_doubt=True))
         if any(now >= deadline for deadline in self.enquire_pending.values()):
             return None
         if now >= self.enquire_due:
@@ -571,7 +575,9 @@ class _Link:
 
     def _fail_all(self, outcome: str, detail: str) -> None:
         for job, _part, _deadline in self.outstanding.values():
-            self.sender._finish(job, SubmitResult(outcome, detail=detail))
+            self.sender._finish(job, SubmitResult(outcome, detail=f"{detail} (the submit was"
+                                                  " out: it may have been taken)",
+                                                  in_doubt=True))
         for job in self.waiting:
             self.sender._finish(job, SubmitResult(outcome, detail=detail))
         self.outstanding.clear()

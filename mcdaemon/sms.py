@@ -8,6 +8,7 @@ pair (an emoji) in two, which phones show as garbage.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from smpplib import gsm
@@ -46,13 +47,7 @@ class SmsPlan:
 
 
 def is_gsm7(text: str) -> bool:
-    if any(ch in _NOT_GSM7 for ch in text):
-        return False
-    try:
-        gsm.gsm_encode(text)
-    except UnicodeError:
-        return False
-    return True
+    return all(_gsm7_units(ch) for ch in text)
 
 
 def encoding_for(text: str) -> str:
@@ -62,8 +57,20 @@ def encoding_for(text: str) -> str:
 def _units(text: str, encoding: str) -> list[int]:
     """The size of each character in the encoding's units."""
     if encoding == GSM7:
-        return [len(gsm.gsm_encode(ch)) for ch in text]
+        return [_gsm7_units(ch) for ch in text]
     return [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+
+
+@functools.lru_cache(maxsize=1024)
+def _gsm7_units(ch: str) -> int:
+    """1, 2 for the extension table (€, [, ]…), 0 when GSM-7 cannot carry it. Memoised:
+    every text of a storm asks about the same few characters."""
+    if ch in _NOT_GSM7:
+        return 0
+    try:
+        return len(gsm.gsm_encode(ch))
+    except UnicodeError:
+        return 0
 
 
 def plan(text: str, encoding: str | None = None) -> SmsPlan:

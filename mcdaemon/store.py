@@ -51,7 +51,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: `UPDATE … RETURNING` (the one-statement claim) needs this SQLite library
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
@@ -162,11 +162,53 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " WHERE from_state = OLD.state AND to_state = NEW.state)"
         " BEGIN SELECT RAISE(ABORT, 'a message state may only move forward'); END",
     ),
+    # 3: bookings (`mcdaemon record-booking`), each attributed to the texted missed call it
+    # follows (pbx, call_id) or to none
+    (
+        "CREATE TABLE bookings (id INTEGER PRIMARY KEY, e164 TEXT NOT NULL,"
+        " value REAL NOT NULL, currency TEXT, note TEXT, at REAL NOT NULL, pbx TEXT,"
+        " call_id TEXT, created_at REAL NOT NULL)",
+        "CREATE INDEX bookings_at ON bookings (at)",
+        "CREATE INDEX bookings_call ON bookings (pbx, call_id)",
+    ),
 )
 
 
 class StoreError(Exception):
     """The store cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    """What became of one submit: `submitted` (with the SMSC's id per part), `queued` again
+    (a temporary failure, retried at `not_before`) or `failed` for good."""
+
+    message_id: int
+    state: str
+    smsc_ids: tuple[str, ...] = ()
+    not_before: float | None = None
+    error_code: int | None = None
+    detail: str = ""
+    duplicate_risk: bool = False
+    #: the text never went out (handed back unsent): its claim does not count as an attempt
+    refund_attempt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedReceipts:
+    matched: list[int | None]  # per receipt, the message it matched
+    settled: dict[str, int]  # final state -> messages the batch moved there
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptIn:
+    """A delivery receipt as received: the ids it may refer to, its state and error."""
+
+    candidates: tuple[str, ...]
+    state: str
+    error: str | None
+    at: float
+    raw: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,19 +360,25 @@ class Store:
 
     # ------------------------------------------------------------------ plumbing
 
+    # Each of these is one trip to aiosqlite's thread (a cursor's execute, fetch and close
+    # would be three): under a storm the trips, not SQLite, set the pace.
+
     async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._db.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
-        return row[0] if row else None
+        rows = await self._db.execute_fetchall(sql, params)
+        return next(iter(rows))[0] if rows else None
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._db.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def _change(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
-        """Run one statement; its rowcount and lastrowid."""
-        async with self._db.execute(sql, params) as cursor:
-            return cursor.rowcount, cursor.lastrowid
+        """Run one statement; the rows it changed and the id it inserted (None if none).
+
+        `total_changes` is read from the connection between trips, under the store's lock;
+        no trigger of the schema writes rows, so the difference is this statement's."""
+        before = self._db.total_changes
+        row = await self._db.execute_insert(sql, params)
+        changed = self._db.total_changes - before
+        return changed, int(row[0]) if row is not None and changed else None
 
     async def _read(self, work: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:
@@ -367,6 +415,16 @@ class Store:
     async def record_calls(self, calls: Sequence[NewCall], *, now: float,
                            destinations: Sequence[str | None]) -> list[int | None]:
         """`record_call` for many calls in one transaction (a storm of hangups, one commit)."""
+        ids, _ = await self.record_calls_and_claim(calls, now=now, destinations=destinations,
+                                                   claim=0)
+        return ids
+
+    async def record_calls_and_claim(
+            self, calls: Sequence[NewCall], *, now: float, destinations: Sequence[str | None],
+            claim: int) -> tuple[list[int | None], list[OutboxMessage]]:
+        """`record_calls`, and up to `claim` of the new texts that are due now are born
+        claimed (`sending`, as `claim_due` would leave them) in the same transaction: the
+        sender gets them without another commit. Returns the message ids and those claimed."""
         if len(calls) != len(destinations):
             raise ValueError("record_calls needs one destination per call")
         resolved = [destination or call.decision.destination
@@ -376,33 +434,83 @@ class Store:
                 raise ValueError(f"call {call.record.pbx}/{call.record.call_id}: a decision to "
                                  "text needs a destination and a body")
 
-        async def work() -> list[int | None]:
-            return [await self._insert_call(call.record, call.decision, now, destination)
-                    for call, destination in zip(calls, resolved, strict=True)]
+        async def work() -> tuple[list[int | None], list[OutboxMessage]]:
+            ids = await self._insert_calls(calls, resolved, now)
+            born = [message_id for call, message_id in zip(calls, ids, strict=True)
+                    if message_id is not None and (call.decision.send_after is None
+                                                   or call.decision.send_after <= now)
+                    and (call.decision.expires_at is None or call.decision.expires_at > now)]
+            born = born[:max(0, claim)]
+            if not born:
+                return ids, []
+            rows = await self._rows(
+                "UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?"
+                f" WHERE id IN ({','.join('?' * len(born))}) AND {_may_become('sending')}"
+                f" RETURNING {_MESSAGE_COLUMNS}", [now, *born])
+            return ids, sorted((_message(row) for row in rows), key=lambda m: m.id)
 
-        return await self._transaction(work)
+        return await self._transaction(work) if calls else ([], [])
 
-    async def _insert_call(self, record: CallRecord, decision: Decision, now: float,
-                           destination: str | None) -> int | None:
-        inserted, _ = await self._change(
-            "INSERT OR IGNORE INTO calls (pbx, call_id, caller, caller_e164, caller_name, did,"
+    async def _insert_calls(self, calls: Sequence[NewCall], destinations: Sequence[str | None],
+                            now: float) -> list[int | None]:
+        """Insert the new calls and their first texts with a few statements whatever the
+        batch size; a call already recorded (or twice in the batch) is left as it is."""
+        keys = [(call.record.pbx, call.record.call_id) for call in calls]
+        known = {(str(pbx), str(call_id)) for pbx, call_id in
+                 await self._rows_for_keys("SELECT pbx, call_id FROM calls WHERE", keys)}
+        fresh: list[int] = []  # indexes into calls
+        for index, key in enumerate(keys):
+            if key not in known:
+                known.add(key)
+                fresh.append(index)
+        call_rows = []
+        for index in fresh:
+            record, decision = calls[index].record, calls[index].decision
+            call_rows.append((
+                record.pbx, record.call_id, record.caller, record.caller_e164,
+                record.caller_name, record.did, record.group, str(record.outcome),
+                record.started, record.ended, record.wait_seconds, int(record.partial),
+                json.dumps(record.as_dict(), ensure_ascii=False), int(decision.text),
+                decision.reason, decision.detail, decision.group, decision.template,
+                decision.variant, now))
+        await self._db.executemany(
+            "INSERT INTO calls (pbx, call_id, caller, caller_e164, caller_name, did,"
             " grp, outcome, started, ended, wait_seconds, partial, record, textable, reason,"
             " detail, decision_group, template, variant, decided_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (record.pbx, record.call_id, record.caller, record.caller_e164, record.caller_name,
-             record.did, record.group, str(record.outcome), record.started, record.ended,
-             record.wait_seconds, int(record.partial),
-             json.dumps(record.as_dict(), ensure_ascii=False), int(decision.text),
-             decision.reason, decision.detail, decision.group, decision.template,
-             decision.variant, now))
-        if inserted != 1 or not decision.text or not destination or not decision.body:
-            return None
-        return await self._insert_message(
-            pbx=record.pbx, call_id=record.call_id, kind="first", seq=0,
-            destination=destination, body=decision.body, group=decision.group,
-            variant=decision.variant, now=now,
-            not_before=decision.send_after if decision.send_after is not None else now,
-            expires_at=decision.expires_at, call_ended_at=record.ended)
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", call_rows)
+        texted = [index for index in fresh if calls[index].decision.text
+                  and destinations[index] and calls[index].decision.body]
+        message_rows = []
+        for index in texted:
+            record, decision = calls[index].record, calls[index].decision
+            message_rows.append((
+                record.pbx, record.call_id, "first", 0, destinations[index], decision.body,
+                decision.group, decision.variant,
+                decision.send_after if decision.send_after is not None else now,
+                decision.expires_at, record.ended, now))
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp,"
+            " variant, not_before, expires_at, call_ended_at, created_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", message_rows)
+        ids = {(str(pbx), str(call_id)): int(row_id) for pbx, call_id, row_id in
+               await self._rows_for_keys(
+                   "SELECT pbx, call_id, id FROM messages WHERE kind = 'first' AND seq = 0"
+                   " AND created_at = ? AND", [keys[index] for index in texted], [now])}
+        result: list[int | None] = [None] * len(calls)
+        for index in texted:
+            result[index] = ids.get(keys[index])
+        return result
+
+    async def _rows_for_keys(self, select: str, keys: Sequence[tuple[str, str]],
+                             params: Sequence[Any] = ()) -> list[Any]:
+        """`select` (ending in WHERE … or AND) for every (pbx, call_id) in `keys`."""
+        rows: list[Any] = []
+        for start in range(0, len(keys), 400):  # SQLite allows 32766 parameters; stay far
+            chunk = keys[start:start + 400]
+            rows += await self._rows(
+                f"{select} (pbx, call_id) IN (VALUES {','.join('(?, ?)' for _ in chunk)})",
+                [*params, *(value for key in chunk for value in key)])
+        return rows
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
@@ -463,55 +571,122 @@ class Store:
                              now: float) -> bool:
         """The SMSC took the text: record one id per part. False if the message had left
         `sending` meanwhile (its parts are still recorded: the text did go out)."""
-        ids = [smsc_id.strip().lower() for smsc_id in smsc_ids]
-
-        async def work() -> bool:
-            moved, _ = await self._change(
-                "UPDATE messages SET state = 'submitted', submitted_at = ?, parts = ?,"
-                f" smsc_ids = ?, error_code = NULL WHERE id = ? AND {_may_become('submitted')}",
-                (now, len(ids), json.dumps(ids), message_id))
-            for number, smsc_id in enumerate(ids, start=1):
-                await self._change("INSERT OR IGNORE INTO message_parts (message_id, part_no,"
-                                   " smsc_id) VALUES (?, ?, ?)", (message_id, number, smsc_id))
-            await self._replay_early_receipts(message_id, set(ids))
-            return moved == 1
-
-        moved = await self._transaction(work)
-        if not moved:
-            log.warning("submitted text had already left 'sending'", message_id=message_id)
-        return moved
-
-    async def _replay_early_receipts(self, message_id: int, ids: set[str]) -> None:
-        """Apply receipts that arrived before their submit_sm_resp was recorded."""
-        rows = await self._rows(
-            "SELECT r.id, r.state, r.error, r.at, r.candidates FROM receipts AS r, messages AS m"
-            " WHERE m.id = ? AND r.message_id IS NULL"
-            " AND r.at >= COALESCE(m.sending_at, m.created_at) - ? ORDER BY r.id",
-            (message_id, _RECEIPT_REPLAY_SLACK))
-        for receipt_id, state, error, at, candidates in rows:
-            matched = [smsc_id for smsc_id in json.loads(candidates) if smsc_id in ids]
-            if matched:
-                await self._apply_to_part(matched, state, error, at)
-                await self._change("UPDATE receipts SET message_id = ? WHERE id = ?",
-                                   (message_id, receipt_id))
+        return (await self.record_submit_outcomes(
+            [SubmitOutcome(message_id, "submitted", smsc_ids=tuple(smsc_ids))], now))[0]
 
     async def mark_retry(self, message_id: int, *, not_before: float, error_code: int | None,
                          detail: str, now: float, duplicate_risk: bool = False) -> bool:
         """A temporary failure: back to `queued` until `not_before`. `duplicate_risk` when the
         SMSC may have taken it anyway (a submit that timed out)."""
-        return await self._move(
-            "UPDATE messages SET state = 'queued', not_before = ?, error_code = ?,"
-            " error_detail = ?, duplicate_risk = MAX(duplicate_risk, ?)"
-            f" WHERE id = ? AND {_may_become('queued')}",
-            (not_before, error_code, detail, int(duplicate_risk), message_id))
+        return (await self.record_submit_outcomes([SubmitOutcome(
+            message_id, "queued", not_before=not_before, error_code=error_code, detail=detail,
+            duplicate_risk=duplicate_risk)], now))[0]
 
     async def mark_failed(self, message_id: int, *, error_code: int | None, detail: str,
                           now: float) -> bool:
         """A permanent failure (or giving up): final. False if the message was past that."""
-        return await self._move(
+        return (await self.record_submit_outcomes([SubmitOutcome(
+            message_id, "failed", error_code=error_code, detail=detail)], now))[0]
+
+    async def record_submit_outcomes(self, outcomes: Sequence[SubmitOutcome],
+                                     now: float) -> list[bool]:
+        """Record the results of many submits in one transaction (one commit, not one per
+        text: under a storm the commits, not the SMSC, would set the pace). For each, whether
+        the message moved; a message already past that state stays as it is."""
+        async def work() -> list[bool]:
+            return await self._record_outcomes(outcomes, now)
+
+        moved = await self._transaction(work) if outcomes else []
+        for outcome, ok in zip(outcomes, moved, strict=True):
+            if not ok:
+                log.warning("a submit result came for a text that had left 'sending'",
+                            message_id=outcome.message_id, result=outcome.state)
+        return moved
+
+    async def _record_outcomes(self, outcomes: Sequence[SubmitOutcome],
+                               now: float) -> list[bool]:
+        """A few statements whatever the batch size: read the states, decide each move by
+        TRANSITIONS (in order: a message twice in the batch sees its first move), write."""
+        for outcome in outcomes:
+            if outcome.state not in ("submitted", "queued", "failed"):
+                raise ValueError(f"a submit outcome is submitted, queued or failed, not "
+                                 f"{outcome.state!r}")
+        wanted = sorted({outcome.message_id for outcome in outcomes})
+        states: dict[int, str] = {}
+        claimed_at: dict[int, float] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for message_id, state, since in await self._rows(
+                    "SELECT id, state, COALESCE(sending_at, created_at) FROM messages"
+                    f" WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                states[int(message_id)] = str(state)
+                claimed_at[int(message_id)] = float(since)
+        moved: list[bool] = []
+        submitted: list[tuple[Any, ...]] = []
+        parts: list[tuple[Any, ...]] = []
+        queued: list[tuple[Any, ...]] = []
+        failed: list[tuple[Any, ...]] = []
+        sent_ids: dict[int, set[str]] = {}
+        for outcome in outcomes:
+            message_id = outcome.message_id
+            state = states.get(message_id)
+            ok = state is not None and outcome.state in TRANSITIONS[state]
+            if ok:
+                states[message_id] = outcome.state
+            moved.append(ok)
+            if outcome.state == "submitted":
+                ids = [smsc_id.strip().lower() for smsc_id in outcome.smsc_ids]
+                if state is not None:  # even when not moved: the text did go out
+                    parts += [(message_id, number, smsc_id)
+                              for number, smsc_id in enumerate(ids, start=1)]
+                    sent_ids.setdefault(message_id, set()).update(ids)
+                if ok:
+                    submitted.append((now, len(ids), json.dumps(ids), message_id))
+            elif ok and outcome.state == "queued":
+                queued.append((outcome.not_before if outcome.not_before is not None else now,
+                               outcome.error_code, outcome.detail,
+                               int(outcome.duplicate_risk), int(outcome.refund_attempt),
+                               message_id))
+            elif ok:
+                failed.append((now, outcome.error_code, outcome.detail, message_id))
+        # the guards repeat what was decided above; the trigger would refuse anything else
+        await self._db.executemany(
+            "UPDATE messages SET state = 'submitted', submitted_at = ?, parts = ?,"
+            f" smsc_ids = ?, error_code = NULL WHERE id = ? AND {_may_become('submitted')}",
+            submitted)
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO message_parts (message_id, part_no, smsc_id)"
+            " VALUES (?, ?, ?)", parts)
+        await self._db.executemany(
+            "UPDATE messages SET state = 'queued', not_before = ?, error_code = ?,"
+            " error_detail = ?, duplicate_risk = MAX(duplicate_risk, ?),"
+            f" attempts = MAX(0, attempts - ?) WHERE id = ? AND {_may_become('queued')}",
+            queued)
+        await self._db.executemany(
             "UPDATE messages SET state = 'failed', final_at = ?, error_code = ?,"
-            f" error_detail = ? WHERE id = ? AND {_may_become('failed')}",
-            (now, error_code, detail, message_id))
+            f" error_detail = ? WHERE id = ? AND {_may_become('failed')}", failed)
+        if sent_ids:
+            await self._replay_early_receipts(
+                {message_id: (ids, claimed_at[message_id]) for message_id, ids in
+                 sent_ids.items()})
+        return moved
+
+    async def _replay_early_receipts(self, sent: dict[int, tuple[set[str], float]]) -> None:
+        """Apply receipts that arrived before their submit_sm_resp was recorded: `sent` maps
+        each message just submitted to its SMSC ids and the time it was claimed."""
+        since = min(at for _, at in sent.values()) - _RECEIPT_REPLAY_SLACK
+        rows = await self._rows(
+            "SELECT id, state, error, at, candidates FROM receipts"
+            " WHERE message_id IS NULL AND at >= ? ORDER BY id", (since,))
+        for receipt_id, state, error, at, candidates in rows:
+            ids = json.loads(candidates)
+            for message_id, (smsc_ids, claimed) in sent.items():
+                matched = [smsc_id for smsc_id in ids if smsc_id in smsc_ids]
+                if matched and at >= claimed - _RECEIPT_REPLAY_SLACK:
+                    await self._apply_to_part(matched, state, error, at)
+                    await self._change("UPDATE receipts SET message_id = ? WHERE id = ?",
+                                       (message_id, receipt_id))
+                    break
 
     async def _move(self, sql: str, params: Sequence[Any]) -> bool:
         async def work() -> int:
@@ -598,18 +773,63 @@ class Store:
         final message stays as it is. Every receipt is kept (raw), matched or not; an
         unmatched one is matched again when its submit is recorded.
         """
-        ids = _normalise_ids(candidates)
+        return (await self.apply_receipts([ReceiptIn(tuple(candidates), state, error, at,
+                                                     raw)])).matched[0]
 
-        async def work() -> int | None:
-            message_id = await self._apply_to_part(ids, state, error, at) if ids else None
-            await self._change(
-                "INSERT INTO receipts (smsc_id, candidates, state, error, at, message_id, raw)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (ids[0] if ids else "", json.dumps(ids), state, error, at, message_id,
-                 json.dumps(raw, ensure_ascii=False)))
-            return message_id
+    async def apply_receipts(self, receipts: Sequence[ReceiptIn]) -> AppliedReceipts:
+        """`apply_receipt` for many receipts, in order, in one transaction: the message id
+        each matched (None: kept unmatched) and how many messages each settled as."""
+        settled: dict[str, int] = {}
 
-        return await self._transaction(work)
+        async def work() -> list[int | None]:
+            return await self._apply_receipts(receipts, settled)
+
+        matched = await self._transaction(work) if receipts else []
+        return AppliedReceipts(matched, settled)
+
+    async def _apply_receipts(self, receipts: Sequence[ReceiptIn],
+                              settled: dict[str, int]) -> list[int | None]:
+        """A few statements whatever the batch size (a carrier sends receipts in bursts)."""
+        wanted = [_normalise_ids(receipt.candidates) for receipt in receipts]
+        every_id = sorted({smsc_id for ids in wanted for smsc_id in ids})
+        newest: dict[str, tuple[int, int]] = {}  # smsc id -> (message id, part), newest
+        for start in range(0, len(every_id), 500):
+            chunk = every_id[start:start + 500]
+            for smsc_id, message_id, part_no in await self._rows(
+                    "SELECT smsc_id, message_id, part_no FROM message_parts"
+                    f" WHERE smsc_id IN ({','.join('?' * len(chunk))})", chunk):
+                # an SMSC that restarts its counter reuses ids: the newest message is meant
+                if smsc_id not in newest or int(message_id) > newest[smsc_id][0]:
+                    newest[smsc_id] = (int(message_id), int(part_no))
+        matched: list[int | None] = []
+        part_updates: list[tuple[Any, ...]] = []
+        settle_at: dict[int, float] = {}
+        for receipt, ids in zip(receipts, wanted, strict=True):
+            hits = [newest[smsc_id] for smsc_id in ids if smsc_id in newest]
+            if not hits:
+                matched.append(None)
+                continue
+            message_id, part_no = max(hits)
+            matched.append(message_id)
+            part_state = _part_state(receipt.state)
+            if part_state != "submitted":  # ACCEPTD, ENROUTE…: nothing final yet
+                part_updates.append((part_state, receipt.error, receipt.at, message_id,
+                                     part_no))
+                settle_at[message_id] = receipt.at
+        await self._db.executemany(
+            "UPDATE message_parts SET state = ?, error = ?, receipt_at = ?"
+            " WHERE message_id = ? AND part_no = ? AND state = 'submitted'", part_updates)
+        for message_id, at in settle_at.items():
+            final = await self._settle(message_id, at)
+            if final is not None:
+                settled[final] = settled.get(final, 0) + 1
+        await self._db.executemany(
+            "INSERT INTO receipts (smsc_id, candidates, state, error, at, message_id, raw)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [(ids[0] if ids else "", json.dumps(ids), receipt.state, receipt.error,
+              receipt.at, message_id, json.dumps(receipt.raw, ensure_ascii=False))
+             for receipt, ids, message_id in zip(receipts, wanted, matched, strict=True)])
+        return matched
 
     async def _apply_to_part(self, ids: Sequence[str], state: str, error: str | None,
                              at: float) -> int | None:
@@ -630,7 +850,8 @@ class Store:
             await self._settle(message_id, at)
         return message_id
 
-    async def _settle(self, message_id: int, at: float) -> None:
+    async def _settle(self, message_id: int, at: float) -> str | None:
+        """Move the message to its final state once its parts say so; that state, if moved."""
         rows = await self._rows(
             "SELECT m.parts, COUNT(p.part_no), SUM(p.state = 'delivered'),"
             " SUM(p.state = 'undeliverable'), MAX(CASE WHEN p.state = 'undeliverable'"
@@ -642,11 +863,12 @@ class Store:
         elif delivered and delivered == recorded and recorded >= parts:
             final, detail = "delivered", None
         else:
-            return
-        await self._change(
+            return None
+        moved, _ = await self._change(
             "UPDATE messages SET state = ?, final_at = ?,"
             " error_detail = COALESCE(?, error_detail)"
             f" WHERE id = ? AND {_may_become(final)}", (final, at, detail, message_id))
+        return final if moved else None
 
     async def add_inbound(self, source: str, destination: str, text: str, at: float,
                           keyword: str | None = None) -> int:
@@ -814,3 +1036,151 @@ class Store:
                     "duplicate_risk": int(at_risk or 0)}
 
         return await self._read(work)
+
+    # ------------------------------------------------------------------ read-only: report, status
+
+    @classmethod
+    async def open_readonly(cls, path: str) -> Store:
+        """Open an existing store for reading only (`mcdaemon report` and `status`).
+
+        Nothing is created, migrated or changed, so no write access is needed: it reads beside
+        the running daemon (WAL) and from a read-only file in a read-only directory. A store of
+        an older schema is read as it is (what it lacks reads as empty); one written by a newer
+        mcdaemon is refused. Writing through it fails.
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise StoreError(f"there is no store at {path} (check store.path; the daemon "
+                             "creates it when it first runs)")
+        if not os.access(file, os.R_OK):
+            raise StoreError(f"the store {path} is not readable by this user (check its owner "
+                             "and mode, or run as the daemon's user)")
+        uri = file.resolve().as_uri()
+        # While the daemon has the store open there is a -wal file, and reading goes through
+        # its -shm index. Without one nobody has the file open: it is read as it is
+        # (immutable), creating nothing beside it; a -wal/-shm made by another user here
+        # could keep the daemon from opening its store at the next start.
+        live = Path(path + "-wal").exists()
+        try:
+            return await cls._connect_readonly(f"{uri}?{'mode=ro' if live else 'immutable=1'}",
+                                               path)
+        except sqlite3.Error as exc:
+            hint = (" (its -wal and -shm files must be readable by this user while the daemon "
+                    "runs)" if live else "")
+            raise StoreError(f"cannot read the store {path}: {exc}{hint}") from exc
+
+    @classmethod
+    async def _connect_readonly(cls, uri: str, path: str) -> Store:
+        try:
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        store = cls(db, path)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = int(await store._scalar("PRAGMA user_version"))
+            tables = {name for name, in await store._rows(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError:
+            await db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(f"cannot use the store {path}: {exc} (is it an mcdaemon "
+                             "database?)") from exc
+        except BaseException:
+            await db.close()
+            raise
+        if version > SCHEMA_VERSION or version < 1 or "calls" not in tables:
+            await db.close()
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer mcdaemon (schema {version}, "
+                                 f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon")
+            raise StoreError(f"{path} is not an mcdaemon store (no schema; check store.path)")
+        return store
+
+    async def tables(self) -> set[str]:
+        """The names of the store's tables (a store of an older schema lacks the newer ones)."""
+        return {name for name, in await self._read(lambda: self._rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"))}
+
+    async def report_rows(self, since: float, until: float) -> dict[str, list[dict[str, Any]]]:
+        """What `mcdaemon report` computes from, as rows (dicts by column name).
+
+        `calls`: calls that ended in [since, until]; `texts`: their first texts (kind
+        `first`); `inbound`, `opt_outs`, `bookings`: from `since` on (a reply, an opt-out or a
+        booking follows its call). A table the store does not have yet gives no rows.
+        """
+        tables = await self.tables()
+        queries = {
+            "calls": ("SELECT pbx, call_id, caller, caller_e164, caller_name, did, grp, outcome,"
+                      " ended, partial, textable, reason, decision_group, template, variant"
+                      " FROM calls WHERE ended >= ? AND ended <= ? ORDER BY ended, pbx, call_id",
+                      (since, until)),
+            "texts": ("SELECT m.id, m.pbx, m.call_id, m.destination, m.grp, m.variant, m.state,"
+                      " m.created_at, m.submitted_at, m.final_at FROM messages AS m JOIN calls"
+                      " AS c ON c.pbx = m.pbx AND c.call_id = m.call_id WHERE m.kind = 'first'"
+                      " AND c.ended >= ? AND c.ended <= ? ORDER BY m.id", (since, until)),
+            "inbound": ("SELECT source, text, at FROM inbound WHERE at >= ? ORDER BY at, id",
+                        (since,)),
+            "opt_outs": ("SELECT e164, at, keyword FROM opt_outs WHERE at >= ? ORDER BY at",
+                         (since,)),
+        }
+        if "bookings" in tables:
+            queries["bookings"] = ("SELECT id, e164, value, currency, note, at, pbx, call_id"
+                                   " FROM bookings WHERE at >= ? ORDER BY at, id", (since,))
+
+        async def work() -> dict[str, list[dict[str, Any]]]:
+            result: dict[str, list[dict[str, Any]]] = {"bookings": []}
+            for name, (sql, params) in queries.items():
+                async with self._db.execute(sql, params) as cursor:
+                    names = [column[0] for column in cursor.description]
+                    result[name] = [dict(zip(names, row, strict=True))
+                                    for row in await cursor.fetchall()]
+            return result
+
+        return await self._read(work)
+
+    # ------------------------------------------------------------------ bookings
+
+    async def add_booking(self, e164: str, value: float, at: float, *,
+                          currency: str | None = None, note: str | None = None,
+                          window: float = 30 * 86400.0, now: float | None = None) -> Booking:
+        """Record a booking (a sale, an appointment) from `e164` worth `value`.
+
+        It is attributed to the most recent texted missed call from that number: the call
+        ended at most `window` seconds before `at` and its first text was submitted (or got
+        further) by `at`. None found: it is kept unattributed.
+        """
+        recorded = time.time() if now is None else now
+        sent = _quoted(("submitted", "delivered", "undeliverable"))
+
+        async def work() -> Booking:
+            rows = await self._rows(
+                "SELECT c.pbx, c.call_id FROM messages AS m JOIN calls AS c"
+                " ON c.pbx = m.pbx AND c.call_id = m.call_id WHERE m.destination = ?"
+                f" AND m.kind = 'first' AND m.state IN ({sent}) AND m.submitted_at <= ?"
+                " AND c.ended <= ? AND c.ended >= ? ORDER BY c.ended DESC, m.id DESC LIMIT 1",
+                (e164, at, at, at - window))
+            pbx, call_id = (str(rows[0][0]), str(rows[0][1])) if rows else (None, None)
+            _, row_id = await self._change(
+                "INSERT INTO bookings (e164, value, currency, note, at, pbx, call_id,"
+                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (e164, value, currency, note, at, pbx, call_id, recorded))
+            return Booking(int(row_id or 0), e164, value, currency, note, at, pbx, call_id)
+
+        return await self._transaction(work)
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    """A recorded booking and the call it is attributed to (pbx, call_id), if any."""
+
+    id: int
+    e164: str
+    value: float
+    currency: str | None
+    note: str | None
+    at: float
+    pbx: str | None
+    call_id: str | None

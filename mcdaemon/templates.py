@@ -25,6 +25,7 @@ folded to GSM-7, then shortened, then replaced by the fallback word.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import string
 import unicodedata
@@ -134,6 +135,7 @@ def fold_to_gsm7(text: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def format_number(number: str | None, style: str, region: str) -> str:
     """A phone number for people: `national` ("07911 123456") or `international`."""
     if not number:
@@ -146,8 +148,12 @@ def format_number(number: str | None, style: str, region: str) -> str:
     return phonenumbers.format_number(parsed, fmt)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_number(number: str, region: str) -> phonenumbers.PhoneNumber | None:
-    """Parse E.164 (with or without '+', as Asterisk shows DIDs) or a national number."""
+    """Parse E.164 (with or without '+', as Asterisk shows DIDs) or a national number.
+
+    Memoised (a pure function; phonenumbers' parse is the costliest step of a decision, and
+    a storm asks about the same DIDs over and over); callers must not modify the result."""
     text = number.strip()
     candidates = [text]
     if text.isdigit() and not text.startswith("0"):

@@ -63,11 +63,16 @@ def parse_frame(raw: bytes) -> dict[str, str]:
     text = raw.decode("utf-8", errors="replace")
     result: dict[str, str] = {}
     for line in text.split("\n"):
-        line = line.rstrip("\r")
-        key, sep, value = line.partition(":")
-        if not sep or not key or " " in key.strip():
+        key, sep, value = line.rstrip("\r").partition(":")
+        if not sep or key in result:
             continue
-        result.setdefault(key.strip(), value[1:] if value.startswith(" ") else value)
+        if " " in key:  # " Key " is read as "Key"; "two words" is no key
+            key = key.strip()
+            if not key or " " in key or key in result:
+                continue
+        elif not key:
+            continue
+        result[key] = value[1:] if value[:1] == " " else value
     return result
 
 
