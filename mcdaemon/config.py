@@ -10,6 +10,7 @@ checks that every key the loader reads (`Reader.known`) appears there.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import stat
@@ -385,6 +386,31 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics over HTTP (`mcdaemon.metrics`); off unless `enabled`."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # the address to listen on (an IP address or a host name)
+    port: int = 9464  # 0 (tests only, not accepted in a config file): any free port
+
+    @property
+    def listen(self) -> str:
+        """`host:port` as written in the config (IPv6 addresses in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """True if `host` is a loopback address (127.0.0.0/8, ::1) or `localhost`."""
+        if self.host.lower() in ("localhost", "localhost."):
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
 class CapsConfig:
     """The fraud shield's counters (SMS pumping: bots calling to make us text premium ranges)."""
 
@@ -461,6 +487,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     groups: tuple[GroupConfig, ...] = ()
     log_full_numbers: bool = False  # logs show phone numbers whole instead of ****123
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def group(self, name: str) -> GroupConfig | None:
         return next((group for group in self.groups if group.name == name), None)
@@ -577,6 +604,49 @@ def _read_outbox(section: Section) -> OutboxConfig:
     )
     section.done()
     return outbox
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """(host, port) from `127.0.0.1:9464`, `localhost:9464` or `[::1]:9464`; ValueError else."""
+    text = value.strip()
+    match = re.fullmatch(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<port>\d{1,5})|"
+                         r"(?P<host>[^\s:\[\]]*):(?P<port4>\d{1,5})", text)
+    if match is None:
+        if text.count(":") > 1 and not text.startswith("["):
+            raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464)")
+    host = match["v6"] or match["host"]
+    port = int(match["port"] or match["port4"])
+    if not host:
+        raise ValueError(f"{value!r} has no host; give one, e.g. 127.0.0.1:9464 (an empty "
+                         "host would listen on every address)")
+    if match["v6"]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host} is not an IPv6 address") from None
+    elif re.fullmatch(r"[\d.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host} is not an IPv4 address") from None
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", host):
+        raise ValueError(f"{value!r}: {host!r} is neither an IP address nor a host name")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r}: port {port} is not between 1 and 65535")
+    return host, port
+
+
+def _read_metrics(section: Section) -> MetricsConfig:
+    enabled = section.bool("enabled", False)
+    listen = section.str("listen", MetricsConfig().listen)
+    section.done()
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        section.error("listen", str(exc))
+        return MetricsConfig(enabled=enabled)
+    return MetricsConfig(enabled=enabled, host=host, port=port)
 
 
 def _read_caps(section: Section) -> CapsConfig:
@@ -923,6 +993,7 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     company = top.str("company", "")
     log_full_numbers = top.bool("log_full_numbers", False)
     policy = _read_policy(top.section("policy"), smpp)
+    metrics = _read_metrics(top.section("metrics"))
     partial = Config(source=source, region=region, timezone=timezone, company=company,
                      policy=policy, smpp=smpp)
     groups = _read_groups(reader, top.section("groups"), partial, smpp)
@@ -932,11 +1003,16 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     warnings: list[str] = []
     if path is not None and "inline-secret" in reader.warnings:
         warnings.extend(_permission_warnings(path))
+    if metrics.enabled and not metrics.loopback:
+        warnings.append(f"{source}: metrics.listen: {metrics.listen} is not a loopback "
+                        "address: anyone who can reach it reads the metrics (there is no "
+                        "authentication); prefer 127.0.0.1 with the scraper on this host, or "
+                        "firewall the port")
     config = Config(source=source, region=region, timezone=timezone, ami=ami, inbound=inbound,
                     store=store, smpp=smpp, outbox=outbox,
                     raw=data if isinstance(data, dict) else {}, warnings=tuple(warnings),
                     company=company, policy=policy, groups=groups,
-                    log_full_numbers=log_full_numbers)
+                    log_full_numbers=log_full_numbers, metrics=metrics)
     return config, reader.known
 
 
