@@ -90,9 +90,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     import asyncio
 
     from .control import show_status
+    from .store import StoreError
 
-    return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
-                                   health=args.health))
+    try:
+        return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
+                                       health=args.health))
+    except StoreError as exc:
+        print(f"mcdaemon status: {exc}", file=sys.stderr)
+        return 1
+
+
+def _since(text: str) -> object:
+    """`--since`: checked while parsing (a bad value exits 2 with usage), resolved later in
+    the config's time zone."""
+    from .report import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--since ")) from exc
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from .report import run_report
+
+    return asyncio.run(run_report(_load(args), sys.stdout, since=args.since, now=time.time(),
+                                  group=args.group, output=args.format, html=args.html))
+
+
+def cmd_record_booking(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from .report import record_booking
+
+    return asyncio.run(record_booking(_load(args), sys.stdout, number=args.number,
+                                      value=args.value, at=args.at, now=time.time(),
+                                      currency=args.currency, note=args.note))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -154,6 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--health", action="store_true",
                         help="exit 1 unless the daemon runs and every PBX is connected "
                              "(for HEALTHCHECK)")
+    report = command("report", cmd_report,
+                     "the KPIs from the store, per group and overall: missed-call rate, "
+                     "contactability, send, delivery, reply, opt-out and booking rates, time "
+                     "to first text, A/B tests; reads the store only")
+    report.add_argument("--since", type=_since, default="7d", metavar="WHEN",
+                        help="calls that ended since: 7d, 24h, 30m, or an ISO date or "
+                             "date-time in the config's time zone (default 7d)")
+    report.add_argument("--group", metavar="G", help="only this group")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="output on stdout (default table)")
+    report.add_argument("--html", metavar="FILE",
+                        help="also write a self-contained HTML page with charts")
+    booking = command("record-booking", cmd_record_booking,
+                      "record a booking (a sale, an appointment) from a caller; it is "
+                      "attributed to their latest texted missed call of the 30 days before")
+    booking.add_argument("number", help="the caller's number, e.g. +447700900123")
+    booking.add_argument("--value", type=float, required=True, metavar="AMOUNT",
+                         help="what it is worth, e.g. 120")
+    booking.add_argument("--at", metavar="WHEN",
+                         help="when it was booked: ISO date-time (default: now)")
+    booking.add_argument("--currency", metavar="CODE", help="e.g. GBP (shown with sums)")
+    booking.add_argument("--note", help="free text kept with it")
     demo = command("demo", cmd_demo,
                    "see it work: real AMI recordings replayed over loopback into the real "
                    "daemon, texts to an embedded SMSC; ends by itself", config=False)

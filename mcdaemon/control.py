@@ -37,7 +37,8 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
 
 
 async def gather_status(config: Config, now: float) -> dict[str, Any]:
-    store = await Store.open(config.store.path)
+    """What `status` shows; read through a read-only connection (no write access needed)."""
+    store = await Store.open_readonly(config.store.path)
     try:
         switches = await store.switches()
         statuses = await store.statuses()
