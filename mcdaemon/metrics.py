@@ -33,13 +33,13 @@ from .policy import DEFERRED, FRAUD_SHIELD_TRIPS, REASONS, TEXT
 from .records import CallRecord, Decision, Outcome
 
 #: transitions counted by `mcdaemon_texts_total` (`retry`: back to queued after a failed try)
-TextState = Literal["queued", "submitted", "delivered", "undeliverable", "failed", "expired",
-                    "retry"]
+TextState = Literal["queued", "submitted", "delivered", "undeliverable", "unknown", "failed",
+                    "expired", "retry"]
 TEXT_STATES: tuple[TextState, ...] = ("queued", "submitted", "delivered", "undeliverable",
-                                      "failed", "expired", "retry")
+                                      "unknown", "failed", "expired", "retry")
 #: the outbox's states (`store.TRANSITIONS`), the keys of `outbox_stats()["by_state"]`
-OUTBOX_STATES = ("queued", "sending", "submitted", "delivered", "undeliverable", "failed",
-                 "expired")
+OUTBOX_STATES = ("queued", "sending", "submitted", "delivered", "undeliverable", "unknown",
+                 "failed", "expired")
 #: `DeliveryReceipt.state`: the SMPP receipt words (smpp.py maps every receipt to one of them)
 RECEIPT_STATUSES = ("DELIVRD", "UNDELIV", "EXPIRED", "DELETED", "REJECTD", "ACCEPTD",
                     "ENROUTE", "UNKNOWN")

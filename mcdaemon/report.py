@@ -70,7 +70,7 @@ MIN_SAMPLE = 100
 #: significance level of the A/B verdict (two-sided)
 ALPHA = 0.05
 #: states of a text the SMSC took ("sent")
-SENT_STATES = frozenset({"submitted", "delivered", "undeliverable"})
+SENT_STATES = frozenset({"submitted", "delivered", "undeliverable", "unknown"})
 PENDING_STATES = frozenset({"queued", "sending"})
 #: stored policy reasons that mean the caller cannot get a text whatever the policy
 NOT_CONTACTABLE = frozenset({WITHHELD, INVALID_NUMBER, NOT_MOBILE})

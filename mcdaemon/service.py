@@ -513,6 +513,14 @@ class Service:
             now = self._clock()
             if now >= snapshot_due:
                 snapshot_due = now + OUTBOX_SNAPSHOT_INTERVAL
+                if self.config.smpp.registered_delivery:
+                    overdue = await self.store.give_up_receipts(
+                        now, self.config.smpp.receipt_timeout)
+                    self.metrics.text_transition("unknown", len(overdue))
+                    if overdue:
+                        log.warning("no delivery receipt came for these texts: marked unknown",
+                                    count=len(overdue), message_ids=overdue[:20],
+                                    receipt_timeout=self.config.smpp.receipt_timeout)
                 self.metrics.observe_outbox(await self.store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
             await self.store.set_status("heartbeat", str(os.getpid()), now)

@@ -51,7 +51,8 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+#: the schema this version writes: one migration per step (see `_MIGRATIONS`)
+SCHEMA_VERSION = 4
 #: `UPDATE … RETURNING` (the one-statement claim) needs this SQLite library
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
@@ -60,9 +61,10 @@ BUSY_TIMEOUT_MS = 10_000
 TRANSITIONS: dict[str, frozenset[str]] = {
     "queued": frozenset({"sending", "expired", "failed"}),
     "sending": frozenset({"submitted", "queued", "failed"}),
-    "submitted": frozenset({"delivered", "undeliverable"}),
+    "submitted": frozenset({"delivered", "undeliverable", "unknown"}),
     "delivered": frozenset(),
     "undeliverable": frozenset(),
+    "unknown": frozenset({"delivered", "undeliverable"}),  # a receipt may still come late
     "failed": frozenset(),
     "expired": frozenset(),
 }
@@ -171,7 +173,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX bookings_at ON bookings (at)",
         "CREATE INDEX bookings_call ON bookings (pbx, call_id)",
     ),
+    # 4: `unknown`: submitted, and no receipt within smpp.receipt_timeout (a late receipt
+    # still settles it). Written from TRANSITIONS so the trigger knows every move.
+    (
+        "INSERT OR IGNORE INTO message_transitions (from_state, to_state) VALUES "
+        + ", ".join(f"('{source}', '{target}')" for source, targets in TRANSITIONS.items()
+                    for target in sorted(targets)),
+        "CREATE INDEX messages_submitted ON messages (submitted_at) WHERE state = 'submitted'",
+    ),
 )
+if len(_MIGRATIONS) != SCHEMA_VERSION:
+    raise AssertionError("SCHEMA_VERSION must be the number of migrations")
 
 
 class StoreError(Exception):
@@ -700,6 +712,16 @@ class Store:
 
         return sorted(int(row[0]) for row in await self._transaction(work))
 
+    async def give_up_receipts(self, now: float, timeout: float) -> list[int]:
+        """Submitted texts with no receipt after `timeout` s become `unknown`: the KPIs stop
+        counting them as pending. A receipt that still comes settles them."""
+        return await self._ids_of(
+            "UPDATE messages SET state = 'unknown', final_at = ?,"
+            " error_detail = COALESCE(error_detail || '; ', '') ||"
+            " 'no delivery receipt within smpp.receipt_timeout'"
+            f" WHERE {_may_become('unknown')} AND submitted_at <= ? RETURNING id",
+            (now, now - timeout))
+
     async def expire_due(self, now: float) -> list[int]:
         """Queued texts past their `expires_at` become `expired`: late is worse than never."""
         return await self._ids_of(
@@ -1153,7 +1175,7 @@ class Store:
         further) by `at`. None found: it is kept unattributed.
         """
         recorded = time.time() if now is None else now
-        sent = _quoted(("submitted", "delivered", "undeliverable"))
+        sent = _quoted(("submitted", "delivered", "undeliverable", "unknown"))
 
         async def work() -> Booking:
             rows = await self._rows(

@@ -204,7 +204,7 @@ async def test_outbox_gauges_come_from_the_real_store_snapshot(tmp_path: Path) -
     assert {state: value(metrics, "mcdaemon_outbox_messages", state=state)
             for state in OUTBOX_STATES} == {
         "queued": 3, "sending": 0, "submitted": 1, "delivered": 0, "undeliverable": 0,
-        "failed": 0, "expired": 0}
+        "unknown": 0, "failed": 0, "expired": 0}
     assert value(metrics, "mcdaemon_outbox_oldest_queued_age_seconds") == 90
     assert value(metrics, "mcdaemon_outbox_deferred_messages") == 1
     assert value(metrics, "mcdaemon_outbox_duplicate_risk_messages") == 0

@@ -26,8 +26,10 @@ from mcdaemon.store import (
     SCHEMA_VERSION,
     TRANSITIONS,
     NewCall,
+    ReceiptIn,
     Store,
     StoreError,
+    SubmitOutcome,
 )
 
 T0 = 1_736_157_600.0  # a Monday morning; the fake clock starts here
@@ -466,6 +468,55 @@ async def test_a_receipt_that_overtakes_its_submit_response_is_applied_later(
     assert (await store.message(message_id)).state == "delivered"
 
 
+async def test_a_text_whose_receipt_never_comes_becomes_unknown_and_a_late_one_settles_it(
+        store: Store) -> None:
+    message_id = await submitted_message(store, ["slow-1"])
+
+    assert await store.give_up_receipts(T0 + 2 + 3599, timeout=3600) == []
+    assert await store.give_up_receipts(T0 + 2 + 3600, timeout=3600) == [message_id]
+    message = await store.message(message_id)
+    assert message.state == "unknown"
+    assert "receipt_timeout" in (message.error_detail or "")
+
+    assert await store.apply_receipt(["slow-1"], "DELIVRD", None, T0 + 7200, {}) == message_id
+    assert (await store.message(message_id)).state == "delivered"
+
+
+async def test_a_batch_of_receipts_settles_each_message_once_in_order(store: Store) -> None:
+    first = await submitted_message(store, ["b1"], call_id="c1")
+    second = await submitted_message(store, ["b2"], call_id="c2")
+    receipts = [ReceiptIn(("b1",), "ENROUTE", None, T0 + 3, {}),
+                ReceiptIn(("b1",), "DELIVRD", None, T0 + 4, {}),
+                ReceiptIn(("b2",), "UNDELIV", "001", T0 + 4, {}),
+                ReceiptIn(("b2",), "DELIVRD", None, T0 + 5, {}),  # too late: final already
+                ReceiptIn(("nobody",), "DELIVRD", None, T0 + 5, {})]
+
+    applied = await store.apply_receipts(receipts)
+
+    assert applied.matched == [first, first, second, second, None]
+    assert applied.settled == {"delivered": 1, "undeliverable": 1}
+    assert (await store.message(first)).state == "delivered"
+    assert (await store.message(second)).state == "undeliverable"
+
+
+async def test_a_batch_of_submit_results_moves_each_message_by_the_table(store: Store) -> None:
+    ids = [await queued_message(store, call_id=f"c{n}") for n in range(4)]
+    await store.claim_due(T0 + 1, 10)
+    outcomes = [SubmitOutcome(ids[0], "submitted", smsc_ids=("s0",)),
+                SubmitOutcome(ids[1], "queued", not_before=T0 + 60, detail="throttled"),
+                SubmitOutcome(ids[2], "failed", error_code=11, detail="bad destination"),
+                SubmitOutcome(ids[3], "queued", detail="unbound", refund_attempt=True),
+                SubmitOutcome(ids[0], "failed", detail="a late second answer")]
+
+    moved = await store.record_submit_outcomes(outcomes, T0 + 2)
+
+    assert moved == [True, True, True, True, False]
+    states = [(await store.message(message_id)) for message_id in ids]
+    assert [message.state for message in states] == ["submitted", "queued", "failed", "queued"]
+    assert states[1].not_before == T0 + 60 and states[1].attempts == 1
+    assert states[3].attempts == 0  # handed back unsent: not an attempt
+
+
 # ---------------------------------------------------------------------- expiry and crashes
 
 async def test_texts_not_sent_in_time_expire_and_are_never_claimed(store: Store) -> None:
@@ -774,7 +825,7 @@ async def test_outbox_stats_count_every_state_and_the_oldest_due_text(store: Sto
     assert delivered is not None
     assert stats == {
         "by_state": {"queued": 3, "sending": 0, "submitted": 0, "delivered": 1,
-                     "undeliverable": 0, "failed": 1, "expired": 0},
+                     "undeliverable": 0, "unknown": 0, "failed": 1, "expired": 0},
         "oldest_queued_age": 300.0, "deferred": 1, "duplicate_risk": 0}
     empty = await Store.open(store.path + ".empty")
     try:
