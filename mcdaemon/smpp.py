@@ -178,6 +178,7 @@ class SmppSender:
         self._slow_factor = 1.0  # < 1 for THROTTLE_BACKOFF s after the SMSC said "throttled"
         self._slow_until = 0.0
         self._slowed_at = float("-inf")  # monotonic time of the last halving
+        self._replies = sms.Reassembler()  # parts of long replies; only the thread touches it
 
     @property
     def state(self) -> str:
@@ -459,6 +460,8 @@ class _Link:
 
     def _housekeeping(self) -> float | None:
         """Time out submits and enquire_links; return how long select may wait (None: dead)."""
+        for sender, text, _complete in self.sender._replies.expire(time.time()):
+            self._emit_reply(sender, text, time.time())  # parts missing: what came, not lost
         now = time.monotonic()
         for sequence, (job, _part, deadline) in list(self.outstanding.items()):
             if now >= deadline:
@@ -564,9 +567,23 @@ class _Link:
                 source = "+" + source.lstrip("+")
             elif source.startswith("00") and source[2:].isdigit():  # international prefix
                 source = "+" + source[2:]
-            self.sender._emit(MobileOriginated(source, _text(pdu.destination_addr), text, now))
+            destination = _text(pdu.destination_addr)
+            # a long reply comes in parts: by a UDH, or by the SAR TLVs of SMPP 3.4
+            part = sms.concatenation(_udh) if _udh else None
+            if part is None and _tlv(pdu, "sar_total_segments"):
+                part = (int(_tlv(pdu, "sar_msg_ref_num") or 0),
+                        int(_tlv(pdu, "sar_total_segments") or 1),
+                        int(_tlv(pdu, "sar_segment_seqnum") or 1))
+            reference, total, number = part or (0, 1, 1)
+            for sender, whole, _complete in self.sender._replies.add(
+                    (source, destination), reference, total, number, text, now):
+                self._emit_reply(sender, whole, now)
         except Exception:  # one odd PDU must not take the link down
             log.warning("deliver_sm not understood", exc_info=True)
+
+    def _emit_reply(self, sender: tuple[str, str], text: str, at: float) -> None:
+        source, destination = sender
+        self.sender._emit(MobileOriginated(source, destination, text, at))
 
     def _unbind(self) -> None:
         for client in self.clients:

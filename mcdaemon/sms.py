@@ -157,3 +157,71 @@ def decode(payload: bytes, data_coding: int, esm_class: int) -> tuple[str, bytes
     if data_coding == 0x01:  # IA5 / ASCII
         return payload.decode("ascii", errors="replace"), udh
     return gsm_decode(payload), udh
+
+
+def concatenation(udh: bytes) -> tuple[int, int, int] | None:
+    """(reference, total, part number) from a UDH's concatenation element (IE 0x00, 8-bit
+    reference, or IE 0x08, 16-bit), or None when the text is not a part of a longer one."""
+    position = 1  # udh[0] is the header's length
+    while position + 1 < len(udh):
+        element, length = udh[position], udh[position + 1]
+        value = udh[position + 2:position + 2 + length]
+        if element == 0x00 and length == 3 and len(value) == 3:
+            return value[0], value[1], value[2]
+        if element == 0x08 and length == 4 and len(value) == 4:
+            return (value[0] << 8) | value[1], value[2], value[3]
+        position += 2 + length
+    return None
+
+
+@dataclass(slots=True)
+class _Pending:
+    total: int
+    first_at: float
+    parts: dict[int, str]
+
+
+class Reassembler:
+    """Joins the parts of long texts received (a caller's reply) into one text, sans-IO.
+
+    Parts come in any order, maybe twice, maybe never: a text whose parts do not all arrive
+    within `timeout` seconds is released with what came, a gap marked "[…]", so a reply is
+    never lost. At most `max_pending` texts wait at once (the oldest is released first)."""
+
+    GAP = "[…]"
+
+    def __init__(self, timeout: float = 120.0, max_pending: int = 1000) -> None:
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self._pending: dict[tuple[tuple[str, str], int, int], _Pending] = {}
+
+    def add(self, sender: tuple[str, str], reference: int, total: int, number: int, text: str,
+            at: float) -> list[tuple[tuple[str, str], str, bool]]:
+        """Take one part from `sender` (source, destination); returns the texts now complete
+        (or pushed out) as (sender, text, whole). A part that does not say where it belongs
+        is a whole text by itself."""
+        if total <= 1 or not 1 <= number <= total:
+            return [(sender, text, True)]
+        key = (sender, reference, total)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending(total, at, {})
+        pending.parts.setdefault(number, text)
+        released: list[tuple[tuple[str, str], str, bool]] = []
+        if len(pending.parts) == total:
+            del self._pending[key]
+            released.append((sender, self._join(pending), True))
+        while len(self._pending) > self.max_pending:
+            oldest = min(self._pending, key=lambda k: self._pending[k].first_at)
+            released.append((oldest[0], self._join(self._pending.pop(oldest)), False))
+        return released
+
+    def expire(self, now: float) -> list[tuple[tuple[str, str], str, bool]]:
+        """Release the texts still missing parts after `timeout` seconds."""
+        late = [key for key, pending in self._pending.items()
+                if now - pending.first_at >= self.timeout]
+        return [(key[0], self._join(self._pending.pop(key)), False) for key in late]
+
+    def _join(self, pending: _Pending) -> str:
+        return "".join(pending.parts.get(number, self.GAP)
+                       for number in range(1, pending.total + 1))

@@ -236,14 +236,16 @@ async def test_mo_from_a_national_number_keeps_it_as_sent_without_a_plus() -> No
         assert with_prefix.source == "+447700900123"
 
 
-async def test_a_long_reply_arrives_part_by_part_without_its_udh() -> None:
+async def test_a_long_reply_sent_in_parts_arrives_as_one_text() -> None:
     async with TestSmsc() as smsc, sending(config(smsc)) as session:
         await smsc.send_mo("+447700900123", "Please call me back after five. " * 6)
-        first = await session.next(MobileOriginated)
-        second = await session.next(MobileOriginated)
+        await smsc.send_mo("+447700900123", "Thanks")
+        reply = await session.next(MobileOriginated)
+        after = await session.next(MobileOriginated)
 
-        assert first.text.startswith("Please call me back")
-        assert first.text + second.text == "Please call me back after five. " * 6
+        assert reply.text == "Please call me back after five. " * 6
+        assert (reply.source, reply.destination) == ("+447700900123", "Acme")
+        assert after.text == "Thanks"
 
 
 async def test_uuid_message_ids_are_matched_by_their_receipts() -> None:
