@@ -54,6 +54,8 @@ DecisionObserver = Callable[[CallRecord, Decision], None]
 HOUSEKEEPING_INTERVAL = 1.0
 #: the longest the dispatcher sleeps when nothing wakes it (deferred texts become due)
 DISPATCH_IDLE = 0.5
+#: the longest the first call of a batch waits for more calls to share its commit (seconds)
+DECISION_BATCH_WINDOW = 0.005
 #: texts claimed beyond the window: what smpp.throughput sends in this many seconds
 CLAIM_AHEAD = 0.25
 
@@ -210,9 +212,15 @@ class Service:
     # ------------------------------------------------------------------ AMI → store
 
     async def _consume_ami(self) -> None:
+        """Feed the tracker; decide the calls that ended in batches (one commit each). A
+        batch closes once it holds a call and DECISION_BATCH_WINDOW has passed: under a storm
+        the first hangups must not wait for the whole queue to be read."""
         while True:
             records = await self._take(await self._ami_queue.get())
+            started = time.monotonic()
             while not self._ami_queue.empty() and len(records) < 500:
+                if records and time.monotonic() - started >= DECISION_BATCH_WINDOW:
+                    break
                 records += await self._take(self._ami_queue.get_nowait())
             if records:
                 await self._decide_and_store(records)
