@@ -65,11 +65,28 @@ class AmiLoginRefused(Exception):
     """The PBX refused our username/secret."""
 
 
-@dataclass(frozen=True, slots=True)
 class AmiEvent:
-    pbx: str
-    at: float  # time.time() when the frame arrived
-    fields: dict[str, str]
+    """One event as received. Its fields are parsed when first read, by the consumer: the
+    protocol only cuts frames, so the event loop is never busy parsing a burst of events
+    while a decision already made waits for its turn."""
+
+    __slots__ = ("_fields", "_raw", "at", "pbx")
+
+    def __init__(self, pbx: str, at: float, fields: dict[str, str] | None = None, *,
+                 raw: bytes = b"") -> None:
+        self.pbx = pbx
+        self.at = at  # time.time() when the frame arrived
+        self._raw = raw
+        self._fields = fields
+
+    @property
+    def fields(self) -> dict[str, str]:
+        if self._fields is None:
+            self._fields = parse_frame(self._raw)
+        return self._fields
+
+    def __repr__(self) -> str:
+        return f"AmiEvent({self.pbx!r}, {self.at!r}, {self.fields!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +249,7 @@ class AmiConnection:
         self._protocol: FramedProtocol | None = None
         self._ids = itertools.count(1)
         self._tag = f"{ACTION_ID_PREFIX}{config.name}-{random.randrange(16**6):06x}-"
+        self._tag_bytes = self._tag.encode()
         # CoreShowChannels in progress: its Action and the channels born while it runs
         self._listing: Any = None
         self._born_while_listing: set[str] = set()
@@ -406,6 +424,10 @@ class AmiConnection:
         try:
             if self._raw_sink is not None:
                 self._raw_sink(raw, at)
+            if raw.startswith(b"Event: ") and self._listing is None \
+                    and self._tag_bytes not in raw:
+                self._queue_event(raw, at)  # the common case: parsed later, by the consumer
+                return
             fields = parse_frame(raw)
             if not fields:
                 log.warning("ami_garbage_frame", pbx=self.pbx, size=len(raw))
@@ -430,6 +452,25 @@ class AmiConnection:
         if not event or not self._wanted_event(event, fields):
             return
         self._out.put_nowait(AmiEvent(self.pbx, at, fields))
+
+    def _queue_event(self, raw: bytes, at: float) -> None:
+        """Queue an event unparsed, once its name (and a VarSet's variable) says it is wanted:
+        a few bytes operations instead of parsing every line."""
+        end = raw.find(b"\n")
+        event = raw[7:end].strip().decode("utf-8", errors="replace")
+        if self._wanted is not None:
+            if event not in self._wanted:
+                return
+            if event == "VarSet" and self._variables is not None:
+                start = raw.find(b"\nVariable:")
+                if start < 0:
+                    return
+                start += len(b"\nVariable:")
+                stop = raw.find(b"\n", start)
+                variable = raw[start:stop].strip().decode("utf-8", errors="replace")
+                if variable not in self._variables:
+                    return
+        self._out.put_nowait(AmiEvent(self.pbx, at, raw=raw))
 
     def _listing_done(self, listing: Any, at: float) -> None:
         listed = {message.get("Uniqueid", "") for message in listing.responses

@@ -360,6 +360,9 @@ class _Link:
             client = self._client()
             self.clients.append(client)
             client.connect()
+            # submits are small PDUs written one after another: without TCP_NODELAY, Nagle's
+            # algorithm holds each one back until the previous one is acknowledged
+            client._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 getattr(client, mode)(system_id=self.config.system_id,
                                       password=self.config.password,
