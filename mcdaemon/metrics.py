@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import Config, MetricsConfig
+from .listen import server_address
 from .policy import DEFERRED, FRAUD_SHIELD_TRIPS, REASONS, TEXT
 from .records import CallRecord, Decision, Outcome
 
@@ -278,10 +279,7 @@ class Metrics:
     @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) the endpoint listens on (the real port when configured as 0)."""
-        if self._server is None or not self._server.sockets:
-            return None
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
+        return server_address(self._server)
 
     async def start(self) -> None:
         """Listen on `metrics.listen` if `metrics.enabled`; MetricsError if it cannot.
