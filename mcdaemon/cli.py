@@ -142,6 +142,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(sys.stdout, speed=args.speed))
 
 
+def cmd_contacts(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from . import contacts
+
+    config = _load(args)
+    if args.contacts_command == "import":
+        return asyncio.run(contacts.cli_import(config.region, config.store.path, args.file,
+                                               sys.stdout, sys.stderr, time.time()))
+    if args.contacts_command == "show":
+        return asyncio.run(contacts.cli_show(config.region, config.store.path, args.number,
+                                             sys.stdout, sys.stderr))
+    return asyncio.run(contacts.cli_list(config.store.path, sys.stdout, sys.stderr,
+                                         full=args.full))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcdaemon", description="Texts back the callers an Asterisk PBX missed.")
@@ -218,6 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "daemon, texts to an embedded SMSC; ends by itself", config=False)
     demo.add_argument("--speed", type=float, default=20.0,
                       help="replay speed factor (default 20)")
+    contacts = commands.add_parser(
+        "contacts", help="the contact store: names for {caller_name}",
+        description="the contact store: names for {caller_name} (see README, Contacts)")
+    contact_commands = contacts.add_subparsers(dest="contacts_command", required=True,
+                                               metavar="ACTION")
+    for name, help_text in (
+            ("import", "add or update contacts from a CSV file (header number,name,tags; "
+                       "tags separated by ; or |); exit 0: all rows, 1: some refused, 2: "
+                       "nothing read"),
+            ("show", "one contact"), ("list", "every contact (numbers masked)")):
+        sub = contact_commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", required=True, metavar="FILE",
+                         help="the YAML configuration")
+        sub.set_defaults(handler=cmd_contacts)
+        if name == "import":
+            sub.add_argument("file", metavar="FILE.csv", help="UTF-8, with or without BOM")
+        elif name == "show":
+            sub.add_argument("number", help="e.g. +447700900123 or 07700 900123")
+        else:
+            sub.add_argument("--full", action="store_true", help="whole phone numbers")
     command("run", cmd_run, "run the daemon: watch the PBXs, text the callers they missed")
     send_test = command("send-test", cmd_send_test,
                         "send one text through the configured SMSC bind and report the submit "

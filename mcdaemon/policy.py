@@ -192,7 +192,8 @@ def decide(record: CallRecord, config: Config, view: PolicyView, now: float) -> 
     variant = None if None in texts else assign_variant(e164, group.name, [
         name for name in texts if name is not None])
     values = templates.call_values(record, group, config.policy, config.company, config.region)
-    caller_name = templates.clean_caller_name(record.caller_name, config.policy.caller_name_max)
+    caller_name = templates.caller_name_for(view.contact_name, record.caller_name,
+                                            config.policy.caller_name_max)
     rendered = templates.render_call(texts[variant], values, caller_name, group.max_parts)
     if not rendered.fits(group.max_parts):
         return refuse(TOO_LONG, f"{rendered.plan.parts} parts; max_parts {group.max_parts}")

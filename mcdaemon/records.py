@@ -77,6 +77,9 @@ class PolicyView:
     prefix_texts_last_hour: int = 0  # texts to numbers sharing this number's prefix
     global_enabled: bool = True  # the run-time switch (`mcdaemon enable|disable`)
     group_enabled: bool = True
+    #: the caller's name from the contact store or the lookup (filled by the service; raw,
+    #: `templates.caller_name_for` cleans it), None when neither knows the number
+    contact_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 A template is text with `{variable}` fields (`{{` and `}}` for literal braces). The variables:
 
 =============== ==========================================================================
-{caller_name}   the caller's name when it looks like a name, else `policy.name_fallback`
+{caller_name}   the contact's name (store, lookup), else the caller ID name when it looks
+                like a name, else `policy.name_fallback` (`caller_name_for`)
 {caller}        the caller's number (`policy.number_format`: national or international)
 {did}           the number they dialled, same format
 {group}         the group's `display_name`
@@ -16,7 +17,8 @@ A template is text with `{variable}` fields (`{{` and `}}` for literal braces). 
 
 Caller ID is attacker-controlled, so the name is whitelisted (letters, spaces, ' - . only, no
 digits, nothing that looks like a web address, no generic carrier labels such as
-"WIRELESS CALLER") and capped at `policy.caller_name_max` characters. A template must fit
+"WIRELESS CALLER", no "DALLAS TX") and capped at `policy.caller_name_max` characters; a
+contact's name passes a looser check (`clean_contact_name`) and the same cap. A template must fit
 `max_parts` SMS in its worst case (longest name, longest numbers, longest date words); at
 render time a name that still does not fit (e.g. "Zoë" would turn a GSM-7 text into UCS-2) is
 folded to GSM-7, then shortened, then replaced by the fallback word.
@@ -58,8 +60,19 @@ GENERIC_NAMES = frozenset({
 # with its '+' and up to 4 spaces, 20 characters. {wait} is at most "9999 min".
 _WORST_NUMBER = "+" + "9" * 19
 _WORST_WAIT = "9999 min"
-_WEB = re.compile(r"[A-Za-z]{2,}\.[A-Za-z]{2,}")
+# "example.com", "exаmple.com" with a Cyrillic а, "acme . com", "www", "@": a web or e-mail
+# address ("Mr. Smith" is not: the dot is followed by a space and no known domain ending)
+_WEB = re.compile(r"[^\W\d_]{2,}\.[^\W\d_]{2,}|\.\s*(?:com|net|org|info|biz|io|ly|co|uk"
+                  r"|me|xyz|link|click|app|site|online|top)\b|\b(?:www|https?|ftp)\b|@",
+                  re.IGNORECASE)
 _NAME_PUNCTUATION = frozenset(" '’-.")
+#: "LONDON UK", "DALLAS TX": carriers put the caller's town and state or country in the name
+#: field when they have no name (all capitals, then a two-letter region code)
+_PLACE_CODES = frozenset(("AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI",
+    "ID", "IL", "IN", "IA", "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT",
+    "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD",
+    "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY", "PR", "AB", "BC", "MB", "NB", "NL",
+    "NS", "NT", "NU", "ON", "PE", "QC", "SK", "YT", "UK", "GB", "US", "IE"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +112,33 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return "".join(pieces)
 
 
+def plain_text(name: str) -> str:
+    """NFKC (full-width and styled letters become plain ones), without control or format
+    characters (bidi overrides, zero-width joiners), whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", name[:1000])
+    text = "".join(" " if ch.isspace() else ch for ch in text
+                   if ch.isspace() or not unicodedata.category(ch).startswith("C"))
+    return " ".join(text.split())
+
+
+def _shorten(text: str, max_length: int) -> str:
+    """At most `max_length` characters, cut at a word boundary when there is one."""
+    if len(text) > max_length:
+        words = text[:max_length + 1]
+        text = (words.rsplit(" ", 1)[0] if " " in words else text[:max_length]).rstrip(" '’-.")
+    return text
+
+
 def clean_caller_name(name: str | None, max_length: int) -> str | None:
-    """The caller's name if it looks like a person's or a company's name, else None."""
+    """The caller's name if it looks like a person's or a company's name, else None.
+
+    Caller ID names are attacker-controlled: only letters, spaces and ' - . pass (no digits,
+    no brackets, no emoji), nothing that reads as a web or e-mail address, no carrier
+    placeholder (`GENERIC_NAMES`), no town-and-state ("DALLAS TX"), no pile of combining marks.
+    """
     if not name:
         return None
-    text = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C"))
-    text = " ".join(text.split()).strip(" '’-.")
+    text = plain_text(name).strip(" '’-.")
     if not text or not any(ch.isalpha() for ch in text):
         return None
     if any(not (ch.isalpha() or ch in _NAME_PUNCTUATION or unicodedata.category(ch) == "Mn")
@@ -112,12 +146,36 @@ def clean_caller_name(name: str | None, max_length: int) -> str | None:
         return None  # digits, URLs, e-mail addresses, emoji, brackets: not a name
     if _WEB.search(text) or text.casefold() in GENERIC_NAMES:
         return None
+    if sum(unicodedata.category(ch) == "Mn" for ch in text) > len(text) // 3:
+        return None  # "Z̷̢a̸l̴g̵o̶": marks stacked on letters
+    words = text.split()
+    if text.isupper() and len(words) >= 2 and words[-1] in _PLACE_CODES:
+        return None  # "LONDON UK", "DALLAS TX"
     if text.isupper():
         text = text.title()  # carriers send "SMITH JOHN"; texts read better as "Smith John"
-    if len(text) > max_length:
-        words = text[:max_length + 1]
-        text = (words.rsplit(" ", 1)[0] if " " in words else text[:max_length]).rstrip(" '’-.")
-    return text or None
+    return _shorten(text, max_length) or None
+
+
+def clean_contact_name(name: str | None, max_length: int) -> str | None:
+    """A name from the contact store or the lookup: trusted more than caller ID (digits, '&'
+    and brackets pass: "Flat 3 Ltd", "Smith & Co"), but still plain text only: no control or
+    format characters, nothing that reads as a web or e-mail address, no placeholder."""
+    if not name:
+        return None
+    text = plain_text(name).strip(" '’-.,;:")
+    if not any(ch.isalpha() for ch in text) or _WEB.search(text):
+        return None
+    if text.casefold() in GENERIC_NAMES:
+        return None
+    return _shorten(text, max_length) or None
+
+
+def caller_name_for(contact_name: str | None, caller_id_name: str | None,
+                    max_length: int) -> str | None:
+    """{caller_name}: the contact's name (store, then lookup), else the caller ID name when it
+    looks like a name, else None (the template then gets `policy.name_fallback`)."""
+    return (clean_contact_name(contact_name, max_length)
+            or clean_caller_name(caller_id_name, max_length))
 
 
 def fold_to_gsm7(text: str) -> str:
