@@ -32,7 +32,7 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -176,8 +176,8 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
             f"not an Asterisk manager interface (it said {line[:80]!r})"))
         self.close()
 
-    def send_action(self, fields: dict[str, str], *, expect_list: bool = False
-                    ) -> asyncio.Future[Any]:
+    def send_action(self, fields: Mapping[str, str | Sequence[str]], *,
+                    expect_list: bool = False) -> asyncio.Future[Any]:
         """Send an action; the future gets the answer (a Message, or a list for lists).
 
         `expect_list=False` tells panoramisk the answer is one Response, whatever its Message
@@ -186,7 +186,10 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
         """
         if self.closed or self.transport is None or self.transport.is_closing():
             raise ConnectionError("AMI connection closed")
-        action = Action({key: _one_line(value) for key, value in fields.items()},
+        # a list value is sent as one line per item (Originate's Variable: a=1, Variable: b=2)
+        action = Action({key: [_one_line(item) for item in value]
+                         if isinstance(value, list | tuple) else _one_line(value)
+                         for key, value in fields.items()},
                         as_list=None if expect_list else False)
         future: asyncio.Future[Any] = self.send(action, as_list=action.as_list)
         return future
@@ -310,13 +313,31 @@ class AmiConnection:
                 await asyncio.wait_for(self._action({"Action": "Logoff"}), 1.0)
         self._close()
 
-    async def originate(self, **fields: str) -> dict[str, str]:
+    def action_id(self, reference: str) -> str:
+        """An ActionID of this connection's own (its answers are matched to the action)."""
+        return f"{self._tag}{_one_line(reference)}"
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and self._state == "connected"
+
+    async def originate(self, fields: Mapping[str, str | Sequence[str]] | None = None, *,
+                        action_id: str | None = None, **more: str) -> dict[str, str]:
         """Send an Originate (always Async); return the Response fields. The outcome comes
-        later as an OriginateResponse event on the queue."""
+        later as an OriginateResponse event on the queue, with the same ActionID (give one
+        made by `action_id()` to recognise it). A list value becomes one line per item."""
         if self._protocol is None or self._state != "connected":
             raise ConnectionError(f"AMI {self.pbx} is not connected")
-        action = {"Action": "Originate", **fields, "Async": "true"}
-        answer = await asyncio.wait_for(self._action(action), self.config.connect_timeout)
+        action: dict[str, str | Sequence[str]] = {"Action": "Originate", **(fields or {}),
+                                                  **more, "Async": "true"}
+        if action_id is not None:
+            if not action_id.startswith(self._tag):
+                raise ValueError("the ActionID must come from action_id()")
+            answer = await asyncio.wait_for(
+                self._protocol.send_action({**action, "ActionID": action_id}),
+                self.config.connect_timeout)
+        else:
+            answer = await asyncio.wait_for(self._action(action), self.config.connect_timeout)
         return dict(answer.items())
 
     # ------------------------------------------------------------------ one session
@@ -411,7 +432,7 @@ class AmiConnection:
     def _next_id(self) -> str:
         return f"{self._tag}{next(self._ids)}"
 
-    async def _action(self, fields: dict[str, str]) -> Any:
+    async def _action(self, fields: Mapping[str, str | Sequence[str]]) -> Any:
         """Send one action and wait for its single answer (a panoramisk Message)."""
         if self._protocol is None:
             raise ConnectionError("AMI connection closed")

@@ -25,7 +25,8 @@ from .transcript import Frame, Transcript, parse_frame
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 _GAP_BETWEEN_RECORDINGS = 1.0
 _ORIGINATE_REASONS = {"success": ("Success", "4"), "no_answer": ("Failure", "3"),
-                      "busy": ("Failure", "5"), "failure": ("Failure", "0")}
+                      "busy": ("Failure", "5"), "failure": ("Failure", "0"),
+                      "hangup": ("Failure", "1"), "congestion": ("Failure", "8")}
 
 
 def _frame(*pairs: tuple[str, str]) -> bytes:
@@ -49,6 +50,10 @@ class AmiTestServer:
         self.username, self.secret, self.speed = username, secret, speed
         self.host, self.port = host, port
         self.originate_result = originate_result
+        #: results for the next Originates, in order (then `originate_result`); besides the
+        #: keys of _ORIGINATE_REASONS, "refused" answers the action with an Error (no event)
+        #: and "silent" queues it but never sends its OriginateResponse
+        self.originate_results: list[str] = []
         self.on_frame = on_frame
         self.actions: list[dict[str, str]] = []
         self.connections = 0
@@ -64,6 +69,7 @@ class AmiTestServer:
         self._live: dict[str, tuple[str, str]] = {}  # Uniqueid -> (Channel, Linkedid)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._live_sessions: set[_Session] = set()
         self._done: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -91,6 +97,12 @@ class AmiTestServer:
                         trace: TracebackType | None) -> None:
         await self.stop()
 
+    async def push(self, raw: bytes) -> None:
+        """Send one event frame now to every logged-in client (through its filters)."""
+        for session in list(self._live_sessions):
+            if session.logged_in and not session.writer.is_closing():
+                await session.send_event(raw)
+
     async def finished(self) -> None:
         """Resolves when every frame has been sent (or lost in a gap)."""
         assert self._done is not None, "start() the server first"
@@ -104,6 +116,7 @@ class AmiTestServer:
         self._sessions.add(task)
         self.connections += 1
         session = _Session(self, writer)
+        self._live_sessions.add(session)
         try:
             writer.write(BANNER)
             while not writer.is_closing():
@@ -116,6 +129,7 @@ class AmiTestServer:
             pass
         finally:
             session.close()
+            self._live_sessions.discard(session)
             self._sessions.discard(task)
 
     def _track(self, raw: bytes) -> None:
@@ -204,10 +218,17 @@ class _Session:
             await self.send(_frame(("Event", "CoreShowChannelsComplete"), aid,
                                    ("EventList", "Complete"), ("ListItems", str(len(live)))))
         elif name == "originate":
+            result = (self.server.originate_results.pop(0) if self.server.originate_results
+                      else self.server.originate_result)
+            if result == "refused":
+                await self.send(_frame(("Response", "Error"), aid,
+                                       ("Message", "Permission denied")))
+                return
             await self.send(_frame(("Response", "Success"), aid,
                                    ("Message", "Originate successfully queued")))
-            response, reason = _ORIGINATE_REASONS.get(self.server.originate_result,
-                                                      ("Failure", "0"))
+            if result == "silent":
+                return
+            response, reason = _ORIGINATE_REASONS.get(result, ("Failure", "0"))
             await self.send_event(_frame(
                 ("Event", "OriginateResponse"), ("Privilege", "call,all"), aid,
                 ("Response", response), ("Channel", action.get("Channel", "")),

@@ -43,3 +43,21 @@ def test_the_example_config_names_contexts_the_example_dialplan_has() -> None:
     assert set(inbound["contexts"]) <= contexts
     assert set(inbound["after_hours_contexts"]) <= contexts
     assert "MCD_GROUP" in dialplan and "MCD_AFTER_HOURS" in dialplan
+
+
+def test_the_example_callback_uses_contexts_the_example_dialplan_has() -> None:
+    dialplan = (KIT / "extensions.conf").read_text(encoding="utf-8")
+    contexts = set(re.findall(r"^\[([\w-]+)\]", dialplan, re.M))
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text(encoding="utf-8"))
+    callbacks = [group["callback"] for group in example["groups"].values()
+                 if group.get("callback")]
+    assert callbacks, "config.example.yaml shows a call-back"
+    for callback in callbacks:
+        assert callback["context"] in contexts
+        channel_context = callback["channel"].rpartition("@")[2]
+        assert channel_context in contexts
+        # the number pattern of the call-back context accepts +E.164 only
+        assert re.search(rf"^\[{channel_context}\]\nexten => _\+X\.,1,", dialplan, re.M)
+    manager = (KIT / "manager.conf").read_text(encoding="utf-8")
+    assert "originate" in manager  # documented, commented out: least privilege by default
+    assert manager_user()["write"].strip() == "reporting"
