@@ -10,7 +10,6 @@ checks that every key the loader reads (`Reader.known`) appears there.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import re
 import stat
@@ -24,8 +23,21 @@ import phonenumbers
 import yaml
 
 from . import sms, templates
+from .agi_config import AgiConfig, read_agi
+from .contacts_config import ContactsConfig, read_contacts
 from .hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
+from .listen import is_loopback, listen_text, parse_listen
+from .outreach_config import (
+    CallbackConfig,
+    CallbacksConfig,
+    FollowupStep,
+    check_followup_texts,
+    read_callback,
+    read_callbacks,
+    read_followups,
+)
 from .records import MISSED_OUTCOMES, Outcome
+from .webhook_config import WebhookEndpoint, read_webhooks
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -396,18 +408,11 @@ class MetricsConfig:
     @property
     def listen(self) -> str:
         """`host:port` as written in the config (IPv6 addresses in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return listen_text(self.host, self.port)
 
     @property
     def loopback(self) -> bool:
-        """True if `host` is a loopback address (127.0.0.0/8, ::1) or `localhost`."""
-        if self.host.lower() in ("localhost", "localhost."):
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return is_loopback(self.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,6 +462,9 @@ class GroupConfig:
     hours: BusinessHours | None = None
     outside_hours: str = "defer"  # defer | drop | send
     max_parts: int = 1
+    notify_staff: tuple[str, ...] = ()  # E.164 numbers texted a note about each missed call
+    followups: tuple[FollowupStep, ...] = ()  # texts after the first (mcdaemon.followups)
+    callback: CallbackConfig | None = None  # call-back campaign (mcdaemon.campaigns)
 
     def template_key(self, outcome: Outcome, after_hours: bool) -> str | None:
         """Which template a call gets: after-hours, its outcome's, or the group default."""
@@ -488,6 +496,10 @@ class Config:
     groups: tuple[GroupConfig, ...] = ()
     log_full_numbers: bool = False  # logs show phone numbers whole instead of ****123
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    webhooks: tuple[WebhookEndpoint, ...] = ()  # event receivers (mcdaemon.webhooks)
+    contacts: ContactsConfig = field(default_factory=ContactsConfig)  # the name lookup
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)  # call-backs
+    agi: AgiConfig = field(default_factory=AgiConfig)  # FastAGI hooks (mcdaemon.agi)
 
     def group(self, name: str) -> GroupConfig | None:
         return next((group for group in self.groups if group.name == name), None)
@@ -604,37 +616,6 @@ def _read_outbox(section: Section) -> OutboxConfig:
     )
     section.done()
     return outbox
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """(host, port) from `127.0.0.1:9464`, `localhost:9464` or `[::1]:9464`; ValueError else."""
-    text = value.strip()
-    match = re.fullmatch(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<port>\d{1,5})|"
-                         r"(?P<host>[^\s:\[\]]*):(?P<port4>\d{1,5})", text)
-    if match is None:
-        if text.count(":") > 1 and not text.startswith("["):
-            raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
-        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9464)")
-    host = match["v6"] or match["host"]
-    port = int(match["port"] or match["port4"])
-    if not host:
-        raise ValueError(f"{value!r} has no host; give one, e.g. 127.0.0.1:9464 (an empty "
-                         "host would listen on every address)")
-    if match["v6"]:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{value!r}: {host} is not an IPv6 address") from None
-    elif re.fullmatch(r"[\d.]+", host):
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise ValueError(f"{value!r}: {host} is not an IPv4 address") from None
-    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", host):
-        raise ValueError(f"{value!r}: {host!r} is neither an IP address nor a host name")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{value!r}: port {port} is not between 1 and 65535")
-    return host, port
 
 
 def _read_metrics(section: Section) -> MetricsConfig:
@@ -839,13 +820,33 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
         hours=_read_hours(section.section("hours"), timezone),
         outside_hours=section.choice("outside_hours", "defer", ("defer", "drop", "send")),
         max_parts=section.int("max_parts", defaults.policy.max_parts, minimum=1, maximum=10),
+        notify_staff=_read_staff_numbers(section, defaults.region),
+        followups=read_followups(section),
+        callback=read_callback(section),
     )
     if group.max_parts > smpp.max_parts:
         section.error("max_parts", f"{group.max_parts} is more than smpp.max_parts "
                                    f"({smpp.max_parts}), so the sender would refuse such texts")
     _check_group_texts(section, group, defaults)
+    check_followup_texts(section, group.followups,
+                         set(templates.BUILTIN_VARIABLES) | set(group.variables),
+                         templates.worst_case_values(group, defaults.policy, defaults.company),
+                         group.max_parts, group.name)
     section.done()
     return group
+
+
+def _read_staff_numbers(section: Section, region: str) -> tuple[str, ...]:
+    """`notify_staff`: staff mobiles in any form the region understands, kept as E.164."""
+    numbers: list[str] = []
+    for number in section.str_list("notify_staff"):
+        parsed = templates.parse_number(number, region)
+        if parsed is None or not phonenumbers.is_possible_number(parsed):
+            section.error("notify_staff", f"{number!r} is not a phone number "
+                                          "(e.g. +447700900456)")
+            continue
+        numbers.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    return tuple(numbers)
 
 
 def _read_variants(reader: Reader, value: Any, path: str) -> dict[str, str]:
@@ -994,9 +995,15 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     log_full_numbers = top.bool("log_full_numbers", False)
     policy = _read_policy(top.section("policy"), smpp)
     metrics = _read_metrics(top.section("metrics"))
+    contacts = read_contacts(top.section("contacts"))
+    agi, agi_warnings = read_agi(top.section("agi"))
     partial = Config(source=source, region=region, timezone=timezone, company=company,
                      policy=policy, smpp=smpp)
     groups = _read_groups(reader, top.section("groups"), partial, smpp)
+    webhooks, webhook_warnings = read_webhooks(reader, top.raw("webhooks"),
+                                               {group.name for group in groups})
+    callbacks = read_callbacks(reader, top.section("callbacks"), [pbx.name for pbx in ami],
+                               [group.name for group in groups if group.callback])
     top.done()
     if problems:
         raise ConfigError(problems)
@@ -1008,11 +1015,14 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
                         "address: anyone who can reach it reads the metrics (there is no "
                         "authentication); prefer 127.0.0.1 with the scraper on this host, or "
                         "firewall the port")
+    warnings.extend(webhook_warnings)
+    warnings.extend(f"{source}: {warning}" for warning in agi_warnings)
     config = Config(source=source, region=region, timezone=timezone, ami=ami, inbound=inbound,
                     store=store, smpp=smpp, outbox=outbox,
                     raw=data if isinstance(data, dict) else {}, warnings=tuple(warnings),
                     company=company, policy=policy, groups=groups,
-                    log_full_numbers=log_full_numbers, metrics=metrics)
+                    log_full_numbers=log_full_numbers, metrics=metrics, webhooks=webhooks,
+                    contacts=contacts, agi=agi, callbacks=callbacks)
     return config, reader.known
 
 

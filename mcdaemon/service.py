@@ -26,14 +26,18 @@ from pathlib import Path
 
 import structlog
 
-from . import keywords, sdnotify
+from . import keywords, sdnotify, webhooks
+from .agi import AgiError, AgiHooks
 from .ami import AmiConnection, AmiEvent, AmiStatus
-from .config import Config, ConfigError, reload_config
+from .callbacks import Outreach
+from .config import Config, ConfigError, GroupConfig, reload_config
+from .contacts import ContactNames
 from .logs import mask_number
 from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
+from .notify import Notifier
 from .phone import to_e164
 from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group
-from .records import CallRecord, Decision
+from .records import CallRecord, Decision, PolicyView
 from .smpp import (
     BindState,
     DeliveryReceipt,
@@ -60,6 +64,13 @@ DECISION_BATCH_WINDOW = 0.005
 CLAIM_AHEAD = 0.25
 
 
+def _may_text(record: CallRecord, group: GroupConfig | None, view: PolicyView) -> bool:
+    """Worth a contact name: a missed, whole call its group texts about, not opted out (the
+    lookup is not asked about calls that get no text anyway)."""
+    return (record.missed and not (record.partial or record.evicted) and group is not None
+            and record.outcome in group.triggers and not view.opted_out)
+
+
 class Service:
     """The daemon. `run()` returns the process exit code."""
 
@@ -81,6 +92,10 @@ class Service:
                           variables=NEEDED_VARIABLES) for pbx in config.ami]
         self._sender = SmppSender(config.smpp, self._smpp_events)
         self.metrics = Metrics.from_config(config)
+        self._agi = AgiHooks(config.agi, groups=lambda: [g.name for g in self.config.groups],
+                             region=lambda: self.config.region,
+                             opted_out=lambda number: self.store.is_opted_out(number),
+                             log_full_numbers=lambda: self.config.log_full_numbers)
         self._store: Store | None = None
         self._wake_dispatcher = asyncio.Event()
         self._stop = asyncio.Event()
@@ -90,6 +105,13 @@ class Service:
         self._connected: set[str] = set()
         self._ready_sent = False
         self._tripped_reasons: set[str] = set()
+        self._contacts = ContactNames(config.contacts)  # {caller_name}: store, then lookup
+        self._webhooks = webhooks.WebhookWorker(lambda: self.config.webhooks, clock=clock)
+        self._notify = Notifier(lambda: self.store, lambda: self.config, self._webhooks, clock,
+                                self._staff_notes_queued)
+        # follow-up texts and call-back campaigns (mcdaemon.callbacks)
+        self._outreach = Outreach(lambda: self.config,
+                                  {conn.pbx: conn for conn in self._connections}, clock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -105,8 +127,10 @@ class Service:
         self._store = await Store.open(self.config.store.path)
         try:
             await self.metrics.start()
-        except MetricsError as exc:
+            await self._agi.start()
+        except (MetricsError, AgiError) as exc:
             log.error(str(exc))
+            await self.metrics.stop()
             await self.store.close()
             return 1
         now = self._clock()
@@ -128,6 +152,8 @@ class Service:
             asyncio.create_task(self._write_results(), name="results"),
             asyncio.create_task(self._consume_smpp(), name="receipts"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
+            asyncio.create_task(self._webhooks.run(self.store), name="webhooks"),
+            asyncio.create_task(self._outreach.run(self.store), name="outreach"),
         ]
         log.info("mcdaemon started", pbxs=[p.name for p in self.config.ami],
                  store=self.config.store.path, smsc=f"{self.config.smpp.host}:"
@@ -147,6 +173,7 @@ class Service:
         """Stop taking calls, let in-flight submits finish (or persist), unbind, close."""
         sdnotify.notify("STOPPING=1")
         log.info("stopping")
+        await self._agi.stop()
         for conn in self._connections:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.stop(), 2.0)
@@ -165,6 +192,8 @@ class Service:
             await asyncio.wait(self._in_flight, timeout=1.0)
         await self._flush_results()
         log.debug("shutdown: in-flight submits settled", left=len(self._in_flight))
+        # webhook requests in flight get a moment; the rest stay queued for the next start
+        await self._webhooks.stop(timeout=2.0)
         for task in workers:
             task.cancel()
         _, stuck = await asyncio.wait(workers, timeout=3.0)
@@ -173,6 +202,7 @@ class Service:
         log.debug("shutdown: workers stopped")
         await self.store.set_status("daemon", "stopped", self._clock())
         await self.store.set_status("smpp", "down", self._clock())
+        await self._contacts.close()
         await self.metrics.stop()
         await self.store.close()
         log.info("stopped")
@@ -193,13 +223,14 @@ class Service:
             log.error("config reload refused; the running config stays",
                       problems=exc.problems)
             return
-        changed = [name for name in ("ami", "smpp", "metrics") if
+        changed = [name for name in ("ami", "smpp", "metrics", "agi") if
                    getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("config reload: these sections need a restart to take effect",
                         sections=changed)
         for tracker in self._trackers.values():
             tracker.update_settings(new.inbound, new.region)
+        self._contacts.update(new.contacts)
         self.config = new
         self.metrics.update_names(new)
         log.info("config reloaded", source=new.source)
@@ -237,6 +268,8 @@ class Service:
         if isinstance(item, AmiStatus):
             self.metrics.ami_connection_state(item.pbx, item.state)
             await self.store.set_status(f"ami:{item.pbx}", item.state, item.at)
+        else:
+            self._outreach.observe(item)
         return self._track(item)
 
     def _track(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
@@ -268,8 +301,13 @@ class Service:
         views = await self.store.policy_views(
             [(record.caller_e164, group.name if group else None, prefix)
              for record, group, prefix in zip(records, groups, prefixes, strict=True)], now)
+        names = await self._contacts.names(self.store, [
+            record.caller_e164 for record, group, view in zip(records, groups, views, strict=True)
+            if record.caller_e164 and _may_text(record, group, view)])
         for record, prefix, view in zip(records, prefixes, views, strict=True):
             number = record.caller_e164
+            if number in names:
+                view = dataclasses.replace(view, contact_name=names[number])
             if batch_prefixes:
                 view = dataclasses.replace(
                     view,
@@ -303,6 +341,12 @@ class Service:
                 self._on_decision(call.record, call.decision)
         if any(message_id is not None for message_id in message_ids):
             self._wake_dispatcher.set()
+        await self._notify.calls_decided(decided, message_ids)
+        await self._outreach.calls_decided(self.store, decided)
+
+    def _staff_notes_queued(self, count: int) -> None:
+        self.metrics.text_transition("queued", count)
+        self._wake_dispatcher.set()
 
     def _log_decision(self, record: CallRecord, decision: Decision,
                       message_id: int | None) -> None:
@@ -435,6 +479,13 @@ class Service:
                          retry_in=round((outcome.not_before or at) - at, 1), **fields)
         if any(outcome.state == "queued" for outcome in outcomes):
             self._wake_dispatcher.set()
+        await self._notify.texts_moved([
+            (message.id, outcome.state, at) for (message, _, at), outcome, ok
+            in zip(batch, outcomes, moved, strict=True)
+            if ok and outcome.state in ("submitted", "failed")])
+        await self._outreach.texts_submitted(self.store, [
+            outcome.message_id for outcome, ok in zip(outcomes, moved, strict=True)
+            if ok and outcome.state == "submitted"])
 
     def _count_outcome(self, message: OutboxMessage, outcome: SubmitOutcome,
                        at: float) -> None:
@@ -488,15 +539,23 @@ class Service:
                      error=item.error, message_id=message_id)
         for state in ("delivered", "undeliverable"):
             self.metrics.text_transition(state, applied.settled.get(state, 0))
+        received = {message_id: item.at for item, message_id
+                    in zip(receipts, applied.matched, strict=True) if message_id is not None}
+        await self._notify.texts_moved([(message_id, state, received.get(message_id, 0.0))
+                                        for message_id, state in applied.finals.items()])
 
     async def _handle_reply(self, mo: MobileOriginated) -> None:
         sender = to_e164(mo.source, self.config.region) or mo.source
-        await self.store.add_inbound(sender, mo.destination, mo.text, mo.at)
+        inbound_id = await self.store.add_inbound(sender, mo.destination, mo.text, mo.at)
         kind = keywords.classify_reply(mo.text)
+        await self._outreach.reply(self.store, sender, kind, mo.at)
+        if kind != "opt_out":
+            await self._notify.reply(sender, mo.destination, mo.text, mo.at, inbound_id, kind)
         full = self.config.log_full_numbers
         if kind == "opt_out":
             newly = await self.store.opt_out(sender, mo.text.strip()[:20], mo.at)
             log.info("opt-out received", caller=mask_number(sender, full), new=newly)
+            await self._notify.opted_out(sender, mo.text.strip()[:20], mo.at, newly)
             confirmation = self.config.policy.opt_out_confirmation
             if newly and confirmation:
                 queued = await self.store.enqueue_message(
@@ -539,6 +598,8 @@ class Service:
                 await self._decide_and_store(records)
             expired = await self.store.expire_due(now)
             self.metrics.text_transition("expired", len(expired))
+            await self._notify.texts_moved([(message_id, "expired", now)
+                                            for message_id in expired])
             if expired:
                 log.warning("texts expired before they could be sent",
                             count=len(expired), max_age=self.config.outbox.max_age)

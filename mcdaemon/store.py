@@ -38,7 +38,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -179,6 +179,52 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
                     for target in sorted(targets)),
         "CREATE INDEX messages_submitted ON messages (submitted_at) WHERE state = 'submitted'",
     ),
+    # 5: the webhook queue (mcdaemon.webhooks): one row per event and endpoint, delivered
+    # at least once; `event_key` makes enqueueing idempotent (a replayed call adds nothing)
+    # and `order_key` keeps one call's events in order per endpoint
+    (
+        "CREATE TABLE webhooks (id INTEGER PRIMARY KEY, delivery_id TEXT NOT NULL UNIQUE,"
+        " endpoint TEXT NOT NULL, event TEXT NOT NULL, event_key TEXT NOT NULL,"
+        " order_key TEXT NOT NULL, body TEXT NOT NULL,"
+        " state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_at REAL NOT NULL, last_error TEXT, created_at REAL NOT NULL, final_at REAL,"
+        " UNIQUE (endpoint, event_key))",
+        "CREATE INDEX webhooks_due ON webhooks (next_at) WHERE state = 'pending'",
+        "CREATE INDEX webhooks_order ON webhooks (endpoint, order_key, id)"
+        " WHERE state = 'pending'",
+        "CREATE INDEX webhooks_final ON webhooks (final_at) WHERE state <> 'pending'",
+    ),
+    # 6: contacts (`mcdaemon contacts import`): names for {caller_name}, tags a JSON array
+    (
+        "CREATE TABLE contacts (e164 TEXT PRIMARY KEY, name TEXT,"
+        " tags TEXT NOT NULL DEFAULT '[]', source TEXT NOT NULL, updated_at REAL NOT NULL)",
+    ),
+    # 7: follow-ups and call-backs (mcdaemon.outreach_store): call-back campaigns (one open
+    # campaign per number: the partial unique index) and their attempts; the calls that
+    # started or joined a campaign (a replayed call starts nothing); `contact_events`, every
+    # time a caller was reached or answered (reply, answered call, call-back, agent call),
+    # which stops follow-ups and campaigns
+    (
+        "CREATE TABLE campaigns (id INTEGER PRIMARY KEY, e164 TEXT NOT NULL,"
+        " grp TEXT NOT NULL, pbx TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'open',"
+        " reason TEXT, source_pbx TEXT, source_call_id TEXT,"
+        " contacts INTEGER NOT NULL DEFAULT 1, created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL, closed_at REAL)",
+        "CREATE UNIQUE INDEX campaigns_open_number ON campaigns (e164) WHERE state = 'open'",
+        "CREATE TABLE campaign_attempts (id INTEGER PRIMARY KEY,"
+        " campaign_id INTEGER NOT NULL REFERENCES campaigns (id), seq INTEGER NOT NULL,"
+        " state TEXT NOT NULL DEFAULT 'scheduled', due_at REAL NOT NULL, action_id TEXT,"
+        " uniqueid TEXT, started_at REAL, ended_at REAL, result TEXT, detail TEXT,"
+        " UNIQUE (campaign_id, seq))",
+        "CREATE INDEX campaign_attempts_due ON campaign_attempts (state, due_at)",
+        "CREATE INDEX campaign_attempts_action ON campaign_attempts (action_id)",
+        "CREATE TABLE campaign_calls (pbx TEXT NOT NULL, call_id TEXT NOT NULL,"
+        " campaign_id INTEGER NOT NULL, PRIMARY KEY (pbx, call_id))",
+        "CREATE TABLE contact_events (id INTEGER PRIMARY KEY, e164 TEXT NOT NULL,"
+        " kind TEXT NOT NULL, at REAL NOT NULL, detail TEXT)",
+        "CREATE INDEX contact_events_number ON contact_events (e164, at)",
+        "CREATE INDEX messages_first_submitted ON messages (submitted_at) WHERE kind = 'first'",
+    ),
 )
 #: the schema this version writes: one migration per step, appended to `_MIGRATIONS`
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -208,6 +254,8 @@ class SubmitOutcome:
 class AppliedReceipts:
     matched: list[int | None]  # per receipt, the message it matched
     settled: dict[str, int]  # final state -> messages the batch moved there
+    #: message id -> the final state this batch moved it to (for the webhooks)
+    finals: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,15 +848,16 @@ class Store:
         """`apply_receipt` for many receipts, in order, in one transaction: the message id
         each matched (None: kept unmatched) and how many messages each settled as."""
         settled: dict[str, int] = {}
+        finals: dict[int, str] = {}
 
         async def work() -> list[int | None]:
-            return await self._apply_receipts(receipts, settled)
+            return await self._apply_receipts(receipts, settled, finals)
 
         matched = await self._transaction(work) if receipts else []
-        return AppliedReceipts(matched, settled)
+        return AppliedReceipts(matched, settled, finals)
 
-    async def _apply_receipts(self, receipts: Sequence[ReceiptIn],
-                              settled: dict[str, int]) -> list[int | None]:
+    async def _apply_receipts(self, receipts: Sequence[ReceiptIn], settled: dict[str, int],
+                              finals: dict[int, str] | None = None) -> list[int | None]:
         """A few statements whatever the batch size (a carrier sends receipts in bursts)."""
         wanted = [_normalise_ids(receipt.candidates) for receipt in receipts]
         every_id = sorted({smsc_id for ids in wanted for smsc_id in ids})
@@ -843,6 +892,8 @@ class Store:
             final = await self._settle(message_id, at)
             if final is not None:
                 settled[final] = settled.get(final, 0) + 1
+                if finals is not None:
+                    finals[message_id] = final
         await self._db.executemany(
             "INSERT INTO receipts (smsc_id, candidates, state, error, at, message_id, raw)"
             " VALUES (?,?,?,?,?,?,?)",
@@ -1161,6 +1212,62 @@ class Store:
 
         return await self._read(work)
 
+    # ------------------------------------------------------------------ contacts
+
+    async def contacts_for(self, numbers: Sequence[str]) -> dict[str, Contact]:
+        """The stored contacts among these E.164 numbers (a few queries whatever the count)."""
+        wanted = sorted(set(numbers))
+
+        async def work() -> dict[str, Contact]:
+            found: dict[str, Contact] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                for row in await self._rows(
+                        "SELECT e164, name, tags, source, updated_at FROM contacts"
+                        f" WHERE e164 IN ({','.join('?' * len(chunk))})", chunk):
+                    found[str(row[0])] = _contact(row)
+            return found
+
+        return await self._read(work) if wanted else {}
+
+    async def merge_contacts(self, contacts: Sequence[Contact]) -> tuple[int, int]:
+        """Add or update contacts in one transaction: a non-empty name replaces the stored
+        one, tags are added to the stored ones. Returns (added, updated)."""
+        async def work() -> tuple[int, int]:
+            known: dict[str, Contact] = {}
+            numbers = sorted({contact.e164 for contact in contacts})
+            for start in range(0, len(numbers), 500):
+                chunk = numbers[start:start + 500]
+                for row in await self._rows(
+                        "SELECT e164, name, tags, source, updated_at FROM contacts"
+                        f" WHERE e164 IN ({','.join('?' * len(chunk))})", chunk):
+                    known[str(row[0])] = _contact(row)
+            added = sum(1 for number in numbers if number not in known)
+            merged = [known[contact.e164].merged(contact) if contact.e164 in known else contact
+                      for contact in contacts]
+            await self._db.executemany(
+                "INSERT INTO contacts (e164, name, tags, source, updated_at) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (e164) DO UPDATE SET name = excluded.name, tags = excluded.tags,"
+                " source = excluded.source, updated_at = excluded.updated_at",
+                [(c.e164, c.name, json.dumps(list(c.tags), ensure_ascii=False), c.source,
+                  c.updated_at) for c in merged])
+            return added, len(numbers) - added
+
+        return await self._transaction(work) if contacts else (0, 0)
+
+    async def list_contacts(self) -> list[Contact]:
+        """Every contact, by number (none when the store predates the contacts table)."""
+        if "contacts" not in await self.tables():
+            return []
+        rows = await self._read(lambda: self._rows(
+            "SELECT e164, name, tags, source, updated_at FROM contacts ORDER BY e164"))
+        return [_contact(row) for row in rows]
+
+    async def contact(self, e164: str) -> Contact | None:
+        if "contacts" not in await self.tables():
+            return None
+        return (await self.contacts_for([e164])).get(e164)
+
     # ------------------------------------------------------------------ bookings
 
     async def add_booking(self, e164: str, value: float, at: float, *,
@@ -1191,6 +1298,151 @@ class Store:
 
         return await self._transaction(work)
 
+    # ------------------------------------------------------------------ webhook queue
+
+    # Rows of `webhooks` go pending -> delivered | dead. Claiming reads only (no commit): the
+    # worker keeps what it is sending in memory, and a crash mid-request sends it again
+    # (receivers dedupe on delivery_id). One endpoint gets one call's events in order: a row
+    # waits while an older pending row of the same endpoint and order_key exists.
+
+    async def enqueue_webhooks(self, rows: Sequence[WebhookIn], now: float) -> int:
+        """Queue deliveries (one transaction); a row whose (endpoint, event_key) is already
+        queued is skipped. Returns how many were new."""
+        if not rows:
+            return 0
+
+        async def work() -> int:
+            before = self._db.total_changes
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO webhooks (delivery_id, endpoint, event, event_key,"
+                " order_key, body, next_at, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                [(row.delivery_id, row.endpoint, row.event, row.event_key, row.order_key,
+                  row.body, now, now) for row in rows])
+            return self._db.total_changes - before
+
+        return await self._transaction(work)
+
+    async def claim_due_webhooks(self, now: float, limit: int,
+                                 busy: Sequence[int] = ()) -> list[WebhookDelivery]:
+        """Up to `limit` pending deliveries due by `now`, oldest first, leaving out `busy`
+        (in flight) and any row behind an older pending one of its endpoint and order_key."""
+        if limit <= 0:
+            return []
+        busy_ids = sorted(set(busy))
+        marks = ",".join("?" * len(busy_ids))
+        sql = ("SELECT id, delivery_id, endpoint, event, body, attempts, created_at"
+               " FROM webhooks AS w WHERE state = 'pending' AND next_at <= ?"
+               + (f" AND id NOT IN ({marks})" if busy_ids else "")
+               + " AND NOT EXISTS (SELECT 1 FROM webhooks AS e WHERE e.state = 'pending'"
+               "  AND e.endpoint = w.endpoint AND e.order_key = w.order_key AND e.id < w.id)"
+               " ORDER BY id LIMIT ?")
+        rows = await self._read(lambda: self._rows(sql, [now, *busy_ids, limit]))
+        return [WebhookDelivery(int(row[0]), str(row[1]), str(row[2]), str(row[3]),
+                                str(row[4]), int(row[5]), float(row[6])) for row in rows]
+
+    async def next_webhook_at(self, after: float) -> float | None:
+        """When the earliest pending delivery due later than `after` is due (None: none)."""
+        value = await self._read(lambda: self._scalar(
+            "SELECT MIN(next_at) FROM webhooks WHERE state = 'pending' AND next_at > ?",
+            (after,)))
+        return None if value is None else float(value)
+
+    async def settle_webhooks(self, results: Sequence[WebhookResult], now: float) -> None:
+        """Record attempts in one transaction: `delivered`, `dead`, or `pending` again at
+        `next_at` (a retry). Each counts one attempt; a row no longer pending is left."""
+        async def work() -> None:
+            await self._db.executemany(
+                "UPDATE webhooks SET state = ?, attempts = attempts + 1,"
+                " next_at = COALESCE(?, next_at), last_error = ?,"
+                " final_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END"
+                " WHERE id = ? AND state = 'pending'",
+                [(result.state, result.next_at, result.error, result.state, now, result.id)
+                 for result in results])
+
+        if results:
+            await self._transaction(work)
+
+    async def mark_webhook_delivered(self, webhook_id: int, now: float) -> None:
+        await self.settle_webhooks([WebhookResult(webhook_id, "delivered")], now)
+
+    async def mark_webhook_retry(self, webhook_id: int, *, next_at: float, error: str,
+                                 now: float) -> None:
+        await self.settle_webhooks([WebhookResult(webhook_id, "pending", next_at, error)], now)
+
+    async def mark_webhook_dead(self, webhook_id: int, *, error: str, now: float) -> None:
+        await self.settle_webhooks([WebhookResult(webhook_id, "dead", None, error)], now)
+
+    async def prune_webhooks(self, *, delivered_before: float, dead_before: float) -> int:
+        """Forget delivered rows settled before `delivered_before`, dead ones before
+        `dead_before`; returns how many were deleted."""
+        async def work() -> int:
+            return (await self._change(
+                "DELETE FROM webhooks WHERE (state = 'delivered' AND final_at < ?)"
+                " OR (state = 'dead' AND final_at < ?)", (delivered_before, dead_before)))[0]
+
+        return await self._transaction(work)
+
+    async def webhooks(self, *, state: str | None = None) -> list[dict[str, Any]]:
+        """The queue's rows (columns by name), oldest first: for tests and inspection."""
+        where = "" if state is None else " WHERE state = ?"
+
+        async def work() -> list[dict[str, Any]]:
+            async with self._db.execute(f"SELECT * FROM webhooks{where} ORDER BY id",
+                                        () if state is None else (state,)) as cursor:
+                names = [column[0] for column in cursor.description]
+                return [dict(zip(names, row, strict=True))
+                        for row in await cursor.fetchall()]
+
+        return await self._read(work)
+
+    async def messages_by_ids(self, ids: Sequence[int]) -> list[OutboxMessage]:
+        """The outbox rows with these ids (unknown ids are left out), by id."""
+        wanted = sorted(set(ids))
+
+        async def work() -> list[OutboxMessage]:
+            found: list[OutboxMessage] = []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                found += [_message(row) for row in await self._rows(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN"
+                    f" ({','.join('?' * len(chunk))}) ORDER BY id", chunk)]
+            return found
+
+        return await self._read(work) if wanted else []
+
+    async def latest_message_to(self, destination: str,
+                                kinds: Sequence[str] = CALLER_KINDS) -> OutboxMessage | None:
+        """The newest text of these kinds to `destination` (what a reply most likely answers)."""
+        rows = await self._read(lambda: self._rows(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE destination = ?"
+            f" AND kind IN ({_quoted(kinds)}) ORDER BY id DESC LIMIT 1", (destination,)))
+        return _message(rows[0]) if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A row of `contacts`: a caller's name and tags, from an import (`source`)."""
+
+    e164: str
+    name: str | None
+    tags: tuple[str, ...] = ()
+    source: str = ""
+    updated_at: float = 0.0
+
+    def merged(self, newer: Contact) -> Contact:
+        """`newer` over this one: its name if it has one, the tags of both."""
+        tags = tuple(dict.fromkeys([*self.tags, *newer.tags]))
+        return Contact(self.e164, newer.name or self.name, tags, newer.source or self.source,
+                       max(self.updated_at, newer.updated_at))
+
+
+def _contact(row: Sequence[Any]) -> Contact:
+    try:
+        tags = tuple(str(tag) for tag in json.loads(row[2] or "[]"))
+    except (ValueError, TypeError):
+        tags = ()
+    return Contact(str(row[0]), row[1], tags, str(row[3] or ""), float(row[4] or 0.0))
+
 
 @dataclass(frozen=True, slots=True)
 class Booking:
@@ -1204,3 +1456,38 @@ class Booking:
     at: float
     pbx: str | None
     call_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookIn:
+    """One delivery to queue: an event's body for one endpoint."""
+
+    delivery_id: str  # X-Mcdaemon-Delivery: receivers dedupe on it
+    endpoint: str
+    event: str
+    event_key: str  # what makes the event unique (a replay queues nothing new)
+    order_key: str  # one endpoint gets the events of one key in order
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """A pending delivery, as claimed by the worker."""
+
+    id: int
+    delivery_id: str
+    endpoint: str
+    event: str
+    body: str
+    attempts: int  # made so far
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookResult:
+    """What became of one attempt: `delivered`, `dead`, or `pending` again at `next_at`."""
+
+    id: int
+    state: str
+    next_at: float | None = None
+    error: str | None = None
