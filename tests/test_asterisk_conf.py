@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import re
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import yaml
 
+from mcdaemon.agi import AgiHooks, tag_marks
+from mcdaemon.agi_config import AgiConfig
 from mcdaemon.ami import event_filter
 from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 
@@ -61,3 +65,17 @@ def test_the_example_callback_uses_contexts_the_example_dialplan_has() -> None:
     manager = (KIT / "manager.conf").read_text(encoding="utf-8")
     assert "originate" in manager  # documented, commented out: least privilege by default
     assert manager_user()["write"].strip() == "reporting"
+
+
+def test_every_fastagi_hook_the_dialplan_calls_is_one_the_daemon_serves() -> None:
+    hooks = AgiHooks(AgiConfig(), groups=lambda: ["sales", "support"], region=lambda: "GB",
+                     opted_out=lambda number: asyncio.sleep(0, False))
+    served = set(hooks._routes)
+    dialplan = (KIT / "extensions.conf").read_text()
+    used = re.findall(r"agi://127\.0\.0\.1:4573/([\w-]+)(\?[^)\s]*)?", dialplan)
+    assert {"tag", "callback-request", "optout-check"} <= {name for name, _ in used}
+    for name, query in used:
+        assert name in served, f"extensions.conf calls the hook {name!r}, which is not served"
+        if name == "tag":
+            marks, problem = tag_marks(parse_qs(query.lstrip("?")), ["sales", "support"])
+            assert marks and not problem, f"extensions.conf: tag{query}: {problem}"
