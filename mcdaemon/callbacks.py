@@ -61,12 +61,24 @@ class Originator(Protocol):
                         action_id: str | None = None, **more: str) -> dict[str, str]: ...
 
 
+class CallbackNotifier(Protocol):
+    """Where call-back attempts and results are reported (the webhooks' Notifier)."""
+
+    async def callback_attempt(self, campaign: int, attempt: int, number: str, group: str,
+                               pbx: str, at: float) -> None: ...
+
+    async def callback_result(self, campaign: int, attempt: int, number: str, group: str,
+                              result: str, campaign_state: str, detail: str,
+                              at: float) -> None: ...
+
+
 class Outreach:
     """Follow-up texts and call-back campaigns for one daemon (see the module docstring)."""
 
     def __init__(self, config: Callable[[], Config], connections: Mapping[str, Originator],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], notify: CallbackNotifier | None = None) -> None:
         self._config = config
+        self._notify = notify
         self._connections = connections
         self._clock = clock
         self._events: asyncio.Queue[AmiEvent] = asyncio.Queue()
@@ -312,6 +324,10 @@ class Outreach:
             return
         log.info("call-back placed", campaign=attempt.campaign_id, attempt=attempt.seq,
                  to=self._mask(attempt.e164), pbx=attempt.pbx)
+        if self._notify is not None:
+            await self._notify.callback_attempt(attempt.campaign_id, attempt.seq,
+                                                attempt.e164, attempt.group, attempt.pbx,
+                                                self._clock())
 
     async def _end_attempt(self, store: Store, attempt: ostore.Attempt, result: str,
                            now: float, detail: str, *, scheduled: bool = False) -> None:
@@ -338,6 +354,9 @@ class Outreach:
             log.warning("call-back campaign exhausted: no attempt reached the caller", **fields)
         else:
             log.info("call-back attempt ended", campaign_state=outcome, **fields)
+        if self._notify is not None:
+            await self._notify.callback_result(attempt.campaign_id, attempt.seq, attempt.e164,
+                                               attempt.group, result, outcome, detail, now)
         self._wake.set()
 
     # ------------------------------------------------------------------ AMI events

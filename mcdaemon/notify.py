@@ -108,6 +108,25 @@ class Notifier:
         except Exception as exc:
             log.error("could not queue the notification of a reply", error=repr(exc))
 
+    async def callback_attempt(self, campaign: int, attempt: int, number: str, group: str,
+                               pbx: str, at: float) -> None:
+        await self._queue_guarded("callback_attempt", lambda: webhooks.callback_attempt(
+            campaign, attempt, number, group, pbx, at))
+
+    async def callback_result(self, campaign: int, attempt: int, number: str, group: str,
+                              result: str, campaign_state: str, detail: str,
+                              at: float) -> None:
+        await self._queue_guarded("callback_result", lambda: webhooks.callback_result(
+            campaign, attempt, number, group, result, campaign_state, detail, at))
+
+    async def _queue_guarded(self, name: str, build: Callable[[], webhooks.Event]) -> None:
+        if not webhooks.wants_any(self._config().webhooks, [name]):
+            return
+        try:
+            await self._queue([build()])
+        except Exception as exc:  # never let a notification stop the call-backs
+            log.error("could not queue a notification", event=name, error=repr(exc))
+
     async def opted_out(self, sender: str, keyword: str, at: float, new: bool) -> None:
         if not webhooks.wants_any(self._config().webhooks, ["opt_out"]):
             return

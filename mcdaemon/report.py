@@ -23,8 +23,10 @@ Calls are those that *ended* in the window `[since, until]`; everything else han
   inbound text (not an opt-out/opt-in keyword) within `REPLY_WINDOW` after one of their sent
   texts / texted callers. Opt-out rate: the same with an opt-out (a STOP-like reply or an
   `opt_outs` row) within `REPLY_WINDOW` after a sent text.
-- call-back reach rate: n/a, mcdaemon places no call-backs yet (shown only if a `callbacks`
-  table ever appears; none is made up).
+- call-back reach rate: call-back campaigns opened in the period that reached the caller
+  (`done`: an attempt was answered) / those that ended, reached or `exhausted`. Campaigns
+  still open, and those `cancelled` because the caller got through by calling in (or an agent
+  called them), are left out of both. n/a when no campaign ended.
 - bookings (`record-booking`) are attributed when recorded to the most recent texted missed
   call from the number that ended within `BOOKING_WINDOW` before the booking. Revenue per
   missed call = value of bookings attributed to the window's calls / missed calls; booking
@@ -194,7 +196,7 @@ class Kpis:
     texted_callers: int
     reply_rate: Ratio
     opt_out_rate: Ratio
-    callback_reach_rate: Ratio | None  # None (n/a): mcdaemon places no call-backs yet
+    callback_reach_rate: Ratio | None  # None (n/a): no group has call-backs configured
     bookings: int
     revenue: float
     revenue_per_missed_call: Ratio
@@ -423,7 +425,16 @@ class _Facts:
         return _within(self.opt_outs.get(number, []), sent_at, REPLY_WINDOW) is not None
 
 
-def _kpis(calls: Sequence[dict[str, Any]], texts: Sequence[_Text], facts: _Facts) -> Kpis:
+def _reach(campaigns: Sequence[dict[str, Any]] | None) -> Ratio | None:
+    if campaigns is None:
+        return None
+    reached = sum(1 for campaign in campaigns if campaign["state"] == "done")
+    ended = sum(1 for campaign in campaigns if campaign["state"] in ("done", "exhausted"))
+    return Ratio(reached, ended)
+
+
+def _kpis(calls: Sequence[dict[str, Any]], texts: Sequence[_Text], facts: _Facts,
+          campaigns: Sequence[dict[str, Any]] | None = None) -> Kpis:
     missed = [call for call in calls if call["outcome"] in _MISSED]
     mobile = [call for call in missed
               if call["caller_e164"] and call["reason"] not in NOT_CONTACTABLE]
@@ -462,7 +473,7 @@ def _kpis(calls: Sequence[dict[str, Any]], texts: Sequence[_Text], facts: _Facts
         texted_callers=callers,
         reply_rate=Ratio(replied, callers),
         opt_out_rate=Ratio(opted, callers),
-        callback_reach_rate=None,
+        callback_reach_rate=_reach(campaigns),
         bookings=bookings, revenue=revenue,
         revenue_per_missed_call=Ratio(revenue, len(missed)),
         booking_rate=Ratio(sum(booked_calls.values()), callers),
@@ -568,12 +579,20 @@ def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: flo
              for row in rows.get("texts", []) if (str(row["pbx"]), str(row["call_id"])) in calls]
     names = [configured.name for configured in config.groups] if group is None else [group]
     names += sorted({groups[key] for key in calls} - set(names))
+    # call-backs: counted where some group has them configured, or campaigns exist
+    campaigns: list[dict[str, Any]] | None = list(rows.get("campaigns", []))
+    if not campaigns and not any(configured.callback for configured in config.groups):
+        campaigns = None
+    if campaigns is not None and group is not None:
+        campaigns = [campaign for campaign in campaigns if campaign["grp"] == group]
     per_group = {name: _kpis([call for key, call in calls.items() if groups[key] == name],
                              [text for text in texts
                               if groups[(text.pbx, text.call_id)] == name],
-                             facts)
+                             facts,
+                             None if campaigns is None else
+                             [campaign for campaign in campaigns if campaign["grp"] == name])
                  for name in names}
-    overall = _kpis(list(calls.values()), texts, facts)
+    overall = _kpis(list(calls.values()), texts, facts, campaigns)
     unattributed = sum(1 for row in rows.get("bookings", [])
                        if row["call_id"] is None and since <= float(row["at"]) <= until)
     sent = [text for text in texts if text.sent]
@@ -696,8 +715,9 @@ def kpi_lines(kpis: Kpis, currencies: Sequence[str],
          "callers"),
         ("call-back reach rate", "n/a" if kpis.callback_reach_rate is None
          else _percent(kpis.callback_reach_rate),
-         "" if kpis.callback_reach_rate is not None else "the callbacks table is not read by "
-         "this version" if callbacks_table else "no call-back feature yet"),
+         f"{_count(kpis.callback_reach_rate.numerator)} reached / "
+         f"{kpis.callback_reach_rate.denominator} campaigns ended"
+         if kpis.callback_reach_rate is not None else "no group has call-backs"),
         ("bookings", str(kpis.bookings), f"worth {_money(kpis.revenue, currencies)}"),
         ("revenue per missed call", "n/a" if per_missed is None
          else _money(per_missed, currencies),
@@ -784,7 +804,7 @@ def as_csv(report: Report, out: TextIO) -> None:
                     writer.writerow((scope, f"time_to_first_text_{key}",
                                      _csv_value(data[key]), "", data["count"], ""))
             elif data is None:
-                writer.writerow((scope, name, "n/a", "", "", "no call-back feature yet"))
+                writer.writerow((scope, name, "n/a", "", "", "no group has call-backs"))
             else:
                 writer.writerow((scope, name, _csv_value(data), "", "", ""))
     for test in report.ab_tests:

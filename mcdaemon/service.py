@@ -111,7 +111,8 @@ class Service:
                                 self._staff_notes_queued)
         # follow-up texts and call-back campaigns (mcdaemon.callbacks)
         self._outreach = Outreach(lambda: self.config,
-                                  {conn.pbx: conn for conn in self._connections}, clock)
+                                  {conn.pbx: conn for conn in self._connections}, clock,
+                                  notify=self._notify)
 
     # ------------------------------------------------------------------ lifecycle
 

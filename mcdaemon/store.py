@@ -1200,6 +1200,10 @@ class Store:
         if "bookings" in tables:
             queries["bookings"] = ("SELECT id, e164, value, currency, note, at, pbx, call_id"
                                    " FROM bookings WHERE at >= ? ORDER BY at, id", (since,))
+        if "campaigns" in tables:
+            queries["campaigns"] = ("SELECT id, e164, grp, state, reason, created_at, closed_at"
+                                    " FROM campaigns WHERE created_at >= ? AND created_at <= ?"
+                                    " ORDER BY id", (since, until))
 
         async def work() -> dict[str, list[dict[str, Any]]]:
             result: dict[str, list[dict[str, Any]]] = {"bookings": []}

@@ -15,8 +15,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from .config import Reader
 
-#: every event name of the schema, in the order of a call's life. `callback_attempt` and
-#: `callback_result` are reserved for call-backs (nothing produces them yet).
+#: every event name of the schema, in the order of a call's life
 EVENTS = ("missed_call", "text_sent", "text_delivered", "text_failed", "reply", "opt_out",
           "callback_attempt", "callback_result")
 FORMATS = ("json", "slack")

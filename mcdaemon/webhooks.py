@@ -162,6 +162,28 @@ def missed_call(record: CallRecord, decision: Decision, message_id: int | None,
                  missed_call_summary(record, decision, config))
 
 
+def callback_attempt(campaign: int, attempt: int, number: str, group: str, pbx: str,
+                     at: float) -> Event:
+    """`callback_attempt`: the PBX took an Originate to call the customer back."""
+    data = {"campaign": campaign, "attempt": attempt, "number": number, "group": group,
+            "pbx": pbx, "at": iso(at)}
+    return Event("callback_attempt", f"callback_attempt:{campaign}:{attempt}",
+                 f"number:{number}", group, at, data,
+                 f"Calling {number} back (attempt {attempt})")
+
+
+def callback_result(campaign: int, attempt: int, number: str, group: str, result: str,
+                    campaign_state: str, detail: str, at: float) -> Event:
+    """`callback_result`: how an attempt ended (`answered`, `no_answer`, `busy`, `failed`,
+    `unknown`…) and where that leaves the campaign (`next`, `done`, `exhausted`…)."""
+    data = {"campaign": campaign, "attempt": attempt, "number": number, "group": group,
+            "result": result, "campaign_state": campaign_state, "detail": detail or None,
+            "at": iso(at)}
+    return Event("callback_result", f"callback_result:{campaign}:{attempt}",
+                 f"number:{number}", group, at, data,
+                 f"Call-back to {number} (attempt {attempt}): {result}")
+
+
 def text_event(message: OutboxMessage, state: str, at: float) -> Event | None:
     """`text_sent` (submitted), `text_delivered`, or `text_failed` (failed, undeliverable,
     expired) for a text to a caller; None for other states and for staff notes."""

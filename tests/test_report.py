@@ -35,6 +35,7 @@ from mcdaemon.config import Config, config_from_dict
 from mcdaemon.records import CallRecord, Decision, Outcome
 from mcdaemon.report import (
     MIN_SAMPLE,
+    Kpis,
     Ratio,
     Report,
     as_csv,
@@ -438,7 +439,7 @@ async def test_json_csv_and_table_carry_the_same_numbers(
     as_table(report, out)
     text = out.getvalue()
     assert "missed-call rate             70.0%   7 missed / 10 inbound calls" in text
-    assert "call-back reach rate           n/a   no call-back feature yet" in text
+    assert "call-back reach rate           n/a   no group has call-backs" in text
     assert "time to first text       p50 4.0 s   p90 30.0 s (4 sent texts)" in text
     assert "== A/B test: group sales, template default" in text
 
@@ -747,3 +748,30 @@ def test_report_and_status_work_on_a_read_only_store(shared_dir: Path) -> None:
     assert Path(path).read_bytes() == before
     assert stat.S_IMODE(Path(path).stat().st_mode) == 0o444
     assert sorted(item.name for item in state.iterdir()) == ["mcdaemon.db"]
+
+
+def test_call_back_reach_rate_counts_the_campaigns_that_ended_per_group(
+        seeded: tuple[Config, dict[str, list[dict[str, Any]]]]) -> None:
+    config, rows = seeded
+    campaign = {"e164": "+447700900001", "reason": "", "created_at": SINCE + 60,
+                "closed_at": SINCE + 600}
+    rows = {**rows, "campaigns": [
+        {**campaign, "id": 1, "grp": "sales", "state": "done"},
+        {**campaign, "id": 2, "grp": "sales", "state": "exhausted"},
+        {**campaign, "id": 3, "grp": "sales", "state": "cancelled"},  # got through by calling
+        {**campaign, "id": 4, "grp": "support", "state": "done"},
+        {**campaign, "id": 5, "grp": "support", "state": "open"}]}
+
+    report = compute(rows, config, since=SINCE, until=NOW)
+
+    def reach(scope: Kpis) -> tuple[float, int] | None:
+        rate = scope.callback_reach_rate
+        return None if rate is None else (rate.numerator, rate.denominator)
+
+    assert reach(report.overall) == (2, 3)
+    assert reach(report.groups["sales"]) == (1, 2)
+    assert reach(report.groups["support"]) == (1, 1)
+    assert reach(compute(rows, config, since=SINCE, until=NOW,
+                         group="support").overall) == (1, 1)
+    assert compute({**rows, "campaigns": []}, config, since=SINCE,
+                   until=NOW).overall.callback_reach_rate is None

@@ -16,6 +16,7 @@ from mcdaemon.store import Store
 from mcdaemon.transcript import Transcript, read_transcript
 
 from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, wait_until, write_config
+from e2e.webhook_receiver import Receiver
 
 CALLBACK = {"attempts": ["0s", "1s", "1s"], "caller_id": "Acme <+442071230000>"}
 
@@ -135,3 +136,27 @@ async def test_an_answered_call_from_the_caller_stops_the_follow_ups(tmp_path: P
             ("failed", "cancelled: the caller called again and was answered")]
     finally:
         await store.close()
+
+
+async def test_each_call_back_attempt_and_its_result_reach_the_webhooks(
+        tmp_path: Path) -> None:
+    async with TestSmsc(password=SMPP_PASSWORD) as smsc, Receiver("cb-secret") as crm, \
+            AmiTestServer([transcript("ivr_callback_fastagi")], secret=AMI_SECRET,
+                          speed=0) as ami:
+        ami.originate_results = ["no_answer", "success"]
+        config = write_config(
+            tmp_path, ami_port=ami.port, smsc_port=smsc.port,
+            groups=group(callback={**CALLBACK, "attempts": ["0s", "1s"]}),
+            webhooks=[{"name": "crm", "url": crm.url, "secret": "cb-secret",
+                       "events": ["callback_attempt", "callback_result"]}])
+        service, task = await start(config)
+        received = await crm.wait_for(4, 15)
+        assert await stop(service, task) == 0
+    events = [(item.event, item.json["data"]) for item in received]
+    assert all(item.signed for item in received)
+    assert [name for name, _ in events] == ["callback_attempt", "callback_result",
+                                            "callback_attempt", "callback_result"]
+    results = [data for name, data in events if name == "callback_result"]
+    assert [(data["attempt"], data["result"], data["campaign_state"]) for data in results] == [
+        (1, "no_answer", "next"), (2, "answered", "done")]
+    assert all(data["number"] == "+447700900444" for _, data in events)
