@@ -58,8 +58,8 @@ DecisionObserver = Callable[[CallRecord, Decision], None]
 HOUSEKEEPING_INTERVAL = 1.0
 #: the longest the dispatcher sleeps when nothing wakes it (deferred texts become due)
 DISPATCH_IDLE = 0.5
-#: the longest the first call of a batch waits for more calls to share its commit (seconds)
-DECISION_BATCH_WINDOW = 0.005
+#: the longest the AMI consumer works before it lets other tasks run (seconds)
+CONSUMER_SLICE = 0.0005
 #: texts claimed beyond the window: what smpp.throughput sends in this many seconds
 CLAIM_AHEAD = 0.25
 
@@ -100,6 +100,9 @@ class Service:
         self._wake_dispatcher = asyncio.Event()
         self._stop = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._ended: list[CallRecord] = []  # calls the tracker closed, not yet decided
+        self._ended_ready = asyncio.Event()
+        self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
         self._results_ready = asyncio.Event()
         self._connected: set[str] = set()
@@ -149,6 +152,7 @@ class Service:
                    for conn, conn_cfg in zip(self._connections, self.config.ami, strict=True)]
         workers += [
             asyncio.create_task(self._consume_ami(), name="tracker"),
+            asyncio.create_task(self._decide_ended_calls(), name="decider"),
             asyncio.create_task(self._dispatch(), name="dispatcher"),
             asyncio.create_task(self._write_results(), name="results"),
             asyncio.create_task(self._consume_smpp(), name="receipts"),
@@ -244,25 +248,40 @@ class Service:
     # ------------------------------------------------------------------ AMI → store
 
     async def _consume_ami(self) -> None:
-        """Feed the tracker; decide the calls that ended in batches (one commit each). A
-        batch closes once it holds a call and DECISION_BATCH_WINDOW has passed: under a storm
-        the first hangups must not wait for the whole queue to be read."""
+        """Feed the tracker, handing the calls that end to the decider. It never waits for
+        the store: while one batch of decisions is being written, the calls that end meanwhile
+        gather into the next (group commit), so under a storm the batches grow instead of the
+        queue, and a quiet PBX still gets each call decided at once."""
         while True:
-            records = await self._take(await self._ami_queue.get())
+            self._hand_to_decider(await self._take(await self._ami_queue.get()))
             started = time.monotonic()
-            while not self._ami_queue.empty() and len(records) < 500:
-                if records and time.monotonic() - started >= DECISION_BATCH_WINDOW:
-                    break
-                records += await self._take(self._ami_queue.get_nowait())
-            if records:
-                await self._decide_and_store(records)
+            while not self._ami_queue.empty():
+                if time.monotonic() - started >= CONSUMER_SLICE:
+                    await asyncio.sleep(0)  # let the decider's store work go on
+                    started = time.monotonic()
+                self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
+
+    def _hand_to_decider(self, records: list[CallRecord]) -> None:
+        if records:
+            self._ended.extend(records)
+            self._ended_ready.set()
+
+    async def _decide_ended_calls(self) -> None:
+        while True:
+            await self._ended_ready.wait()
+            self._ended_ready.clear()
+            async with self._deciding:
+                batch, self._ended = self._ended, []
+                if batch:
+                    await self._decide_and_store(batch)
 
     async def _drain_ami_queue(self) -> None:
-        records: list[CallRecord] = []
         while not self._ami_queue.empty():
-            records += await self._take(self._ami_queue.get_nowait())
-        if records:
-            await self._decide_and_store(records)
+            self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
+        async with self._deciding:  # after the batch the decider may be writing
+            batch, self._ended = self._ended, []
+            if batch:
+                await self._decide_and_store(batch)
 
     async def _take(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
         """One item of the AMI queue: a connection state is also recorded for `status`."""
@@ -595,8 +614,7 @@ class Service:
             records: list[CallRecord] = []
             for tracker in self._trackers.values():
                 records += tracker.expire(now)
-            if records:
-                await self._decide_and_store(records)
+            self._hand_to_decider(records)
             expired = await self.store.expire_due(now)
             self.metrics.text_transition("expired", len(expired))
             await self._notify.texts_moved([(message_id, "expired", now)
