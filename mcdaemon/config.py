@@ -874,18 +874,7 @@ def _check_group_texts(section: Section, group: GroupConfig, defaults: Config) -
     located += [(f"variants.{key}.{variant}", text)
                 for key, texts in group.variants.items() for variant, text in texts.items()]
     for where, text in located:
-        try:
-            names = templates.fields(text)
-        except ValueError as exc:
-            section.error(where, str(exc))
-            continue
-        unknown = sorted(set(names) - known)
-        if unknown:
-            section.error(where, f"unknown variable {', '.join('{' + n + '}' for n in unknown)}"
-                                 f"; known: {', '.join(sorted(known))} (add your own under "
-                                 f"groups.{group.name}.variables)")
-            continue
-        problem = templates.length_problem(text, worst, group.max_parts)
+        problem = templates.template_problem(text, known, worst, group.max_parts, group.name)
         if problem:
             section.error(where, problem)
     silent = [str(outcome) for outcome in sorted(group.triggers)

@@ -115,18 +115,7 @@ def check_followup_texts(section: Section, steps: tuple[FollowupStep, ...],
         where = f"followups[{index}].template"
         if not step.template:
             continue
-        try:
-            names = templates.fields(step.template)
-        except ValueError as exc:
-            section.error(where, str(exc))
-            continue
-        unknown = sorted(set(names) - known)
-        if unknown:
-            section.error(where, f"unknown variable {', '.join('{' + n + '}' for n in unknown)}"
-                                 f"; known: {', '.join(sorted(known))} (add your own under "
-                                 f"groups.{group}.variables)")
-            continue
-        problem = templates.length_problem(step.template, worst, max_parts)
+        problem = templates.template_problem(step.template, known, worst, max_parts, group)
         if problem:
             section.error(where, problem)
 

@@ -294,6 +294,21 @@ def worst_case_values(group: GroupConfig, policy: PolicyConfig, company: str) ->
     return values
 
 
+def template_problem(template: str, known: set[str], worst: Mapping[str, str],
+                     max_parts: int, group: str) -> str | None:
+    """What is wrong with a group's template (a bad or unknown variable, a worst case too
+    long for `max_parts`), said for the config's error list; None when it is fine."""
+    try:
+        names = fields(template)
+    except ValueError as exc:
+        return str(exc)
+    unknown = sorted(set(names) - known)
+    if unknown:
+        return (f"unknown variable {', '.join('{' + n + '}' for n in unknown)}; known: "
+                f"{', '.join(sorted(known))} (add your own under groups.{group}.variables)")
+    return length_problem(template, worst, max_parts)
+
+
 def length_problem(template: str, worst: Mapping[str, str], max_parts: int) -> str | None:
     """Why the worst case of `template` does not fit `max_parts` SMS, or None when it does."""
     body = render(template, worst)

@@ -6,11 +6,12 @@ settings; it imports nothing from `config` at run time (`Reader` is passed in).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from .listen import is_loopback
 
 if TYPE_CHECKING:
     from .config import Reader
@@ -76,7 +77,7 @@ def read_webhooks(reader: Reader, value: Any, group_names: set[str]
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 section.error("url", "must be an http:// or https:// URL with a host")
-            elif parts.scheme == "http" and not _loopback(parts.hostname):
+            elif parts.scheme == "http" and not is_loopback(parts.hostname):
                 warnings.append(f"{reader.source}: webhooks[{index}].url: plain http to "
                                 f"{parts.hostname}: callers' numbers travel unencrypted; "
                                 "use https")
@@ -109,12 +110,3 @@ def read_webhooks(reader: Reader, value: Any, group_names: set[str]
         section.done()
         endpoints.append(endpoint)
     return tuple(endpoints), warnings
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
