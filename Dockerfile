@@ -19,4 +19,5 @@ VOLUME ["/etc/mcdaemon", "/var/lib/mcdaemon"]
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
     CMD ["mcdaemon", "status", "-c", "/etc/mcdaemon/config.yaml", "--health"]
 ENTRYPOINT ["mcdaemon"]
-CMD ["run", "-c", "/etc/mcdaemon/config.yaml", "--log-format", "json"]
+# --log-format is an option of `mcdaemon` itself: it goes before the command
+CMD ["--log-format", "json", "run", "-c", "/etc/mcdaemon/config.yaml"]
