@@ -11,6 +11,9 @@ from typing import Any
 
 import yaml
 
+from mcdaemon.config import load_config
+from mcdaemon.service import Service
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 AMI_SECRET = "mcdsecret"
 SMPP_PASSWORD = "secret"
@@ -58,3 +61,16 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def run_service(config_path: Path) -> tuple[Service, asyncio.Task[int]]:
+    """The daemon in this process (`mcdaemon run`'s code path) on a config file."""
+    service = Service(load_config(config_path), config_path=config_path,
+                      install_signal_handlers=False)
+    return service, asyncio.create_task(service.run())
+
+
+async def stop(service: Service, task: asyncio.Task[int], timeout: float = 15.0) -> int:
+    """Stop it as SIGTERM would; its exit code."""
+    service.request_stop()
+    return await asyncio.wait_for(task, timeout)

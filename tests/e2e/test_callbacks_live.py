@@ -9,13 +9,19 @@ from typing import Any
 
 from mcdaemon import outreach_store as ostore
 from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.config import load_config
-from mcdaemon.service import Service
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import Store
 from mcdaemon.transcript import Transcript, read_transcript
 
-from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, wait_until, write_config
+from e2e.harness import (
+    AMI_SECRET,
+    FIXTURES,
+    SMPP_PASSWORD,
+    run_service,
+    stop,
+    wait_until,
+    write_config,
+)
 from e2e.webhook_receiver import Receiver
 
 CALLBACK = {"attempts": ["0s", "1s", "1s"], "caller_id": "Acme <+442071230000>"}
@@ -28,17 +34,6 @@ def group(**extra: Any) -> dict[str, Any]:
 
 def transcript(name: str) -> Transcript:
     return read_transcript(FIXTURES / f"{name}.ami")
-
-
-async def start(config_path: Path) -> tuple[Service, asyncio.Task[int]]:
-    service = Service(load_config(config_path), config_path=config_path,
-                      install_signal_handlers=False)
-    return service, asyncio.create_task(service.run())
-
-
-async def stop(service: Service, task: asyncio.Task[int]) -> int:
-    service.request_stop()
-    return await asyncio.wait_for(task, 10)
 
 
 def originates(ami: AmiTestServer) -> list[dict[str, str]]:
@@ -61,7 +56,7 @@ async def test_a_call_back_request_is_called_back_until_it_is_answered(tmp_path:
         ami.originate_results = ["no_answer", "busy", "success"]
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               groups=group(callback=CALLBACK))
-        service, task = await start(config)
+        service, task = await run_service(config)
         await asyncio.wait_for(ami.finished(), 10)
         await wait_until(lambda: len(originates(ami)) == 3, 10, "three Originates")
         await asyncio.sleep(0.5)
@@ -84,12 +79,12 @@ async def test_a_restart_in_the_middle_of_a_campaign_resumes_it(tmp_path: Path) 
         ami.originate_results = ["silent"]  # queued, and its result never comes
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               groups=group(callback=CALLBACK))
-        service, task = await start(config)
+        service, task = await run_service(config)
         await wait_until(lambda: len(originates(ami)) == 1, 10, "the first Originate")
         await asyncio.sleep(0.3)
         assert await stop(service, task) == 0
         # same store, a new daemon: the attempt in flight is unknown, the next one goes out
-        service, task = await start(config)
+        service, task = await run_service(config)
         await wait_until(lambda: len(originates(ami)) == 2, 10, "the next Originate")
         await asyncio.sleep(0.5)
         assert await stop(service, task) == 0
@@ -103,7 +98,7 @@ async def test_a_follow_up_text_goes_out_after_the_first(tmp_path: Path) -> None
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               groups=group(followups=[
                                   {"after": "1s", "template": "Still want to talk?"}]))
-        service, task = await start(config)
+        service, task = await run_service(config)
         await smsc.wait_for_submits(2, 10)
         assert [submit.destination for submit in smsc.submits] == ["447700900123"] * 2
         assert await stop(service, task) == 0
@@ -122,7 +117,7 @@ async def test_an_answered_call_from_the_caller_stops_the_follow_ups(tmp_path: P
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               groups=group(followups=[
                                   {"after": "3s", "template": "Still want to talk?"}]))
-        service, task = await start(config)
+        service, task = await run_service(config)
         await smsc.wait_for_submits(1, 10)
         for frame in answered.frames:
             await ami.push(frame.raw.replace(b"+447700900777", b"+447700900123"))
@@ -149,7 +144,7 @@ async def test_each_call_back_attempt_and_its_result_reach_the_webhooks(
             groups=group(callback={**CALLBACK, "attempts": ["0s", "1s"]}),
             webhooks=[{"name": "crm", "url": crm.url, "secret": "cb-secret",
                        "events": ["callback_attempt", "callback_result"]}])
-        service, task = await start(config)
+        service, task = await run_service(config)
         received = await crm.wait_for(4, 15)
         assert await stop(service, task) == 0
     events = [(item.event, item.json["data"]) for item in received]

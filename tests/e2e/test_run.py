@@ -6,8 +6,6 @@ import asyncio
 from pathlib import Path
 
 from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.config import load_config
-from mcdaemon.service import Service
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import Store
 from mcdaemon.transcript import read_transcript
@@ -17,6 +15,8 @@ from e2e.harness import (
     FIXTURES,
     SMPP_PASSWORD,
     free_port,
+    run_service,
+    stop,
     wait_until,
     write_config,
 )
@@ -29,17 +29,6 @@ TEXTED = {"447700900123", "447700900321"}
 
 def transcripts(names: list[str]) -> list:  # type: ignore[type-arg]
     return [read_transcript(FIXTURES / f"{name}.ami") for name in names]
-
-
-async def run_service(config_path: Path) -> tuple[Service, asyncio.Task[int]]:
-    service = Service(load_config(config_path), config_path=config_path,
-                      install_signal_handlers=False)
-    return service, asyncio.create_task(service.run())
-
-
-async def stop(service: Service, task: asyncio.Task[int]) -> int:
-    service.request_stop()
-    return await asyncio.wait_for(task, 10)
 
 
 async def test_each_missed_mobile_caller_gets_one_text_and_its_receipt_is_recorded(

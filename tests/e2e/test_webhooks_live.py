@@ -8,13 +8,19 @@ import asyncio
 from pathlib import Path
 
 from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.config import load_config
-from mcdaemon.service import Service
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import Store
 from mcdaemon.transcript import read_transcript
 
-from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, free_port, write_config
+from e2e.harness import (
+    AMI_SECRET,
+    FIXTURES,
+    SMPP_PASSWORD,
+    free_port,
+    run_service,
+    stop,
+    write_config,
+)
 from e2e.webhook_receiver import Receiver
 
 SECRET = "live-webhook-secret-42"
@@ -24,17 +30,6 @@ CALLER = "+447700900123"
 def hooks(url: str) -> list[dict[str, object]]:
     return [{"name": "crm", "url": url, "secret": SECRET, "retry_min": "0.1s",
              "retry_max": "0.3s", "timeout": "2s"}]
-
-
-async def run_service(config_path: Path) -> tuple[Service, asyncio.Task[int]]:
-    service = Service(load_config(config_path), config_path=config_path,
-                      install_signal_handlers=False)
-    return service, asyncio.create_task(service.run())
-
-
-async def stop(service: Service, task: asyncio.Task[int]) -> int:
-    service.request_stop()
-    return await asyncio.wait_for(task, 15)
 
 
 async def test_a_missed_call_gives_missed_call_text_sent_and_text_delivered_in_order(
