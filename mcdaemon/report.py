@@ -330,8 +330,6 @@ class Report:
     unattributed_bookings: int
     days: tuple[Day, ...] = ()
     times_to_first_text: tuple[float, ...] = ()
-    #: a `callbacks` table exists (a later mcdaemon's); this version does not read it
-    callbacks_table: bool = False
     recent: tuple[RecentCall, ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
@@ -562,7 +560,7 @@ def _compare(control: Arm, arm: Arm) -> Arm:
 
 
 def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: float,
-            until: float, group: str | None = None, has_callbacks: bool = False,
+            until: float, group: str | None = None,
             recent: int = 25) -> Report:
     """The report from the store's rows (`Store.report_rows(since, until)`)."""
     facts = _Facts(rows)
@@ -603,7 +601,7 @@ def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: flo
         groups=per_group, ab_tests=tuple(_ab_tests(config, calls, groups, texts, facts)),
         currencies=tuple(sorted(facts.currencies)), unattributed_bookings=unattributed,
         days=_days(calls.values(), sent, facts, since, until, config.timezone),
-        times_to_first_text=waits, callbacks_table=has_callbacks,
+        times_to_first_text=waits,
         recent=_recent(calls, groups, texts, facts, config, recent))
 
 
@@ -687,8 +685,7 @@ def _money(value: float, currencies: Sequence[str]) -> str:
     return f"{value:,.2f}{unit}"
 
 
-def kpi_lines(kpis: Kpis, currencies: Sequence[str],
-              callbacks_table: bool = False) -> list[tuple[str, str, str]]:
+def kpi_lines(kpis: Kpis, currencies: Sequence[str]) -> list[tuple[str, str, str]]:
     """(name, value, counts) rows, as the table and the HTML page show them."""
     spread = kpis.time_to_first_text
     per_missed = kpis.revenue_per_missed_call.value
@@ -766,8 +763,7 @@ def as_table(report: Report, out: TextIO) -> None:
     sections += [(f"group {name}", kpis) for name, kpis in report.groups.items()]
     for title, kpis in sections:
         print(f"\n== {title}", file=out)
-        for name, value, counts in kpi_lines(kpis, report.currencies,
-                                             report.callbacks_table):
+        for name, value, counts in kpi_lines(kpis, report.currencies):
             print(f"   {name:<24} {value:>9}   {counts}".rstrip(), file=out)
     if len(report.currencies) > 1:
         print(f"\nnote: bookings in several currencies ({', '.join(report.currencies)}) are "
@@ -846,7 +842,6 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         return 1
     try:
         rows = await store.report_rows(start, now)
-        tables = await store.tables()
     finally:
         await store.close()
     if group is not None and config.group(group) is None and not any(
@@ -855,8 +850,7 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         print(f"mcdaemon report: no group {group!r} in {config.source} or in the store "
               f"(groups: {names})", file=sys.stderr)
         return 2
-    report = compute(rows, config, since=start, until=now, group=group,
-                     has_callbacks="callbacks" in tables)
+    report = compute(rows, config, since=start, until=now, group=group)
     {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
     if html is not None:
         from .report_html import render

@@ -116,7 +116,7 @@ def render(report: Report) -> str:
 
 def _kpi_table(kpis: Kpis, report: Report) -> str:
     rows = ["<table><tr><th>KPI</th><th>value</th><th>counts</th></tr>"]
-    for name, value, counts in kpi_lines(kpis, report.currencies, report.callbacks_table):
+    for name, value, counts in kpi_lines(kpis, report.currencies):
         css = "num na" if value == "n/a" else "num"
         rows.append(f'<tr><td>{_e(name)}</td><td class="{css}">{_e(value)}</td>'
                     f'<td class="counts">{_e(counts)}</td></tr>')
