@@ -741,7 +741,7 @@ class Store:
             for message_id, (smsc_ids, claimed) in sent.items():
                 matched = [smsc_id for smsc_id in ids if smsc_id in smsc_ids]
                 if matched and at >= claimed - _RECEIPT_REPLAY_SLACK:
-                    await self._apply_to_part(matched, state, error, at)
+                    await self._apply_to_parts([(matched, state, error, at)])
                     await self._change("UPDATE receipts SET message_id = ? WHERE id = ?",
                                        (message_id, receipt_id))
                     break
@@ -860,7 +860,24 @@ class Store:
                               finals: dict[int, str] | None = None) -> list[int | None]:
         """A few statements whatever the batch size (a carrier sends receipts in bursts)."""
         wanted = [_normalise_ids(receipt.candidates) for receipt in receipts]
-        every_id = sorted({smsc_id for ids in wanted for smsc_id in ids})
+        matched = await self._apply_to_parts(
+            [(ids, receipt.state, receipt.error, receipt.at)
+             for receipt, ids in zip(receipts, wanted, strict=True)], settled, finals)
+        await self._db.executemany(
+            "INSERT INTO receipts (smsc_id, candidates, state, error, at, message_id, raw)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [(ids[0] if ids else "", json.dumps(ids), receipt.state, receipt.error,
+              receipt.at, message_id, json.dumps(receipt.raw, ensure_ascii=False))
+             for receipt, ids, message_id in zip(receipts, wanted, matched, strict=True)])
+        return matched
+
+    async def _apply_to_parts(self, receipts: Sequence[tuple[Sequence[str], str, str | None,
+                                                             float]],
+                              settled: dict[str, int] | None = None,
+                              finals: dict[int, str] | None = None) -> list[int | None]:
+        """Apply receipts, given as (normalised ids, state, error, at), to the parts they
+        name and settle their messages; the message each matched (None: no part has the id)."""
+        every_id = sorted({smsc_id for ids, _, _, _ in receipts for smsc_id in ids})
         newest: dict[str, tuple[int, int]] = {}  # smsc id -> (message id, part), newest
         for start in range(0, len(every_id), 500):
             chunk = every_id[start:start + 500]
@@ -873,53 +890,28 @@ class Store:
         matched: list[int | None] = []
         part_updates: list[tuple[Any, ...]] = []
         settle_at: dict[int, float] = {}
-        for receipt, ids in zip(receipts, wanted, strict=True):
+        for ids, state, error, at in receipts:
             hits = [newest[smsc_id] for smsc_id in ids if smsc_id in newest]
             if not hits:
                 matched.append(None)
                 continue
             message_id, part_no = max(hits)
             matched.append(message_id)
-            part_state = _part_state(receipt.state)
+            part_state = _part_state(state)
             if part_state != "submitted":  # ACCEPTD, ENROUTE…: nothing final yet
-                part_updates.append((part_state, receipt.error, receipt.at, message_id,
-                                     part_no))
-                settle_at[message_id] = receipt.at
+                part_updates.append((part_state, error, at, message_id, part_no))
+                settle_at[message_id] = at
         await self._db.executemany(
             "UPDATE message_parts SET state = ?, error = ?, receipt_at = ?"
             " WHERE message_id = ? AND part_no = ? AND state = 'submitted'", part_updates)
         for message_id, at in settle_at.items():
             final = await self._settle(message_id, at)
             if final is not None:
-                settled[final] = settled.get(final, 0) + 1
+                if settled is not None:
+                    settled[final] = settled.get(final, 0) + 1
                 if finals is not None:
                     finals[message_id] = final
-        await self._db.executemany(
-            "INSERT INTO receipts (smsc_id, candidates, state, error, at, message_id, raw)"
-            " VALUES (?,?,?,?,?,?,?)",
-            [(ids[0] if ids else "", json.dumps(ids), receipt.state, receipt.error,
-              receipt.at, message_id, json.dumps(receipt.raw, ensure_ascii=False))
-             for receipt, ids, message_id in zip(receipts, wanted, matched, strict=True)])
         return matched
-
-    async def _apply_to_part(self, ids: Sequence[str], state: str, error: str | None,
-                             at: float) -> int | None:
-        marks = ",".join("?" * len(ids))
-        # an SMSC that restarts its counter reuses ids: the newest message is the one meant
-        rows = await self._rows(
-            f"SELECT message_id, part_no FROM message_parts WHERE smsc_id IN ({marks})"
-            " ORDER BY message_id DESC LIMIT 1", list(ids))
-        if not rows:
-            return None
-        message_id, part_no = int(rows[0][0]), int(rows[0][1])
-        part_state = _part_state(state)
-        if part_state != "submitted":
-            await self._change(
-                "UPDATE message_parts SET state = ?, error = ?, receipt_at = ?"
-                " WHERE message_id = ? AND part_no = ? AND state = 'submitted'",
-                (part_state, error, at, message_id, part_no))
-            await self._settle(message_id, at)
-        return message_id
 
     async def _settle(self, message_id: int, at: float) -> str | None:
         """Move the message to its final state once its parts say so; that state, if moved."""
