@@ -470,7 +470,7 @@ class AmiConnection:
                 self._listing_done(listing, at)
             if action is not None or "Event" not in fields:
                 return
-        if not event or not self._wanted_event(event, fields):
+        if not event or not self._wanted_event(event, fields.get("Variable", "")):
             return
         self._out.put_nowait(AmiEvent(self.pbx, at, fields))
 
@@ -479,19 +479,15 @@ class AmiConnection:
         a few bytes operations instead of parsing every line."""
         end = raw.find(b"\n")
         event = raw[7:end].strip().decode("utf-8", errors="replace")
-        if self._wanted is not None:
-            if event not in self._wanted:
-                return
-            if event == "VarSet" and self._variables is not None:
-                start = raw.find(b"\nVariable:")
-                if start < 0:
-                    return
+        variable = ""
+        if event == "VarSet":
+            start = raw.find(b"\nVariable:")
+            if start >= 0:
                 start += len(b"\nVariable:")
                 stop = raw.find(b"\n", start)
                 variable = raw[start:stop].strip().decode("utf-8", errors="replace")
-                if variable not in self._variables:
-                    return
-        self._out.put_nowait(AmiEvent(self.pbx, at, raw=raw))
+        if self._wanted_event(event, variable):
+            self._out.put_nowait(AmiEvent(self.pbx, at, raw=raw))
 
     def _listing_done(self, listing: Any, at: float) -> None:
         listed = {message.get("Uniqueid", "") for message in listing.responses
@@ -500,13 +496,14 @@ class AmiConnection:
         self._listing = None
         self._set_state("connected", f"logged in, {len(live)} live channels", live, at)
 
-    def _wanted_event(self, event: str, fields: dict[str, str]) -> bool:
+    def _wanted_event(self, event: str, variable: str) -> bool:
+        """Whether the daemon reads this event (for a VarSet: this variable)."""
         if self._wanted is None:
             return True
         if event not in self._wanted:
             return False
         if event == "VarSet" and self._variables is not None:
-            return fields.get("Variable", "") in self._variables
+            return variable in self._variables
         return True
 
     def _set_state(self, state: str, detail: str, live: frozenset[str] | None = None,
