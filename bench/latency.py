@@ -36,7 +36,8 @@ from mcdaemon.transcript import Frame, Transcript, parse_frame, read_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"
-#: MCD_BENCH_PROFILE=FILE runs the daemon under cProfile, its statistics written to FILE
+#: MCD_BENCH_PROFILE=FILE runs the daemon under cProfile, its statistics written to FILE;
+#: MCD_BENCH_LOG=FILE keeps the daemon's JSON log (default: thrown away)
 PROFILE = (["-m", "cProfile", "-o", os.environ["MCD_BENCH_PROFILE"]]
            if os.environ.get("MCD_BENCH_PROFILE") else [])
 _IDS = re.compile(rb"(Uniqueid|Linkedid|DestUniqueid|DestLinkedid): 1795369867\.(\d+)")
@@ -105,19 +106,18 @@ async def hangup_to_submit(calls: int) -> list[float]:
         async with TestSmsc(password="secret", on_submit=on_submit) as smsc, \
                 AmiTestServer([transcript], secret="s", speed=1.0, on_frame=on_frame) as ami:
             path = config_file(Path(tmp), ami.port, smsc.port, 10)
-            log = open(os.environ.get("MCD_BENCH_LOG", os.devnull), "wb")  # noqa: SIM115
-            daemon = await asyncio.create_subprocess_exec(
-                sys.executable, *PROFILE, "-m", "mcdaemon", "--log-format", "json", "run", "-c",
-                str(path), stdout=asyncio.subprocess.DEVNULL, stderr=log, cwd=tmp)
-            try:
-                await asyncio.wait_for(ami.finished(), 60)
-                deadline = time.monotonic() + 30
-                while len(submit_read) < calls and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-            finally:
-                daemon.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(daemon.wait(), 15)
-                log.close()
+            with open(os.environ.get("MCD_BENCH_LOG", os.devnull), "wb") as log:
+                daemon = await asyncio.create_subprocess_exec(
+                    sys.executable, *PROFILE, "-m", "mcdaemon", "--log-format", "json", "run",
+                    "-c", str(path), stdout=asyncio.subprocess.DEVNULL, stderr=log, cwd=tmp)
+                try:
+                    await asyncio.wait_for(ami.finished(), 60)
+                    deadline = time.monotonic() + 30
+                    while len(submit_read) < calls and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                finally:
+                    daemon.send_signal(signal.SIGTERM)
+                    await asyncio.wait_for(daemon.wait(), 15)
     return [submit_read[caller] - hangup_sent[caller] for caller in submit_read
             if caller in hangup_sent]
 
