@@ -270,18 +270,19 @@ class Service:
         while True:
             await self._ended_ready.wait()
             self._ended_ready.clear()
-            async with self._deciding:
-                batch, self._ended = self._ended, []
-                if batch:
-                    await self._decide_and_store(batch)
+            await self._decide_pending()
+
+    async def _decide_pending(self) -> None:
+        """Decide every call handed over so far, after the batch being written, if any."""
+        async with self._deciding:
+            batch, self._ended = self._ended, []
+            if batch:
+                await self._decide_and_store(batch)
 
     async def _drain_ami_queue(self) -> None:
         while not self._ami_queue.empty():
             self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
-        async with self._deciding:  # after the batch the decider may be writing
-            batch, self._ended = self._ended, []
-            if batch:
-                await self._decide_and_store(batch)
+        await self._decide_pending()
 
     async def _take(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
         """One item of the AMI queue: a connection state is also recorded for `status`."""
