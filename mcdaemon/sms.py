@@ -8,8 +8,8 @@ pair (an emoji) in two, which phones show as garbage.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
+from typing import Final
 
 from smpplib import gsm
 
@@ -46,41 +46,55 @@ class SmsPlan:
         return self.capacity - self.units
 
 
+def _gsm7_table() -> dict[str, int]:
+    """Every character GSM-7 can carry: 1 septet, or 2 for the extension table (€, [, ]…)."""
+    units: dict[str, int] = {}
+    for ch in set(gsm.GSM_CHARACTER_TABLE) - _NOT_GSM7:
+        try:
+            units[ch] = len(gsm.gsm_encode(ch))
+        except UnicodeError:
+            continue
+    return units
+
+
+# Read once, then set operations in C: a storm of hangups renders and sizes hundreds of texts
+# at once, and a loop over their characters in Python would be a good share of the latency.
+_GSM7_UNITS: Final = _gsm7_table()
+_GSM7: Final = frozenset(_GSM7_UNITS)
+_GSM7_DOUBLE: Final = frozenset(ch for ch, size in _GSM7_UNITS.items() if size == 2)
+#: for str.translate: each character to its septets (smpplib's encoding, one byte per septet)
+_GSM7_SEPTETS: Final = {ord(ch): gsm.gsm_encode(ch).decode("latin-1") for ch in _GSM7}
+
+
 def is_gsm7(text: str) -> bool:
-    return all(_gsm7_units(ch) for ch in text)
+    return _GSM7.issuperset(text)
 
 
 def encoding_for(text: str) -> str:
     return GSM7 if is_gsm7(text) else UCS2
 
 
-def _units(text: str, encoding: str) -> list[int]:
-    """The size of each character in the encoding's units."""
+def units(text: str, encoding: str) -> int:
+    """The text's size in the encoding's units: septets, or UTF-16 code units."""
     if encoding == GSM7:
-        return [_gsm7_units(ch) for ch in text]
+        return len(text) + sum(text.count(ch) for ch in _GSM7_DOUBLE.intersection(text))
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _units(text: str, encoding: str) -> list[int]:
+    """The size of each character in the encoding's units (0: GSM-7 cannot carry it)."""
+    if encoding == GSM7:
+        return [_GSM7_UNITS.get(ch, 0) for ch in text]
     return [2 if ord(ch) > 0xFFFF else 1 for ch in text]
-
-
-@functools.lru_cache(maxsize=1024)
-def _gsm7_units(ch: str) -> int:
-    """1, 2 for the extension table (€, [, ]…), 0 when GSM-7 cannot carry it. Memoised:
-    every text of a storm asks about the same few characters."""
-    if ch in _NOT_GSM7:
-        return 0
-    try:
-        return len(gsm.gsm_encode(ch))
-    except UnicodeError:
-        return 0
 
 
 def plan(text: str, encoding: str | None = None) -> SmsPlan:
     encoding = encoding or encoding_for(text)
-    sizes = _units(text, encoding)
-    units = sum(sizes)
+    size = units(text, encoding)
     single, part = (GSM7_SINGLE, GSM7_PART) if encoding == GSM7 else (UCS2_SINGLE, UCS2_PART)
-    if units <= single:
-        return SmsPlan(encoding, units, 1, single)
-    return SmsPlan(encoding, units, len(_chunks(text, sizes, part)), part)
+    if size <= single:
+        return SmsPlan(encoding, size, 1, single)
+    return SmsPlan(encoding, size, len(_chunks(text, _units(text, encoding), part)), part)
 
 
 def _chunks(text: str, sizes: list[int], limit: int) -> list[str]:
@@ -97,7 +111,12 @@ def _chunks(text: str, sizes: list[int], limit: int) -> list[str]:
 
 
 def encode(text: str, encoding: str) -> bytes:
-    return gsm.gsm_encode(text) if encoding == GSM7 else text.encode("utf-16-be")
+    """The payload: GSM-7 unpacked septets (smpplib's table) or UTF-16 big-endian."""
+    if encoding != GSM7:
+        return text.encode("utf-16-be")
+    if not is_gsm7(text):
+        raise UnicodeError(text)
+    return text.translate(_GSM7_SEPTETS).encode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +130,11 @@ class EncodedSms:
 def split(text: str, *, reference: int, gsm_data_coding: int = 0) -> EncodedSms:
     """Encode `text` into SMPP payloads; `reference` (0-255) ties the parts together."""
     encoding = encoding_for(text)
-    sizes = _units(text, encoding)
     single, part = (GSM7_SINGLE, GSM7_PART) if encoding == GSM7 else (UCS2_SINGLE, UCS2_PART)
     data_coding = gsm_data_coding if encoding == GSM7 else DATA_CODING_UCS2
-    if sum(sizes) <= single:
+    if units(text, encoding) <= single:
         return EncodedSms(encoding, data_coding, 0, (encode(text, encoding),))
-    chunks = _chunks(text, sizes, part)
+    chunks = _chunks(text, _units(text, encoding), part)
     if len(chunks) > 255:
         raise ValueError("text too long for a concatenated SMS (255 parts at most)")
     ref = reference & 0xFF
