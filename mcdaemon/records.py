@@ -7,7 +7,7 @@ plain frozen value with a stable JSON form (`as_dict`).
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -52,9 +52,12 @@ class CallRecord:
         return self.outcome in MISSED_OUTCOMES
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """Field by field: `dataclasses.asdict` deep-copies, a cost paid for every call of a
+        storm while its callers wait for their texts."""
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
         data["outcome"] = str(self.outcome)
         data["stages"] = list(self.stages)
+        data["extra"] = dict(self.extra)
         return data
 
     @classmethod
@@ -64,6 +67,9 @@ class CallRecord:
         values["stages"] = tuple(values.get("stages", ()))
         values.setdefault("extra", {})
         return cls(**values)
+
+
+_RECORD_FIELDS: tuple[str, ...] = tuple(item.name for item in fields(CallRecord))
 
 
 @dataclass(frozen=True, slots=True)
