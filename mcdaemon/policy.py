@@ -37,6 +37,7 @@ once and counts them. Texts are sent only while `now <= expires_at`: `ended + ma
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -112,11 +113,22 @@ def classify_number(number: str | None, config: Config) -> tuple[str | None, str
     """(E.164, reason, detail) for a caller number: reason is TEXT when it can get a text."""
     if not number or not any(ch.isdigit() for ch in number):
         return None, WITHHELD, ""
-    parsed = templates.parse_number(number, config.region)
+    return _classify(number, config.region, config.policy.treat_as_mobile,
+                     config.allowed_countries, config.policy.fixed_line_or_mobile)
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify(number: str, region: str, treat_as_mobile: tuple[str, ...],
+              allowed_countries: tuple[str, ...],
+              fixed_line_or_mobile: str) -> tuple[str | None, str, str]:
+    """Memoised on everything it reads: phonenumbers' validity and type checks are most of a
+    decision's cost, and a storm's callers were already classified when their calls began
+    (`prepare_caller`)."""
+    parsed = templates.parse_number(number, region)
     if parsed is None:
         return None, INVALID_NUMBER, ""
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    if any(e164.startswith(prefix) for prefix in config.policy.treat_as_mobile):
+    if any(e164.startswith(prefix) for prefix in treat_as_mobile):
         country = phonenumbers.region_code_for_country_code(parsed.country_code or 0)
         number_type = PhoneNumberType.MOBILE
     elif not phonenumbers.is_valid_number(parsed):
@@ -124,15 +136,22 @@ def classify_number(number: str | None, config: Config) -> tuple[str | None, str
     else:
         country = phonenumbers.region_code_for_number(parsed) or "?"
         number_type = phonenumbers.number_type(parsed)
-    if country not in config.allowed_countries:
+    if country not in allowed_countries:
         return e164, COUNTRY_NOT_ALLOWED, (f"{country} is not in allowed_countries "
-                                           f"({', '.join(config.allowed_countries)})")
+                                           f"({', '.join(allowed_countries)})")
     mobile = number_type in _MOBILE_TYPES or (
         number_type == PhoneNumberType.FIXED_LINE_OR_MOBILE
-        and config.policy.fixed_line_or_mobile == "text")
+        and fixed_line_or_mobile == "text")
     if not mobile:
         return e164, NOT_MOBILE, _type_name(number_type)
     return e164, TEXT, ""
+
+
+def prepare_caller(number: str, config: Config) -> None:
+    """Classify and format a caller's number while the call is still going on, so the
+    decision when it ends (when the caller waits for the text) finds both ready (memoised)."""
+    classify_number(number, config)
+    templates.format_number(number, config.policy.number_format, config.region)
 
 
 def decide(record: CallRecord, config: Config, view: PolicyView, now: float) -> Decision:

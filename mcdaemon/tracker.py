@@ -18,7 +18,9 @@ created ringing (an incoming channel; originated ones start "Down") or by its fi
 in an inbound context. Outgoing legs (an agent calling out through the trunk) share the
 agent's Linkedid and so never start a call; channels Asterisk originates towards the trunk
 start Down and never run dialplan in the inbound context, so they give no record. Events of
-other Linkedids are dropped after one dictionary lookup.
+other Linkedids are dropped after one dictionary lookup. The caller's number is put in E.164
+when the call starts, and `take_new_callers` offers it to the service, which classifies it
+then: when the call ends and the caller waits for the text, nothing costly is left to do.
 
 Calls already in progress when the daemon connected show no `Newchannel`. Such a call is
 tracked, as `partial`, only when its first channel is seen running dialplan (`Newexten`) in an
@@ -86,7 +88,8 @@ by `expire()`; after an AMI reconnect `reconcile()` ends the calls whose channel
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import collections
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -115,6 +118,8 @@ NEEDED_VARIABLES: Final[frozenset[str]] = frozenset(
 FINISHED_MEMORY: Final = 65536
 #: Calls tracked at once at most; beyond it the oldest is dropped (a flood, or lost Hangups).
 MAX_ACTIVE_CALLS: Final = 100_000
+#: New callers kept for `take_new_callers` when nobody takes them (`mcdaemon replay`).
+NEW_CALLERS_KEPT: Final = 1024
 
 _MAX_TEXT = 80  # caller names, DIDs and groups longer than this are cut (attacker input)
 _SPECIAL_EXTENS: Final = frozenset({"s", "h", "i", "t", "T", "e", "a", "o"})
@@ -221,6 +226,7 @@ class _Call:
     caller_name: str | None
     started: float
     last_seen: float
+    caller_e164: str | None = None  # found at the start: nothing costly is left for the end
     partial: bool = False
     confirmed: bool = False  # ran dialplan in an inbound context
     did: str | None = None
@@ -256,6 +262,8 @@ class CallTracker:
         self._calls: dict[str, _Call] = {}
         self._channels: dict[str, _Channel] = {}
         self._finished: dict[str, None] = {}  # finished or internal Linkedids; ordered, bounded
+        #: E.164 callers of the calls begun since `take_new_callers`, latest kept if nobody asks
+        self._new_callers: collections.deque[str] = collections.deque(maxlen=NEW_CALLERS_KEPT)
         self._dispatch = {
             "Newchannel": self._on_newchannel,
             "Newexten": self._on_newexten,
@@ -302,6 +310,16 @@ class CallTracker:
                          linkedid=event.get("Linkedid"), exc_info=True)
             return []
         return [record] if record is not None else []
+
+    def take_new_callers(self) -> Sequence[str]:
+        """The E.164 callers of the inbound calls begun since the last time asked: the caller
+        can prepare what the decision will need (the number's classification) while the
+        call goes on, instead of when it ends and the caller waits for the text."""
+        if not self._new_callers:
+            return ()  # asked after every event: no list built for nothing
+        callers = list(self._new_callers)
+        self._new_callers.clear()
+        return callers
 
     def expire(self, now: float) -> list[CallRecord]:
         """Drop calls silent for `call_ttl`; return evicted records of those that look missed."""
@@ -371,13 +389,16 @@ class CallTracker:
                          dropped=oldest.linkedid)
             self._forget(oldest)
         name = _clean(event.get("CallerIDName", ""))
+        caller = _clean(event.get("CallerIDNum", ""), 64)
         call = _Call(
             linkedid=event.get("Linkedid") or uid, inbound_uid=uid,
-            channel_name=_clean(event.get("Channel", ""), 200),
-            caller=_clean(event.get("CallerIDNum", ""), 64),
+            channel_name=_clean(event.get("Channel", ""), 200), caller=caller,
             caller_name=None if name.lower() in ("", "<unknown>") else name,
-            started=at, last_seen=at, partial=partial)
+            started=at, last_seen=at, caller_e164=_e164(caller, self.region),
+            partial=partial)
         self._calls[call.linkedid] = call
+        if call.caller_e164:
+            self._new_callers.append(call.caller_e164)
         if partial:
             _log.debug("call_joined_in_progress", linkedid=call.linkedid)
         return call
@@ -757,7 +778,7 @@ class CallTracker:
             extra["agents_called"] = str(call.agents_called)
         return CallRecord(
             pbx=self.pbx, call_id=call.linkedid, caller=call.caller,
-            caller_name=call.caller_name, caller_e164=_e164(call.caller, self.region),
+            caller_name=call.caller_name, caller_e164=call.caller_e164,
             did=did, group=call.group_override or call.group, outcome=_decide(call),
             stages=tuple(stage.label() for stage in call.stages), started=call.started,
             ended=at, wait_seconds=round(call.waited, 3), partial=call.partial,
