@@ -42,7 +42,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from .config import AmiConfig
-from .transcript import parse_frame
+from .transcript import FrameFields, parse_frame
 
 log = structlog.get_logger(__name__)
 
@@ -66,13 +66,14 @@ class AmiLoginRefused(Exception):
 
 
 class AmiEvent:
-    """One event as received. Its fields are parsed when first read, by the consumer: the
-    protocol only cuts frames, so the event loop is never busy parsing a burst of events
-    while a decision already made waits for its turn."""
+    """One event as received. Its fields are read from the bytes when first asked for, by
+    the consumer, and only those asked for (`FrameFields`): the protocol only cuts frames, so
+    the event loop is never busy parsing a burst of events while a decision already made
+    waits for its turn."""
 
     __slots__ = ("_fields", "_raw", "at", "pbx")
 
-    def __init__(self, pbx: str, at: float, fields: dict[str, str] | None = None, *,
+    def __init__(self, pbx: str, at: float, fields: Mapping[str, str] | None = None, *,
                  raw: bytes = b"") -> None:
         self.pbx = pbx
         self.at = at  # time.time() when the frame arrived
@@ -80,9 +81,9 @@ class AmiEvent:
         self._fields = fields
 
     @property
-    def fields(self) -> dict[str, str]:
+    def fields(self) -> Mapping[str, str]:
         if self._fields is None:
-            self._fields = parse_frame(self._raw)
+            self._fields = FrameFields(self._raw)
         return self._fields
 
     def __repr__(self) -> str:

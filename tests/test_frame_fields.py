@@ -1,0 +1,68 @@
+"""FrameFields: the fields of a frame found where asked for equal those of a full parse."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from mcdaemon.transcript import FrameFields, parse_frame, read_transcript
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def keys_stand_at_line_starts(raw: bytes) -> bool:
+    """Asterisk's shape: no key with spaces around it (`parse_frame` would strip them)."""
+    for line in raw.decode("utf-8", errors="replace").split("\n"):
+        key, colon, _ = line.rstrip("\r").partition(":")
+        if colon and (not key or " " in key or key != key.strip()):
+            return False
+    return True
+
+
+def test_every_field_of_every_recorded_frame_reads_as_the_full_parse() -> None:
+    frames = [frame.raw for path in sorted(FIXTURES.glob("*.ami"))
+              for frame in read_transcript(path).frames]
+    assert len(frames) > 1000
+    for raw in frames:
+        full = parse_frame(raw)
+        lazy = FrameFields(raw)
+        assert {key: lazy.get(key) for key in full} == full
+        assert lazy.get("NoSuchField") is None and "NoSuchField" not in lazy
+        assert dict(lazy) == full and len(lazy) == len(full)
+
+
+def test_odd_bytes_read_as_the_full_parse_whatever_the_key() -> None:
+    """Random frames of keys, colons, bare CRs and LFs, broken UTF-8 and injected lines."""
+    pieces = [b"Event", b"Uniqueid", b"Uniqueid2", b"x", b":", b": ", b"::", b"\r", b"\n",
+              b"\r\n", b"\xc3\xab", b"\xff", b"\xe2", b"Linkedid: 1.2\r\n", b"\r\nUniqueid: 9"]
+    keys = ["Event", "Uniqueid", "Uniqueid2", "Linkedid", "x", "ë", "Missing"]
+    rnd = random.Random(7)
+    checked = 0
+    for _ in range(40000):
+        raw = b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 24)))
+        if not keys_stand_at_line_starts(raw):
+            continue
+        checked += 1
+        full = parse_frame(raw)
+        lazy = FrameFields(raw)
+        for key in {*keys, *full}:
+            assert lazy.get(key) == full.get(key), (raw, key)
+    assert checked > 10000
+
+
+def test_the_first_of_two_lines_with_one_key_wins_as_in_the_full_parse() -> None:
+    raw = (b"Event: Newchannel\r\nCallerIDName: x\r\nUniqueid: injected\r\n"
+           b"Uniqueid: 1.1\r\n\r\n")
+
+    assert FrameFields(raw)["Uniqueid"] == parse_frame(raw)["Uniqueid"] == "injected"
+
+
+@pytest.mark.parametrize("key", ["", " Event", "Event ", "Ev:ent", "Evënt"])
+def test_a_key_that_is_no_plain_word_is_looked_up_in_the_full_parse(key: str) -> None:
+    raw = b"Event: Hangup\r\nEv\xc3\xabnt: x\r\n\r\n"
+
+    assert FrameFields(raw).get(key) == parse_frame(raw).get(key)
+    with pytest.raises(KeyError):
+        FrameFields(raw)["Missing"]
