@@ -338,6 +338,43 @@ class NewCall:
     decision: Decision
 
 
+_INSERT_CALL = (
+    "INSERT OR IGNORE INTO calls (pbx, call_id, caller, caller_e164, caller_name, did, grp,"
+    " outcome, started, ended, wait_seconds, partial, record, textable, reason, detail,"
+    " decision_group, template, variant, decided_at)")
+_INSERT_FIRST_TEXT = (
+    "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
+    " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at)")
+
+
+def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
+    record, decision = call.record, call.decision
+    return (record.pbx, record.call_id, record.caller, record.caller_e164, record.caller_name,
+            record.did, record.group, str(record.outcome), record.started, record.ended,
+            record.wait_seconds, int(record.partial),
+            json.dumps(record.as_dict(), ensure_ascii=False), int(decision.text),
+            decision.reason, decision.detail, decision.group, decision.template,
+            decision.variant, now)
+
+
+def _insert_returning(connection: sqlite3.Connection, insert: str,
+                      rows: Sequence[tuple[Any, ...]], returning: str) -> list[Any]:
+    """`insert` (up to its column list) of many rows, a statement per few hundred rows, with
+    the `returning` columns of the rows inserted (not of those ignored)."""
+    if not rows:
+        return []
+    width = len(rows[0])
+    per_statement = max(1, 30000 // width)  # SQLite allows 32766 parameters
+    marks = "(" + ",".join("?" * width) + ")"
+    result: list[Any] = []
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        result += connection.execute(
+            f"{insert} VALUES {','.join(marks for _ in chunk)} RETURNING {returning}",
+            [value for row in chunk for value in row]).fetchall()
+    return result
+
+
 class Store:
     """One SQLite file; every write is one short transaction."""
 
@@ -426,7 +463,8 @@ class Store:
         return next(iter(rows))[0] if rows else None
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(await self._db.execute_fetchall(sql, params))
+        r = list(await self._db.execute_fetchall(sql, params))
+        return r
 
     async def _change(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
         """Run one statement; the rows it changed and the id it inserted (None if none).
@@ -458,6 +496,36 @@ class Store:
                 raise
             return result
 
+    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction, whole or not at all, as one call in the
+        database thread: one trip however many statements, where `_transaction` makes one
+        per statement. For the writes a caller waits for.
+
+        aiosqlite has no public way to run a function in its thread; `_execute` is the one
+        every aiosqlite method goes through (unchanged since 0.17), and the store's tests fail
+        at once if it goes away."""
+        db = self._db
+
+        def transaction() -> T:
+            connection = db._conn
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return result
+
+        run_in_thread: Callable[[Callable[[], T]], Awaitable[T]] = db._execute
+
+        async def locked() -> T:
+            async with self._lock:
+                return await run_in_thread(transaction)
+
+        return await asyncio.shield(locked())
+
     # ------------------------------------------------------------------ calls and the outbox
 
     async def record_call(self, record: CallRecord, decision: Decision, *, now: float,
@@ -482,7 +550,10 @@ class Store:
             claim: int) -> tuple[list[int | None], list[OutboxMessage]]:
         """`record_calls`, and up to `claim` of the new texts that are due now are born
         claimed (`sending`, as `claim_due` would leave them) in the same transaction: the
-        sender gets them without another commit. Returns the message ids and those claimed."""
+        sender gets them without another commit. Returns the message ids and those claimed.
+
+        One trip to the database thread (`_write_in_thread`): this is the write a caller
+        waits for, and during a storm every trip waits behind the busy event loop."""
         if len(calls) != len(destinations):
             raise ValueError("record_calls needs one destination per call")
         resolved = [destination or call.decision.destination
@@ -491,84 +562,47 @@ class Store:
             if call.decision.text and not (destination and call.decision.body):
                 raise ValueError(f"call {call.record.pbx}/{call.record.call_id}: a decision to "
                                  "text needs a destination and a body")
+        if not calls:
+            return [], []
+        call_rows = [_call_row(call, now) for call in calls]
 
-        async def work() -> tuple[list[int | None], list[OutboxMessage]]:
-            ids = await self._insert_calls(calls, resolved, now)
-            born = [message_id for call, message_id in zip(calls, ids, strict=True)
-                    if message_id is not None and (call.decision.send_after is None
-                                                   or call.decision.send_after <= now)
-                    and (call.decision.expires_at is None or call.decision.expires_at > now)]
-            born = born[:max(0, claim)]
-            if not born:
-                return ids, []
-            rows = await self._rows(
-                "UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?"
-                f" WHERE id IN ({','.join('?' * len(born))}) AND {_may_become('sending')}"
-                f" RETURNING {_MESSAGE_COLUMNS}", [now, *born])
-            return ids, sorted((_message(row) for row in rows), key=lambda m: m.id)
+        def work(connection: sqlite3.Connection) -> tuple[list[int | None],
+                                                          list[OutboxMessage]]:
+            fresh = {(str(pbx), str(call_id)) for pbx, call_id in _insert_returning(
+                connection, _INSERT_CALL, call_rows, "pbx, call_id")}
+            texted: list[int] = []  # indexes of the calls whose first text is new
+            for index, call in enumerate(calls):
+                key = (call.record.pbx, call.record.call_id)
+                if key in fresh:
+                    fresh.discard(key)  # a call twice in the batch: its first decision stands
+                    if call.decision.text and resolved[index] and call.decision.body:
+                        texted.append(index)
+            message_rows = []
+            left = max(0, claim)
+            for index in texted:
+                record, decision = calls[index].record, calls[index].decision
+                due = (decision.send_after is None or decision.send_after <= now) and (
+                    decision.expires_at is None or decision.expires_at > now)
+                born_claimed = due and left > 0
+                left -= born_claimed
+                message_rows.append((
+                    record.pbx, record.call_id, "first", 0, resolved[index], decision.body,
+                    decision.group, decision.variant,
+                    decision.send_after if decision.send_after is not None else now,
+                    decision.expires_at, record.ended, now,
+                    "sending" if born_claimed else "queued", int(born_claimed),
+                    now if born_claimed else None))
+            messages = [_message(row) for row in _insert_returning(
+                connection, _INSERT_FIRST_TEXT, message_rows, _MESSAGE_COLUMNS)]
+            ids = {(message.pbx, message.call_id): message.id for message in messages}
+            result: list[int | None] = [None] * len(calls)
+            for index in texted:
+                result[index] = ids.get((calls[index].record.pbx, calls[index].record.call_id))
+            claimed = sorted((message for message in messages if message.state == "sending"),
+                             key=lambda message: message.id)
+            return result, claimed
 
-        return await self._transaction(work) if calls else ([], [])
-
-    async def _insert_calls(self, calls: Sequence[NewCall], destinations: Sequence[str | None],
-                            now: float) -> list[int | None]:
-        """Insert the new calls and their first texts with a few statements whatever the
-        batch size; a call already recorded (or twice in the batch) is left as it is."""
-        keys = [(call.record.pbx, call.record.call_id) for call in calls]
-        known = {(str(pbx), str(call_id)) for pbx, call_id in
-                 await self._rows_for_keys("SELECT pbx, call_id FROM calls WHERE", keys)}
-        fresh: list[int] = []  # indexes into calls
-        for index, key in enumerate(keys):
-            if key not in known:
-                known.add(key)
-                fresh.append(index)
-        call_rows = []
-        for index in fresh:
-            record, decision = calls[index].record, calls[index].decision
-            call_rows.append((
-                record.pbx, record.call_id, record.caller, record.caller_e164,
-                record.caller_name, record.did, record.group, str(record.outcome),
-                record.started, record.ended, record.wait_seconds, int(record.partial),
-                json.dumps(record.as_dict(), ensure_ascii=False), int(decision.text),
-                decision.reason, decision.detail, decision.group, decision.template,
-                decision.variant, now))
-        await self._db.executemany(
-            "INSERT INTO calls (pbx, call_id, caller, caller_e164, caller_name, did,"
-            " grp, outcome, started, ended, wait_seconds, partial, record, textable, reason,"
-            " detail, decision_group, template, variant, decided_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", call_rows)
-        texted = [index for index in fresh if calls[index].decision.text
-                  and destinations[index] and calls[index].decision.body]
-        message_rows = []
-        for index in texted:
-            record, decision = calls[index].record, calls[index].decision
-            message_rows.append((
-                record.pbx, record.call_id, "first", 0, destinations[index], decision.body,
-                decision.group, decision.variant,
-                decision.send_after if decision.send_after is not None else now,
-                decision.expires_at, record.ended, now))
-        await self._db.executemany(
-            "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp,"
-            " variant, not_before, expires_at, call_ended_at, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", message_rows)
-        ids = {(str(pbx), str(call_id)): int(row_id) for pbx, call_id, row_id in
-               await self._rows_for_keys(
-                   "SELECT pbx, call_id, id FROM messages WHERE kind = 'first' AND seq = 0"
-                   " AND created_at = ? AND", [keys[index] for index in texted], [now])}
-        result: list[int | None] = [None] * len(calls)
-        for index in texted:
-            result[index] = ids.get(keys[index])
-        return result
-
-    async def _rows_for_keys(self, select: str, keys: Sequence[tuple[str, str]],
-                             params: Sequence[Any] = ()) -> list[Any]:
-        """`select` (ending in WHERE … or AND) for every (pbx, call_id) in `keys`."""
-        rows: list[Any] = []
-        for start in range(0, len(keys), 400):  # SQLite allows 32766 parameters; stay far
-            chunk = keys[start:start + 400]
-            rows += await self._rows(
-                f"{select} (pbx, call_id) IN (VALUES {','.join('(?, ?)' for _ in chunk)})",
-                [*params, *(value for key in chunk for value in key)])
-        return rows
+        return await self._write_in_thread(work)
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
@@ -1021,30 +1055,47 @@ class Store:
         prefixes = {prefix for _, _, prefix in callers if prefix}
 
         async def work() -> list[PolicyView]:
-            row = (await self._rows(
-                f"SELECT SUM(created_at > ?), COUNT(*) FROM messages WHERE {counted}"
-                " AND created_at > ?", (hour, day)))[0]
+            # one statement (one trip to the database thread) for the whole batch
+            parts = [f"SELECT 'total', SUM(created_at > ?), COUNT(*) FROM messages WHERE"
+                     f" {counted} AND created_at > ?",
+                     "SELECT 'off', name, NULL FROM switches WHERE enabled = 0"]
+            params: list[Any] = [hour, day]
+            for length in sorted({len(prefix) for prefix in prefixes}):
+                parts.append(f"SELECT 'prefix', substr(destination, 1, ?), COUNT(*) FROM"
+                             f" messages WHERE {counted} AND created_at > ? GROUP BY 2")
+                params += [length, hour]
+            statements = []
+            for start in range(0, len(numbers), 10000):  # SQLite allows 32766 parameters
+                chunk = numbers[start:start + 10000]
+                marks = ",".join("?" * len(chunk))
+                parts.append(f"SELECT 'opted', e164, NULL FROM opt_outs WHERE e164 IN ({marks})")
+                parts.append(f"SELECT 'last', destination, MAX(created_at) FROM messages"
+                             f" WHERE destination IN ({marks}) AND {counted} GROUP BY 2")
+                statements.append((" UNION ALL ".join(parts), [*params, *chunk, *chunk]))
+                parts, params = [], []
+            if parts:
+                statements.append((" UNION ALL ".join(parts), params))
+            rows = [row for sql, values in statements for row in await self._rows(sql, values)]
+            texts_hour = texts_day = 0
             opted: set[str] = set()
             last: dict[str, float] = {}
-            for start in range(0, len(numbers), 500):
-                chunk = numbers[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                opted |= {e164 for e164, in await self._rows(
-                    f"SELECT e164 FROM opt_outs WHERE e164 IN ({marks})", chunk)}
-                last.update(dict(await self._rows(
-                    f"SELECT destination, MAX(created_at) FROM messages WHERE destination IN"
-                    f" ({marks}) AND {counted} GROUP BY destination", chunk)))
             by_prefix: dict[str, int] = {}
-            for length in {len(prefix) for prefix in prefixes}:
-                by_prefix.update(dict(await self._rows(
-                    f"SELECT substr(destination, 1, ?), COUNT(*) FROM messages WHERE {counted}"
-                    " AND created_at > ? GROUP BY 1", (length, hour))))
-            off = {name for name, in await self._rows(
-                "SELECT name FROM switches WHERE enabled = 0")}
+            off: set[str] = set()
+            for kind, key, value in rows:
+                if kind == "total":
+                    texts_hour, texts_day = int(key or 0), int(value or 0)
+                elif kind == "off":
+                    off.add(key)
+                elif kind == "prefix":
+                    by_prefix[key] = int(value)
+                elif kind == "opted":
+                    opted.add(key)
+                else:
+                    last[key] = value
             return [PolicyView(
                 opted_out=bool(e164 and e164 in opted),
                 last_text_at=last.get(e164) if e164 else None,
-                texts_last_hour=int(row[0] or 0), texts_last_day=int(row[1] or 0),
+                texts_last_hour=texts_hour, texts_last_day=texts_day,
                 prefix_texts_last_hour=by_prefix.get(prefix, 0) if prefix else 0,
                 global_enabled="global" not in off,
                 group_enabled=f"group:{group}" not in off if group else True)

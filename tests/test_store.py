@@ -146,6 +146,31 @@ async def test_a_batch_of_calls_is_one_transaction_and_idempotent(store: Store) 
     assert replayed == [None] * 5
 
 
+async def test_a_call_twice_in_one_batch_is_stored_and_texted_once(store: Store) -> None:
+    first = NewCall(missed_call("c1"), text())
+    again = NewCall(missed_call("c1"), Decision(text=False, reason="cooldown"))
+
+    ids = await store.record_calls([first, again, NewCall(missed_call("c2"), text())], now=T0,
+                                   destinations=[CALLER] * 3)
+
+    assert ids[0] is not None and ids[1] is None and ids[2] not in (None, ids[0])
+    assert await store.count_calls() == 2
+    assert (await store.message(ids[0])).destination == CALLER
+
+
+async def test_a_storm_larger_than_one_statement_is_recorded_whole(store: Store) -> None:
+    """More calls than SQLite takes parameters for in one statement."""
+    batch = [NewCall(missed_call(f"c{n}"), text()) for n in range(2500)]
+
+    ids = await store.record_calls(batch, now=T0, destinations=[CALLER] * 2500)
+    views = await store.policy_views([(f"+4477009{n:05d}", "sales", "+4477") for n in
+                                      range(12000)], T0)
+
+    assert None not in ids and len(set(ids)) == 2500
+    assert await store.count_calls() == 2500
+    assert len(views) == 12000 and views[0].texts_last_hour == 2500
+
+
 async def test_a_decision_to_text_without_a_body_is_refused_before_anything_is_written(
         store: Store) -> None:
     broken = Decision(text=True, reason="sent", destination=CALLER)
