@@ -8,6 +8,13 @@ queue plus a wake-up socket (so a submit goes out at once, not at the next poll)
 results back with `call_soon_threadsafe`. Nothing here touches the store: the service decides
 what a result means for a message.
 
+Under a storm the two threads share one GIL, and every system call a thread makes costs it a
+wait for the GIL afterwards (up to the interpreter's switch interval, 5 ms, while the event
+loop is busy). So the crossings are batched: one wake-up byte while the thread has not yet
+taken the jobs, the submits that fit the window written with one `sendall`, the answers read
+in chunks and cut into PDUs here (smpplib parses each), and the results of one turn handed to
+the event loop in one `call_soon_threadsafe`.
+
 Result outcomes and what the service does with them:
 
     submitted   all parts accepted; their message ids come back, one per part
@@ -32,6 +39,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +73,8 @@ _KEY_VALUE = re.compile(r"\b(id|sub|dlvrd|submit date|done date|stat|err)\s*:\s*
                         re.IGNORECASE)
 _TEXT_FIELD = re.compile(r"\btext\s*:(.*)\Z", re.IGNORECASE | re.DOTALL)
 _POLL = 0.5  # the longest the thread sleeps when nothing happens
+_READ_CHUNK = 65536
+_MAX_PDU = 65536  # bytes; anything longer means the stream is out of step
 THROTTLE_BACKOFF = 10.0  # seconds at a reduced rate after ESME_RTHROTTLED / ESME_RMSGQFUL
 MIN_RATE = 0.2  # submits per second, however often the SMSC throttles
 
@@ -179,6 +189,9 @@ class SmppSender:
         self._slow_until = 0.0
         self._slowed_at = float("-inf")  # monotonic time of the last halving
         self._replies = sms.Reassembler()  # parts of long replies; only the thread touches it
+        self._woken = False  # a wake-up byte is on its way and the thread has not read it
+        self._to_loop: list[Callable[[], None]] = []  # the thread's results, for the loop
+        self._to_loop_lock = threading.Lock()
 
     @property
     def state(self) -> str:
@@ -250,15 +263,31 @@ class SmppSender:
             self._in_flight -= 1
 
     def _wake(self) -> None:
+        if self._woken:
+            return  # the thread will take every queued job when it reads the byte on its way
+        self._woken = True
         with contextlib.suppress(OSError):
             self._wake_write.send(b"x")
 
     # ---------------------------------------------------------------- bridge to the loop
 
     def _emit(self, event: SmppEvent) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        self._in_loop(lambda: self._events.put_nowait(event))
+
+    def _in_loop(self, call: Callable[[], None]) -> None:
+        """Run `call` in the event loop, with the others handed over since it last ran."""
+        with self._to_loop_lock:
+            self._to_loop.append(call)
+            first = len(self._to_loop) == 1
+        if first and self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+                self._loop.call_soon_threadsafe(self._run_handed_over)
+
+    def _run_handed_over(self) -> None:
+        with self._to_loop_lock:
+            calls, self._to_loop = self._to_loop, []
+        for call in calls:
+            call()
 
     def _set_state(self, state: str, detail: str) -> None:
         if state != self._state:
@@ -269,12 +298,12 @@ class SmppSender:
         if job.done:
             return
         job.done = True
-        if self._loop is not None and not self._loop.is_closed():
-            def settle() -> None:
-                if not job.future.done():
-                    job.future.set_result(result)
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(settle)
+
+        def settle() -> None:
+            if not job.future.done():
+                job.future.set_result(result)
+
+        self._in_loop(settle)
 
     # ---------------------------------------------------------------- the thread
 
@@ -344,6 +373,7 @@ class _Link:
         self.last_refill = time.monotonic()
         self.enquire_due = time.monotonic() + self.config.enquire_link
         self.enquire_pending: dict[int, float] = {}  # seq -> deadline
+        self.buffers: dict[int, bytearray] = {}  # id(client) -> bytes of a PDU not yet whole
 
     def _client(self) -> Client:
         client = Client(self.config.host, self.config.port,
@@ -396,6 +426,7 @@ class _Link:
                     [self.sender._wake_read]
                 readable, _, _ = select.select(sockets, [], [], timeout)
                 if self.sender._wake_read in readable:
+                    self.sender._woken = False  # before the jobs are taken: see _wake
                     with contextlib.suppress(OSError):
                         self.sender._wake_read.recv(4096)
                 for client in self.clients:
@@ -436,23 +467,26 @@ class _Link:
         return rate
 
     def _send_due(self) -> None:
+        """Write the submits the window and the rate allow now, all in one `sendall`."""
         transmitter = self.clients[0]
         source, ton, npi = source_numbering(self.config)
+        batch: list[bytes] = []
         while self.waiting and len(self.outstanding) < self.config.window:
             self._refill()
             if self.tokens < 1.0:
-                return
+                break
             job = self.waiting[0]
             if job.abandoned and job.sent == 0:
                 self.waiting.popleft()
                 continue
             part = job.sent
-            pdu = transmitter.send_message(
-                source_addr_ton=ton, source_addr_npi=npi, source_addr=source,
-                dest_addr_ton=1, dest_addr_npi=1, destination_addr=job.destination,
-                short_message=job.encoded.parts[part], data_coding=job.encoded.data_coding,
-                esm_class=job.encoded.esm_class,
+            pdu = smpp.make_pdu(
+                "submit_sm", client=transmitter, source_addr_ton=ton, source_addr_npi=npi,
+                source_addr=source, dest_addr_ton=1, dest_addr_npi=1,
+                destination_addr=job.destination, short_message=job.encoded.parts[part],
+                data_coding=job.encoded.data_coding, esm_class=job.encoded.esm_class,
                 registered_delivery=1 if self.config.registered_delivery else 0)
+            batch.append(pdu.generate())
             self.tokens -= 1.0
             job.sent += 1
             job.ids.append(None)
@@ -460,6 +494,11 @@ class _Link:
                                               time.monotonic() + self.config.response_timeout)
             if job.sent == len(job.encoded.parts):
                 self.waiting.popleft()
+        if batch:
+            try:
+                transmitter._socket.sendall(b"".join(batch))
+            except OSError as exc:
+                raise exceptions.ConnectionError(f"cannot write to the SMSC: {exc}") from exc
 
     def _housekeeping(self) -> float | None:
         """Time out submits and enquire_links; return how long select may wait (None: dead)."""
@@ -491,11 +530,36 @@ class _Link:
     # ---------------------------------------------------------------- receiving
 
     def _read(self, client: Client) -> bool:
+        """Read what the SMSC sent (several PDUs at once, often) and handle each whole PDU;
+        False when it unbinds."""
         try:
-            pdu = client.read_pdu()
-        except exceptions.UnknownCommandError as exc:  # read whole, so the framing holds
-            log.warning("SMSC sent a PDU smpplib does not know: ignored", error=str(exc))
+            data = client._socket.recv(_READ_CHUNK)
+        except (BlockingIOError, InterruptedError, TimeoutError):
             return True
+        except OSError as exc:
+            raise exceptions.ConnectionError(f"cannot read from the SMSC: {exc}") from exc
+        if not data:
+            raise exceptions.ConnectionError("the SMSC closed the connection")
+        buffer = self.buffers.setdefault(id(client), bytearray())
+        buffer += data
+        while len(buffer) >= 4:
+            length = int.from_bytes(buffer[:4], "big")
+            if length < 16 or length > _MAX_PDU:
+                raise exceptions.PDUError(f"a PDU of {length} bytes: the stream is broken")
+            if len(buffer) < length:
+                break
+            raw = bytes(buffer[:length])
+            del buffer[:length]
+            try:
+                pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
+            except exceptions.UnknownCommandError as exc:  # cut whole, so the framing holds
+                log.warning("SMSC sent a PDU smpplib does not know: ignored", error=str(exc))
+                continue
+            if not self._handle(client, pdu):
+                return False
+        return True
+
+    def _handle(self, client: Client, pdu: Any) -> bool:
         command = pdu.command
         if command == "submit_sm_resp":
             self._submit_answered(pdu)
