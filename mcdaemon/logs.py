@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -18,10 +22,17 @@ _SECRET_KEYS = ("secret", "password", "token", "authorization")
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        if any(word in key.lower() for word in _SECRET_KEYS):
+    for key in event:
+        if _is_secret(key):
             event[key] = "***"
     return event
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret(key: str) -> bool:
+    """Memoised: every line of a storm asks about the same dozen keys."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_KEYS)
 
 
 def _journald_render(_: Any, method: str, event: MutableMapping[str, Any]) -> str:
@@ -31,6 +42,43 @@ def _journald_render(_: Any, method: str, event: MutableMapping[str, Any]) -> st
                       else f"{key}={value}" for key, value in event.items())
     line = f"{message} {fields}".strip().replace("\n", "\\n")
     return f"<{_PRIORITY.get(level, 6)}>{line}"
+
+
+class LineWriter:
+    """structlog's PrintLogger, except that in an event loop the lines logged during one turn
+    of the loop are written together, at the start of the next turn: a storm's hundreds of
+    "call decided" lines cost one system call instead of one each (and under a storm each
+    system call also waits for the GIL). Elsewhere (the CLI, the SMPP thread) a line is
+    written at once. A crash (kill -9) loses at most the lines of the turn it interrupts."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(message + "\n")
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(message)
+
+    log = debug = info = warn = warning = error = err = critical = exception = msg
+    fatal = failure = msg
+
+    def flush(self) -> None:
+        lines, self._pending = self._pending, []
+        if lines:
+            self._write("\n".join(lines) + "\n")
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text)
+            self._stream.flush()
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -53,9 +101,15 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=_factory(LineWriter(stream)),
         cache_logger_on_first_use=False,
     )
+
+
+def _factory(writer: LineWriter) -> Any:
+    def logger_factory(*_args: Any) -> LineWriter:
+        return writer  # one writer: the lines of every logger keep their order
+    return logger_factory
 
 
 def mask_number(number: str | None, full: bool = False) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -42,3 +43,54 @@ def test_numbers_are_masked_but_the_last_three_digits() -> None:
     assert logs.mask_number("+447700900123") == "**********123"
     assert logs.mask_number("+447700900123", full=True) == "+447700900123"
     assert logs.mask_number(None) == "-"
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_in_an_event_loop_the_lines_of_one_turn_go_out_in_one_write_at_the_next() -> None:
+    out = CountingStream()
+    logs.configure("json", "info", stream=out)
+    log = structlog.get_logger("t")
+
+    async def storm() -> tuple[str, str]:
+        for number in range(100):
+            log.info("call decided", call_id=f"1.{number}")
+        during = out.getvalue()
+        await asyncio.sleep(0)
+        return during, out.getvalue()
+
+    during, after = asyncio.run(storm())
+
+    assert during == ""
+    assert [json.loads(line)["call_id"] for line in after.splitlines()] == [
+        f"1.{number}" for number in range(100)]
+    assert out.writes == 1
+
+
+def test_outside_an_event_loop_a_line_is_written_at_once() -> None:
+    out = CountingStream()
+    logs.configure("json", "info", stream=out)
+
+    structlog.get_logger("t").warning("config reload refused")
+
+    assert json.loads(out.getvalue())["event"] == "config reload refused"
+
+
+def test_lines_logged_as_the_event_loop_ends_are_not_lost() -> None:
+    out = io.StringIO()
+    logs.configure("json", "info", stream=out)
+
+    async def last_words() -> None:
+        structlog.get_logger("t").info("stopped")
+
+    asyncio.run(last_words())
+
+    assert json.loads(out.getvalue())["event"] == "stopped"
