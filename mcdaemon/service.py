@@ -14,6 +14,7 @@ only while its submit is really in flight: what a crash leaves there is what may
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import math
@@ -36,7 +37,7 @@ from .logs import mask_number
 from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from .notify import Notifier
 from .phone import to_e164
-from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group
+from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group, prepare_caller
 from .records import CallRecord, Decision, PolicyView
 from .smpp import (
     BindState,
@@ -62,6 +63,8 @@ DISPATCH_IDLE = 0.5
 CONSUMER_SLICE = 0.0005
 #: texts claimed beyond the window: what smpp.throughput sends in this many seconds
 CLAIM_AHEAD = 0.25
+#: the longest submit results and receipts wait for the decisions being made (seconds)
+BOOKKEEPING_DEFERRAL = 0.5
 
 
 def _may_text(record: CallRecord, group: GroupConfig | None, view: PolicyView) -> bool:
@@ -98,11 +101,16 @@ class Service:
                              log_full_numbers=lambda: self.config.log_full_numbers)
         self._store: Store | None = None
         self._wake_dispatcher = asyncio.Event()
+        #: whether due texts may be queued unclaimed (a freed window slot then wakes the
+        #: dispatcher; otherwise it would claim nothing, a transaction for naught, per text)
+        self._backlog = True
         self._stop = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._ended: list[CallRecord] = []  # calls the tracker closed, not yet decided
         self._ended_ready = asyncio.Event()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
+        self._no_decision_pending = asyncio.Event()  # bookkeeping writes wait for it (a while)
+        self._no_decision_pending.set()
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
         self._results_ready = asyncio.Event()
         self._connected: set[str] = set()
@@ -265,6 +273,7 @@ class Service:
         if records:
             self._ended.extend(records)
             self._ended_ready.set()
+            self._no_decision_pending.clear()
 
     async def _decide_ended_calls(self) -> None:
         while True:
@@ -276,8 +285,20 @@ class Service:
         """Decide every call handed over so far, after the batch being written, if any."""
         async with self._deciding:
             batch, self._ended = self._ended, []
-            if batch:
-                await self._decide_and_store(batch)
+            try:
+                if batch:
+                    await self._decide_and_store(batch)
+            finally:
+                if not self._ended:
+                    self._no_decision_pending.set()
+
+    async def _decisions_first(self) -> None:
+        """Let the decisions being made go first (for at most BOOKKEEPING_DEFERRAL): a caller
+        waits for those, and the store takes one transaction at a time. Submit results and
+        receipts are bookkeeping; they keep in memory meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BOOKKEEPING_DEFERRAL):
+                await self._no_decision_pending.wait()
 
     async def _drain_ami_queue(self) -> None:
         while not self._ami_queue.empty():
@@ -295,7 +316,11 @@ class Service:
 
     def _track(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
         if isinstance(item, AmiEvent):
-            return self._trackers[item.pbx].feed(item.fields, item.at)
+            tracker = self._trackers[item.pbx]
+            records = tracker.feed(item.fields, item.at)
+            for caller in tracker.take_new_callers():
+                prepare_caller(caller, self.config)
+            return records
         log.info("AMI connection", pbx=item.pbx, state=item.state, detail=item.detail)
         if item.state == "connected":
             self._connected.add(item.pbx)
@@ -315,7 +340,8 @@ class Service:
         decided: list[NewCall] = []
         destinations: list[str | None] = []
         batch_last: dict[str, float] = {}
-        batch_prefixes: list[str] = []
+        batch_texts = 0
+        batch_prefixes: collections.Counter[str] = collections.Counter()
         groups = [match_group(record, config) for record in records]
         prefixes = [destination_prefix(record.caller_e164, config) if record.caller_e164
                     else None for record in records]
@@ -329,21 +355,22 @@ class Service:
             number = record.caller_e164
             if number in names:
                 view = dataclasses.replace(view, contact_name=names[number])
-            if batch_prefixes:
+            if batch_texts:
                 view = dataclasses.replace(
                     view,
                     last_text_at=batch_last.get(number or "", view.last_text_at),
-                    texts_last_hour=view.texts_last_hour + len(batch_prefixes),
-                    texts_last_day=view.texts_last_day + len(batch_prefixes),
-                    prefix_texts_last_hour=view.prefix_texts_last_hour + sum(
-                        1 for other in batch_prefixes if other == prefix))
+                    texts_last_hour=view.texts_last_hour + batch_texts,
+                    texts_last_day=view.texts_last_day + batch_texts,
+                    prefix_texts_last_hour=view.prefix_texts_last_hour + (
+                        batch_prefixes[prefix] if prefix else 0))
             decision = decide(record, config, view, now)
             if decision.text and decision.expires_at is None:
                 decision = dataclasses.replace(
                     decision, expires_at=record.ended + config.outbox.max_age)
             if decision.text and decision.destination:
                 batch_last[decision.destination] = now
-                batch_prefixes.append(destination_prefix(decision.destination, config))
+                batch_texts += 1
+                batch_prefixes[destination_prefix(decision.destination, config)] += 1
             decided.append(NewCall(record, decision))
             destinations.append(decision.destination)
         # texts due now are claimed in the same commit while the window has room: the
@@ -355,19 +382,27 @@ class Service:
         self.metrics.text_transition("queued", sum(1 for message_id in message_ids
                                                    if message_id is not None))
         self._start_sending(claimed)
+        if claimed:
+            await asyncio.sleep(0)  # the texts reach the sender before the bookkeeping below
         for call, message_id in zip(decided, message_ids, strict=True):
             self._log_decision(call.record, call.decision, message_id)
             self.metrics.call_decided(call.record, call.decision)
             if self._on_decision is not None:
                 self._on_decision(call.record, call.decision)
-        if any(message_id is not None for message_id in message_ids):
-            self._wake_dispatcher.set()
+        if sum(message_id is not None for message_id in message_ids) > len(claimed):
+            self._texts_queued()  # texts deferred, or beyond the window: queued
         await self._notify.calls_decided(decided, message_ids)
         await self._outreach.calls_decided(self.store, decided)
 
+    def _texts_queued(self) -> None:
+        """Texts are due that nobody claimed: the dispatcher claims them (and, while it
+        finds more than the window takes, again at each free slot)."""
+        self._backlog = True
+        self._wake_dispatcher.set()
+
     def _staff_notes_queued(self, count: int) -> None:
         self.metrics.text_transition("queued", count)
-        self._wake_dispatcher.set()
+        self._texts_queued()
 
     def _log_decision(self, record: CallRecord, decision: Decision,
                       message_id: int | None) -> None:
@@ -405,6 +440,7 @@ class Service:
                 await self._sleep_until_woken(DISPATCH_IDLE)
                 continue
             messages = await self.store.claim_due(self._clock(), free)
+            self._backlog = len(messages) >= free
             if not messages:
                 await self._sleep_until_woken(DISPATCH_IDLE)
                 continue
@@ -427,7 +463,8 @@ class Service:
         self._observe_window()
         if not task.cancelled() and task.exception() is not None:
             log.error("sending a text failed unexpectedly", error=repr(task.exception()))
-        self._wake_dispatcher.set()
+        if self._backlog:  # a slot of the window is free and texts may be waiting for it
+            self._wake_dispatcher.set()
 
     async def _sleep_until_woken(self, timeout: float) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
@@ -447,6 +484,7 @@ class Service:
     async def _write_results(self) -> None:
         while True:
             await self._results_ready.wait()
+            await self._decisions_first()
             self._results_ready.clear()
             await self._flush_results()
 
@@ -499,7 +537,7 @@ class Service:
                          detail=result.detail, duplicate_risk=result.in_doubt,
                          retry_in=round((outcome.not_before or at) - at, 1), **fields)
         if any(outcome.state == "queued" for outcome in outcomes):
-            self._wake_dispatcher.set()
+            self._texts_queued()
         await self._notify.texts_moved([
             (message.id, outcome.state, at) for (message, _, at), outcome, ok
             in zip(batch, outcomes, moved, strict=True)
@@ -545,12 +583,13 @@ class Service:
                     self.metrics.smpp_bind_state(item.state)
                     await self.store.set_status("smpp", item.state, item.at)
                     if item.state == "bound":
-                        self._wake_dispatcher.set()
+                        self._texts_queued()
             await self._apply_receipts(receipts)
 
     async def _apply_receipts(self, receipts: list[DeliveryReceipt]) -> None:
         if not receipts:
             return
+        await self._decisions_first()
         applied = await self.store.apply_receipts([
             ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
                       item.at, item.raw) for item in receipts])
@@ -585,7 +624,7 @@ class Service:
                     not_before=None, expires_at=self._clock() + self.config.outbox.max_age)
                 if queued is not None:
                     self.metrics.text_transition("queued")
-                self._wake_dispatcher.set()
+                self._texts_queued()
         elif kind == "opt_in":
             await self.store.opt_in(sender, mo.at)
             log.info("opt-in received", caller=mask_number(sender, full))
