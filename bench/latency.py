@@ -28,11 +28,13 @@ from pathlib import Path
 
 import yaml
 
+from mcdaemon.ami import event_filter
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import SmppConfig
 from mcdaemon.smpp import SmppSender
 from mcdaemon.smsc import Submit, TestSmsc
-from mcdaemon.transcript import Frame, Transcript, parse_frame, read_transcript
+from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
+from mcdaemon.transcript import Frame, FrameFields, Transcript, parse_frame, read_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"
@@ -49,6 +51,7 @@ def burst(calls: int, release_at: float) -> tuple[Transcript, dict[str, str]]:
     starts: list[Frame] = []
     endings: list[Frame] = []
     callers: dict[str, str] = {}
+    wanted = re.compile(event_filter(NEEDED_EVENTS, NEEDED_VARIABLES).encode())
     for number in range(calls):
         caller = f"+447700900{number:03d}"
         callers[caller.lstrip("+")] = f"{number}"
@@ -58,6 +61,8 @@ def burst(calls: int, release_at: float) -> tuple[Transcript, dict[str, str]]:
             raw = raw.replace(b"+447700900123", caller.encode())
             if parse_frame(raw).get("Event") == "HangupRequest":
                 ending = True
+            if not wanted.search(raw):
+                continue  # filtered by the PBX: see config_file
             (endings if ending else starts).append(Frame(0.0 if not ending else release_at,
                                                          raw))
     return Transcript(ABANDON, [], 0.0, starts + endings), callers
@@ -67,7 +72,11 @@ def config_file(folder: Path, ami_port: int, smsc_port: int, window: int) -> Pat
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({
         "region": "GB",
-        "ami": [{"name": "bench", "port": ami_port, "username": "mcd", "secret": "s"}],
+        # the PBX filters the events, as with the eventfilter line of asterisk-conf's
+        # manager.conf: the transcript holds only what passes it (`burst`), so the fake PBX
+        # spends no time on regular expressions while the daemon works
+        "ami": [{"name": "bench", "port": ami_port, "username": "mcd", "secret": "s",
+                 "event_filter": False}],
         "inbound": {"contexts": ["from-carrier"]},
         "store": {"path": str(folder / "bench.db")},
         "smpp": {"port": smsc_port, "system_id": "mcdaemon", "password": "secret",
@@ -79,9 +88,23 @@ def config_file(folder: Path, ami_port: int, smsc_port: int, window: int) -> Pat
     return path
 
 
+async def serve_smsc() -> None:
+    """The SMSC of the latency run, in a process of its own (`--serve-smsc`): prints its
+    port, then `number time` for each submit_sm as it reads it, until stdin closes."""
+    def on_submit(submit: Submit) -> None:
+        sys.stdout.write(f"{submit.destination.lstrip('+')} {time.perf_counter()!r}\n")
+        sys.stdout.flush()
+
+    async with TestSmsc(password="secret", on_submit=on_submit) as smsc:
+        print(smsc.port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
 async def hangup_to_submit(calls: int) -> list[float]:
-    """The daemon runs as `mcdaemon run` in its own process, as in production: the fake PBX
-    and SMSC here must not share its event loop (or its CPU) and slow it down."""
+    """The daemon runs as `mcdaemon run` in its own process, as in production, and so does
+    the SMSC: a submit is stamped when the SMSC reads it, not when the fake PBX (busy writing
+    the burst) lets it. time.perf_counter is the system's monotonic clock, the same in every
+    process."""
     transcript, _ = burst(calls, release_at=4.0)
     hangup_sent: dict[str, float] = {}
     submit_read: dict[str, float] = {}
@@ -90,34 +113,48 @@ async def hangup_to_submit(calls: int) -> list[float]:
     def on_frame(frame: Frame) -> None:
         raw = frame.raw
         if raw.startswith(b"Event: Newchannel\r\n"):
-            fields = parse_frame(raw)
+            fields = FrameFields(raw)
             if fields.get("Uniqueid") == fields.get("Linkedid"):
                 linkedid_caller[fields["Linkedid"]] = fields.get("CallerIDNum",
                                                                  "").lstrip("+")
         elif raw.startswith(b"Event: Hangup\r\n"):
-            caller = linkedid_caller.get(parse_frame(raw).get("Linkedid", ""))
+            caller = linkedid_caller.get(FrameFields(raw).get("Linkedid", ""))
             if caller:
                 hangup_sent[caller] = time.perf_counter()  # the last Hangup of the call wins
 
-    def on_submit(submit: Submit) -> None:
-        submit_read.setdefault(submit.destination.lstrip("+"), time.perf_counter())
+    async def read_submits(stdout: asyncio.StreamReader) -> None:
+        async for line in stdout:
+            number, _, at = line.decode().partition(" ")
+            submit_read.setdefault(number, float(at))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        async with TestSmsc(password="secret", on_submit=on_submit) as smsc, \
-                AmiTestServer([transcript], secret="s", speed=1.0, on_frame=on_frame) as ami:
-            path = config_file(Path(tmp), ami.port, smsc.port, 10)
-            with open(os.environ.get("MCD_BENCH_LOG", os.devnull), "wb") as log:
-                daemon = await asyncio.create_subprocess_exec(
-                    sys.executable, *PROFILE, "-m", "mcdaemon", "--log-format", "json", "run",
-                    "-c", str(path), stdout=asyncio.subprocess.DEVNULL, stderr=log, cwd=tmp)
-                try:
-                    await asyncio.wait_for(ami.finished(), 60)
-                    deadline = time.monotonic() + 30
-                    while len(submit_read) < calls and time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                finally:
-                    daemon.send_signal(signal.SIGTERM)
-                    await asyncio.wait_for(daemon.wait(), 15)
+    smsc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve-smsc", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert smsc.stdout is not None and smsc.stdin is not None
+    smsc_port = int(await smsc.stdout.readline())
+    reader = asyncio.create_task(read_submits(smsc.stdout))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with AmiTestServer([transcript], secret="s", speed=1.0,
+                                     on_frame=on_frame) as ami:
+                path = config_file(Path(tmp), ami.port, smsc_port, 10)
+                with open(os.environ.get("MCD_BENCH_LOG", os.devnull), "wb") as log:
+                    daemon = await asyncio.create_subprocess_exec(
+                        sys.executable, *PROFILE, "-m", "mcdaemon", "--log-format", "json",
+                        "run", "-c", str(path), stdout=asyncio.subprocess.DEVNULL,
+                        stderr=log, cwd=tmp)
+                    try:
+                        await asyncio.wait_for(ami.finished(), 60)
+                        deadline = time.monotonic() + 30
+                        while len(submit_read) < calls and time.monotonic() < deadline:
+                            await asyncio.sleep(0.05)
+                    finally:
+                        daemon.send_signal(signal.SIGTERM)
+                        await asyncio.wait_for(daemon.wait(), 15)
+    finally:
+        smsc.stdin.close()
+        await asyncio.wait_for(smsc.wait(), 10)
+        reader.cancel()
     return [submit_read[caller] - hangup_sent[caller] for caller in submit_read
             if caller in hangup_sent]
 
@@ -163,5 +200,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--texts", type=int, default=300)
+    parser.add_argument("--serve-smsc", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.calls, arguments.texts))
+    asyncio.run(serve_smsc() if arguments.serve_smsc else main(arguments.calls, arguments.texts))

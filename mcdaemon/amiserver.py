@@ -5,7 +5,9 @@ failed"), ActionID echo, Ping, Filter (include and `!` exclude regexes applied t
 it sends, as Asterisk's legacy filters),
 CoreShowChannels (the channels the replay has created and not hung up yet), Originate with
 an OriginateResponse, Logoff. The replay starts when a client has logged in and is paced by
-the frames' offsets divided by `speed` (0: as fast as possible). Faults for the adapter's
+the frames' offsets divided by `speed`, the frames due at one moment in one write, as a
+burst of events from Asterisk comes (0: as fast as possible, one frame per turn of the event
+loop). Faults for the adapter's
 tests: drop the connection after a frame (and lose `gap_frames` frames, as Asterisk keeps no
 history), go half-open (silent, socket open), split a frame across two TCP writes, inject raw
 bytes. Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
@@ -20,10 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from .transcript import Frame, Transcript, parse_frame
+from .transcript import Frame, FrameFields, Transcript, parse_frame
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 _GAP_BETWEEN_RECORDINGS = 1.0
+#: frames due together go in one write of at most this much (then the loop breathes)
+_MAX_BURST_BYTES = 256 * 1024
 _ORIGINATE_REASONS = {"success": ("Success", "4"), "no_answer": ("Failure", "3"),
                       "busy": ("Failure", "5"), "failure": ("Failure", "0"),
                       "hangup": ("Failure", "1"), "congestion": ("Failure", "8")}
@@ -135,7 +139,7 @@ class AmiTestServer:
     def _track(self, raw: bytes) -> None:
         if not raw.startswith((b"Event: Newchannel\r\n", b"Event: Hangup\r\n")):
             return  # parsing every frame would make the server slower than the daemon
-        fields = parse_frame(raw)
+        fields = FrameFields(raw)
         event, uid = fields.get("Event"), fields.get("Uniqueid", "")
         if event == "Newchannel":
             self._live[uid] = (fields.get("Channel", ""), fields.get("Linkedid", uid))
@@ -243,15 +247,19 @@ class _Session:
                                    ("Message", "Invalid/unknown command")))
 
     async def send_event(self, raw: bytes, split: int | None = None) -> None:
-        """Send an event as Asterisk's legacy filters allow: with include filters only what
-        one of them matches, then nothing an exclude (`!`) filter matches."""
+        if self._passes(raw):
+            await self.send(raw, split)
+
+    def _passes(self, raw: bytes) -> bool:
+        """Whether Asterisk's legacy filters let the event through: with include filters only
+        what one of them matches, then nothing an exclude (`!`) filter matches."""
         if self.includes or self.excludes:
             text = raw.decode("utf-8", errors="replace")
             if self.includes and not any(pattern.search(text) for pattern in self.includes):
-                return
+                return False
             if any(pattern.search(text) for pattern in self.excludes):
-                return
-        await self.send(raw, split)
+                return False
+        return True
 
     async def _replay(self) -> None:
         server = self.server
@@ -282,10 +290,37 @@ class _Session:
                 return
             if index in server.inject:
                 await self.send(server.inject[index])
-            split = server.split_at[1] if server.split_at and server.split_at[0] == index \
-                else None
-            await self.send_event(frame.raw, split)
-            server._advance()
+            if server.speed > 0 and not (server.split_at and server.split_at[0] == index):
+                await self._send_due(base, loop.time())
+            else:  # as fast as possible: one frame per turn of the loop, actions answered
+                split = server.split_at[1] if server.split_at and server.split_at[0] == index \
+                    else None
+                await self.send_event(frame.raw, split)
+                server._advance()
+
+    async def _send_due(self, base: float, now: float) -> None:
+        """Send the next frame and those due with it in one write, as Asterisk's burst of
+        events after simultaneous hangups reaches the socket: the frames are stamped
+        (`on_frame`) when they go, not after the writes of every frame before them."""
+        server = self.server
+        async with self.lock:
+            batch: list[bytes] = []
+            size = 0
+            first = server._next
+            while server._next < len(server.frames) and size < _MAX_BURST_BYTES:
+                index = server._next
+                frame = server.frames[index]
+                if index != first and (index in server.inject or index in (
+                        server.half_open_after_frames, server.drop_after_frames)
+                        or (server.split_at and server.split_at[0] == index)
+                        or base + frame.offset / server.speed > now):
+                    break
+                if self._passes(frame.raw):
+                    batch.append(frame.raw)
+                    size += len(frame.raw)
+                server._advance()
+            self.writer.write(b"".join(batch))
+            await self.writer.drain()
 
     def close(self) -> None:
         if self.replay is not None:
