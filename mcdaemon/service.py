@@ -637,6 +637,7 @@ class Service:
         snapshot_due = 0.0
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            await self._decisions_first()
             now = self._clock()
             if now >= snapshot_due:
                 snapshot_due = now + OUTBOX_SNAPSHOT_INTERVAL
@@ -662,3 +663,4 @@ class Service:
             if expired:
                 log.warning("texts expired before they could be sent",
                             count=len(expired), max_age=self.config.outbox.max_age)
+            await self.store.checkpoint()

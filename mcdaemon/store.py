@@ -28,6 +28,17 @@ Concurrency inside one process: the daemon's tasks share one connection, so ever
 transaction holds an asyncio lock (two tasks must not interleave `BEGIN`s on it) and runs
 shielded from cancellation: a cancelled caller never leaves the connection inside a
 half-done transaction.
+
+Two threads, one connection. Most work goes through aiosqlite's thread. The few statements a
+caller waits for (the policy's view of a storm's callers, their contacts, the decision's
+write) run on the event loop's own thread instead (`_read_now`, `_write_now`): they take a
+millisecond or two (one fsync), while a trip to the other thread during a storm costs up to
+the interpreter's switch interval (5 ms) at every statement, as that thread waits for the GIL
+the busy loop holds. Whoever holds the store's lock is the only user of the connection, and
+every use of the lock runs to its end (shielded), so the two never overlap. Should another
+process (the CLI) hold SQLite's write lock, the write waits for it in aiosqlite's thread, not
+on the loop; and the daemon checkpoints the WAL in the background (`checkpoint`), so a
+commit on the loop seldom has one to do.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ T = TypeVar("T")
 #: `UPDATE … RETURNING` (the one-statement claim) needs this SQLite library
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
+#: how long a write on the event loop's thread waits for another process's write lock
+NOW_BUSY_TIMEOUT_MS = 20
 
 #: state -> the states it may move to. The only definition of the message life cycle.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -375,6 +388,24 @@ def _insert_returning(connection: sqlite3.Connection, insert: str,
     return result
 
 
+def _whole(work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection, *,
+           begun: bool = False) -> Callable[[], T]:
+    """`work` as one IMMEDIATE transaction: committed, or rolled back on any error."""
+    def transaction() -> T:
+        if not begun:
+            connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return result
+
+    return transaction
+
+
 class Store:
     """One SQLite file; every write is one short transaction."""
 
@@ -403,7 +434,8 @@ class Store:
             raise StoreError(f"the directory {file.parent} of the store is not writable by "
                              "this user; SQLite needs to create its -wal and -shm files there")
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
+            # check_same_thread: the loop's thread uses it too, never at the same time
+            db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store {path}: {exc} (check store.path and that "
                              "the daemon's user may write its directory)") from exc
@@ -463,8 +495,7 @@ class Store:
         return next(iter(rows))[0] if rows else None
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        r = list(await self._db.execute_fetchall(sql, params))
-        return r
+        return list(await self._db.execute_fetchall(sql, params))
 
     async def _change(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
         """Run one statement; the rows it changed and the id it inserted (None if none).
@@ -477,8 +508,47 @@ class Store:
         return changed, int(row[0]) if row is not None and changed else None
 
     async def _read(self, work: Callable[[], Awaitable[T]]) -> T:
+        async def locked() -> T:
+            async with self._lock:
+                return await work()
+
+        # shielded like a transaction: a cancelled reader must not leave aiosqlite's thread
+        # on the connection after the lock is released (see "Two threads, one connection")
+        return await asyncio.shield(locked())
+
+    async def _read_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the event loop's thread: for the reads a caller waits for."""
         async with self._lock:
-            return await work()
+            return work(self._db._conn)
+
+    async def _write_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction on the event loop's thread, whole or not at
+        all: for the writes a caller waits for. If another process holds the write lock for
+        more than NOW_BUSY_TIMEOUT_MS, the transaction waits in aiosqlite's thread instead."""
+        async def locked() -> T:
+            async with self._lock:
+                connection = self._db._conn
+                connection.execute(f"PRAGMA busy_timeout = {NOW_BUSY_TIMEOUT_MS}")
+                try:
+                    connection.execute("BEGIN IMMEDIATE")
+                    busy = False
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                        raise
+                    busy = True
+                finally:
+                    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                if busy:
+                    return await self._in_thread(_whole(work, connection))
+                return _whole(work, connection, begun=True)()
+
+        return await asyncio.shield(locked())
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: readers are not waited for), in
+        aiosqlite's thread; the daemon calls it every second so that a commit on the loop
+        seldom meets SQLite's automatic checkpoint (every 1000 pages)."""
+        await self._read(lambda: self._scalar("PRAGMA wal_checkpoint(PASSIVE)"))
 
     async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` in one IMMEDIATE transaction, whole or not at all."""
@@ -496,35 +566,14 @@ class Store:
                 raise
             return result
 
-    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction, whole or not at all, as one call in the
-        database thread: one trip however many statements, where `_transaction` makes one
-        per statement. For the writes a caller waits for.
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        """Run `call` in aiosqlite's thread, in one trip; the caller holds the lock.
 
         aiosqlite has no public way to run a function in its thread; `_execute` is the one
         every aiosqlite method goes through (unchanged since 0.17), and the store's tests fail
         at once if it goes away."""
-        db = self._db
-
-        def transaction() -> T:
-            connection = db._conn
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(connection)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            return result
-
-        run_in_thread: Callable[[Callable[[], T]], Awaitable[T]] = db._execute
-
-        async def locked() -> T:
-            async with self._lock:
-                return await run_in_thread(transaction)
-
-        return await asyncio.shield(locked())
+        run_in_thread: Callable[[Callable[[], T]], Awaitable[T]] = self._db._execute
+        return await run_in_thread(call)
 
     # ------------------------------------------------------------------ calls and the outbox
 
@@ -552,8 +601,8 @@ class Store:
         claimed (`sending`, as `claim_due` would leave them) in the same transaction: the
         sender gets them without another commit. Returns the message ids and those claimed.
 
-        One trip to the database thread (`_write_in_thread`): this is the write a caller
-        waits for, and during a storm every trip waits behind the busy event loop."""
+        Written on the event loop's thread (`_write_now`): this is the write a caller waits
+        for."""
         if len(calls) != len(destinations):
             raise ValueError("record_calls needs one destination per call")
         resolved = [destination or call.decision.destination
@@ -602,7 +651,7 @@ class Store:
                              key=lambda message: message.id)
             return result, claimed
 
-        return await self._write_in_thread(work)
+        return await self._write_now(work)
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
@@ -1054,8 +1103,8 @@ class Store:
         numbers = sorted({e164 for e164, _, _ in callers if e164})
         prefixes = {prefix for _, _, prefix in callers if prefix}
 
-        async def work() -> list[PolicyView]:
-            # one statement (one trip to the database thread) for the whole batch
+        def work(connection: sqlite3.Connection) -> list[PolicyView]:
+            # one statement for the whole batch
             parts = [f"SELECT 'total', SUM(created_at > ?), COUNT(*) FROM messages WHERE"
                      f" {counted} AND created_at > ?",
                      "SELECT 'off', name, NULL FROM switches WHERE enabled = 0"]
@@ -1075,7 +1124,8 @@ class Store:
                 parts, params = [], []
             if parts:
                 statements.append((" UNION ALL ".join(parts), params))
-            rows = [row for sql, values in statements for row in await self._rows(sql, values)]
+            rows = [row for sql, values in statements
+                    for row in connection.execute(sql, values).fetchall()]
             texts_hour = texts_day = 0
             opted: set[str] = set()
             last: dict[str, float] = {}
@@ -1101,7 +1151,7 @@ class Store:
                 group_enabled=f"group:{group}" not in off if group else True)
                 for e164, group, prefix in callers]
 
-        return await self._read(work)
+        return await self._read_now(work)
 
     async def set_switch(self, name: str, enabled: bool, at: float) -> None:
         """`global` or `group:<name>`; a disabled switch also holds texts already queued."""
@@ -1186,7 +1236,8 @@ class Store:
     @classmethod
     async def _connect_readonly(cls, uri: str, path: str) -> Store:
         try:
-            db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None,
+                                         check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
         store = cls(db, path)
@@ -1265,17 +1316,18 @@ class Store:
         """The stored contacts among these E.164 numbers (a few queries whatever the count)."""
         wanted = sorted(set(numbers))
 
-        async def work() -> dict[str, Contact]:
+        def work(connection: sqlite3.Connection) -> dict[str, Contact]:
             found: dict[str, Contact] = {}
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
-                for row in await self._rows(
+                for row in connection.execute(
                         "SELECT e164, name, tags, source, updated_at FROM contacts"
-                        f" WHERE e164 IN ({','.join('?' * len(chunk))})", chunk):
+                        f" WHERE e164 IN ({','.join('?' * len(chunk))})", chunk).fetchall():
                     found[str(row[0])] = _contact(row)
             return found
 
-        return await self._read(work) if wanted else {}
+        # on the loop's thread: a storm's decisions wait for it
+        return await self._read_now(work) if wanted else {}
 
     async def merge_contacts(self, contacts: Sequence[Contact]) -> tuple[int, int]:
         """Add or update contacts in one transaction: a non-empty name replaces the stored

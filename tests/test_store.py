@@ -893,3 +893,32 @@ async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(tmp_pat
         assert not batch[0].group_enabled and batch[1].opted_out
     finally:
         await store.close()
+
+
+async def test_a_decision_waits_for_another_process_writing_without_stalling_the_loop(
+        store: Store, db_path: str) -> None:
+    """The decision's write runs on the event loop's thread; while another process (the CLI)
+    holds SQLite's write lock, it waits for it in aiosqlite's thread instead."""
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, other.execute, "COMMIT")
+    try:
+        ids, claimed = await store.record_calls_and_claim(
+            [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
+    finally:
+        ticker.cancel()
+        other.close()
+
+    assert ids[0] is not None and [message.id for message in claimed] == ids
+    assert claimed[0].state == "sending" and claimed[0].attempts == 1
+    assert ticks >= 15  # the loop went on ticking while the write waited (0.3 s)
