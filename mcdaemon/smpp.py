@@ -11,9 +11,10 @@ what a result means for a message.
 Under a storm the two threads share one GIL, and every system call a thread makes costs it a
 wait for the GIL afterwards (up to the interpreter's switch interval, 5 ms, while the event
 loop is busy). So the crossings are batched: one wake-up byte while the thread has not yet
-taken the jobs, the submits that fit the window written with one `sendall`, the answers read
-in chunks and cut into PDUs here (smpplib parses each), and the results of one turn handed to
-the event loop in one `call_soon_threadsafe`.
+taken the jobs, the submits that fit the window written with one `sendall`, what the SMSC
+sends read in chunks and cut into PDUs here (smpplib parses each), the deliver_sm_resp of a
+read written together, and then (the SMSC answered first) what the read told handed to the
+event loop in one `call_soon_threadsafe`.
 
 Result outcomes and what the service does with them:
 
@@ -39,7 +40,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +193,7 @@ class SmppSender:
         self._woken = False  # a wake-up byte is on its way and the thread has not read it
         self._to_loop: list[Callable[[], None]] = []  # the thread's results, for the loop
         self._to_loop_lock = threading.Lock()
+        self._holding = False  # the thread is reading: results wait for its answers to go
 
     @property
     def state(self) -> str:
@@ -279,9 +281,27 @@ class SmppSender:
         with self._to_loop_lock:
             self._to_loop.append(call)
             first = len(self._to_loop) == 1
-        if first and self._loop is not None and not self._loop.is_closed():
+        if first and not self._holding:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._run_handed_over)
+
+    @contextlib.contextmanager
+    def _holding_results(self) -> Iterator[None]:
+        """Keep what the thread learns for the loop until the block ends (the SMSC has its
+        answers by then), then hand it all over at once."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            with self._to_loop_lock:
+                pending = bool(self._to_loop)
+            if pending:
+                self._hand_over()
 
     def _run_handed_over(self) -> None:
         with self._to_loop_lock:
@@ -542,6 +562,19 @@ class _Link:
             raise exceptions.ConnectionError("the SMSC closed the connection")
         buffer = self.buffers.setdefault(id(client), bytearray())
         buffer += data
+        answers: list[bytes] = []  # deliver_sm_resp of this read, written together
+        with self.sender._holding_results():  # the SMSC gets its answers first
+            try:
+                return self._handle_buffered(client, buffer, answers)
+            finally:
+                if answers:
+                    try:
+                        client._socket.sendall(b"".join(answers))
+                    except OSError as exc:
+                        raise exceptions.ConnectionError(
+                            f"cannot write to the SMSC: {exc}") from exc
+
+    def _handle_buffered(self, client: Client, buffer: bytearray, answers: list[bytes]) -> bool:
         while len(buffer) >= 4:
             length = int.from_bytes(buffer[:4], "big")
             if length < 16 or length > _MAX_PDU:
@@ -555,16 +588,16 @@ class _Link:
             except exceptions.UnknownCommandError as exc:  # cut whole, so the framing holds
                 log.warning("SMSC sent a PDU smpplib does not know: ignored", error=str(exc))
                 continue
-            if not self._handle(client, pdu):
+            if not self._handle(client, pdu, answers):
                 return False
         return True
 
-    def _handle(self, client: Client, pdu: Any) -> bool:
+    def _handle(self, client: Client, pdu: Any, answers: list[bytes]) -> bool:
         command = pdu.command
         if command == "submit_sm_resp":
             self._submit_answered(pdu)
         elif command == "deliver_sm":
-            self._delivered(client, pdu)
+            self._delivered(client, pdu, answers)
         elif command == "enquire_link":
             answer = smpp.make_pdu("enquire_link_resp", client=client)
             answer.sequence = pdu.sequence
@@ -612,10 +645,10 @@ class _Link:
         with contextlib.suppress(ValueError):
             self.waiting.remove(job)
 
-    def _delivered(self, client: Client, pdu: Any) -> None:
+    def _delivered(self, client: Client, pdu: Any, answers: list[bytes]) -> None:
         answer = smpp.make_pdu("deliver_sm_resp", client=client)
         answer.sequence = pdu.sequence
-        client.send_pdu(answer)
+        answers.append(answer.generate())
         now = time.time()
         try:
             payload = pdu.short_message or getattr(pdu, "message_payload", None) or b""
