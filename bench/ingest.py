@@ -7,8 +7,9 @@ socket would deliver them, and fed in-process (no network) to
   (a) panoramisk 1.4's AMIProtocol.data_received (decode, split, Message.from_line; events
       dispatched to a no-op), and
   (b) mcdaemon: the adapter's read path, in-process (its panoramisk-based FramedProtocol:
-      byte framing, whole-frame UTF-8 decoding, parse_frame, the AmiConnection's event
-      selection) into the event queue, drained into CallTracker.feed after every chunk.
+      byte framing, the AmiConnection's event selection by first line, FrameFields reading
+      the fields the tracker asks for) into the event queue, drained into CallTracker.feed
+      after every chunk.
       In-process rather than over loopback TCP, so both sides measure parsing and nothing
       else: over TCP the kernel and the test server's pacing would dominate.
 The stream is unfiltered (as if Asterisk sent everything), the worst case for both.

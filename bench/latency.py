@@ -3,13 +3,15 @@
 
 1. The test AMI server replays N (default 200) copies of a real queue abandon (fresh ids and
    caller numbers each), holds back each call's ending (from the caller's HangupRequest on)
-   and then releases all N endings at once. For every call we measure from the moment its last
-   Hangup frame is written to the socket to the moment the SMSC simulator reads its submit_sm.
-   The daemon is `mcdaemon run` in a process of its own, store on disk.
+   and then releases all N endings at once (about 4,000 events, written within ~30 ms). For
+   every call we measure from the moment its last Hangup frame is written to the socket to the
+   moment the SMSC simulator reads its submit_sm. The daemon is `mcdaemon run` in a process
+   of its own, store on disk; the SMSC (answering at once, receipts 50 ms later) runs in a
+   process of its own too, so that its reads are not delayed by the fake PBX's writes.
 2. The SMPP sender alone submits M texts to an SMSC answering each submit after 5 ms, with
    window 10 and with window 1: the sustained rate of each and the ratio.
 
-    python bench/latency.py [--calls 200] [--texts 300]
+    python bench/latency.py [--calls 200] [--window 10] [--runs 3] [--texts 300]
 Targets: p99 <= 100 ms; windowed rate >= 5x window 1.
 """
 
@@ -100,7 +102,7 @@ async def serve_smsc() -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-async def hangup_to_submit(calls: int) -> list[float]:
+async def hangup_to_submit(calls: int, window: int) -> list[float]:
     """The daemon runs as `mcdaemon run` in its own process, as in production, and so does
     the SMSC: a submit is stamped when the SMSC reads it, not when the fake PBX (busy writing
     the burst) lets it. time.perf_counter is the system's monotonic clock, the same in every
@@ -137,7 +139,7 @@ async def hangup_to_submit(calls: int) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
             async with AmiTestServer([transcript], secret="s", speed=1.0,
                                      on_frame=on_frame) as ami:
-                path = config_file(Path(tmp), ami.port, smsc_port, 10)
+                path = config_file(Path(tmp), ami.port, smsc_port, window)
                 with open(os.environ.get("MCD_BENCH_LOG", os.devnull), "wb") as log:
                     daemon = await asyncio.create_subprocess_exec(
                         sys.executable, *PROFILE, "-m", "mcdaemon", "--log-format", "json",
@@ -183,12 +185,16 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def main(calls: int, texts: int) -> None:
-    latencies = await hangup_to_submit(calls)
-    ms = [value * 1000 for value in latencies]
-    print(f"hangup -> submit_sm, {calls} simultaneous abandons, {len(ms)} texts measured:")
-    print(f"  p50 {statistics.median(ms):6.1f} ms   p99 {percentile(ms, 0.99):6.1f} ms   "
-          f"max {max(ms):6.1f} ms   (target p99 <= 100 ms)")
+async def main(calls: int, texts: int, window: int, runs: int) -> None:
+    print(f"hangup -> submit_sm, {calls} simultaneous abandons, smpp.window {window}:")
+    p99s = []
+    for run in range(1, runs + 1):
+        ms = [value * 1000 for value in await hangup_to_submit(calls, window)]
+        p99s.append(percentile(ms, 0.99))
+        print(f"  run {run}: {len(ms)} texts   p50 {statistics.median(ms):6.1f} ms   "
+              f"p99 {p99s[-1]:6.1f} ms   max {max(ms):6.1f} ms")
+    print(f"  median p99 of {runs} runs: {statistics.median(p99s):6.1f} ms   "
+          "(target p99 <= 100 ms)")
     windowed = await submit_rate(texts, 10)
     single = await submit_rate(texts, 1)
     print(f"submit rate, SMSC answering after 5 ms, {texts} texts:")
@@ -200,6 +206,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--texts", type=int, default=300)
+    parser.add_argument("--window", type=int, default=10, help="smpp.window of the daemon")
+    parser.add_argument("--runs", type=int, default=3, help="latency runs (the machine is "
+                        "noisy: each is printed, then the median p99)")
     parser.add_argument("--serve-smsc", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    asyncio.run(serve_smsc() if arguments.serve_smsc else main(arguments.calls, arguments.texts))
+    asyncio.run(serve_smsc() if arguments.serve_smsc else main(
+        arguments.calls, arguments.texts, arguments.window, arguments.runs))
