@@ -63,8 +63,12 @@ DISPATCH_IDLE = 0.5
 CONSUMER_SLICE = 0.0005
 #: texts claimed beyond the window: what smpp.throughput sends in this many seconds
 CLAIM_AHEAD = 0.25
-#: the longest submit results and receipts wait for the decisions being made (seconds)
+#: in a storm, how long the calls ending are gathered into one batch of decisions (seconds)
+STORM_GATHER = 0.01
+#: the longest submit results, receipts and housekeeping wait for a storm's decisions (s)
 BOOKKEEPING_DEFERRAL = 0.5
+#: no call ended for this long: the storm is over, bookkeeping may use the store (seconds)
+STORM_QUIET = 0.02
 
 
 def _may_text(record: CallRecord, group: GroupConfig | None, view: PolicyView) -> bool:
@@ -108,9 +112,12 @@ class Service:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._ended: list[CallRecord] = []  # calls the tracker closed, not yet decided
         self._ended_ready = asyncio.Event()
+        self._ami_drained = asyncio.Event()  # the consumer has nothing queued
+        self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
         self._no_decision_pending = asyncio.Event()  # bookkeeping writes wait for it (a while)
         self._no_decision_pending.set()
+        self._last_call_ended = float("-inf")  # loop time of the last call handed over
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
         self._results_ready = asyncio.Event()
         self._connected: set[str] = set()
@@ -261,23 +268,32 @@ class Service:
         gather into the next (group commit), so under a storm the batches grow instead of the
         queue, and a quiet PBX still gets each call decided at once."""
         while True:
-            self._hand_to_decider(await self._take(await self._ami_queue.get()))
+            item = await self._ami_queue.get()
+            self._ami_drained.clear()
+            self._hand_to_decider(await self._take(item))
             started = time.monotonic()
             while not self._ami_queue.empty():
                 if time.monotonic() - started >= CONSUMER_SLICE:
                     await asyncio.sleep(0)  # let the decider's store work go on
                     started = time.monotonic()
                 self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
+            self._ami_drained.set()
 
     def _hand_to_decider(self, records: list[CallRecord]) -> None:
         if records:
             self._ended.extend(records)
             self._ended_ready.set()
             self._no_decision_pending.clear()
+            self._last_call_ended = asyncio.get_running_loop().time()
 
     async def _decide_ended_calls(self) -> None:
         while True:
             await self._ended_ready.wait()
+            # in a storm (events still queued), gather the calls ending in the next few ms
+            # into the batch: each batch costs a commit and a query whatever its size
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STORM_GATHER):
+                    await self._ami_drained.wait()
             self._ended_ready.clear()
             await self._decide_pending()
 
@@ -293,12 +309,15 @@ class Service:
                     self._no_decision_pending.set()
 
     async def _decisions_first(self) -> None:
-        """Let the decisions being made go first (for at most BOOKKEEPING_DEFERRAL): a caller
-        waits for those, and the store takes one transaction at a time. Submit results and
-        receipts are bookkeeping; they keep in memory meanwhile."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(BOOKKEEPING_DEFERRAL):
-                await self._no_decision_pending.wait()
+        """Let a storm's decisions go first (for at most BOOKKEEPING_DEFERRAL): its callers
+        wait for those, and the store takes one transaction at a time. Submit results,
+        receipts and housekeeping are bookkeeping; they keep in memory meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BOOKKEEPING_DEFERRAL
+        while loop.time() < deadline and not (
+                self._no_decision_pending.is_set()
+                and loop.time() - self._last_call_ended >= STORM_QUIET):
+            await asyncio.sleep(STORM_QUIET / 2)
 
     async def _drain_ami_queue(self) -> None:
         while not self._ami_queue.empty():

@@ -1,0 +1,66 @@
+"""In a storm the decisions go first: bookkeeping (submit results, receipts, housekeeping)
+waits until no call has ended for a moment, and never longer than BOOKKEEPING_DEFERRAL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from mcdaemon import service
+from mcdaemon.config import config_from_dict
+from mcdaemon.records import CallRecord, Outcome
+from mcdaemon.service import Service
+
+
+def quiet_service() -> Service:
+    config = config_from_dict({"region": "GB", "inbound": {"contexts": ["from-carrier"]},
+                               "ami": [{"name": "pbx", "username": "u", "secret": "s"}]})
+    return Service(config, install_signal_handlers=False)
+
+
+def ended_call(call_id: str) -> CallRecord:
+    return CallRecord(pbx="pbx", call_id=call_id, caller="+447700900123", caller_name=None,
+                      caller_e164="+447700900123", did=None, group=None,
+                      outcome=Outcome.QUEUE_ABANDON, stages=(), started=0.0, ended=1.0,
+                      wait_seconds=1.0)
+
+
+async def timed(awaitable: object) -> float:
+    started = time.monotonic()
+    await awaitable  # type: ignore[misc]
+    return time.monotonic() - started
+
+
+async def test_with_no_storm_bookkeeping_goes_at_once() -> None:
+    assert await timed(quiet_service()._decisions_first()) < 0.005
+
+
+async def test_bookkeeping_waits_until_no_call_has_ended_for_a_moment() -> None:
+    daemon = quiet_service()
+    daemon._hand_to_decider([ended_call("1.1")])
+    daemon._ended.clear()
+    daemon._no_decision_pending.set()  # decided already; the storm may go on
+
+    waited = await timed(daemon._decisions_first())
+
+    assert service.STORM_QUIET * 0.9 <= waited < service.BOOKKEEPING_DEFERRAL
+
+
+async def test_bookkeeping_waits_no_longer_than_the_deferral_however_long_the_storm() -> None:
+    daemon = quiet_service()
+
+    async def endless_storm() -> None:
+        number = 0
+        while True:
+            number += 1
+            daemon._hand_to_decider([ended_call(f"1.{number}")])  # never decided
+            await asyncio.sleep(service.STORM_QUIET / 4)
+
+    daemon._hand_to_decider([ended_call("1.0")])  # the storm has begun
+    storm = asyncio.create_task(endless_storm())
+    try:
+        waited = await timed(daemon._decisions_first())
+    finally:
+        storm.cancel()
+
+    assert service.BOOKKEEPING_DEFERRAL * 0.9 <= waited < service.BOOKKEEPING_DEFERRAL + 0.2
