@@ -46,24 +46,25 @@ class SmsPlan:
         return self.capacity - self.units
 
 
-def _gsm7_table() -> dict[str, int]:
-    """Every character GSM-7 can carry: 1 septet, or 2 for the extension table (€, [, ]…)."""
-    units: dict[str, int] = {}
+def _gsm7_table() -> dict[str, str]:
+    """Every character GSM-7 can carry, to its septets in smpplib's encoding (one byte per
+    septet, two for the extension table: €, [, ]…)."""
+    septets: dict[str, str] = {}
     for ch in set(gsm.GSM_CHARACTER_TABLE) - _NOT_GSM7:
         try:
-            units[ch] = len(gsm.gsm_encode(ch))
+            septets[ch] = gsm.gsm_encode(ch).decode("latin-1")
         except UnicodeError:
             continue
-    return units
+    return septets
 
 
 # Read once, then set operations in C: a storm of hangups renders and sizes hundreds of texts
 # at once, and a loop over their characters in Python would be a good share of the latency.
-_GSM7_UNITS: Final = _gsm7_table()
-_GSM7: Final = frozenset(_GSM7_UNITS)
-_GSM7_DOUBLE: Final = frozenset(ch for ch, size in _GSM7_UNITS.items() if size == 2)
-#: for str.translate: each character to its septets (smpplib's encoding, one byte per septet)
-_GSM7_SEPTETS: Final = {ord(ch): gsm.gsm_encode(ch).decode("latin-1") for ch in _GSM7}
+_GSM7_SEPTETS: Final = _gsm7_table()
+_GSM7: Final = frozenset(_GSM7_SEPTETS)
+_GSM7_DOUBLE: Final = frozenset(ch for ch, septets in _GSM7_SEPTETS.items()
+                                if len(septets) == 2)
+_GSM7_TRANSLATION: Final = str.maketrans(_GSM7_SEPTETS)
 
 
 def is_gsm7(text: str) -> bool:
@@ -84,7 +85,7 @@ def units(text: str, encoding: str) -> int:
 def _units(text: str, encoding: str) -> list[int]:
     """The size of each character in the encoding's units (0: GSM-7 cannot carry it)."""
     if encoding == GSM7:
-        return [_GSM7_UNITS.get(ch, 0) for ch in text]
+        return [len(_GSM7_SEPTETS.get(ch, "")) for ch in text]
     return [2 if ord(ch) > 0xFFFF else 1 for ch in text]
 
 
@@ -116,7 +117,7 @@ def encode(text: str, encoding: str) -> bytes:
         return text.encode("utf-16-be")
     if not is_gsm7(text):
         raise UnicodeError(text)
-    return text.translate(_GSM7_SEPTETS).encode("latin-1")
+    return text.translate(_GSM7_TRANSLATION).encode("latin-1")
 
 
 @dataclass(frozen=True, slots=True)
