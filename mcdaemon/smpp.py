@@ -514,11 +514,7 @@ class _Link:
                                               time.monotonic() + self.config.response_timeout)
             if job.sent == len(job.encoded.parts):
                 self.waiting.popleft()
-        if batch:
-            try:
-                transmitter._socket.sendall(b"".join(batch))
-            except OSError as exc:
-                raise exceptions.ConnectionError(f"cannot write to the SMSC: {exc}") from exc
+        _write(transmitter, batch)
 
     def _housekeeping(self) -> float | None:
         """Time out submits and enquire_links; return how long select may wait (None: dead)."""
@@ -567,12 +563,7 @@ class _Link:
             try:
                 return self._handle_buffered(client, buffer, answers)
             finally:
-                if answers:
-                    try:
-                        client._socket.sendall(b"".join(answers))
-                    except OSError as exc:
-                        raise exceptions.ConnectionError(
-                            f"cannot write to the SMSC: {exc}") from exc
+                _write(client, answers)
 
     def _handle_buffered(self, client: Client, buffer: bytearray, answers: list[bytes]) -> bool:
         while len(buffer) >= 4:
@@ -703,6 +694,15 @@ class _Link:
 
 class _Unbound(Exception):
     pass
+
+
+def _write(client: Client, pdus: list[bytes]) -> None:
+    """Write PDUs already generated, in one system call."""
+    if pdus:
+        try:
+            client._socket.sendall(b"".join(pdus))
+        except OSError as exc:
+            raise exceptions.ConnectionError(f"cannot write to the SMSC: {exc}") from exc
 
 
 def _text(value: Any) -> str:
