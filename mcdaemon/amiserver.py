@@ -290,11 +290,11 @@ class _Session:
                 return
             if index in server.inject:
                 await self.send(server.inject[index])
-            if server.speed > 0 and not (server.split_at and server.split_at[0] == index):
+            split = server.split_at[1] if server.split_at and server.split_at[0] == index \
+                else None
+            if server.speed > 0 and split is None:
                 await self._send_due(base, loop.time())
             else:  # as fast as possible: one frame per turn of the loop, actions answered
-                split = server.split_at[1] if server.split_at and server.split_at[0] == index \
-                    else None
                 await self.send_event(frame.raw, split)
                 server._advance()
 
