@@ -115,8 +115,6 @@ class Service:
         self._ami_drained = asyncio.Event()  # the consumer has nothing queued
         self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
-        self._no_decision_pending = asyncio.Event()  # bookkeeping writes wait for it (a while)
-        self._no_decision_pending.set()
         self._last_call_ended = float("-inf")  # loop time of the last call handed over
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
         self._results_ready = asyncio.Event()
@@ -283,7 +281,6 @@ class Service:
         if records:
             self._ended.extend(records)
             self._ended_ready.set()
-            self._no_decision_pending.clear()
             self._last_call_ended = asyncio.get_running_loop().time()
 
     async def _decide_ended_calls(self) -> None:
@@ -301,12 +298,8 @@ class Service:
         """Decide every call handed over so far, after the batch being written, if any."""
         async with self._deciding:
             batch, self._ended = self._ended, []
-            try:
-                if batch:
-                    await self._decide_and_store(batch)
-            finally:
-                if not self._ended:
-                    self._no_decision_pending.set()
+            if batch:
+                await self._decide_and_store(batch)
 
     async def _decisions_first(self) -> None:
         """Let a storm's decisions go first (for at most BOOKKEEPING_DEFERRAL): its callers
@@ -314,9 +307,9 @@ class Service:
         receipts and housekeeping are bookkeeping; they keep in memory meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BOOKKEEPING_DEFERRAL
-        while loop.time() < deadline and not (
-                self._no_decision_pending.is_set()
-                and loop.time() - self._last_call_ended >= STORM_QUIET):
+        while loop.time() < deadline and (
+                self._ended or self._deciding.locked()
+                or loop.time() - self._last_call_ended < STORM_QUIET):
             await asyncio.sleep(STORM_QUIET / 2)
 
     async def _drain_ami_queue(self) -> None:

@@ -38,8 +38,7 @@ async def test_with_no_storm_bookkeeping_goes_at_once() -> None:
 async def test_bookkeeping_waits_until_no_call_has_ended_for_a_moment() -> None:
     daemon = quiet_service()
     daemon._hand_to_decider([ended_call("1.1")])
-    daemon._ended.clear()
-    daemon._no_decision_pending.set()  # decided already; the storm may go on
+    daemon._ended.clear()  # decided already; the storm may go on
 
     waited = await timed(daemon._decisions_first())
 
