@@ -14,7 +14,9 @@ loop is busy). So the crossings are batched: one wake-up byte while the thread h
 taken the jobs, the submits that fit the window written with one `sendall`, what the SMSC
 sends read in chunks and cut into PDUs here (smpplib parses each), the deliver_sm_resp of a
 read written together, and then (the SMSC answered first) what the read told handed to the
-event loop in one `call_soon_threadsafe`.
+event loop in one `call_soon_threadsafe`. The submit_sm themselves are written by
+`pdus.submit_sm` (smpplib's generic encoder cost about 90 µs per submit on this thread);
+smpplib builds the rest.
 
 Result outcomes and what the service does with them:
 
@@ -48,7 +50,7 @@ import structlog
 from smpplib import consts, exceptions, smpp
 from smpplib.client import Client
 
-from . import sms
+from . import pdus, sms
 from .config import SmppConfig
 
 log = structlog.get_logger("mcdaemon.smpp")
@@ -490,6 +492,7 @@ class _Link:
         """Write the submits the window and the rate allow now, all in one `sendall`."""
         transmitter = self.clients[0]
         source, ton, npi = source_numbering(self.config)
+        registered_delivery = 1 if self.config.registered_delivery else 0
         batch: list[bytes] = []
         while self.waiting and len(self.outstanding) < self.config.window:
             self._refill()
@@ -500,18 +503,22 @@ class _Link:
                 self.waiting.popleft()
                 continue
             part = job.sent
-            pdu = smpp.make_pdu(
-                "submit_sm", client=transmitter, source_addr_ton=ton, source_addr_npi=npi,
-                source_addr=source, dest_addr_ton=1, dest_addr_npi=1,
-                destination_addr=job.destination, short_message=job.encoded.parts[part],
-                data_coding=job.encoded.data_coding, esm_class=job.encoded.esm_class,
-                registered_delivery=1 if self.config.registered_delivery else 0)
-            batch.append(pdu.generate())
+            sequence = transmitter.next_sequence()  # shared with the PDUs smpplib builds
+            try:
+                batch.append(pdus.submit_sm(
+                    sequence, source=source, source_ton=ton, source_npi=npi,
+                    destination=job.destination, short_message=job.encoded.parts[part],
+                    data_coding=job.encoded.data_coding, esm_class=job.encoded.esm_class,
+                    registered_delivery=registered_delivery))
+            except ValueError as exc:  # an address SMPP cannot carry: no retry would help
+                self.waiting.popleft()
+                self.sender._finish(job, SubmitResult("permanent", detail=str(exc)))
+                continue
             self.tokens -= 1.0
             job.sent += 1
             job.ids.append(None)
-            self.outstanding[pdu.sequence] = (job, part,
-                                              time.monotonic() + self.config.response_timeout)
+            self.outstanding[sequence] = (job, part,
+                                          time.monotonic() + self.config.response_timeout)
             if job.sent == len(job.encoded.parts):
                 self.waiting.popleft()
         _write(transmitter, batch)

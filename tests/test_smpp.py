@@ -406,6 +406,18 @@ async def test_a_text_longer_than_max_parts_is_refused_without_reaching_the_smsc
         assert smsc.submit_pdus == 0
 
 
+async def test_a_destination_smpp_cannot_carry_is_permanent_and_never_sent() -> None:
+    async with TestSmsc(receipts=False) as smsc, sending(config(smsc)) as session:
+        too_long = await session.sender.submit("+" + "4" * 21, "Hi", reference=1)
+        after = await session.sender.submit("+447700900123", "Hi", reference=2)
+
+        assert too_long.outcome == "permanent"
+        assert "destination_addr has 21 characters" in too_long.detail
+        assert after.outcome == "submitted"
+        assert smsc.submit_pdus == 1
+        assert len(smsc.binds) == 1
+
+
 async def test_a_failed_part_fails_the_whole_text_with_its_status() -> None:
     async with TestSmsc(receipts=False) as smsc, sending(config(smsc)) as session:
         smsc.fail_next(ESME_RSYSERR)
