@@ -66,28 +66,20 @@ class AmiLoginRefused(Exception):
 
 
 class AmiEvent:
-    """One event as received. Its fields are read from the bytes when first asked for, by
-    the consumer, and only those asked for (`FrameFields`): the protocol only cuts frames, so
+    """One event as received. Its fields are a `FrameFields`, read from the bytes when first
+    asked for, by the consumer, and only those asked for: the protocol only cuts frames, so
     the event loop is never busy parsing a burst of events while a decision already made
     waits for its turn."""
 
-    __slots__ = ("_fields", "_raw", "at", "pbx")
+    __slots__ = ("at", "fields", "pbx")
 
-    def __init__(self, pbx: str, at: float, fields: Mapping[str, str] | None = None, *,
-                 raw: bytes = b"") -> None:
+    def __init__(self, pbx: str, at: float, fields: Mapping[str, str]) -> None:
         self.pbx = pbx
         self.at = at  # time.time() when the frame arrived
-        self._raw = raw
-        self._fields = fields
-
-    @property
-    def fields(self) -> Mapping[str, str]:
-        if self._fields is None:
-            self._fields = FrameFields(self._raw)
-        return self._fields
+        self.fields = fields
 
     def __repr__(self) -> str:
-        return f"AmiEvent({self.pbx!r}, {self.at!r}, {self.fields!r})"
+        return f"AmiEvent({self.pbx!r}, {self.at!r}, {dict(self.fields)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,7 +471,7 @@ class AmiConnection:
         """Queue an event unparsed, once its name (and a VarSet's variable) says it is wanted:
         a few bytes operations instead of parsing every line."""
         end = raw.find(b"\n")
-        event = raw[7:end].strip().decode("utf-8", errors="replace")
+        event = raw[7:end].rstrip(b"\r").decode("utf-8", errors="replace")  # as FrameFields'
         variable = ""
         if event == "VarSet":
             start = raw.find(b"\nVariable:")
@@ -488,7 +480,7 @@ class AmiConnection:
                 stop = raw.find(b"\n", start)
                 variable = raw[start:stop].strip().decode("utf-8", errors="replace")
         if self._wanted_event(event, variable):
-            self._out.put_nowait(AmiEvent(self.pbx, at, raw=raw))
+            self._out.put_nowait(AmiEvent(self.pbx, at, FrameFields(raw, event)))
 
     def _listing_done(self, listing: Any, at: float) -> None:
         listed = {message.get("Uniqueid", "") for message in listing.responses

@@ -265,16 +265,23 @@ class Service:
         the store: while one batch of decisions is being written, the calls that end meanwhile
         gather into the next (group commit), so under a storm the batches grow instead of the
         queue, and a quiet PBX still gets each call decided at once."""
+        queue = self._ami_queue
         while True:
-            item = await self._ami_queue.get()
+            item = await queue.get()
             self._ami_drained.clear()
-            self._hand_to_decider(await self._take(item))
             started = time.monotonic()
-            while not self._ami_queue.empty():
+            while True:
+                # an event (nearly every item) is tracked without a coroutine of its own
+                records = (self._track_event(item) if isinstance(item, AmiEvent)
+                           else await self._take(item))
+                if records:
+                    self._hand_to_decider(records)
+                if queue.empty():
+                    break
                 if time.monotonic() - started >= CONSUMER_SLICE:
                     await asyncio.sleep(0)  # let the decider's store work go on
                     started = time.monotonic()
-                self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
+                item = queue.get_nowait()
             self._ami_drained.set()
 
     def _hand_to_decider(self, records: list[CallRecord]) -> None:
@@ -322,17 +329,18 @@ class Service:
         if isinstance(item, AmiStatus):
             self.metrics.ami_connection_state(item.pbx, item.state)
             await self.store.set_status(f"ami:{item.pbx}", item.state, item.at)
-        else:
-            self._outreach.observe(item)
-        return self._track(item)
+            return self._track_status(item)
+        return self._track_event(item)
 
-    def _track(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
-        if isinstance(item, AmiEvent):
-            tracker = self._trackers[item.pbx]
-            records = tracker.feed(item.fields, item.at)
-            for caller in tracker.take_new_callers():
-                prepare_caller(caller, self.config)
-            return records
+    def _track_event(self, event: AmiEvent) -> list[CallRecord]:
+        self._outreach.observe(event)
+        tracker = self._trackers[event.pbx]
+        records = tracker.feed(event.fields, event.at)
+        for caller in tracker.take_new_callers():
+            prepare_caller(caller, self.config)
+        return records
+
+    def _track_status(self, item: AmiStatus) -> list[CallRecord]:
         log.info("AMI connection", pbx=item.pbx, state=item.state, detail=item.detail)
         if item.state == "connected":
             self._connected.add(item.pbx)

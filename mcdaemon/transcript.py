@@ -8,7 +8,6 @@ exactly as Asterisk sent it. `capture` writes this format; `replay` and `demo` r
 
 from __future__ import annotations
 
-import functools
 import re
 import shlex
 import time
@@ -90,17 +89,18 @@ class FrameFields(Mapping[str, str]):
 
     __slots__ = ("_all", "_found", "_raw")
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, event: str | None = None) -> None:
+        """`event`: the frame's `Event` field when the caller has already read it (it must
+        be what `get("Event")` would find)."""
         self._raw = raw
-        self._found: dict[str, str | None] = {}
+        self._found: dict[str, str | None] = {} if event is None else {"Event": event}
         self._all: dict[str, str] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
-        found = self._found
-        if key in found:
-            value = found[key]
-        else:
-            value = found[key] = self._find(key)
+        try:
+            value = self._found[key]
+        except KeyError:
+            value = self._found[key] = self._find(key)
         return default if value is None else value
 
     def __getitem__(self, key: str) -> str:
@@ -122,7 +122,7 @@ class FrameFields(Mapping[str, str]):
         return repr(self._parsed())
 
     def _find(self, key: str) -> str | None:
-        needles = _needles(key)
+        needles = _NEEDLES.get(key) or _needles(key)
         if needles is None or self._all is not None:
             return self._parsed().get(key)
         at_start, in_line = needles
@@ -146,11 +146,16 @@ class FrameFields(Mapping[str, str]):
         return self._all
 
 
-@functools.lru_cache(maxsize=256)
+#: the needles of the plain keys asked for so far (a dict: cheaper to ask than a cache)
+_NEEDLES: dict[str, tuple[bytes, bytes]] = {}
+
+
 def _needles(key: str) -> tuple[bytes, bytes] | None:
     """`Key:` at the frame's start and after a line end; None for what is no plain key."""
     if not key or not key.isascii() or not key.isprintable() or " " in key or ":" in key:
         return None
+    if len(_NEEDLES) < 256:  # the keys come from code: a bound, not a cache policy
+        _NEEDLES[key] = (key.encode() + b":", b"\n" + key.encode() + b":")
     return key.encode() + b":", b"\n" + key.encode() + b":"
 
 

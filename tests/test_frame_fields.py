@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import pytest
 
+from mcdaemon.ami import AmiConnection, AmiEvent, AmiStatus
+from mcdaemon.config import AmiConfig
 from mcdaemon.transcript import FrameFields, parse_frame, read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -66,3 +69,17 @@ def test_a_key_that_is_no_plain_word_is_looked_up_in_the_full_parse(key: str) ->
     assert FrameFields(raw).get(key) == parse_frame(raw).get(key)
     with pytest.raises(KeyError):
         FrameFields(raw)["Missing"]
+
+
+def test_the_event_name_the_adapter_reads_from_the_first_line_is_the_full_parse_s() -> None:
+    """The AMI adapter reads an event's name to choose it, and hands it to FrameFields."""
+    queue: asyncio.Queue[AmiEvent | AmiStatus] = asyncio.Queue()
+    connection = AmiConnection(AmiConfig(name="pbx"), queue)
+    frames = [frame.raw for path in sorted(FIXTURES.glob("*.ami"))
+              for frame in read_transcript(path).frames if frame.raw.startswith(b"Event: ")]
+    frames += [b"Event: Hangup \r\nUniqueid: 1\r\n\r\n", b"Event: \xc3\xab\r\n\r\n"]
+    for raw in frames:
+        connection._queue_event(raw, 0.0)
+        event = queue.get_nowait()
+        assert isinstance(event, AmiEvent)
+        assert event.fields.get("Event") == parse_frame(raw)["Event"], raw
