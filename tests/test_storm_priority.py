@@ -4,7 +4,9 @@ waits until no call has ended for a moment, and never longer than BOOKKEEPING_DE
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 from mcdaemon import service
 from mcdaemon.config import config_from_dict
@@ -63,3 +65,24 @@ async def test_bookkeeping_waits_no_longer_than_the_deferral_however_long_the_st
         storm.cancel()
 
     assert service.BOOKKEEPING_DEFERRAL * 0.9 <= waited < service.BOOKKEEPING_DEFERRAL + 0.2
+
+
+async def test_while_the_daemon_runs_the_smpp_thread_waits_less_for_the_interpreter(
+        tmp_path: Path) -> None:
+    """The switch interval is the longest the SMPP thread waits for the GIL the busy event
+    loop holds; it is the daemon's while it runs, and given back when it stops."""
+    config = config_from_dict({"region": "GB", "inbound": {"contexts": ["from-carrier"]},
+                               "store": {"path": str(tmp_path / "store.db")},
+                               "smpp": {"port": 1, "system_id": "u", "password": "p",
+                                        "source_addr": "Acme"}})
+    daemon = Service(config, install_signal_handlers=False)
+    before = sys.getswitchinterval()
+    running = asyncio.create_task(daemon.run())
+    while daemon._store is None:
+        await asyncio.sleep(0.01)
+    during = sys.getswitchinterval()
+    daemon.request_stop()
+    assert await asyncio.wait_for(running, 15) == 0
+
+    assert during == service.GIL_SWITCH_INTERVAL < before
+    assert sys.getswitchinterval() == before
