@@ -12,11 +12,12 @@ Under a storm the two threads share one GIL, and every system call a thread make
 wait for the GIL afterwards (up to the interpreter's switch interval, 5 ms, while the event
 loop is busy). So the crossings are batched: one wake-up byte while the thread has not yet
 taken the jobs, the submits that fit the window written with one `sendall`, what the SMSC
-sends read in chunks and cut into PDUs here (smpplib parses each), the deliver_sm_resp of a
-read written together, and then (the SMSC answered first) what the read told handed to the
-event loop in one `call_soon_threadsafe`. The submit_sm themselves are written by
-`pdus.submit_sm` (smpplib's generic encoder cost about 90 µs per submit on this thread);
-smpplib builds the rest.
+sends read in chunks and cut into PDUs here, the deliver_sm_resp of a read written together,
+and then (the SMSC answered first) what the read told handed to the event loop in one
+`call_soon_threadsafe`. And the thread's own work per text is kept small: the PDUs of a
+storm are written and read by hand (`pdus`: a submit_sm, its submit_sm_resp or
+generic_nack, a deliver_sm's header and its deliver_sm_resp; smpplib's generic machinery
+cost about 120 µs per text on this thread); smpplib builds and parses the rest.
 
 Result outcomes and what the service does with them:
 
@@ -573,6 +574,9 @@ class _Link:
                 _write(client, answers)
 
     def _handle_buffered(self, client: Client, buffer: bytearray, answers: list[bytes]) -> bool:
+        """Handle the whole PDUs in `buffer`. A storm's PDUs (submit_sm_resp, generic_nack,
+        deliver_sm) are told apart by their header and answered without smpplib; it parses
+        the rest."""
         while len(buffer) >= 4:
             length = int.from_bytes(buffer[:4], "big")
             if length < 16 or length > _MAX_PDU:
@@ -581,22 +585,28 @@ class _Link:
                 break
             raw = bytes(buffer[:length])
             del buffer[:length]
-            try:
-                pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
-            except exceptions.UnknownCommandError as exc:  # cut whole, so the framing holds
-                log.warning("SMSC sent a PDU smpplib does not know: ignored", error=str(exc))
-                continue
-            if not self._handle(client, pdu, answers):
-                return False
+            command_id, status, sequence = pdus.header(raw)
+            if command_id == pdus.SUBMIT_SM_RESP:
+                self._submit_answered(sequence, status, pdus.message_id(raw))
+            elif command_id == pdus.GENERIC_NACK:
+                self._submit_answered(sequence, status, "", nack=True)
+            elif command_id == pdus.DELIVER_SM:
+                answers.append(pdus.deliver_sm_resp(sequence))
+                self._delivered(client, raw, time.time())
+            else:
+                try:
+                    pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
+                except exceptions.UnknownCommandError as exc:  # cut whole: the framing holds
+                    log.warning("SMSC sent a PDU smpplib does not know: ignored",
+                                error=str(exc))
+                    continue
+                if not self._handle(client, pdu):
+                    return False
         return True
 
-    def _handle(self, client: Client, pdu: Any, answers: list[bytes]) -> bool:
+    def _handle(self, client: Client, pdu: Any) -> bool:
         command = pdu.command
-        if command == "submit_sm_resp":
-            self._submit_answered(pdu)
-        elif command == "deliver_sm":
-            self._delivered(client, pdu, answers)
-        elif command == "enquire_link":
+        if command == "enquire_link":
             answer = smpp.make_pdu("enquire_link_resp", client=client)
             answer.sequence = pdu.sequence
             client.send_pdu(answer)
@@ -608,17 +618,16 @@ class _Link:
             with contextlib.suppress(Exception):
                 client.send_pdu(answer)
             return False
-        elif command == "generic_nack":
-            self._submit_answered(pdu)
         return True
 
-    def _submit_answered(self, pdu: Any) -> None:
-        entry = self.outstanding.pop(pdu.sequence, None)
+    def _submit_answered(self, sequence: int, status: int, message_id: str, *,
+                         nack: bool = False) -> None:
+        """Settle the submit_sm `sequence` from its submit_sm_resp (or generic_nack)."""
+        entry = self.outstanding.pop(sequence, None)
         if entry is None:
             return  # late answer to a submit that already timed out
         job, part, deadline = entry
-        status = int(pdu.status or 0)
-        if status:
+        if status or nack:
             if status in (ESME_RTHROTTLED, ESME_RMSGQFUL):
                 self.sender._throttled(sent_at=deadline - self.config.response_timeout)
                 outcome = "throttled"
@@ -627,13 +636,11 @@ class _Link:
             else:
                 outcome = "temporary"
             self._drop_waiting(job)
-            self.sender._finish(job, SubmitResult(outcome, status=status,
-                                                  detail=status_name(status)))
+            self.sender._finish(job, SubmitResult(
+                outcome, status=status,
+                detail=status_name(status) if status else "generic_nack without a status"))
             return
-        message_id = pdu.message_id
-        if isinstance(message_id, bytes):
-            message_id = message_id.decode("ascii", errors="replace")
-        job.ids[part] = str(message_id or "").strip("\0 ")
+        job.ids[part] = message_id.strip("\0 ")
         job.answered += 1
         if job.answered == len(job.encoded.parts):
             self.sender._finish(job, SubmitResult(
@@ -643,11 +650,15 @@ class _Link:
         with contextlib.suppress(ValueError):
             self.waiting.remove(job)
 
-    def _delivered(self, client: Client, pdu: Any, answers: list[bytes]) -> None:
-        answer = smpp.make_pdu("deliver_sm_resp", client=client)
-        answer.sequence = pdu.sequence
-        answers.append(answer.generate())
-        now = time.time()
+    def _delivered(self, client: Client, raw: bytes, now: float) -> None:
+        """Emit what a deliver_sm (already answered) tells: a receipt or a reply."""
+        try:
+            pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
+        except Exception as exc:  # answered already: the SMSC will not send it again
+            _, _, sequence = pdus.header(raw)
+            log.warning("deliver_sm smpplib cannot parse: skipped", sequence=sequence,
+                        length=len(raw), error=type(exc).__name__)
+            return
         try:
             payload = pdu.short_message or getattr(pdu, "message_payload", None) or b""
             if isinstance(payload, str):

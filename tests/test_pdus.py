@@ -11,7 +11,7 @@ import string
 from typing import Any
 
 import pytest
-from smpplib import smpp
+from smpplib import command_codes, smpp
 from smpplib.client import Client
 
 from mcdaemon import pdus, sms
@@ -131,3 +131,72 @@ def test_what_smpp_cannot_carry_is_refused_rather_than_sent(
 def test_a_sequence_number_outside_smpps_range_is_refused(sequence: int) -> None:
     with pytest.raises(ValueError, match="sequence number"):
         pdus.submit_sm(sequence, **fields())
+
+
+# ---------------------------------------------------------------- what the SMSC sends
+
+
+@pytest.mark.parametrize("sequence", [1, 2, 0x1234, 0xFFFF, 0x10000, pdus.MAX_SEQUENCE])
+def test_a_deliver_sm_resp_is_the_one_smpplib_writes(sequence: int) -> None:
+    answer = smpp.make_pdu("deliver_sm_resp", client=SMPPLIB)
+    answer.sequence = sequence
+
+    assert pdus.deliver_sm_resp(sequence) == answer.generate()
+
+
+def smpplib_submit_sm_resp(sequence: int, status: int, message_id: str | None) -> bytes:
+    answer = smpp.make_pdu("submit_sm_resp", client=SMPPLIB, message_id=message_id,
+                           status=status)
+    answer.sequence = sequence
+    generated: bytes = answer.generate()
+    return generated
+
+
+@pytest.mark.parametrize(("sequence", "status", "message_id"), [
+    (1, 0, "1a2b"),  # hex, as most SMSCs write it
+    (2, 0, "4711"),  # decimal
+    (3, 0, "8c1d7a4e-5b8f-4d6a-9e0e-3f4d2a1b0c9d"),  # Jasmin's UUIDs
+    (4, 0, "0" * 64),  # the longest SMPP allows
+    (pdus.MAX_SEQUENCE, 0x58, None),  # ESME_RTHROTTLED: an empty message_id
+    (5, 0x0B, ""),
+])
+def test_a_submit_sm_resp_is_read_as_smpplib_reads_it(
+        sequence: int, status: int, message_id: str | None) -> None:
+    raw = smpplib_submit_sm_resp(sequence, status, message_id)
+    parsed = smpp.parse_pdu(raw, client=SMPPLIB)
+
+    assert pdus.header(raw) == (pdus.SUBMIT_SM_RESP, parsed.status, parsed.sequence)
+    assert pdus.message_id(raw) == (parsed.message_id or b"").decode("ascii")
+
+
+def test_a_submit_sm_resp_without_a_body_has_an_empty_message_id() -> None:
+    refused = pdus.HEADER.pack(16, pdus.SUBMIT_SM_RESP, 0x58, 9)  # as some SMSCs refuse
+
+    assert pdus.header(refused) == (pdus.SUBMIT_SM_RESP, 0x58, 9)
+    assert pdus.message_id(refused) == ""
+
+
+def test_a_message_id_missing_its_nul_is_taken_whole() -> None:
+    sloppy = pdus.HEADER.pack(20, pdus.SUBMIT_SM_RESP, 0, 9) + b"1a2b"
+
+    assert pdus.message_id(sloppy) == "1a2b"
+
+
+@pytest.mark.parametrize("command", ["generic_nack", "deliver_sm", "enquire_link", "unbind"])
+def test_the_header_is_read_as_smpplib_reads_it(command: str) -> None:
+    pdu = smpp.make_pdu(command, client=SMPPLIB, status=0x03 if command == "generic_nack" else 0)
+    pdu.sequence = 0x01020304
+    raw = pdu.generate()
+    parsed = smpp.parse_pdu(raw, client=SMPPLIB, allow_unknown_opt_params=True)
+
+    command_id, status, sequence = pdus.header(raw)
+    assert command_codes.get_command_name(command_id) == parsed.command == command
+    assert (status, sequence) == (parsed.status, parsed.sequence) == (pdu.status, 0x01020304)
+
+
+def test_the_command_ids_are_smpplibs() -> None:
+    ours = {"submit_sm": pdus.SUBMIT_SM, "deliver_sm": pdus.DELIVER_SM,
+            "generic_nack": pdus.GENERIC_NACK, "submit_sm_resp": pdus.SUBMIT_SM_RESP,
+            "deliver_sm_resp": pdus.DELIVER_SM_RESP}
+    for name, command_id in ours.items():
+        assert command_codes.get_command_code(name) == command_id, name

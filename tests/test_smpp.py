@@ -7,6 +7,7 @@ conversation between two independent SMPP implementations.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from mcdaemon.smpp import (
     source_numbering,
     status_name,
 )
-from mcdaemon.smsc import ESME_RTHROTTLED, TestSmsc
+from mcdaemon.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu
 
 Event = DeliveryReceipt | MobileOriginated | BindState
 E = TypeVar("E", DeliveryReceipt, MobileOriginated, BindState)
@@ -396,6 +397,32 @@ async def test_other_error_statuses_are_temporary() -> None:
         assert status_name(ESME_RSYSERR) in result.detail
 
 
+class NackingSmsc(TestSmsc):
+    """Answers every submit_sm with a generic_nack, as an SMSC does with a PDU it cannot read."""
+
+    nack_status = 0x03  # ESME_RINVCMDID
+
+    async def _submit(self, client: Any, sequence: int, body: bytes) -> None:
+        self.submit_pdus += 1
+        client.writer.write(pdu(GENERIC_NACK, sequence, status=self.nack_status))
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (0x03, "temporary"),  # ESME_RINVCMDID
+    (0x01, "permanent"),  # ESME_RINVMSGLEN
+    (ESME_RTHROTTLED, "throttled"),
+    (0x00, "temporary"),  # no status at all: still not an acceptance
+])
+async def test_a_generic_nack_settles_the_submit_by_its_status(status: int, outcome: str
+                                                               ) -> None:
+    async with NackingSmsc() as smsc, sending(config(smsc)) as session:
+        smsc.nack_status = status
+        result = await asyncio.wait_for(
+            session.sender.submit("+447700900123", "Hi", reference=1), WAIT)
+
+        assert (result.outcome, result.status, result.smsc_ids) == (outcome, status, ())
+        assert session.sender.state == "bound" and len(smsc.binds) == 1
+
 async def test_a_text_longer_than_max_parts_is_refused_without_reaching_the_smsc() -> None:
     async with TestSmsc() as smsc, sending(config(smsc, max_parts=2)) as session:
         too_long = await session.sender.submit("+447700900123", "w" * 400, reference=1)
@@ -512,6 +539,31 @@ async def test_a_pdu_smpplib_does_not_know_is_skipped_and_the_link_stays_up() ->
         assert session.sender.state == "bound"
         assert len(smsc.binds) == 1
 
+
+def deliver_sm_body(text: bytes, tlvs: bytes = b"") -> bytes:
+    """A reply from 447700900123 to Acme, written by hand."""
+    return (b"\0" + bytes((1, 1)) + b"447700900123\0" + bytes((5, 0)) + b"Acme\0"
+            + bytes((0, 0, 0)) + b"\0\0" + bytes((0, 0, 0, 0, len(text))) + text + tlvs)
+
+
+@pytest.mark.parametrize("tlvs", [
+    b"\x05",  # a TLV torn after one octet
+    struct.pack(">HHB", 0x0501, 1, 0),  # ussd_service_op: smpplib knows it, not in a deliver_sm
+], ids=["torn TLV", "TLV of another command"])
+async def test_a_deliver_sm_smpplib_cannot_parse_is_answered_skipped_and_the_link_stays_up(
+        tlvs: bytes) -> None:
+    async with TestSmsc() as smsc, sending(config(smsc)) as session:
+        with capture_logs() as logs:
+            await smsc.send_to_all(DELIVER_SM, deliver_sm_body(b"my private reply", tlvs))
+            await smsc.send_mo("+447700900123", "STOP")
+            mo = await session.next(MobileOriginated)
+            await smsc.wait_until(lambda: smsc.deliver_sm_answered == 2)
+
+        assert mo.text == "STOP"
+        assert session.sender.state == "bound" and len(smsc.binds) == 1
+        [skipped] = [entry for entry in logs if "cannot parse" in entry["event"]]
+        assert skipped["log_level"] == "warning"
+        assert "private" not in str(logs) and "447700900123" not in str(logs)
 
 async def test_keepalive_enquire_links_are_sent() -> None:
     async with TestSmsc() as smsc, sending(config(smsc, enquire_link=0.1)):
