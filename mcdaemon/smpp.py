@@ -19,6 +19,12 @@ storm are written and read by hand (`pdus`: a submit_sm, its submit_sm_resp or
 generic_nack, a deliver_sm's header and its deliver_sm_resp; smpplib's generic machinery
 cost about 120 µs per text on this thread); smpplib builds and parses the rest.
 
+A deliver_sm is answered at once, from its header, but what it says (a receipt, a reply) is
+bookkeeping: while submits are outstanding or waiting, the link keeps the raw PDUs and
+parses and handles them (with smpplib, ~95 µs each) once nothing is outstanding or waiting,
+or once the oldest has waited DELIVER_DEFERRAL, whichever comes first. The SMSC will not
+send them again, so whatever is kept is handled before the link goes, however it goes.
+
 Result outcomes and what the service does with them:
 
     submitted   all parts accepted; their message ids come back, one per part
@@ -79,6 +85,11 @@ _TEXT_FIELD = re.compile(r"\btext\s*:(.*)\Z", re.IGNORECASE | re.DOTALL)
 _POLL = 0.5  # the longest the thread sleeps when nothing happens
 _READ_CHUNK = 65536
 _MAX_PDU = 65536  # bytes; anything longer means the stream is out of step
+#: the longest a deliver_sm's content (a receipt, a reply: bookkeeping) is kept unparsed while
+#: submits are outstanding or waiting, so that in a storm the thread's share of the GIL goes
+#: to the submits (parsing a receipt with smpplib costs ~95 µs). The same bound as the
+#: service's BOOKKEEPING_DEFERRAL, which keeps receipts for the decisions in the same way.
+DELIVER_DEFERRAL = 0.5  # seconds
 THROTTLE_BACKOFF = 10.0  # seconds at a reduced rate after ESME_RTHROTTLED / ESME_RMSGQFUL
 MIN_RATE = 0.2  # submits per second, however often the SMSC throttles
 
@@ -383,8 +394,22 @@ class _BindRefused(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _KeptDelivery:
+    """A deliver_sm answered, its content (receipt or reply) left for later: see _Link."""
+
+    raw: bytes
+    client: Client
+    at: float  # wall-clock time it arrived: the time of its receipt or reply
+    due: float  # monotonic time by which it is handled, storm or not
+
+
 class _Link:
-    """One bound session (one or two smpplib clients) until it drops."""
+    """One bound session (one or two smpplib clients) until it drops.
+
+    The deliver_sm it gets are answered at once and kept (`kept`); their content is handled
+    when nothing is outstanding or waiting, or DELIVER_DEFERRAL after the oldest came, and
+    in any case before `serve` returns."""
 
     def __init__(self, sender: SmppSender) -> None:
         self.sender = sender
@@ -397,6 +422,7 @@ class _Link:
         self.enquire_due = time.monotonic() + self.config.enquire_link
         self.enquire_pending: dict[int, float] = {}  # seq -> deadline
         self.buffers: dict[int, bytearray] = {}  # id(client) -> bytes of a PDU not yet whole
+        self.kept: deque[_KeptDelivery] = deque()  # deliver_sm answered, not yet handled
 
     def _client(self) -> Client:
         client = Client(self.config.host, self.config.port,
@@ -441,6 +467,9 @@ class _Link:
             while not self.sender._stopping.is_set():
                 self._take_jobs()
                 self._send_due()
+                if self.kept and (not (self.outstanding or self.waiting)
+                                  or time.monotonic() >= self.kept[0].due):
+                    self._handle_kept()
                 timeout = self._housekeeping()
                 if timeout is None:
                     reason = "no answer to enquire_link: the link is dead"
@@ -463,6 +492,7 @@ class _Link:
         except Exception as exc:  # a bug or a PDU nobody foresaw: rebind rather than die
             log.exception("SMPP link failed unexpectedly")
             reason = f"unexpected error ({exc!r})"
+        self._handle_kept()  # answered already: the SMSC will not send them again
         if self.sender._stopping.is_set():
             self._unbind()
         self._fail_all("unbound", reason)
@@ -546,6 +576,8 @@ class _Link:
             self.enquire_due = now + self.config.enquire_link
         waits = [self.enquire_due - now, _POLL]
         waits += [deadline - now for _, _, deadline in self.outstanding.values()]
+        if self.kept:
+            waits.append(self.kept[0].due - now)
         if self.waiting and len(self.outstanding) < self.config.window:
             rate = self._refill()
             waits.append(max(0.0, (1.0 - self.tokens) / rate))
@@ -592,7 +624,8 @@ class _Link:
                 self._submit_answered(sequence, status, "", nack=True)
             elif command_id == pdus.DELIVER_SM:
                 answers.append(pdus.deliver_sm_resp(sequence))
-                self._delivered(client, raw, time.time())
+                self.kept.append(_KeptDelivery(raw, client, time.time(),
+                                               time.monotonic() + DELIVER_DEFERRAL))
             else:
                 try:
                     pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
@@ -649,6 +682,13 @@ class _Link:
     def _drop_waiting(self, job: _Job) -> None:
         with contextlib.suppress(ValueError):
             self.waiting.remove(job)
+
+    def _handle_kept(self) -> None:
+        """Handle the deliver_sm kept so far; what they tell goes to the loop in one call."""
+        with self.sender._holding_results():
+            while self.kept:
+                kept = self.kept.popleft()
+                self._delivered(kept.client, kept.raw, kept.at)
 
     def _delivered(self, client: Client, raw: bytes, now: float) -> None:
         """Emit what a deliver_sm (already answered) tells: a receipt or a reply."""

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from mcdaemon.config import SmppConfig
 from mcdaemon.smpp import (
+    DELIVER_DEFERRAL,
     BindState,
     DeliveryReceipt,
     MobileOriginated,
@@ -306,6 +307,98 @@ def test_receipt_id_candidates_cover_both_bases(given: str, expected: tuple[str,
     candidates = receipt_id_candidates(given)
     assert candidates[0] == expected[0]
     assert set(candidates) == set(expected)
+
+
+# ---------------------------------------------------------------- receipts wait for submits
+
+
+async def test_with_nothing_outstanding_a_reply_is_handed_over_at_once() -> None:
+    async with TestSmsc() as smsc, sending(config(smsc)) as session:
+        sent = time.monotonic()
+        await smsc.send_mo("+447700900123", "STOP")
+        await session.next(MobileOriginated)
+
+        assert time.monotonic() - sent < DELIVER_DEFERRAL / 2
+
+
+async def test_a_receipt_during_a_submit_is_answered_at_once_and_handled_after_it() -> None:
+    async with TestSmsc(response_delay=0.3, receipts=False) as smsc, \
+            sending(config(smsc)) as session:
+        submitting = asyncio.create_task(session.sender.submit("+447700900123", "Hi",
+                                                               reference=1))
+        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        await smsc.send_receipt("abc")
+        sent = time.monotonic()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
+        answered_at = time.time()
+
+        assert not submitting.done()  # the SMSC had its answer while the submit was out
+        receipt = await session.next(DeliveryReceipt)
+        assert submitting.done()  # ... and the loop the receipt only once it was settled
+        assert (await submitting).outcome == "submitted"
+        assert time.monotonic() - sent >= 0.2  # the SMSC answers the submit 0.3 s after it
+        assert receipt.smsc_id == "abc"
+        assert receipt.at <= answered_at  # the time it came, not the time it was handled
+
+
+async def test_a_receipt_waits_at_most_deliver_deferral_for_a_busy_window() -> None:
+    async with TestSmsc(response_delay=3.0, receipts=False) as smsc, \
+            sending(config(smsc, response_timeout=5.0)) as session:
+        submitting = asyncio.create_task(session.sender.submit("+447700900123", "Hi",
+                                                               reference=1))
+        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        await smsc.send_receipt("abc")
+        sent = time.monotonic()
+        receipt = await session.next(DeliveryReceipt)
+        waited = time.monotonic() - sent
+
+        assert receipt.smsc_id == "abc"
+        assert not submitting.done()
+        assert DELIVER_DEFERRAL - 0.1 <= waited < DELIVER_DEFERRAL + 0.4
+        submitting.cancel()
+
+
+async def test_a_receipt_kept_when_the_link_drops_is_still_handed_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mcdaemon.smpp.DELIVER_DEFERRAL", 30.0)  # only the drop releases it
+    async with TestSmsc(receipts=False) as smsc, \
+            sending(config(smsc, response_timeout=5.0)) as session:
+        smsc.ignore_next(1)
+        unanswered = asyncio.create_task(session.sender.submit("+447700900123", "Hi",
+                                                               reference=1))
+        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        await smsc.send_receipt("abc")
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
+        smsc.drop_after(0)  # the next submit makes the SMSC close the connection
+        dropped = await session.sender.submit("+447700900124", "Hi", reference=2)
+
+        seen: list[Event] = []
+        while not (seen and isinstance(seen[-1], BindState) and seen[-1].state == "down"):
+            seen.append(await asyncio.wait_for(session.events.get(), WAIT))
+        assert [event.smsc_id for event in seen if isinstance(event, DeliveryReceipt)] == [
+            "abc"]
+        assert (await unanswered).outcome == dropped.outcome == "unbound"
+
+
+async def test_a_reply_kept_when_the_sender_stops_is_still_handed_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mcdaemon.smpp.DELIVER_DEFERRAL", 30.0)  # only the stop releases it
+    async with TestSmsc(receipts=False) as smsc:
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        sender = SmppSender(config(smsc, response_timeout=30.0), events)
+        await sender.start()
+        await Session(sender, events).bound()
+        smsc.ignore_next(1)
+        pending = asyncio.create_task(sender.submit("+447700900123", "Hi", reference=1))
+        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        await smsc.send_mo("+447700900123", "STOP")
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
+
+        await asyncio.wait_for(sender.stop(timeout=0.2), 3.0)
+        reply = await Session(sender, events).next(MobileOriginated)
+
+        assert (reply.source, reply.text) == ("+447700900123", "STOP")
+        assert (await pending).outcome == "unbound"
 
 
 # ---------------------------------------------------------------- window and rate
