@@ -122,6 +122,9 @@ class Service:
         self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
         self._last_call_ended = float("-inf")  # loop time of the last call handed over
+        #: decisions stored, not yet logged and counted (bookkeeping, after a storm)
+        self._unreported: list[tuple[NewCall, int | None]] = []
+        self._unreported_ready = asyncio.Event()
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
         self._results_ready = asyncio.Event()
         self._connected: set[str] = set()
@@ -180,6 +183,7 @@ class Service:
         workers += [
             asyncio.create_task(self._consume_ami(), name="tracker"),
             asyncio.create_task(self._decide_ended_calls(), name="decider"),
+            asyncio.create_task(self._report_decisions(), name="decision reports"),
             asyncio.create_task(self._dispatch(), name="dispatcher"),
             asyncio.create_task(self._write_results(), name="results"),
             asyncio.create_task(self._consume_smpp(), name="receipts"),
@@ -212,6 +216,7 @@ class Service:
         # the calls already decided are in the store; drain what the tracker has queued
         log.debug("shutdown: AMI closed")
         await self._drain_ami_queue()
+        self._report_decided()
         # the dispatcher claims nothing more once _stop is set; what it claimed is sent
         # within a few seconds, or handed back unsent when the sender stops (a submit out
         # and unanswered then is recorded as a duplicate risk)
@@ -416,17 +421,34 @@ class Service:
         self.metrics.text_transition("queued", sum(1 for message_id in message_ids
                                                    if message_id is not None))
         self._start_sending(claimed)
+        if self._on_decision is not None:
+            for call in decided:
+                self._on_decision(call.record, call.decision)
+        # the log line and metrics of each decision are bookkeeping: they wait for the
+        # storm's other decisions (`_report_decisions`)
+        self._unreported.extend(zip(decided, message_ids, strict=True))
+        self._unreported_ready.set()
         if claimed:
             await asyncio.sleep(0)  # the texts reach the sender before the bookkeeping below
-        for call, message_id in zip(decided, message_ids, strict=True):
-            self._log_decision(call.record, call.decision, message_id)
-            self.metrics.call_decided(call.record, call.decision)
-            if self._on_decision is not None:
-                self._on_decision(call.record, call.decision)
         if sum(message_id is not None for message_id in message_ids) > len(claimed):
             self._texts_queued()  # texts deferred, or beyond the window: queued
         await self._notify.calls_decided(decided, message_ids)
         await self._outreach.calls_decided(self.store, decided)
+
+    async def _report_decisions(self) -> None:
+        while True:
+            await self._unreported_ready.wait()
+            await self._decisions_first()
+            self._unreported_ready.clear()
+            self._report_decided()
+
+    def _report_decided(self) -> None:
+        """Log and count the decisions made so far; before their texts' results, and at a
+        stop, whatever the storm."""
+        unreported, self._unreported = self._unreported, []
+        for call, message_id in unreported:
+            self._log_decision(call.record, call.decision, message_id)
+            self.metrics.call_decided(call.record, call.decision)
 
     def _texts_queued(self) -> None:
         """Texts are due that nobody claimed: the dispatcher claims them (and, while it
@@ -524,6 +546,7 @@ class Service:
 
     async def _flush_results(self) -> None:
         """Store every submit result gathered so far in one transaction, then log each."""
+        self._report_decided()  # a text's "call decided" line comes before its result's
         batch, self._results = self._results, []
         if not batch:
             return

@@ -8,10 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+from structlog.testing import capture_logs
+
 from mcdaemon import service
 from mcdaemon.config import config_from_dict
-from mcdaemon.records import CallRecord, Outcome
+from mcdaemon.records import CallRecord, Decision, Outcome
 from mcdaemon.service import Service
+from mcdaemon.store import NewCall
 
 
 def quiet_service() -> Service:
@@ -86,3 +89,31 @@ async def test_while_the_daemon_runs_the_smpp_thread_waits_less_for_the_interpre
 
     assert during == service.GIL_SWITCH_INTERVAL < before
     assert sys.getswitchinterval() == before
+
+
+async def test_decisions_are_logged_once_the_storm_is_over_and_at_once_at_a_stop() -> None:
+    """A decision's log line and metrics are bookkeeping: during a storm they wait with the
+    rest, so the next calls' events are read first; nothing is lost at a stop."""
+    daemon = quiet_service()
+    decided = NewCall(ended_call("1.1"), Decision(False, "not_mobile", group="default"))
+    daemon._hand_to_decider([ended_call("1.2")])  # a storm is going on
+    daemon._ended.clear()
+    reports = asyncio.create_task(daemon._report_decisions())
+    try:
+        with capture_logs() as logged:
+            daemon._unreported.append((decided, None))
+            daemon._unreported_ready.set()
+            await asyncio.sleep(service.STORM_QUIET / 4)
+            during_the_storm = [line for line in logged if line["event"] == "call decided"]
+            await asyncio.sleep(service.STORM_QUIET * 2)
+            after_it = [line for line in logged if line["event"] == "call decided"]
+    finally:
+        reports.cancel()
+
+    assert during_the_storm == []
+    assert [(line["call_id"], line["reason"]) for line in after_it] == [("1.1", "not_mobile")]
+
+    daemon._unreported.append((NewCall(ended_call("1.3"), Decision(False, "cooldown")), None))
+    with capture_logs() as logged:
+        daemon._report_decided()  # as the stop does
+    assert [line["call_id"] for line in logged if line["event"] == "call decided"] == ["1.3"]
