@@ -30,7 +30,8 @@ Result outcomes and what the service does with them:
     submitted   all parts accepted; their message ids come back, one per part
     throttled   ESME_RTHROTTLED / ESME_RMSGQFUL: retried later; the sender halves its rate
     temporary   any other error status: retried with backoff
-    permanent   PERMANENT_STATUSES (bad destination, bad source, bad length...): never retried
+    permanent   PERMANENT_STATUSES (bad destination, bad source, bad length...), or an
+                address SMPP cannot carry (refused by pdus.submit_sm, never sent): not retried
     timeout     no submit_sm_resp within smpp.response_timeout: retried, as a duplicate risk
     unbound     not bound, or the link dropped with the submit in flight: retried (as a
                 duplicate risk when its submit_sm had gone out unanswered: `in_doubt`)
