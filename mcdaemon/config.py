@@ -602,6 +602,10 @@ def _read_smpp(section: Section) -> SmppConfig:
             len(smpp.source_addr) > 11:
         section.error("source_addr", f"alphanumeric sender ids have at most 11 characters; "
                                      f"{smpp.source_addr!r} has {len(smpp.source_addr)}")
+    digits = smpp.source_addr.lstrip("+")
+    if digits.isdigit() and len(digits) > 20:
+        section.error("source_addr", f"{len(digits)} digits; SMPP 3.4 carries at most 20 "
+                                     "(an E.164 number has at most 15)")
     section.done()
     return smpp
 

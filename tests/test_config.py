@@ -169,6 +169,10 @@ def test_reload_refuses_a_new_database_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("data", "fragment"), [
     ({"smpp": {"system_id": "x", "password": "123456789", "source_addr": "A"}},
      "smpp.password: 9 characters"),
+    ({"smpp": {"system_id": "x", "password": "p", "source_addr": "+" + "4" * 21}},
+     "smpp.source_addr: 21 digits; SMPP 3.4 carries at most 20"),
+    ({"smpp": {"system_id": "x", "password": "p", "source_addr": "Acme Widgets"}},
+     "smpp.source_addr: alphanumeric sender ids have at most 11 characters"),
     ({"policy": {"max_parts": 4}}, "policy.max_parts: 4 is more than smpp.max_parts (3)"),
     ({"policy": {"allowed_countries": ["UK"]}}, "policy.allowed_countries: 'UK'"),
     ({"policy": {"caps": {"per_hour": 50, "per_day": 10}}}, "policy.caps.per_day"),
