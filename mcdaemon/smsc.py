@@ -242,7 +242,8 @@ class TestSmsc:
 
     async def _deliver(self, body: bytes) -> None:
         for client in self._clients:
-            if client.mode in (BIND_RECEIVER, BIND_TRANSCEIVER):
+            if client.mode in (BIND_RECEIVER, BIND_TRANSCEIVER) \
+                    and not client.writer.is_closing():  # a receipt due after the unbind
                 client.writer.write(pdu(DELIVER_SM, next(self._sequence), body))
                 with contextlib.suppress(ConnectionError):
                     await client.writer.drain()
