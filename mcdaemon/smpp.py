@@ -22,8 +22,9 @@ cost about 120 µs per text on this thread); smpplib builds and parses the rest.
 
 A deliver_sm is answered at once, from its header, but what it says (a receipt, a reply) is
 bookkeeping: while submits are outstanding or waiting, the link keeps the raw PDUs and
-parses and handles them (with smpplib, ~95 µs each) once nothing is outstanding or waiting,
-or once the oldest has waited DELIVER_DEFERRAL, whichever comes first. The SMSC will not
+parses and handles them (with smpplib, ~95 µs each) once nothing has been outstanding or
+waiting for DELIVER_QUIET, or once the oldest has waited DELIVER_DEFERRAL, whichever comes
+first. The SMSC will not
 send them again, so whatever is kept is handled before the link goes, however it goes.
 
 Result outcomes and what the service does with them:
@@ -92,6 +93,9 @@ _MAX_PDU = 65536  # bytes; anything longer means the stream is out of step
 #: to the submits (parsing a receipt with smpplib costs ~95 µs). The same bound as the
 #: service's BOOKKEEPING_DEFERRAL, which keeps receipts for the decisions in the same way.
 DELIVER_DEFERRAL = 0.5  # seconds
+#: ... and before that, how long nothing must have been outstanding or waiting: between two
+#: batches of a storm's decisions the window empties for a moment, which is no pause
+DELIVER_QUIET = 0.05  # seconds
 THROTTLE_BACKOFF = 10.0  # seconds at a reduced rate after ESME_RTHROTTLED / ESME_RMSGQFUL
 MIN_RATE = 0.2  # submits per second, however often the SMSC throttles
 
@@ -410,8 +414,8 @@ class _Link:
     """One bound session (one or two smpplib clients) until it drops.
 
     The deliver_sm it gets are answered at once and kept (`kept`); their content is handled
-    when nothing is outstanding or waiting, or DELIVER_DEFERRAL after the oldest came, and
-    in any case before `serve` returns."""
+    once nothing has been outstanding or waiting for DELIVER_QUIET, or DELIVER_DEFERRAL after
+    the oldest came, and in any case before `serve` returns."""
 
     def __init__(self, sender: SmppSender) -> None:
         self.sender = sender
@@ -425,6 +429,7 @@ class _Link:
         self.enquire_pending: dict[int, float] = {}  # seq -> deadline
         self.buffers: dict[int, bytearray] = {}  # id(client) -> bytes of a PDU not yet whole
         self.kept: deque[_KeptDelivery] = deque()  # deliver_sm answered, not yet handled
+        self.last_busy = float("-inf")  # monotonic: when submits were last out or waiting
 
     def _client(self) -> Client:
         client = Client(self.config.host, self.config.port,
@@ -469,8 +474,11 @@ class _Link:
             while not self.sender._stopping.is_set():
                 self._take_jobs()
                 self._send_due()
-                if self.kept and (not (self.outstanding or self.waiting)
-                                  or time.monotonic() >= self.kept[0].due):
+                now = time.monotonic()
+                if self.outstanding or self.waiting:
+                    self.last_busy = now
+                if self.kept and (now - self.last_busy >= DELIVER_QUIET
+                                  or now >= self.kept[0].due):
                     self._handle_kept()
                 timeout = self._housekeeping()
                 if timeout is None:
@@ -579,7 +587,7 @@ class _Link:
         waits = [self.enquire_due - now, _POLL]
         waits += [deadline - now for _, _, deadline in self.outstanding.values()]
         if self.kept:
-            waits.append(self.kept[0].due - now)
+            waits.append(min(self.kept[0].due, self.last_busy + DELIVER_QUIET) - now)
         if self.waiting and len(self.outstanding) < self.config.window:
             rate = self._refill()
             waits.append(max(0.0, (1.0 - self.tokens) / rate))
@@ -661,6 +669,7 @@ class _Link:
         entry = self.outstanding.pop(sequence, None)
         if entry is None:
             return  # late answer to a submit that already timed out
+        self.last_busy = time.monotonic()  # it was out until now
         job, part, deadline = entry
         if status or nack:
             if status in (ESME_RTHROTTLED, ESME_RMSGQFUL):
