@@ -97,9 +97,8 @@ class FrameFields(Mapping[str, str]):
         self._all: dict[str, str] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
-        try:
-            value = self._found[key]
-        except KeyError:
+        value = self._found.get(key, _UNREAD)
+        if value is _UNREAD:  # most keys are asked for once: a miss must be cheap
             value = self._found[key] = self._find(key)
         return default if value is None else value
 
@@ -148,15 +147,17 @@ class FrameFields(Mapping[str, str]):
 
 #: the needles of the plain keys asked for so far (a dict: cheaper to ask than a cache)
 _NEEDLES: dict[str, tuple[bytes, bytes]] = {}
+_UNREAD: Any = object()
 
 
 def _needles(key: str) -> tuple[bytes, bytes] | None:
     """`Key:` at the frame's start and after a line end; None for what is no plain key."""
     if not key or not key.isascii() or not key.isprintable() or " " in key or ":" in key:
         return None
+    needles = key.encode() + b":", b"\n" + key.encode() + b":"
     if len(_NEEDLES) < 256:  # the keys come from code: a bound, not a cache policy
-        _NEEDLES[key] = (key.encode() + b":", b"\n" + key.encode() + b":")
-    return key.encode() + b":", b"\n" + key.encode() + b":"
+        _NEEDLES[key] = needles
+    return needles
 
 
 def read_transcript(path: str | Path) -> Transcript:
