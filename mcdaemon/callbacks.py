@@ -89,11 +89,16 @@ class Outreach:
         #: their Hangup ends the attempt. A restart marks such attempts unknown, so memory is
         #: enough here.
         self._connected_uids: set[str] = set()
+        #: whether the config seen last has follow-ups or call-backs (asked per AMI event)
+        self._activity: tuple[Config, bool] | None = None
 
     # ------------------------------------------------------------------ feature switches
 
     def _active(self, config: Config) -> bool:
-        return any(group.followups or group.callback for group in config.groups)
+        if self._activity is None or self._activity[0] is not config:  # a reload: look again
+            self._activity = (config, any(group.followups or group.callback
+                                          for group in config.groups))
+        return self._activity[1]
 
     def _mask(self, number: str) -> str:
         return mask_number(number, self._config().log_full_numbers)
