@@ -31,7 +31,7 @@ import functools
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -102,14 +102,23 @@ def fields(template: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def render(template: str, values: Mapping[str, str]) -> str:
-    """Fill the fields literally (no format specs, no attribute access, no recursion)."""
+def render(template: str, values: Mapping[str, str], *, caller_name: str | None = None) -> str:
+    """Fill the fields literally (no format specs, no attribute access, no recursion);
+    `caller_name`, when given, stands for the value of {caller_name}."""
     pieces = []
-    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+    for literal, name in _pieces(template):
         pieces.append(literal)
         if name is not None:
-            pieces.append(values[name])
+            pieces.append(caller_name if caller_name is not None and name == "caller_name"
+                          else values[name])
     return "".join(pieces)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
+    """A template's literal texts and variable names, parsed once (a config has a few)."""
+    return tuple((literal, name)
+                 for literal, name, _spec, _conversion in string.Formatter().parse(template))
 
 
 def plain_text(name: str) -> str:
@@ -233,22 +242,61 @@ def format_wait(seconds: float) -> str:
 
 
 def call_values(record: CallRecord, group: GroupConfig, policy: PolicyConfig, company: str,
-                region: str) -> dict[str, str]:
+                region: str) -> CallValues:
     """Every variable's value for this call, the caller name still raw (see `render_call`)."""
-    local = dt.datetime.fromtimestamp(record.started, ZoneInfo(group.timezone))
-    values = dict(group.variables)
-    values.update(
-        caller_name=policy.name_fallback,
-        caller=format_number(record.caller_e164 or record.caller, policy.number_format, region),
-        did=format_number(record.did, policy.number_format, region),
-        group=group.display_name,
-        date=local.strftime(policy.date_format),
-        time=local.strftime(policy.time_format),
-        weekday=local.strftime(policy.weekday_format),
-        wait=format_wait(record.wait_seconds),
-        company=company,
-    )
-    return values
+    return CallValues(record, group, policy, company, region)
+
+
+class CallValues(Mapping[str, str]):
+    """The variables of one call, each worked out when a template first asks for it: most
+    templates use two or three, and the dates and numbers cost most (they are formatted
+    while the caller waits for the text)."""
+
+    _NAMES = ("caller_name", "caller", "did", "group", "date", "time", "weekday", "wait",
+              "company")
+
+    def __init__(self, record: CallRecord, group: GroupConfig, policy: PolicyConfig,
+                 company: str, region: str) -> None:
+        self._record, self._group, self._policy = record, group, policy
+        self._company, self._region = company, region
+        self._values: dict[str, str] = {}
+        self._local: dt.datetime | None = None
+
+    def __getitem__(self, name: str) -> str:
+        value = self._values.get(name)
+        if value is None:
+            value = self._values[name] = self._work_out(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._group.variables, *self._NAMES]))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def _work_out(self, name: str) -> str:
+        record, policy = self._record, self._policy
+        if name == "caller_name":
+            return policy.name_fallback
+        if name == "caller":
+            return format_number(record.caller_e164 or record.caller, policy.number_format,
+                                 self._region)
+        if name == "did":
+            return format_number(record.did, policy.number_format, self._region)
+        if name == "group":
+            return self._group.display_name
+        if name in ("date", "time", "weekday"):
+            if self._local is None:
+                self._local = dt.datetime.fromtimestamp(record.started,
+                                                        ZoneInfo(self._group.timezone))
+            return self._local.strftime(policy.date_format if name == "date" else
+                                        policy.time_format if name == "time" else
+                                        policy.weekday_format)
+        if name == "wait":
+            return format_wait(record.wait_seconds)
+        if name == "company":
+            return self._company
+        return self._group.variables[name]  # KeyError: no such variable
 
 
 def render_call(template: str, values: Mapping[str, str], caller_name: str | None,
@@ -266,7 +314,7 @@ def render_call(template: str, values: Mapping[str, str], caller_name: str | Non
     candidates.append(fallback)
     rendered = None
     for name in candidates:
-        body = render(template, {**values, "caller_name": name})
+        body = render(template, values, caller_name=name)
         rendered = Rendered(body, sms.plan(body), name)
         if rendered.fits(max_parts):
             return rendered

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
@@ -112,6 +114,25 @@ def test_call_values_format_numbers_dates_and_wait() -> None:
     assert (values["date"], values["time"], values["weekday"]) == ("06 Jan", "08:45", "Monday")
     assert values["wait"] == "2 min"
     assert values["company"] == "Acme"
+
+
+def test_call_values_hold_the_group_variables_and_work_out_only_what_is_asked_for() -> None:
+    config = config_from_dict({"company": "Acme", "groups": {"sales": {
+        "templates": {"default": "x"}, "variables": {"link": "acme.example/book"}}}})
+    group = config.groups[0]
+    unknown_zone = dataclasses.replace(group, timezone="No/Such_Zone")
+
+    values = templates.call_values(record(), unknown_zone, config.policy, config.company, "GB")
+
+    assert templates.render("{company}: {link}", values) == "Acme: acme.example/book"
+    with pytest.raises(ZoneInfoNotFoundError):  # the date was never needed until now
+        values["date"]
+    values = templates.call_values(record(), group, config.policy, config.company, "GB")
+    assert set(values) == {"link", "caller_name", "caller", "did", "group", "date", "time",
+                           "weekday", "wait", "company"}
+    assert dict(values)["link"] == "acme.example/book" and len(values) == 10
+    with pytest.raises(KeyError):
+        values["nope"]
 
 
 def test_international_number_format() -> None:
