@@ -24,8 +24,8 @@ A deliver_sm is answered at once, from its header, but what it says (a receipt, 
 bookkeeping: while submits are outstanding or waiting, the link keeps the raw PDUs and
 parses and handles them (with smpplib, ~95 µs each) once nothing has been outstanding or
 waiting for DELIVER_QUIET, or once the oldest has waited DELIVER_DEFERRAL, whichever comes
-first. The SMSC will not
-send them again, so whatever is kept is handled before the link goes, however it goes.
+first. The SMSC will not send them again, so whatever is kept is handled before the link
+goes, however it goes.
 
 Result outcomes and what the service does with them:
 
