@@ -25,6 +25,7 @@ from mcdaemon.smpp import (
     DeliveryReceipt,
     MobileOriginated,
     SmppSender,
+    SubmitResult,
     parse_receipt,
     receipt_id_candidates,
     source_numbering,
@@ -139,6 +140,18 @@ async def test_transmitter_receiver_mode_binds_twice_and_gets_receipts_on_the_re
         assert sorted(command for command, _ in smsc.binds) == [0x01, 0x02]
         assert result.outcome == "submitted"
         assert receipt.smsc_id == result.smsc_ids[0]
+
+
+async def a_submit_the_smsc_ignores(smsc: TestSmsc, events: asyncio.Queue[Event]
+                                    ) -> tuple[SmppSender, asyncio.Task[SubmitResult]]:
+    """A bound sender with one submit out that the SMSC will never answer."""
+    sender = SmppSender(config(smsc, response_timeout=30.0), events)
+    await sender.start()
+    await Session(sender, events).bound()
+    smsc.ignore_next(1)
+    pending = asyncio.create_task(sender.submit("+447700900123", "Hi", reference=1))
+    await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+    return sender, pending
 
 
 @pytest.mark.parametrize(("source", "expected"), [
@@ -387,12 +400,7 @@ async def test_a_reply_kept_when_the_sender_stops_is_still_handed_over(
     monkeypatch.setattr("mcdaemon.smpp.DELIVER_DEFERRAL", 30.0)  # only the stop releases it
     async with TestSmsc(receipts=False) as smsc:
         events: asyncio.Queue[Event] = asyncio.Queue()
-        sender = SmppSender(config(smsc, response_timeout=30.0), events)
-        await sender.start()
-        await Session(sender, events).bound()
-        smsc.ignore_next(1)
-        pending = asyncio.create_task(sender.submit("+447700900123", "Hi", reference=1))
-        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        sender, pending = await a_submit_the_smsc_ignores(smsc, events)
         await smsc.send_mo("+447700900123", "STOP")
         await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
 
@@ -732,12 +740,7 @@ async def test_stop_waits_for_in_flight_responses_then_unbinds() -> None:
 async def test_stop_gives_up_on_a_submit_the_smsc_never_answers_within_the_timeout() -> None:
     async with TestSmsc(receipts=False) as smsc:
         events: asyncio.Queue[Event] = asyncio.Queue()
-        sender = SmppSender(config(smsc, response_timeout=30.0), events)
-        await sender.start()
-        await Session(sender, events).bound()
-        smsc.ignore_next(1)
-        pending = asyncio.create_task(sender.submit("+447700900123", "Hi", reference=1))
-        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        sender, pending = await a_submit_the_smsc_ignores(smsc, events)
 
         await asyncio.wait_for(sender.stop(timeout=0.3), 3.0)
 
