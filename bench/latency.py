@@ -44,7 +44,9 @@ ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"
 #: MCD_BENCH_LOG=FILE keeps the daemon's JSON log (default: thrown away)
 PROFILE = (["-m", "cProfile", "-o", os.environ["MCD_BENCH_PROFILE"]]
            if os.environ.get("MCD_BENCH_PROFILE") else [])
-_IDS = re.compile(rb"(Uniqueid|Linkedid|DestUniqueid|DestLinkedid): 1795369867\.(\d+)")
+#: every channel id of the recording (the caller's, 1795369867.N, and the agents' channels,
+#: created seconds later, 1795369870.N): each copy of the call gets ids of its own
+_IDS = re.compile(rb"(Uniqueid|Linkedid): 17953698(\d\d)\.(\d+)")
 
 
 def burst(calls: int, release_at: float) -> tuple[Transcript, dict[str, str]]:
@@ -59,7 +61,7 @@ def burst(calls: int, release_at: float) -> tuple[Transcript, dict[str, str]]:
         callers[caller.lstrip("+")] = f"{number}"
         ending = False
         for frame in original.frames:
-            raw = _IDS.sub(rb"\1: " + f"17{number:04d}".encode() + rb".\2", frame.raw)
+            raw = _IDS.sub(rb"\g<1>: \g<2>" + f"{number:04d}".encode() + rb".\g<3>", frame.raw)
             raw = raw.replace(b"+447700900123", caller.encode())
             if parse_frame(raw).get("Event") == "HangupRequest":
                 ending = True
