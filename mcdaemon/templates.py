@@ -252,9 +252,6 @@ class CallValues(Mapping[str, str]):
     templates use two or three, and the dates and numbers cost most (they are formatted
     while the caller waits for the text)."""
 
-    _NAMES = ("caller_name", "caller", "did", "group", "date", "time", "weekday", "wait",
-              "company")
-
     def __init__(self, record: CallRecord, group: GroupConfig, policy: PolicyConfig,
                  company: str, region: str) -> None:
         self._record, self._group, self._policy = record, group, policy
@@ -269,7 +266,7 @@ class CallValues(Mapping[str, str]):
         return value
 
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys([*self._group.variables, *self._NAMES]))
+        return iter(dict.fromkeys([*self._group.variables, *BUILTIN_VARIABLES]))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
