@@ -765,11 +765,11 @@ class _Unbound(Exception):
     pass
 
 
-def _write(client: Client, pdus: list[bytes]) -> None:
+def _write(client: Client, generated: list[bytes]) -> None:
     """Write PDUs already generated, in one system call."""
-    if pdus:
+    if generated:
         try:
-            client._socket.sendall(b"".join(pdus))
+            client._socket.sendall(b"".join(generated))
         except OSError as exc:
             raise exceptions.ConnectionError(f"cannot write to the SMSC: {exc}") from exc
 
