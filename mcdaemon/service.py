@@ -123,11 +123,11 @@ class Service:
         self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
         self._last_call_ended = float("-inf")  # loop time of the last call handed over
-        #: decisions stored, not yet logged and counted (bookkeeping, after a storm)
+        #: decisions stored, not yet logged and counted, and submit results not yet stored:
+        #: bookkeeping, done after a storm's decisions (`_keep_the_books`)
         self._unreported: list[tuple[NewCall, int | None]] = []
-        self._unreported_ready = asyncio.Event()
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
-        self._results_ready = asyncio.Event()
+        self._bookkeeping_due = asyncio.Event()
         self._connected: set[str] = set()
         self._ready_sent = False
         self._tripped_reasons: set[str] = set()
@@ -193,9 +193,8 @@ class Service:
         workers += [
             asyncio.create_task(self._consume_ami(), name="tracker"),
             asyncio.create_task(self._decide_ended_calls(), name="decider"),
-            asyncio.create_task(self._report_decisions(), name="decision reports"),
             asyncio.create_task(self._dispatch(), name="dispatcher"),
-            asyncio.create_task(self._write_results(), name="results"),
+            asyncio.create_task(self._keep_the_books(), name="bookkeeping"),
             asyncio.create_task(self._consume_smpp(), name="receipts"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._webhooks.run(self.store), name="webhooks"),
@@ -435,22 +434,15 @@ class Service:
             for call in decided:
                 self._on_decision(call.record, call.decision)
         # the log line and metrics of each decision are bookkeeping: they wait for the
-        # storm's other decisions (`_report_decisions`)
+        # storm's other decisions (`_keep_the_books`)
         self._unreported.extend(zip(decided, message_ids, strict=True))
-        self._unreported_ready.set()
+        self._bookkeeping_due.set()
         if claimed:
             await asyncio.sleep(0)  # the texts reach the sender before the bookkeeping below
         if sum(message_id is not None for message_id in message_ids) > len(claimed):
             self._texts_queued()  # texts deferred, or beyond the window: queued
         await self._notify.calls_decided(decided, message_ids)
         await self._outreach.calls_decided(self.store, decided)
-
-    async def _report_decisions(self) -> None:
-        while True:
-            await self._unreported_ready.wait()
-            await self._decisions_first()
-            self._unreported_ready.clear()
-            self._report_decided()
 
     def _report_decided(self) -> None:
         """Log and count the decisions made so far; before their texts' results, and at a
@@ -541,18 +533,20 @@ class Service:
         self._wake_dispatcher.clear()
 
     async def _send(self, message: OutboxMessage) -> None:
-        """Submit one text; its result joins the next batch the results writer stores."""
+        """Submit one text; its result joins the next batch `_keep_the_books` stores."""
         result = await self._sender.submit(message.destination, message.body,
                                            reference=message.id & 0xFF)
         self._results.append((message, result, self._clock()))
-        self._results_ready.set()
+        self._bookkeeping_due.set()
 
-    async def _write_results(self) -> None:
+    async def _keep_the_books(self) -> None:
+        """Log the decisions and store the submit results, once a storm's decisions have
+        gone first."""
         while True:
-            await self._results_ready.wait()
+            await self._bookkeeping_due.wait()
             await self._decisions_first()
-            self._results_ready.clear()
-            await self._flush_results()
+            self._bookkeeping_due.clear()
+            await self._flush_results()  # the decisions' lines first, then the results
 
     async def _flush_results(self) -> None:
         """Store every submit result gathered so far in one transaction, then log each."""

@@ -104,17 +104,17 @@ async def test_decisions_are_logged_once_the_storm_is_over_and_at_once_at_a_stop
     decided = NewCall(ended_call("1.1"), Decision(False, "not_mobile", group="default"))
     daemon._hand_to_decider([ended_call("1.2")])  # a storm is going on
     daemon._ended.clear()
-    reports = asyncio.create_task(daemon._report_decisions())
+    books = asyncio.create_task(daemon._keep_the_books())
     try:
         with capture_logs() as logged:
             daemon._unreported.append((decided, None))
-            daemon._unreported_ready.set()
+            daemon._bookkeeping_due.set()
             await asyncio.sleep(service.STORM_QUIET / 4)
             during_the_storm = [line for line in logged if line["event"] == "call decided"]
             await asyncio.sleep(service.STORM_QUIET * 2)
             after_it = [line for line in logged if line["event"] == "call decided"]
     finally:
-        reports.cancel()
+        books.cancel()
 
     assert during_the_storm == []
     assert [(line["call_id"], line["reason"]) for line in after_it] == [("1.1", "not_mobile")]
