@@ -33,12 +33,13 @@ Two threads, one connection. Most work goes through aiosqlite's thread. The few 
 caller waits for (the policy's view of a storm's callers, their contacts, the decision's
 write) run on the event loop's own thread instead (`_read_now`, `_write_now`): they take a
 millisecond or two (one fsync), while a trip to the other thread during a storm costs up to
-the interpreter's switch interval (5 ms) at every statement, as that thread waits for the GIL
-the busy loop holds. Whoever holds the store's lock is the only user of the connection, and
-every use of the lock runs to its end (shielded), so the two never overlap. Should another
-process (the CLI) hold SQLite's write lock, the write waits for it in aiosqlite's thread, not
-on the loop; and the daemon checkpoints the WAL in the background (`checkpoint`), so a
-commit on the loop seldom has one to do.
+the interpreter's switch interval (5 ms by default, 0.5 ms while the daemon runs) at every
+statement, as that thread waits for the GIL the busy loop holds. Whoever holds the store's
+lock is the only user of the connection, and every use of the lock runs to its end
+(shielded), so the two never overlap. Should another process (the CLI) hold SQLite's write
+lock, the write waits for it in aiosqlite's thread, not on the loop; and the daemon
+checkpoints the WAL in the background (`checkpoint`), so a commit on the loop seldom has one
+to do.
 """
 
 from __future__ import annotations
