@@ -82,7 +82,7 @@ def units(text: str, encoding: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def _units(text: str, encoding: str) -> list[int]:
+def _unit_sizes(text: str, encoding: str) -> list[int]:
     """The size of each character in the encoding's units (0: GSM-7 cannot carry it)."""
     if encoding == GSM7:
         return [len(_GSM7_SEPTETS.get(ch, "")) for ch in text]
@@ -95,7 +95,7 @@ def plan(text: str, encoding: str | None = None) -> SmsPlan:
     single, part = (GSM7_SINGLE, GSM7_PART) if encoding == GSM7 else (UCS2_SINGLE, UCS2_PART)
     if size <= single:
         return SmsPlan(encoding, size, 1, single)
-    return SmsPlan(encoding, size, len(_chunks(text, _units(text, encoding), part)), part)
+    return SmsPlan(encoding, size, len(_chunks(text, _unit_sizes(text, encoding), part)), part)
 
 
 def _chunks(text: str, sizes: list[int], limit: int) -> list[str]:
@@ -135,7 +135,7 @@ def split(text: str, *, reference: int, gsm_data_coding: int = 0) -> EncodedSms:
     data_coding = gsm_data_coding if encoding == GSM7 else DATA_CODING_UCS2
     if units(text, encoding) <= single:
         return EncodedSms(encoding, data_coding, 0, (encode(text, encoding),))
-    chunks = _chunks(text, _units(text, encoding), part)
+    chunks = _chunks(text, _unit_sizes(text, encoding), part)
     if len(chunks) > 255:
         raise ValueError("text too long for a concatenated SMS (255 parts at most)")
     ref = reference & 0xFF
