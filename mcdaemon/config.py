@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import yaml
 
-from . import sms, templates
+from . import pdus, sms, templates
 from .agi_config import AgiConfig, read_agi
 from .contacts_config import ContactsConfig, read_contacts
 from .hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
@@ -603,9 +603,9 @@ def _read_smpp(section: Section) -> SmppConfig:
         section.error("source_addr", f"alphanumeric sender ids have at most 11 characters; "
                                      f"{smpp.source_addr!r} has {len(smpp.source_addr)}")
     digits = smpp.source_addr.lstrip("+")
-    if digits.isdigit() and len(digits) > 20:
-        section.error("source_addr", f"{len(digits)} digits; SMPP 3.4 carries at most 20 "
-                                     "(an E.164 number has at most 15)")
+    if digits.isdigit() and len(digits) > pdus.MAX_ADDRESS:
+        section.error("source_addr", f"{len(digits)} digits; SMPP 3.4 carries at most "
+                                     f"{pdus.MAX_ADDRESS} (an E.164 number has at most 15)")
     section.done()
     return smpp
 
