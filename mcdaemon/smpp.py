@@ -291,6 +291,15 @@ class SmppSender:
         with contextlib.suppress(OSError):
             self._wake_write.send(b"x")
 
+    def _woken_up(self) -> None:
+        """The thread read the wake-up socket: the bytes are drained first, and only then may
+        the loop send another. The other way round, a byte sent in between was drained with
+        the first, `_woken` stayed set, and the next jobs slept until the SMSC spoke or
+        `_POLL` passed. The jobs queued before the flag drops are taken next."""
+        with contextlib.suppress(OSError):
+            self._wake_read.recv(4096)
+        self._woken = False
+
     # ---------------------------------------------------------------- bridge to the loop
 
     def _emit(self, event: SmppEvent) -> None:
@@ -488,9 +497,7 @@ class _Link:
                     [self.sender._wake_read]
                 readable, _, _ = select.select(sockets, [], [], timeout)
                 if self.sender._wake_read in readable:
-                    self.sender._woken = False  # before the jobs are taken: see _wake
-                    with contextlib.suppress(OSError):
-                        self.sender._wake_read.recv(4096)
+                    self.sender._woken_up()
                 for client in self.clients:
                     if client._socket in readable and not self._read(client):
                         reason = "the SMSC unbound"

@@ -414,6 +414,44 @@ async def test_a_reply_kept_when_the_sender_stops_is_still_handed_over(
 # ---------------------------------------------------------------- window and rate
 
 
+class WakeSocketWithARace:
+    """The sender's wake-up socket, where the next wake-up comes while the thread drains it:
+    two submits a few microseconds apart."""
+
+    def __init__(self, sender: SmppSender) -> None:
+        self.real = sender._wake_read
+        self.sender = sender
+        self.raced = False
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def recv(self, size: int) -> bytes:
+        if not self.raced:
+            self.raced = True
+            self.sender._wake()  # another submit's wake-up, as the thread drains the first
+        return self.real.recv(size)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+async def test_a_wake_up_sent_while_the_thread_drains_the_last_one_is_not_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mcdaemon.smpp._POLL", 30.0)  # nothing else wakes the thread
+    async with TestSmsc(receipts=False) as smsc, sending(config(smsc)) as session:
+        race = WakeSocketWithARace(session.sender)
+        session.sender._wake_read = race  # type: ignore[assignment]
+        first = await session.sender.submit("+447700900001", "first", reference=1)
+        assert race.raced and first.outcome == "submitted"
+
+        second = await asyncio.wait_for(
+            session.sender.submit("+447700900002", "second", reference=2), WAIT)
+
+        assert second.outcome == "submitted"
+        assert [submit.text for submit in smsc.submits] == ["first", "second"]
+
+
 async def test_window_of_ten_keeps_the_eleventh_submit_waiting() -> None:
     async with TestSmsc(response_delay=0.5, receipts=False) as smsc, \
             sending(config(smsc, window=10)) as session:
