@@ -54,12 +54,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from . import eventloop
     from .service import Service
 
     config = _load(args)
-    return asyncio.run(Service(config, config_path=args.config).run())
+    return eventloop.run(Service(config, config_path=args.config).run())
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
@@ -133,13 +132,12 @@ def cmd_record_booking(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from . import eventloop
     from .demo import run_demo
 
     if args.log_level == "info":  # the demo prints what happens; the daemon's log stays quiet
         logs.configure(args.log_format, "warning")
-    return asyncio.run(run_demo(sys.stdout, speed=args.speed))
+    return eventloop.run(run_demo(sys.stdout, speed=args.speed))  # the loop `run` uses
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:
