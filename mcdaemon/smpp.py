@@ -52,7 +52,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -536,12 +536,13 @@ class _Link:
         self.last_refill = now
         return rate
 
-    def _send_due(self) -> None:
-        """Write the submits the window and the rate allow now, all in one `sendall`."""
+    def _send_due(self, first: Sequence[bytes] = ()) -> None:
+        """Write the submits the window and the rate allow now, all in one `sendall`, after
+        the PDUs `first` (answers to the transmitter's link)."""
         transmitter = self.clients[0]
         source, ton, npi = source_numbering(self.config)
         registered_delivery = 1 if self.config.registered_delivery else 0
-        batch: list[bytes] = []
+        batch: list[bytes] = list(first)
         while self.waiting and len(self.outstanding) < self.config.window:
             self._refill()
             if self.tokens < 1.0:
@@ -618,9 +619,20 @@ class _Link:
         answers: list[bytes] = []  # deliver_sm_resp of this read, written together
         with self.sender._holding_results():  # the SMSC gets its answers first
             try:
-                return self._handle_buffered(client, buffer, answers)
-            finally:
+                bound = self._handle_buffered(client, buffer, answers)
+            except BaseException:
                 _write(client, answers)
+                raise
+            if not bound:
+                _write(client, answers)
+            elif client is self.clients[0]:  # the submits that answers freed a slot for
+                self._take_jobs()  # go out with the answers, before the results go to
+                self._send_due(answers)  # the loop: every system call costs a GIL wait
+            else:
+                _write(client, answers)
+                self._take_jobs()
+                self._send_due()
+            return bound
 
     def _handle_buffered(self, client: Client, buffer: bytearray, answers: list[bytes]) -> bool:
         """Handle the whole PDUs in `buffer`. A storm's PDUs (submit_sm_resp, generic_nack,
