@@ -95,9 +95,17 @@ def config_file(folder: Path, ami_port: int, smsc_port: int, window: int) -> Pat
 async def serve_smsc() -> None:
     """The SMSC of the latency run, in a process of its own (`--serve-smsc`): prints its
     port, then `number time` for each submit_sm as it reads it, until stdin closes."""
-    def on_submit(submit: Submit) -> None:
-        sys.stdout.write(f"{submit.destination.lstrip('+')} {time.perf_counter()!r}\n")
+    lines: list[str] = []
+
+    def flush() -> None:
+        sys.stdout.write("".join(lines))
         sys.stdout.flush()
+        lines.clear()
+
+    def on_submit(submit: Submit) -> None:  # stamped as read; written once per loop turn
+        if not lines:
+            asyncio.get_running_loop().call_soon(flush)
+        lines.append(f"{submit.destination.lstrip('+')} {time.perf_counter()!r}\n")
 
     async with TestSmsc(password="secret", on_submit=on_submit) as smsc:
         print(smsc.port, flush=True)

@@ -16,9 +16,10 @@ import itertools
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from . import sms
 
@@ -252,13 +253,20 @@ class TestSmsc:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
         self._clients.append(client)
+        buffer = bytearray()
         try:
-            while True:
-                header = await reader.readexactly(16)
-                length, command, _status, sequence = struct.unpack(">IIII", header)
-                body = await reader.readexactly(length - 16)
-                await self._handle(client, command, sequence, body)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            while data := await reader.read(65536):  # a window of submits in one read
+                buffer += data
+                while len(buffer) >= 16:
+                    length, command, _status, sequence = struct.unpack_from(">IIII", buffer)
+                    if length < 16:
+                        raise ValueError(f"a PDU of {length} bytes")
+                    if len(buffer) < length:
+                        break
+                    body = bytes(buffer[16:length])
+                    del buffer[:length]
+                    await self._handle(client, command, sequence, body)
+        except (ConnectionError, ValueError):
             pass
         finally:
             self._clients.remove(client)
@@ -334,10 +342,11 @@ class TestSmsc:
             self.max_outstanding_seen = max(self.max_outstanding_seen, len(client.unanswered))
             return
         status = self._fail.pop(0) if self._fail else ESME_ROK
-        now = time.monotonic()
-        self._recent = [at for at in self._recent if at > now - 1.0] + [now]
-        if self.throttle_above is not None and len(self._recent) > self.throttle_above:
-            status = ESME_RTHROTTLED
+        if self.throttle_above is not None:
+            now = time.monotonic()
+            self._recent = [at for at in self._recent if at > now - 1.0] + [now]
+            if len(self._recent) > self.throttle_above:
+                status = ESME_RTHROTTLED
         message_id = ""
         if status == ESME_ROK:
             number = next(self._ids)
@@ -353,22 +362,32 @@ class TestSmsc:
                 self._arrived.notify_all()
         client.unanswered.add(sequence)
         self.max_outstanding_seen = max(self.max_outstanding_seen, len(client.unanswered))
-        task = asyncio.create_task(self._respond(client, sequence, status, message_id,
-                                                 registered_delivery))
+        if self.response_delay:
+            self._spawn(self._respond_later(client, sequence, status, message_id,
+                                            registered_delivery))
+        else:  # answered as read, as a quick SMSC does: no task per submit
+            self._respond(client, sequence, status, message_id, registered_delivery)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _respond(self, client: _Client, sequence: int, status: int, message_id: str,
-                       registered_delivery: int) -> None:
-        if self.response_delay:
-            await asyncio.sleep(self.response_delay)
+    async def _respond_later(self, client: _Client, sequence: int, status: int,
+                             message_id: str, registered_delivery: int) -> None:
+        await asyncio.sleep(self.response_delay)
+        self._respond(client, sequence, status, message_id, registered_delivery)
+
+    def _respond(self, client: _Client, sequence: int, status: int, message_id: str,
+                 registered_delivery: int) -> None:
         client.unanswered.discard(sequence)
         if client.writer.is_closing():
             return
         client.writer.write(pdu(SUBMIT_SM | RESP, sequence, message_id.encode() + b"\0",
                                 status))
-        with contextlib.suppress(ConnectionError):
-            await client.writer.drain()
         if status == ESME_ROK and registered_delivery & 0x01 and self.receipts:
-            await asyncio.sleep(self.receipt_delay)
-            await self.send_receipt(message_id, self.receipt_state)
+            self._spawn(self._receipt_later(message_id))
+
+    async def _receipt_later(self, message_id: str) -> None:
+        await asyncio.sleep(self.receipt_delay)
+        await self.send_receipt(message_id, self.receipt_state)
