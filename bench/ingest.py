@@ -31,7 +31,7 @@ from pathlib import Path
 
 from panoramisk.ami_protocol import AMIProtocol
 
-from mcdaemon.ami import AmiConnection, AmiEvent, AmiStatus, FramedProtocol
+from mcdaemon.ami import AmiConnection, AmiEvents, AmiItem, FramedProtocol
 from mcdaemon.config import AmiConfig, InboundConfig
 from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.transcript import read_transcript
@@ -98,10 +98,10 @@ class _NullTransport:
 
 
 async def bench_mcdaemon(repeats: int) -> tuple[int, float, int, int]:
-    queue: asyncio.Queue[AmiEvent | AmiStatus] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     connection = AmiConnection(AmiConfig(name="bench", username="u", secret="s"), queue,
                                event_names=NEEDED_EVENTS, variables=NEEDED_VARIABLES)
-    protocol = FramedProtocol(connection._on_frame)
+    protocol = FramedProtocol(connection._on_frames)
     protocol.connection_made(_NullTransport())
     protocol.data_received(b"Asterisk Call Manager/11.0.0\r\n")
     tracker = CallTracker("bench", InboundConfig(contexts=("from-carrier",)), "GB")
@@ -114,8 +114,9 @@ async def bench_mcdaemon(repeats: int) -> tuple[int, float, int, int]:
             protocol.data_received(chunk)
             while not queue.empty():
                 item = queue.get_nowait()
-                if isinstance(item, AmiEvent):
-                    records += len(tracker.feed(item.fields, item.at))
+                if isinstance(item, AmiEvents):
+                    for event in item:
+                        records += len(tracker.feed(event.fields, event.at))
         elapsed += time.perf_counter() - started
     return frames, elapsed, records, tracker.active_calls
 

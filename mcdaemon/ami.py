@@ -32,7 +32,7 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -82,6 +82,56 @@ class AmiEvent:
         return f"AmiEvent({self.pbx!r}, {self.at!r}, {dict(self.fields)!r})"
 
 
+class AmiEvents:
+    """The events of one read from the PBX, in arrival order, as their bytes. Iterating gives
+    an AmiEvent for each event the daemon reads (by its name, and a VarSet's variable), made
+    when the consumer reaches it: the read itself only cuts frames (a C-level split), so a
+    burst of events costs the loop one queue item per read, and the work per event is done
+    in the consumer's time slices, between which decisions already made go on."""
+
+    __slots__ = ("_variables", "_wanted", "at", "frames", "pbx")
+
+    def __init__(self, pbx: str, at: float, frames: list[bytes],
+                 wanted: frozenset[str] | None = None,
+                 variables: frozenset[str] | None = None) -> None:
+        self.pbx = pbx
+        self.at = at  # time.time() when the read arrived
+        self.frames = frames  # each starting b"Event: ", without its closing empty line
+        self._wanted = wanted  # event names read (None: all)
+        self._variables = variables  # VarSet variables read (None: all)
+
+    def __iter__(self) -> Iterator[AmiEvent]:
+        pbx, at, wanted, variables = self.pbx, self.at, self._wanted, self._variables
+        for raw in self.frames:
+            end = raw.find(b"\n")
+            event = (raw[7:] if end < 0 else raw[7:end]).rstrip(b"\r").decode(
+                "utf-8", errors="replace")  # as FrameFields would read it
+            if wanted is not None:
+                if event not in wanted:
+                    continue
+                if event == "VarSet" and variables is not None \
+                        and _variable(raw) not in variables:
+                    continue
+            yield AmiEvent(pbx, at, FrameFields(raw, event))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __repr__(self) -> str:
+        return f"AmiEvents({self.pbx!r}, {self.at!r}, {len(self.frames)} frames)"
+
+
+def _variable(raw: bytes) -> str:
+    """A VarSet's variable name, read from its bytes."""
+    start = raw.find(b"\nVariable:")
+    if start < 0:
+        return ""
+    start += len(b"\nVariable:")
+    stop = raw.find(b"\n", start)
+    return (raw[start:] if stop < 0 else raw[start:stop]).strip().decode(
+        "utf-8", errors="replace")
+
+
 @dataclass(frozen=True, slots=True)
 class AmiStatus:
     pbx: str
@@ -89,6 +139,10 @@ class AmiStatus:
     state: str  # "connecting" | "connected" | "disconnected" | "auth_failed"
     detail: str
     live_uniqueids: frozenset[str] | None = None  # on "connected": channels alive on the PBX
+
+
+#: what an AmiConnection puts on its queue, in arrival order
+AmiItem = AmiEvent | AmiEvents | AmiStatus
 
 
 def event_filter(event_names: frozenset[str], variables: frozenset[str] | None) -> str:
@@ -114,19 +168,19 @@ def _one_line(value: object) -> str:
 class FramedProtocol(AMIProtocol):  # type: ignore[misc]
     """panoramisk's AMIProtocol fed whole frames: bytes are framed before they are decoded.
 
-    `on_frame(raw, at)` gets every frame (CRLF and closing empty line included) with the time
-    its last chunk arrived; the AmiConnection parses it and hands answers back to panoramisk
-    through `answer()`.
+    `on_frames(frames, at)` gets the whole frames of each read, in order, each without its
+    closing empty line (its last line without CRLF), with the time the read arrived; the
+    AmiConnection parses them and hands answers back to panoramisk through `answer()`.
     """
 
     closed: bool
     transport: Any
 
-    def __init__(self, on_frame: Callable[[bytes, float], None]) -> None:
+    def __init__(self, on_frames: Callable[[list[bytes], float], None]) -> None:
         super().__init__()
         self.closed = False
         self.transport = None
-        self._on_frame = on_frame
+        self._on_frames = on_frames
         self._buffer = bytearray()
         loop = asyncio.get_running_loop()
         self.banner: asyncio.Future[str] = loop.create_future()
@@ -154,12 +208,12 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
             banner = line.decode("utf-8", errors="replace").strip()
             self.version = banner.partition("/")[2]
             self.banner.set_result(banner)
-        start = 0
-        while (end := buffer.find(_SEPARATOR, start)) >= 0:
-            self._on_frame(bytes(buffer[start:end + 4]), at)
-            start = end + 4
-        if start:
-            del buffer[:start]
+        end = buffer.rfind(_SEPARATOR)
+        if end >= 0:
+            with memoryview(buffer) as view:
+                whole = bytes(view[:end])
+            del buffer[:end + len(_SEPARATOR)]
+            self._on_frames(whole.split(_SEPARATOR), at)
         if len(buffer) > MAX_FRAME_BYTES:
             log.warning("ami_oversized_frame_dropped", size=len(buffer))
             buffer.clear()
@@ -228,9 +282,11 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
 
 
 class AmiConnection:
-    """Keeps one PBX's AMI connection up and turns its frames into AmiEvent/AmiStatus items."""
+    """Keeps one PBX's AMI connection up and turns its frames into queue items: AmiEvents
+    (a read's events), AmiEvent (one parsed while a channel list is read, or carrying our
+    ActionID), AmiStatus (the connection's state)."""
 
-    def __init__(self, config: AmiConfig, out: asyncio.Queue[AmiEvent | AmiStatus], *,
+    def __init__(self, config: AmiConfig, out: asyncio.Queue[AmiItem], *,
                  event_names: frozenset[str] | None = None,
                  variables: frozenset[str] | None = None,
                  raw_sink: Callable[[bytes, float], None] | None = None) -> None:
@@ -341,7 +397,7 @@ class AmiConnection:
         self._set_state("connecting", f"{cfg.host}:{cfg.port}")
         loop = asyncio.get_running_loop()
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: FramedProtocol(self._on_frame), cfg.host, cfg.port),
+            loop.create_connection(lambda: FramedProtocol(self._on_frames), cfg.host, cfg.port),
             cfg.connect_timeout)
         self._protocol = protocol
         self.banner = await asyncio.wait_for(asyncio.shield(protocol.banner),
@@ -433,22 +489,37 @@ class AmiConnection:
 
     # ------------------------------------------------------------------ reading
 
-    def _on_frame(self, raw: bytes, at: float) -> None:
-        """Handle one whole frame synchronously; nothing in here may raise or wait."""
-        try:
-            if self._raw_sink is not None:
-                self._raw_sink(raw, at)
-            if raw.startswith(b"Event: ") and self._listing is None \
-                    and self._tag_bytes not in raw:
-                self._queue_event(raw, at)  # the common case: parsed later, by the consumer
-                return
-            fields = parse_frame(raw)
-            if not fields:
-                log.warning("ami_garbage_frame", pbx=self.pbx, size=len(raw))
-                return
-            self._dispatch(fields, at)
-        except Exception:
-            log.warning("ami_frame_failed", pbx=self.pbx, size=len(raw), exc_info=True)
+    def _on_frames(self, frames: list[bytes], at: float) -> None:
+        """Handle one read's frames synchronously, in order; nothing in here may raise or
+        wait. The events go on the queue as they are (`AmiEvents`), a run at a time; an
+        answer to one of our actions, and anything else, is parsed here and dispatched."""
+        sink = self._raw_sink
+        protocol = self._protocol
+        # only while an action waits for its answer may an event carry our ActionID (a late
+        # one, an OriginateResponse, reads as an event like any other)
+        tagged = self._tag_bytes if protocol is not None and protocol.responses else None
+        events: list[bytes] = []
+        for raw in frames:
+            try:
+                if sink is not None:
+                    sink(raw + _SEPARATOR, at)
+                if raw.startswith(b"Event: ") and self._listing is None \
+                        and (tagged is None or tagged not in raw):
+                    events.append(raw)  # the common case: read later, by the consumer
+                    continue
+                if events:
+                    self._queue_events(events, at)
+                    events = []
+                fields = parse_frame(raw)
+                if not fields:
+                    if raw:
+                        log.warning("ami_garbage_frame", pbx=self.pbx, size=len(raw))
+                    continue
+                self._dispatch(fields, at)
+            except Exception:
+                log.warning("ami_frame_failed", pbx=self.pbx, size=len(raw), exc_info=True)
+        if events:
+            self._queue_events(events, at)
 
     def _dispatch(self, fields: dict[str, str], at: float) -> None:
         protocol = self._protocol
@@ -467,20 +538,8 @@ class AmiConnection:
             return
         self._out.put_nowait(AmiEvent(self.pbx, at, fields))
 
-    def _queue_event(self, raw: bytes, at: float) -> None:
-        """Queue an event unparsed, once its name (and a VarSet's variable) says it is wanted:
-        a few bytes operations instead of parsing every line."""
-        end = raw.find(b"\n")
-        event = raw[7:end].rstrip(b"\r").decode("utf-8", errors="replace")  # as FrameFields'
-        variable = ""
-        if event == "VarSet":
-            start = raw.find(b"\nVariable:")
-            if start >= 0:
-                start += len(b"\nVariable:")
-                stop = raw.find(b"\n", start)
-                variable = raw[start:stop].strip().decode("utf-8", errors="replace")
-        if self._wanted_event(event, variable):
-            self._out.put_nowait(AmiEvent(self.pbx, at, FrameFields(raw, event)))
+    def _queue_events(self, frames: list[bytes], at: float) -> None:
+        self._out.put_nowait(AmiEvents(self.pbx, at, frames, self._wanted, self._variables))
 
     def _listing_done(self, listing: Any, at: float) -> None:
         listed = {message.get("Uniqueid", "") for message in listing.responses

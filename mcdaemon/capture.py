@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .ami import ACTION_ID_PREFIX, AmiConnection, AmiEvent, AmiStatus
+from .ami import ACTION_ID_PREFIX, AmiConnection, AmiItem, AmiStatus
 from .config import AmiConfig, Config
 from .transcript import TranscriptWriter, parse_frame
 
@@ -46,7 +46,7 @@ async def capture_async(ami: AmiConfig, out_path: Path, duration: float | None,
                         stop: asyncio.Event | None = None) -> int:
     """Record `ami` into `out_path` until `stop` is set, a signal, or `duration`; frames."""
     stop = stop or asyncio.Event()
-    queue: asyncio.Queue[AmiEvent | AmiStatus] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     with out_path.open("wb") as out:
         writer: TranscriptWriter | None = None
@@ -82,7 +82,7 @@ async def capture_async(ami: AmiConfig, out_path: Path, duration: float | None,
         return writer.frames if writer is not None else 0
 
 
-async def _report_status(queue: asyncio.Queue[AmiEvent | AmiStatus]) -> None:
+async def _report_status(queue: asyncio.Queue[AmiItem]) -> None:
     """Tell the administrator about connection changes (the events are in the file)."""
     while True:
         item = await queue.get()

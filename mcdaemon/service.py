@@ -31,7 +31,7 @@ import structlog
 
 from . import keywords, sdnotify, webhooks
 from .agi import AgiError, AgiHooks
-from .ami import AmiConnection, AmiEvent, AmiStatus
+from .ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
 from .callbacks import Outreach
 from .config import Config, ConfigError, GroupConfig, reload_config
 from .contacts import ContactNames
@@ -96,7 +96,7 @@ class Service:
         self._clock = clock
         self._on_decision = on_decision
         self._install_signals = install_signal_handlers
-        self._ami_queue: asyncio.Queue[AmiEvent | AmiStatus] = asyncio.Queue()
+        self._ami_queue: asyncio.Queue[AmiItem] = asyncio.Queue()
         self._smpp_events: asyncio.Queue[DeliveryReceipt | MobileOriginated | BindState] = (
             asyncio.Queue())
         self._trackers = {pbx.name: CallTracker(pbx.name, config.inbound, config.region)
@@ -299,16 +299,18 @@ class Service:
             self._ami_drained.clear()
             started = time.monotonic()
             while True:
-                # an event (nearly every item) is tracked without a coroutine of its own
-                records = (self._track_event(item) if isinstance(item, AmiEvent)
-                           else await self._take(item))
-                if records:
-                    self._hand_to_decider(records)
+                if isinstance(item, AmiEvents):  # a read's events: nearly every item
+                    for event in item:  # each tracked without a coroutine of its own
+                        records = self._track_event(event)
+                        if records:
+                            self._hand_to_decider(records)
+                        if time.monotonic() - started >= CONSUMER_SLICE:
+                            await asyncio.sleep(0)  # let the decider's store work go on
+                            started = time.monotonic()
+                else:
+                    self._hand_to_decider(await self._take(item))
                 if queue.empty():
                     break
-                if time.monotonic() - started >= CONSUMER_SLICE:
-                    await asyncio.sleep(0)  # let the decider's store work go on
-                    started = time.monotonic()
                 item = queue.get_nowait()
             self._ami_drained.set()
 
@@ -349,7 +351,12 @@ class Service:
 
     async def _drain_ami_queue(self) -> None:
         while not self._ami_queue.empty():
-            self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
+            item = self._ami_queue.get_nowait()
+            if isinstance(item, AmiEvents):
+                for event in item:
+                    self._hand_to_decider(self._track_event(event))
+            else:
+                self._hand_to_decider(await self._take(item))
         await self._decide_pending()
 
     async def _take(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from mcdaemon.ami import AmiConnection, AmiEvent, AmiStatus
+from mcdaemon.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus, FramedProtocol
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import AmiConfig, InboundConfig
 from mcdaemon.records import CallRecord
@@ -47,14 +47,23 @@ async def running(connection: AmiConnection) -> AsyncIterator[AmiConnection]:
         await asyncio.wait_for(task, 5)
 
 
-async def collect_until(queue: asyncio.Queue[Item], done: Callable[[list[Item]], bool],
+def flat(item: AmiItem) -> list[Item]:
+    """A queue item as the events and states it holds (a read's events come together)."""
+    return list(item) if isinstance(item, AmiEvents) else [item]
+
+
+async def collect_until(queue: asyncio.Queue[AmiItem], done: Callable[[list[Item]], bool],
                         limit: float = 10.0) -> list[Item]:
-    """Take items off the queue until `done(items)`; the limit only stops a hung test."""
+    """Take events and states off the queue until `done(items)` (asked after each one); the
+    limit only stops a hung test."""
     items: list[Item] = []
 
     async def take() -> None:
-        while not done(items):
-            items.append(await queue.get())
+        finished = done(items)
+        while not finished:
+            for piece in flat(await queue.get()):
+                items.append(piece)
+                finished = done(items)
 
     await asyncio.wait_for(take(), limit)
     return items
@@ -70,7 +79,7 @@ def events(items: list[Item], name: str) -> list[AmiEvent]:
 
 
 async def test_login_with_the_right_secret_reports_connected() -> None:
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([recording("queue_abandon")], speed=0) as server, \
             running(AmiConnection(ami_config(server.port), queue)) as connection:
         items = await collect_until(queue, lambda got: "connected" in states(got))
@@ -80,7 +89,7 @@ async def test_login_with_the_right_secret_reports_connected() -> None:
 
 
 async def test_refused_login_reports_auth_failed_and_keeps_retrying() -> None:
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     with capture_logs() as logged:
         async with AmiTestServer([recording("queue_abandon")], speed=0) as server, \
                 running(AmiConnection(ami_config(server.port, secret="wrong-secret"),
@@ -101,7 +110,7 @@ async def test_refused_login_reports_auth_failed_and_keeps_retrying() -> None:
 async def test_connection_refused_is_retried() -> None:
     async with AmiTestServer([], speed=0) as server:
         port = server.port  # nothing listens here any more
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with running(AmiConnection(ami_config(port), queue)):
         items = await collect_until(queue, lambda got: states(got).count("disconnected") >= 2)
     assert states(items)[:2] == ["connecting", "disconnected"]
@@ -119,7 +128,7 @@ async def test_filters_are_asked_for_and_only_wanted_events_arrive() -> None:
             raw_after_list.append(raw)
         listed = listed or raw.startswith(b"Event: CoreShowChannelsComplete")
 
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     connection = AmiConnection(ami_config(51), queue, event_names=wanted,
                                variables=frozenset({"QUEUESTATUS"}), raw_sink=sink)
     async with AmiTestServer([transcript], speed=0) as server:
@@ -143,7 +152,7 @@ async def test_filters_are_asked_for_and_only_wanted_events_arrive() -> None:
 
 async def test_an_old_pbx_without_filters_is_filtered_here() -> None:
     transcript = recording("queue_abandon")
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([transcript], speed=0) as server:
         connection = AmiConnection(ami_config(server.port, event_filter=False), queue,
                                    event_names=frozenset({"Hangup"}))
@@ -158,7 +167,7 @@ async def test_an_old_pbx_without_filters_is_filtered_here() -> None:
 
 async def test_unanswered_ping_means_a_dead_link_and_the_adapter_reconnects() -> None:
     transcript = recording("queue_abandon")
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([transcript], speed=0) as server:
         server.half_open_after_frames = 30
         config = ami_config(server.port, ping_interval=0.2, ping_timeout=0.3)
@@ -176,7 +185,7 @@ async def test_unanswered_ping_means_a_dead_link_and_the_adapter_reconnects() ->
 async def test_reconnect_after_a_drop_reports_the_channels_still_alive() -> None:
     transcript = recording("queue_abandon")
     caller = transcript.labels[0]["uniqueid"]
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([transcript], speed=0) as server:
         server.drop_after_frames = 40
         server.gap_frames = 10
@@ -195,7 +204,7 @@ async def test_a_name_split_across_two_tcp_writes_arrives_intact() -> None:
            ).encode()
     middle_of_e_umlaut = raw.index("ë".encode()) + 1
     transcript = Transcript(path=Path("zoe.ami"), frames=[Frame(0.0, raw)])
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([transcript], speed=0) as server:
         server.split_at = (0, middle_of_e_umlaut)
         async with running(AmiConnection(ami_config(server.port), queue)):
@@ -205,7 +214,7 @@ async def test_a_name_split_across_two_tcp_writes_arrives_intact() -> None:
 
 async def test_garbage_and_a_huge_header_do_not_kill_the_connection() -> None:
     transcript = recording("queue_abandon")
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([transcript], speed=0) as server:
         server.inject = {
             0: b"this is not a frame at all\r\n\r\n",
@@ -226,7 +235,7 @@ async def test_garbage_and_a_huge_header_do_not_kill_the_connection() -> None:
 
 async def test_two_pbxs_on_one_queue_are_told_apart_by_name() -> None:
     first, second = recording("queue_abandon"), recording("answered")
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     expected = count_events(first, "Hangup") + count_events(second, "Hangup")
     async with AmiTestServer([first], speed=0) as one, \
             AmiTestServer([second], speed=0) as two, \
@@ -239,7 +248,7 @@ async def test_two_pbxs_on_one_queue_are_told_apart_by_name() -> None:
 
 
 async def test_originate_is_queued_and_its_response_arrives_as_an_event() -> None:
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     async with AmiTestServer([], speed=0, originate_result="busy") as server, \
             running(AmiConnection(ami_config(server.port), queue,
                                   event_names=NEEDED_EVENTS)) as connection:
@@ -261,7 +270,7 @@ async def test_recorded_calls_through_the_adapter_get_their_labelled_outcomes(
     tracker = CallTracker("pbx", InboundConfig(contexts=("from-carrier",),
                                                after_hours_contexts=("closed",)), "GB")
     outcomes: dict[str, str] = {}
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
 
     def track(items: list[Item]) -> bool:
         item = items[-1] if items else None
@@ -302,7 +311,7 @@ async def test_a_drop_mid_storm_closes_the_calls_that_ended_in_the_gap_and_doubl
     assert ended_before and ended_in_gap  # the drop really falls mid-storm
     tracker = CallTracker("pbx", InboundConfig(contexts=("from-carrier",)), "GB")
     records: list[CallRecord] = []
-    queue: asyncio.Queue[Item] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
 
     def track(item: Item) -> None:
         if isinstance(item, AmiEvent):
@@ -323,7 +332,8 @@ async def test_a_drop_mid_storm_closes_the_calls_that_ended_in_the_gap_and_doubl
             items = await collect_until(queue, all_recorded, limit=30)
             await asyncio.wait_for(server.finished(), 10)
         while not queue.empty():  # everything sent before the Logoff answer
-            track(queue.get_nowait())
+            for piece in flat(queue.get_nowait()):
+                track(piece)
     assert states(items).count("connected") == 2
     assert sorted(record.call_id for record in records) == sorted(expected)  # once each
     by_call = {record.call_id: record for record in records}
@@ -332,3 +342,40 @@ async def test_a_drop_mid_storm_closes_the_calls_that_ended_in_the_gap_and_doubl
     assert {call: str(by_call[call].outcome) for call in ended_before} == \
         {call: expected[call] for call in ended_before}
     assert not any(by_call[call].partial for call in ended_before)
+
+
+# ---------------------------------------------------------------- the read path
+
+
+def test_the_events_of_one_read_reach_the_queue_as_one_item_in_order() -> None:
+    async def scenario() -> list[AmiItem]:
+        queue: asyncio.Queue[AmiItem] = asyncio.Queue()
+        connection = AmiConnection(ami_config(1), queue)
+        protocol = FramedProtocol(connection._on_frames)
+        protocol.banner.set_result("Asterisk Call Manager/11.0.0")
+        protocol.data_received(b"Event: Newchannel\r\nUniqueid: 1\r\n\r\n"
+                               b"Event: Hangup\r\nUniqueid: 1\r\nCause: 16\r\n\r\n"
+                               b"Event: Newchannel\r\nUnique")  # the third, cut by TCP
+        protocol.data_received(b"id: 2\r\n\r\n")
+        return [queue.get_nowait() for _ in range(queue.qsize())]
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, AmiEvents) and isinstance(second, AmiEvents)
+    assert [(event.fields["Event"], event.fields["Uniqueid"]) for event in first] == \
+        [("Newchannel", "1"), ("Hangup", "1")]
+    assert [dict(event.fields) for event in second] == [{"Event": "Newchannel",
+                                                          "Uniqueid": "2"}]
+
+
+def test_a_frame_read_without_its_last_line_end_keeps_its_last_field() -> None:
+    """A read's frames come without their closing empty line: the last line has no CRLF."""
+    events = AmiEvents("pbx", 0.0, [b"Event: VarSet\r\nUniqueid: 1\r\nVariable: QUEUESTATUS",
+                                    b"Event: VarSet\r\nUniqueid: 1\r\nVariable: OTHER",
+                                    b"Event: Hangup"],
+                       wanted=frozenset({"VarSet", "Hangup"}),
+                       variables=frozenset({"QUEUESTATUS"}))
+
+    read = [dict(event.fields) for event in events]
+
+    assert read == [{"Event": "VarSet", "Uniqueid": "1", "Variable": "QUEUESTATUS"},
+                    {"Event": "Hangup"}]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.ami import AmiConnection, AmiEvent, AmiStatus
+from mcdaemon.ami import AmiConnection, AmiEvent, AmiItem
 from mcdaemon.config import AmiConfig
 from mcdaemon.transcript import FrameFields, parse_frame, read_transcript
 
@@ -73,13 +73,13 @@ def test_a_key_that_is_no_plain_word_is_looked_up_in_the_full_parse(key: str) ->
 
 def test_the_event_name_the_adapter_reads_from_the_first_line_is_the_full_parse_s() -> None:
     """The AMI adapter reads an event's name to choose it, and hands it to FrameFields."""
-    queue: asyncio.Queue[AmiEvent | AmiStatus] = asyncio.Queue()
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     connection = AmiConnection(AmiConfig(name="pbx"), queue)
     frames = [frame.raw for path in sorted(FIXTURES.glob("*.ami"))
               for frame in read_transcript(path).frames if frame.raw.startswith(b"Event: ")]
     frames += [b"Event: Hangup \r\nUniqueid: 1\r\n\r\n", b"Event: \xc3\xab\r\n\r\n"]
     for raw in frames:
-        connection._queue_event(raw, 0.0)
-        event = queue.get_nowait()
+        connection._on_frames([raw.removesuffix(b"\r\n\r\n")], 0.0)  # as a read hands it
+        [event] = list(queue.get_nowait())  # type: ignore[arg-type]
         assert isinstance(event, AmiEvent)
         assert event.fields.get("Event") == parse_frame(raw)["Event"], raw
