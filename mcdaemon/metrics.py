@@ -191,10 +191,11 @@ class Metrics:
 
         Call sites: `queued` in `Service._decide_and_store` (each message id `record_calls`
         returned) and `Service._handle_reply` (an opt-out confirmation `enqueue_message`
-        created); `retry` / `failed` in `Service._send` when `mark_retry` / `mark_failed`
-        returned True; `expired` in `Service._housekeeping` with `len(expire_due(now))`;
-        `delivered` / `undeliverable` in `Service._consume_smpp` when a receipt settled a
-        message. For `submitted` call `text_submitted`, which also times the text.
+        created); `retry` / `failed` in `Service._count_outcome`, for the submit results
+        `Service._flush_results` stored; `expired` in `Service._housekeeping` with
+        `len(expire_due(now))`; `delivered` / `undeliverable` in `Service._consume_smpp` when
+        a receipt settled a message. For `submitted` call `text_submitted`, which also times
+        the text.
         """
         if state not in TEXT_STATES:
             raise ValueError(f"{state!r} is not one of {', '.join(TEXT_STATES)}")
@@ -205,7 +206,7 @@ class Metrics:
         """The SMSC accepted a text: `mcdaemon_texts_total{state="submitted"}`, and its
         `after_hangup` seconds into `mcdaemon_hangup_to_submit_seconds`.
 
-        Call site: `Service._send` after `store.mark_submitted`, with
+        Call site: `Service._count_outcome`, once the store recorded the submit, with
         `now - message.call_ended_at`; None for a text that waited on purpose (deferred to
         opening hours) or has no call (an opt-out confirmation): it is counted, not timed.
         """
@@ -236,7 +237,7 @@ class Metrics:
         """Submits in flight and the window they share (`mcdaemon_smpp_window_in_use`,
         `mcdaemon_smpp_window_size`).
 
-        Call sites: `Service._dispatch` after starting submits, and `Service._send_finished`,
+        Call sites: `Service._start_sending`, and `Service._send_finished`,
         with `len(self._in_flight)` and `self.config.smpp.window`.
         """
         self._window.set(in_use)

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -116,7 +117,7 @@ class Service:
         #: dispatcher; otherwise it would claim nothing, a transaction for naught, per text)
         self._backlog = True
         self._stop = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Future[SubmitResult]] = set()
         self._ended: list[CallRecord] = []  # calls the tracker closed, not yet decided
         self._ended_ready = asyncio.Event()
         self._ami_drained = asyncio.Event()  # the consumer has nothing queued
@@ -512,10 +513,13 @@ class Service:
             self._start_sending(messages)
 
     def _start_sending(self, messages: list[OutboxMessage]) -> None:
+        """Hand the texts to the sender; each result joins the next batch `_keep_the_books`
+        stores. A callback per text, not a task: a storm's texts go out by the hundred."""
         for message in messages:
-            task = asyncio.create_task(self._send(message))
-            self._in_flight.add(task)
-            task.add_done_callback(self._send_finished)
+            submitted = self._sender.submit_soon(message.destination, message.body,
+                                                 reference=message.id & 0xFF)
+            self._in_flight.add(submitted)
+            submitted.add_done_callback(functools.partial(self._send_finished, message))
         if messages:
             self._observe_window()
 
@@ -523,11 +527,17 @@ class Service:
         window = self.config.smpp.window
         self.metrics.smpp_window(min(window, len(self._in_flight)), window)
 
-    def _send_finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+    def _send_finished(self, message: OutboxMessage,
+                       submitted: asyncio.Future[SubmitResult]) -> None:
+        self._in_flight.discard(submitted)
         self._observe_window()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("sending a text failed unexpectedly", error=repr(task.exception()))
+        if submitted.cancelled():
+            pass
+        elif (error := submitted.exception()) is not None:
+            log.error("sending a text failed unexpectedly", error=repr(error))
+        else:
+            self._results.append((message, submitted.result(), self._clock()))
+            self._bookkeeping_due.set()
         if self._backlog:  # a slot of the window is free and texts may be waiting for it
             self._wake_dispatcher.set()
 
@@ -538,13 +548,6 @@ class Service:
             async with asyncio.timeout(timeout):
                 await self._wake_dispatcher.wait()
         self._wake_dispatcher.clear()
-
-    async def _send(self, message: OutboxMessage) -> None:
-        """Submit one text; its result joins the next batch `_keep_the_books` stores."""
-        result = await self._sender.submit(message.destination, message.body,
-                                           reference=message.id & 0xFF)
-        self._results.append((message, result, self._clock()))
-        self._bookkeeping_due.set()
 
     async def _keep_the_books(self) -> None:
         """Log the decisions and store the submit results, once a storm's decisions have

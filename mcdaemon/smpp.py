@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import random
@@ -261,6 +262,30 @@ class SmppSender:
             self._wake_write.close()
 
     async def submit(self, destination: str, text: str, *, reference: int) -> SubmitResult:
+        """Submit one text (all its parts) and wait for the SMSC's answers."""
+        job = self._enqueue(destination, text, reference)
+        if isinstance(job, SubmitResult):
+            return job
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.abandoned = True  # not sent if still queued: the caller thinks it was not
+            raise
+
+    def submit_soon(self, destination: str, text: str, *,
+                    reference: int) -> asyncio.Future[SubmitResult]:
+        """`submit` without a coroutine of its own (the daemon sends hundreds at once): the
+        future of the result. Cancelling it gives up on the text, as cancelling `submit`."""
+        assert self._loop is not None, "start() the sender first"
+        job = self._enqueue(destination, text, reference)
+        if isinstance(job, SubmitResult):
+            settled: asyncio.Future[SubmitResult] = self._loop.create_future()
+            settled.set_result(job)
+            return settled
+        return job.future
+
+    def _enqueue(self, destination: str, text: str, reference: int) -> _Job | SubmitResult:
+        """Hand the text to the thread; or the result at once if it cannot go."""
         assert self._loop is not None, "start() the sender first"
         if self._state != "bound" or not self._accept:
             return SubmitResult("unbound", detail=f"not bound to the SMSC ({self._state})")
@@ -274,15 +299,15 @@ class SmppSender:
                                 f"smpp.max_parts is {self.config.max_parts}")
         job = _Job(destination.lstrip("+"), encoded, self._loop.create_future())
         self._in_flight += 1
-        try:
-            self._jobs.put(job)
-            self._wake()
-            return await job.future
-        except asyncio.CancelledError:
-            job.abandoned = True  # not sent if still queued: the caller thinks it was not
-            raise
-        finally:
-            self._in_flight -= 1
+        job.future.add_done_callback(functools.partial(self._job_settled, job))
+        self._jobs.put(job)
+        self._wake()
+        return job
+
+    def _job_settled(self, job: _Job, future: asyncio.Future[SubmitResult]) -> None:
+        self._in_flight -= 1
+        if future.cancelled():
+            job.abandoned = True  # not sent if still queued
 
     def _wake(self) -> None:
         if self._woken:

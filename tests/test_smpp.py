@@ -633,6 +633,30 @@ async def test_a_submit_the_caller_gave_up_on_before_it_went_out_is_never_sent()
         assert session.sender.in_flight == 0
 
 
+async def test_submit_soon_gives_the_future_of_the_result_and_cancelling_it_gives_up() -> None:
+    async with TestSmsc(response_delay=0.4, receipts=False) as smsc, \
+            sending(config(smsc, window=1)) as session:
+        first = session.sender.submit_soon("+447700900123", "A", reference=1)
+        given_up = session.sender.submit_soon("+447700900124", "B", reference=2)
+        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
+        given_up.cancel()
+
+        assert (await first).outcome == "submitted"
+        last = await session.sender.submit_soon("+447700900125", "C", reference=3)
+        assert last.outcome == "submitted"
+        assert [submit.text for submit in smsc.submits] == ["A", "C"]
+        assert session.sender.in_flight == 0
+
+
+async def test_submit_soon_settles_at_once_what_cannot_go() -> None:
+    async with TestSmsc(receipts=False) as smsc, \
+            sending(config(smsc, max_parts=1)) as session:
+        too_long = session.sender.submit_soon("+447700900123", "z" * 200, reference=1)
+
+        assert too_long.done() and too_long.result().outcome == "permanent"
+        assert smsc.submit_pdus == 0 and session.sender.in_flight == 0
+
+
 # ---------------------------------------------------------------- the link
 
 
