@@ -76,6 +76,13 @@ class _Client:
     mode: int = 0  # the bind command, 0 while unbound
     unanswered: set[int] = field(default_factory=set)
     submits: int = 0
+    answers: list[bytes] = field(default_factory=list)  # submit_sm_resp of the current read
+
+    def flush(self) -> None:
+        """Write the answers of the read being handled, in one system call."""
+        if self.answers and not self.writer.is_closing():
+            self.writer.write(b"".join(self.answers))
+        self.answers.clear()
 
 
 class TestSmsc:
@@ -91,6 +98,8 @@ class TestSmsc:
                  on_submit: Callable[[Submit], None] | None = None) -> None:
         self.system_id, self.password = system_id, password
         self.host, self.port = host, port
+        if id_format not in ("hex", "decimal", "uuid"):
+            raise ValueError(f"id_format {id_format!r}: hex, decimal or uuid")
         self.id_format = id_format
         self.receipts, self.receipt_delay = receipts, receipt_delay
         self.receipt_id_in_text_base = receipt_id_in_text_base
@@ -265,7 +274,10 @@ class TestSmsc:
                         break
                     body = bytes(buffer[16:length])
                     del buffer[:length]
+                    if command != SUBMIT_SM:
+                        client.flush()  # what was answered first goes first
                     await self._handle(client, command, sequence, body)
+                client.flush()
         except (ConnectionError, ValueError):
             pass
         finally:
@@ -350,8 +362,9 @@ class TestSmsc:
         message_id = ""
         if status == ESME_ROK:
             number = next(self._ids)
-            message_id = {"hex": format(number + 0x1000, "x"), "decimal": str(number),
-                          "uuid": str(uuid.uuid4())}[self.id_format]
+            message_id = (format(number + 0x1000, "x") if self.id_format == "hex"
+                          else str(number) if self.id_format == "decimal"
+                          else str(uuid.uuid4()))
             submit = Submit(destination, source, source_ton, source_npi, data_coding,
                             esm_class, registered_delivery, text, reference, total, part,
                             message_id, time.time())
@@ -365,8 +378,10 @@ class TestSmsc:
         if self.response_delay:
             self._spawn(self._respond_later(client, sequence, status, message_id,
                                             registered_delivery))
-        else:  # answered as read, as a quick SMSC does: no task per submit
-            self._respond(client, sequence, status, message_id, registered_delivery)
+        else:  # answered as read, as a quick SMSC does: no task per submit; the answers
+            # of one read go out together
+            self._respond(client, sequence, status, message_id, registered_delivery,
+                          batched=True)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -379,12 +394,15 @@ class TestSmsc:
         self._respond(client, sequence, status, message_id, registered_delivery)
 
     def _respond(self, client: _Client, sequence: int, status: int, message_id: str,
-                 registered_delivery: int) -> None:
+                 registered_delivery: int, batched: bool = False) -> None:
         client.unanswered.discard(sequence)
         if client.writer.is_closing():
             return
-        client.writer.write(pdu(SUBMIT_SM | RESP, sequence, message_id.encode() + b"\0",
-                                status))
+        answer = pdu(SUBMIT_SM | RESP, sequence, message_id.encode() + b"\0", status)
+        if batched:
+            client.answers.append(answer)
+        else:
+            client.writer.write(answer)
         if status == ESME_ROK and registered_delivery & 0x01 and self.receipts:
             self._spawn(self._receipt_later(message_id))
 
