@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -617,14 +617,23 @@ async def test_a_part_that_times_out_stops_the_rest_of_its_text() -> None:
         assert smsc.submit_pdus == 1
 
 
-async def test_a_submit_the_caller_gave_up_on_before_it_went_out_is_never_sent() -> None:
+async def by_timing_out_submit(sender: SmppSender) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sender.submit("+447700900124", "B", reference=2), 0.1)
+
+
+async def by_cancelling_submit_soon(sender: SmppSender) -> None:
+    sender.submit_soon("+447700900124", "B", reference=2).cancel()
+
+
+@pytest.mark.parametrize("give_up", [by_timing_out_submit, by_cancelling_submit_soon])
+async def test_a_submit_the_caller_gave_up_on_before_it_went_out_is_never_sent(
+        give_up: Callable[[SmppSender], Awaitable[None]]) -> None:
     async with TestSmsc(response_delay=0.4, receipts=False) as smsc, \
             sending(config(smsc, window=1)) as session:
         first = asyncio.create_task(session.sender.submit("+447700900123", "A", reference=1))
         await smsc.wait_until(lambda: smsc.submit_pdus == 1)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(session.sender.submit("+447700900124", "B", reference=2),
-                                   0.1)
+        await give_up(session.sender)
 
         assert (await first).outcome == "submitted"
         after = await session.sender.submit("+447700900125", "C", reference=3)
@@ -633,28 +642,17 @@ async def test_a_submit_the_caller_gave_up_on_before_it_went_out_is_never_sent()
         assert session.sender.in_flight == 0
 
 
-async def test_submit_soon_gives_the_future_of_the_result_and_cancelling_it_gives_up() -> None:
-    async with TestSmsc(response_delay=0.4, receipts=False) as smsc, \
-            sending(config(smsc, window=1)) as session:
-        first = session.sender.submit_soon("+447700900123", "A", reference=1)
-        given_up = session.sender.submit_soon("+447700900124", "B", reference=2)
-        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
-        given_up.cancel()
-
-        assert (await first).outcome == "submitted"
-        last = await session.sender.submit_soon("+447700900125", "C", reference=3)
-        assert last.outcome == "submitted"
-        assert [submit.text for submit in smsc.submits] == ["A", "C"]
-        assert session.sender.in_flight == 0
-
-
-async def test_submit_soon_settles_at_once_what_cannot_go() -> None:
+async def test_submit_soon_gives_the_future_of_the_result_settled_at_once_if_it_cannot_go(
+) -> None:
     async with TestSmsc(receipts=False) as smsc, \
             sending(config(smsc, max_parts=1)) as session:
         too_long = session.sender.submit_soon("+447700900123", "z" * 200, reference=1)
-
         assert too_long.done() and too_long.result().outcome == "permanent"
-        assert smsc.submit_pdus == 0 and session.sender.in_flight == 0
+
+        sent = await session.sender.submit_soon("+447700900123", "Hi", reference=2)
+        assert sent.outcome == "submitted"
+        assert [submit.text for submit in smsc.submits] == ["Hi"]
+        assert session.sender.in_flight == 0
 
 
 # ---------------------------------------------------------------- the link
