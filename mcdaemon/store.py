@@ -525,25 +525,40 @@ class Store:
     async def _write_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in one IMMEDIATE transaction on the event loop's thread, whole or not at
         all: for the writes a caller waits for. If another process holds the write lock for
-        more than NOW_BUSY_TIMEOUT_MS, the transaction waits in aiosqlite's thread instead."""
-        async def locked() -> T:
-            async with self._lock:
-                connection = self._db._conn
-                connection.execute(f"PRAGMA busy_timeout = {NOW_BUSY_TIMEOUT_MS}")
-                try:
-                    connection.execute("BEGIN IMMEDIATE")
-                    busy = False
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                        raise
-                    busy = True
-                finally:
-                    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                if busy:
-                    return await self._in_thread(_whole(work, connection))
-                return _whole(work, connection, begun=True)()
+        more than NOW_BUSY_TIMEOUT_MS, the transaction waits in aiosqlite's thread instead.
 
-        return await asyncio.shield(locked())
+        With the store idle (the usual case) the transaction runs at once, in the caller's
+        own step: nothing in it awaits, so nothing else runs meanwhile and no cancellation
+        can cut it, and the caller does not wait for a task of its own to get its turn (in a
+        storm, behind every callback already queued)."""
+        connection = self._db._conn
+
+        async def locked(try_now: bool) -> T:
+            async with self._lock:
+                if try_now and self._begin_now(connection):
+                    return _whole(work, connection, begun=True)()
+                return await self._in_thread(_whole(work, connection))
+
+        if self._lock.locked():
+            return await asyncio.shield(locked(try_now=True))
+        if self._begin_now(connection):
+            return _whole(work, connection, begun=True)()
+        return await asyncio.shield(locked(try_now=False))  # another process writes
+
+    @staticmethod
+    def _begin_now(connection: sqlite3.Connection) -> bool:
+        """BEGIN IMMEDIATE, waiting at most NOW_BUSY_TIMEOUT_MS for another process's write
+        lock; False (no transaction begun) if it is still held."""
+        connection.execute(f"PRAGMA busy_timeout = {NOW_BUSY_TIMEOUT_MS}")
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            return False
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database (PASSIVE: readers are not waited for), in

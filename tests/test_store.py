@@ -264,12 +264,16 @@ async def test_tasks_sharing_one_store_do_not_trip_over_each_others_transactions
 
 async def test_a_cancelled_caller_leaves_its_write_whole_and_the_store_usable(
         store: Store) -> None:
-    task = asyncio.create_task(store.record_call(missed_call("c1"), text(), now=T0,
-                                                 destination=CALLER))
-    await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    """A write that must wait (the store is busy with another) is shielded: its caller can
+    be cancelled meanwhile, and the write is still made whole. (On an idle store the write
+    is done before its caller could be cancelled.)"""
+    async with store._lock:  # busy with another read or write
+        task = asyncio.create_task(store.record_call(missed_call("c1"), text(), now=T0,
+                                                     destination=CALLER))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     await queued_message(store, "c2")
     assert await store.count_calls() == 2  # the shielded write finished
@@ -893,6 +897,25 @@ async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(tmp_pat
         assert not batch[0].group_enabled and batch[1].opted_out
     finally:
         await store.close()
+
+
+async def test_a_decision_written_to_an_idle_store_does_not_give_the_loop_away(
+        store: Store) -> None:
+    """In a storm the loop has callbacks queued: the write of a batch of decisions runs in
+    the decider's own step, not in a task that would wait behind them."""
+    ran_meanwhile = False
+
+    async def other() -> None:
+        nonlocal ran_meanwhile
+        ran_meanwhile = True
+
+    queued = asyncio.create_task(other())
+    ids, claimed = await store.record_calls_and_claim(
+        [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
+
+    assert not ran_meanwhile
+    assert ids[0] is not None and [message.id for message in claimed] == ids
+    await queued
 
 
 async def test_a_decision_waits_for_another_process_writing_without_stalling_the_loop(
