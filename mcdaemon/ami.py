@@ -106,19 +106,27 @@ class AmiEvents:
             end = raw.find(b"\n")
             event = (raw[7:] if end < 0 else raw[7:end]).rstrip(b"\r").decode(
                 "utf-8", errors="replace")  # as FrameFields would read it
-            if wanted is not None:
-                if event not in wanted:
-                    continue
-                if event == "VarSet" and variables is not None \
-                        and _variable(raw) not in variables:
-                    continue
-            yield AmiEvent(pbx, at, FrameFields(raw, event))
+            if wanted is None or _is_read(event, _variable(raw) if event == "VarSet" else "",
+                                          wanted, variables):
+                yield AmiEvent(pbx, at, FrameFields(raw, event))
 
     def __len__(self) -> int:
         return len(self.frames)
 
     def __repr__(self) -> str:
         return f"AmiEvents({self.pbx!r}, {self.at!r}, {len(self.frames)} frames)"
+
+
+def _is_read(event: str, variable: str, wanted: frozenset[str] | None,
+             variables: frozenset[str] | None) -> bool:
+    """Whether the daemon reads this event (for a VarSet: this variable); None: all."""
+    if wanted is None:
+        return True
+    if event not in wanted:
+        return False
+    if event == "VarSet" and variables is not None:
+        return variable in variables
+    return True
 
 
 def _variable(raw: bytes) -> str:
@@ -534,7 +542,8 @@ class AmiConnection:
                 self._listing_done(listing, at)
             if action is not None or "Event" not in fields:
                 return
-        if not event or not self._wanted_event(event, fields.get("Variable", "")):
+        if not event or not _is_read(event, fields.get("Variable", ""), self._wanted,
+                                     self._variables):
             return
         self._out.put_nowait(AmiEvent(self.pbx, at, fields))
 
@@ -547,16 +556,6 @@ class AmiConnection:
         live = frozenset((listed | self._born_while_listing) - {""})
         self._listing = None
         self._set_state("connected", f"logged in, {len(live)} live channels", live, at)
-
-    def _wanted_event(self, event: str, variable: str) -> bool:
-        """Whether the daemon reads this event (for a VarSet: this variable)."""
-        if self._wanted is None:
-            return True
-        if event not in self._wanted:
-            return False
-        if event == "VarSet" and self._variables is not None:
-            return variable in self._variables
-        return True
 
     def _set_state(self, state: str, detail: str, live: frozenset[str] | None = None,
                    at: float | None = None) -> None:
