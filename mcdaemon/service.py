@@ -352,20 +352,18 @@ class Service:
 
     async def _drain_ami_queue(self) -> None:
         while not self._ami_queue.empty():
-            item = self._ami_queue.get_nowait()
-            if isinstance(item, AmiEvents):
-                for event in item:
-                    self._hand_to_decider(self._track_event(event))
-            else:
-                self._hand_to_decider(await self._take(item))
+            self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
         await self._decide_pending()
 
-    async def _take(self, item: AmiEvent | AmiStatus) -> list[CallRecord]:
-        """One item of the AMI queue: a connection state is also recorded for `status`."""
+    async def _take(self, item: AmiItem) -> list[CallRecord]:
+        """One item of the AMI queue, whole: a connection state is also recorded for
+        `status`. (The consumer takes a read's events in time slices instead.)"""
         if isinstance(item, AmiStatus):
             self.metrics.ami_connection_state(item.pbx, item.state)
             await self.store.set_status(f"ami:{item.pbx}", item.state, item.at)
             return self._track_status(item)
+        if isinstance(item, AmiEvents):
+            return [record for event in item for record in self._track_event(event)]
         return self._track_event(item)
 
     def _track_event(self, event: AmiEvent) -> list[CallRecord]:
