@@ -648,15 +648,11 @@ class _Link:
             except BaseException:
                 _write(client, answers)
                 raise
-            if not bound:
+            if bound and client is self.clients[0]:  # the submits its answers freed a slot
+                self._take_jobs()  # for go out with the deliver_sm_resps, before the results
+                self._send_due(answers)  # go to the loop: each system call costs a GIL wait
+            else:  # (a receiver's link gets no submit_sm_resp)
                 _write(client, answers)
-            elif client is self.clients[0]:  # the submits that answers freed a slot for
-                self._take_jobs()  # go out with the answers, before the results go to
-                self._send_due(answers)  # the loop: every system call costs a GIL wait
-            else:
-                _write(client, answers)
-                self._take_jobs()
-                self._send_due()
             return bound
 
     def _handle_buffered(self, client: Client, buffer: bytearray, answers: list[bytes]) -> bool:
