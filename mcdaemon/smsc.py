@@ -76,10 +76,10 @@ class _Client:
     mode: int = 0  # the bind command, 0 while unbound
     unanswered: set[int] = field(default_factory=set)
     submits: int = 0
-    answers: list[bytes] = field(default_factory=list)  # submit_sm_resp of the current read
+    answers: list[bytes] = field(default_factory=list)  # submit_sm_resp not yet written
 
     def flush(self) -> None:
-        """Write the answers of the read being handled, in one system call."""
+        """Write the answers not yet written (those of a read: together), in one system call."""
         if self.answers and not self.writer.is_closing():
             self.writer.write(b"".join(self.answers))
         self.answers.clear()
@@ -379,9 +379,8 @@ class TestSmsc:
             self._spawn(self._respond_later(client, sequence, status, message_id,
                                             registered_delivery))
         else:  # answered as read, as a quick SMSC does: no task per submit; the answers
-            # of one read go out together
-            self._respond(client, sequence, status, message_id, registered_delivery,
-                          batched=True)
+            # of one read go out together (`_serve` flushes them)
+            self._respond(client, sequence, status, message_id, registered_delivery)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -392,17 +391,16 @@ class TestSmsc:
                              message_id: str, registered_delivery: int) -> None:
         await asyncio.sleep(self.response_delay)
         self._respond(client, sequence, status, message_id, registered_delivery)
+        client.flush()
 
     def _respond(self, client: _Client, sequence: int, status: int, message_id: str,
-                 registered_delivery: int, batched: bool = False) -> None:
+                 registered_delivery: int) -> None:
+        """Answer a submit (with the other answers of `client.answers`, at its flush)."""
         client.unanswered.discard(sequence)
         if client.writer.is_closing():
             return
-        answer = pdu(SUBMIT_SM | RESP, sequence, message_id.encode() + b"\0", status)
-        if batched:
-            client.answers.append(answer)
-        else:
-            client.writer.write(answer)
+        client.answers.append(pdu(SUBMIT_SM | RESP, sequence, message_id.encode() + b"\0",
+                                  status))
         if status == ESME_ROK and registered_delivery & 0x01 and self.receipts:
             self._spawn(self._receipt_later(message_id))
 
