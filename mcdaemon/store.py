@@ -36,10 +36,11 @@ millisecond or two (one fsync), while a trip to the other thread during a storm 
 the interpreter's switch interval (5 ms by default, 0.5 ms while the daemon runs) at every
 statement, as that thread waits for the GIL the busy loop holds. Whoever holds the store's
 lock is the only user of the connection, and every use of the lock runs to its end
-(shielded), so the two never overlap. Should another process (the CLI) hold SQLite's write
-lock, the write waits for it in aiosqlite's thread, not on the loop; and the daemon
-checkpoints the WAL in the background (`checkpoint`), so a commit on the loop seldom has one
-to do.
+(shielded), so the two never overlap; a write made while nobody holds the lock takes none,
+as it runs to its commit without awaiting (nothing else can run meanwhile). Should another
+process (the CLI) hold SQLite's write lock, the write waits for it in aiosqlite's thread, not
+on the loop; and the daemon checkpoints the WAL in the background (`checkpoint`), so a
+commit on the loop seldom has one to do.
 """
 
 from __future__ import annotations
