@@ -32,15 +32,15 @@ half-done transaction.
 Two threads, one connection. Most work goes through aiosqlite's thread. The few statements a
 caller waits for (the policy's view of a storm's callers, their contacts, the decision's
 write) run on the event loop's own thread instead (`_read_now`, `_write_now`): they take a
-millisecond or two (one fsync), while a trip to the other thread during a storm costs up to
-the interpreter's switch interval (5 ms by default, 0.5 ms while the daemon runs) at every
-statement, as that thread waits for the GIL the busy loop holds. Whoever holds the store's
-lock is the only user of the connection, and every use of the lock runs to its end
-(shielded), so the two never overlap; a write made while nobody holds the lock takes none,
-as it runs to its commit without awaiting (nothing else can run meanwhile). Should another
-process (the CLI) hold SQLite's write lock, the write waits for it in aiosqlite's thread, not
-on the loop; and the daemon checkpoints the WAL in the background (`checkpoint`), so a
-commit on the loop seldom has one to do.
+millisecond or two, while a trip to the other thread during a storm costs up to the
+interpreter's switch interval (5 ms by default, 0.5 ms while the daemon runs) at every
+statement, as that thread waits for the GIL the busy loop holds. The decision's COMMIT is the
+exception: it is one statement, and mostly a wait for the disk (the fsync), which the loop
+spends on the rest of the storm while aiosqlite's thread waits. Whoever holds the store's lock
+is the only user of the connection, and every use of the lock runs to its end (shielded), so
+the two threads never overlap. Should another process (the CLI) hold SQLite's write lock, the
+write waits for it in aiosqlite's thread, not on the loop; and the daemon checkpoints the WAL
+in the background (`checkpoint`), so a commit seldom has one to do.
 """
 
 from __future__ import annotations
@@ -390,22 +390,31 @@ def _insert_returning(connection: sqlite3.Connection, insert: str,
     return result
 
 
-def _whole(work: Callable[[sqlite3.Connection], T], connection: sqlite3.Connection, *,
-           begun: bool = False) -> Callable[[], T]:
+def _whole(work: Callable[[sqlite3.Connection], T],
+           connection: sqlite3.Connection) -> Callable[[], T]:
     """`work` as one IMMEDIATE transaction: committed, or rolled back on any error."""
     def transaction() -> T:
-        if not begun:
-            connection.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(connection)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
+        connection.execute("BEGIN IMMEDIATE")
+        result = _rolled_back_on_error(work, connection)
+        _rolled_back_on_error(_commit, connection)
         return result
 
     return transaction
+
+
+def _commit(connection: sqlite3.Connection) -> None:
+    connection.execute("COMMIT")
+
+
+def _rolled_back_on_error(work: Callable[[sqlite3.Connection], T],
+                          connection: sqlite3.Connection) -> T:
+    """`work` inside the open transaction; on any error the transaction is rolled back."""
+    try:
+        return work(connection)
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 class Store:
@@ -524,27 +533,40 @@ class Store:
             return work(self._db._conn)
 
     async def _write_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction on the event loop's thread, whole or not at
-        all: for the writes a caller waits for. If another process holds the write lock for
-        more than NOW_BUSY_TIMEOUT_MS, the transaction waits in aiosqlite's thread instead.
-
-        With the store idle (the usual case) the transaction runs at once, in the caller's
-        own step: nothing in it awaits, so nothing else runs meanwhile and no cancellation
-        can cut it, and the caller does not wait for a task of its own to get its turn (in a
-        storm, behind every callback already queued)."""
+        """Run `work` in one IMMEDIATE transaction, whole or not at all: for the writes a
+        caller waits for. `work` runs on the event loop's thread, in the caller's own step;
+        the COMMIT (the WAL's fsync, a millisecond or more of waiting on the disk) runs in
+        aiosqlite's thread, while the loop goes on with the rest of a storm. If the store
+        is busy, or another process holds SQLite's write lock for more than
+        NOW_BUSY_TIMEOUT_MS, the whole transaction runs in aiosqlite's thread instead."""
         connection = self._db._conn
 
-        async def locked(try_now: bool) -> T:
+        async def in_thread() -> T:
             async with self._lock:
-                if try_now and self._begin_now(connection):
-                    return _whole(work, connection, begun=True)()
                 return await self._in_thread(_whole(work, connection))
 
         if self._lock.locked():
-            return await asyncio.shield(locked(try_now=True))
-        if self._begin_now(connection):
-            return _whole(work, connection, begun=True)()
-        return await asyncio.shield(locked(try_now=False))  # another process writes
+            return await asyncio.shield(in_thread())
+        await self._lock.acquire()  # free: taken without a suspension
+        try:
+            begun = self._begin_now(connection)
+            if begun:
+                result = _rolled_back_on_error(work, connection)
+        except BaseException:
+            self._lock.release()
+            raise
+        if not begun:  # another process writes: wait for it off the loop
+            self._lock.release()
+            return await asyncio.shield(in_thread())
+
+        async def committed() -> T:
+            try:
+                await self._in_thread(lambda: _rolled_back_on_error(_commit, connection))
+            finally:
+                self._lock.release()
+            return result
+
+        return await asyncio.shield(committed())
 
     @staticmethod
     def _begin_now(connection: sqlite3.Connection) -> bool:
@@ -618,8 +640,8 @@ class Store:
         claimed (`sending`, as `claim_due` would leave them) in the same transaction: the
         sender gets them without another commit. Returns the message ids and those claimed.
 
-        Written on the event loop's thread (`_write_now`): this is the write a caller waits
-        for."""
+        Written on the event loop's thread and committed in aiosqlite's (`_write_now`): this
+        is the write a caller waits for."""
         if len(calls) != len(destinations):
             raise ValueError("record_calls needs one destination per call")
         resolved = [destination or call.decision.destination

@@ -8,6 +8,7 @@ survives restarts and upgrades.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -262,15 +263,17 @@ async def test_tasks_sharing_one_store_do_not_trip_over_each_others_transactions
     assert len(views) == 5
 
 
+@pytest.mark.parametrize("store_busy", [True, False], ids=["store busy", "commit pending"])
 async def test_a_cancelled_caller_leaves_its_write_whole_and_the_store_usable(
-        store: Store) -> None:
-    """A write that must wait (the store is busy with another) is shielded: its caller can
-    be cancelled meanwhile, and the write is still made whole. (On an idle store the write
-    is done before its caller could be cancelled.)"""
-    async with store._lock:  # busy with another read or write
+        store: Store, store_busy: bool) -> None:
+    """A write that waits (for the store, busy with another, or for its commit) is shielded:
+    its caller can be cancelled meanwhile, and the write is still made whole."""
+    async with contextlib.AsyncExitStack() as busy:
+        if store_busy:
+            await busy.enter_async_context(store._lock)  # busy with another read or write
         task = asyncio.create_task(store.record_call(missed_call("c1"), text(), now=T0,
                                                      destination=CALLER))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the task's step: it waits for the lock, or for its commit
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -899,23 +902,32 @@ async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(tmp_pat
         await store.close()
 
 
-async def test_a_decision_written_to_an_idle_store_does_not_give_the_loop_away(
-        store: Store) -> None:
-    """In a storm the loop has callbacks queued: the write of a batch of decisions runs in
-    the decider's own step, not in a task that would wait behind them."""
-    ran_meanwhile = False
+async def test_a_decision_is_written_in_the_deciders_step_and_committed_off_the_loop(
+        store: Store, db_path: str) -> None:
+    """In a storm the loop has callbacks queued: a batch's rows are written in the decider's
+    own step, not in a task that would wait behind them; only the commit (the wait for the
+    disk) leaves the loop to the others, and the caller has its texts once it is done."""
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    seen: dict[str, int] = {}
 
-    async def other() -> None:
-        nonlocal ran_meanwhile
-        ran_meanwhile = True
+    async def other() -> None:  # queued before the write
+        seen["written"] = store._db._conn.total_changes
+        seen["committed"] = reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
+    before = store._db._conn.total_changes
     queued = asyncio.create_task(other())
-    ids, claimed = await store.record_calls_and_claim(
-        [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
-
-    assert not ran_meanwhile
-    assert ids[0] is not None and [message.id for message in claimed] == ids
+    try:
+        ids, claimed = await store.record_calls_and_claim(
+            [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
+        committed = reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    finally:
+        reader.close()
     await queued
+
+    assert seen["written"] > before  # the rows were written before the queued task ran
+    assert seen["committed"] == 0  # which ran while the commit was still to come
+    assert committed == 1  # and the caller got its answer once the commit was made
+    assert ids[0] is not None and [message.id for message in claimed] == ids
 
 
 async def test_a_decision_waits_for_another_process_writing_without_stalling_the_loop(
