@@ -29,18 +29,18 @@ transaction holds an asyncio lock (two tasks must not interleave `BEGIN`s on it)
 shielded from cancellation: a cancelled caller never leaves the connection inside a
 half-done transaction.
 
-Two threads, one connection. Most work goes through aiosqlite's thread. The few statements a
-caller waits for (the policy's view of a storm's callers, their contacts, the decision's
-write) run on the event loop's own thread instead (`_read_now`, `_write_now`): they take a
-millisecond or two, while a trip to the other thread during a storm costs up to the
-interpreter's switch interval (5 ms by default, 0.5 ms while the daemon runs) at every
-statement, as that thread waits for the GIL the busy loop holds. The decision's COMMIT is the
-exception: it is one statement, and mostly a wait for the disk (the fsync), which the loop
-spends on the rest of the storm while aiosqlite's thread waits. Whoever holds the store's lock
-is the only user of the connection, and every use of the lock runs to its end (shielded), so
-the two threads never overlap. Should another process (the CLI) hold SQLite's write lock, the
-write waits for it in aiosqlite's thread, not on the loop; and the daemon checkpoints the WAL
-in the background (`checkpoint`), so a commit seldom has one to do.
+Two threads, one connection. Most work goes through aiosqlite's thread, the decisions' write
+too: SQLite lets go of the GIL while it inserts and while the commit waits for the disk, so
+the event loop goes on with a storm's events meanwhile. That thread waits for the GIL again
+after each step of a statement (up to the interpreter's switch interval, 0.5 ms while the
+daemon runs, when the loop is busy), so the decisions' write is a handful of statements that
+step once each (what it reads back comes as one row of JSON), not a step per row. The two
+reads a decision waits for (the policy's view of a storm's callers, their contacts) return a
+row per caller and run on the event loop's own thread instead (`_read_now`). Whoever holds
+the store's lock is the only user of the connection, and every use of the lock runs to its
+end (shielded), so the two threads never overlap. Should another process (the CLI) hold
+SQLite's write lock, a write waits for it in aiosqlite's thread, not on the loop; and the
+daemon checkpoints the WAL in the background (`checkpoint`), so a commit seldom has one to do.
 """
 
 from __future__ import annotations
@@ -67,8 +67,6 @@ T = TypeVar("T")
 #: `UPDATE … RETURNING` (the one-statement claim) needs this SQLite library
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
-#: how long a write on the event loop's thread waits for another process's write lock
-NOW_BUSY_TIMEOUT_MS = 20
 
 #: state -> the states it may move to. The only definition of the message life cycle.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -372,22 +370,63 @@ def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
             decision.variant, now)
 
 
-def _insert_returning(connection: sqlite3.Connection, insert: str,
-                      rows: Sequence[tuple[Any, ...]], returning: str) -> list[Any]:
-    """`insert` (up to its column list) of many rows, a statement per few hundred rows, with
-    the `returning` columns of the rows inserted (not of those ignored)."""
+def _insert_many(connection: sqlite3.Connection, insert: str,
+                 rows: Sequence[tuple[Any, ...]]) -> None:
+    """`insert` (up to its column list) of many rows, a statement per few thousand."""
     if not rows:
-        return []
+        return
     width = len(rows[0])
     per_statement = max(1, 30000 // width)  # SQLite allows 32766 parameters
     marks = "(" + ",".join("?" * width) + ")"
-    result: list[Any] = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start:start + per_statement]
-        result += connection.execute(
-            f"{insert} VALUES {','.join(marks for _ in chunk)} RETURNING {returning}",
-            [value for row in chunk for value in row]).fetchall()
-    return result
+        connection.execute(f"{insert} VALUES {','.join(marks for _ in chunk)}",
+                           [value for row in chunk for value in row])
+
+
+def _highest_id_and_stored_calls(connection: sqlite3.Connection,
+                                 keys: Sequence[tuple[str, str]]
+                                 ) -> tuple[int, set[tuple[str, str]]]:
+    """The highest message id, and which of the calls `keys` are stored already: a row per
+    statement (as JSON), a statement per 10,000 calls."""
+    top = 0
+    stored: set[tuple[str, str]] = set()
+    for start in range(0, len(keys), 10000):
+        chunk = keys[start:start + 10000]
+        marks = ",".join("(?,?)" for _ in chunk)
+        highest, found = connection.execute(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM messages), (SELECT"
+            " json_group_array(json_array(calls.pbx, calls.call_id))"
+            f" FROM (VALUES {marks}) AS wanted CROSS JOIN calls"  # CROSS: look each one up
+            " ON calls.pbx = wanted.column1 AND calls.call_id = wanted.column2)",
+            [value for key in chunk for value in key]).fetchone()
+        top = max(top, int(highest))
+        stored.update((str(pbx), str(call_id)) for pbx, call_id in json.loads(found))
+    return top, stored
+
+
+def _first_text(call: NewCall, destination: str, now: float) -> tuple[tuple[Any, ...], bool]:
+    """A call's first text as `_INSERT_FIRST_TEXT`'s first 12 columns, and whether it is
+    due now (it may then be born claimed)."""
+    record, decision = call.record, call.decision
+    due = (decision.send_after is None or decision.send_after <= now) and (
+        decision.expires_at is None or decision.expires_at > now)
+    return (record.pbx, record.call_id, "first", 0, destination, decision.body,
+            decision.group, decision.variant,
+            decision.send_after if decision.send_after is not None else now,
+            decision.expires_at, record.ended, now), due
+
+
+def _new_first_text(message_id: int, row: tuple[Any, ...]) -> OutboxMessage:
+    """The message `_INSERT_FIRST_TEXT` made of `row`, as `_message` would read it back."""
+    (pbx, call_id, kind, seq, destination, body, group, variant, not_before, expires_at,
+     call_ended_at, created_at, state, attempts, sending_at) = row
+    return OutboxMessage(
+        message_id, pbx, call_id, kind, seq, destination, body, group, variant, state,
+        attempts, parts=0, not_before=not_before, expires_at=expires_at,
+        call_ended_at=call_ended_at, created_at=created_at, sending_at=sending_at,
+        submitted_at=None, final_at=None, error_code=None, error_detail=None,
+        duplicate_risk=False)
 
 
 def _whole(work: Callable[[sqlite3.Connection], T],
@@ -395,26 +434,16 @@ def _whole(work: Callable[[sqlite3.Connection], T],
     """`work` as one IMMEDIATE transaction: committed, or rolled back on any error."""
     def transaction() -> T:
         connection.execute("BEGIN IMMEDIATE")
-        result = _rolled_back_on_error(work, connection)
-        _rolled_back_on_error(_commit, connection)
+        try:
+            result = work(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
         return result
 
     return transaction
-
-
-def _commit(connection: sqlite3.Connection) -> None:
-    connection.execute("COMMIT")
-
-
-def _rolled_back_on_error(work: Callable[[sqlite3.Connection], T],
-                          connection: sqlite3.Connection) -> T:
-    """`work` inside the open transaction; on any error the transaction is rolled back."""
-    try:
-        return work(connection)
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
 
 
 class Store:
@@ -532,56 +561,20 @@ class Store:
         async with self._lock:
             return work(self._db._conn)
 
-    async def _write_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction, whole or not at all: for the writes a
-        caller waits for. `work` runs on the event loop's thread, in the caller's own step;
-        the COMMIT (the WAL's fsync, a millisecond or more of waiting on the disk) runs in
-        aiosqlite's thread, while the loop goes on with the rest of a storm. If the store
-        is busy, or another process holds SQLite's write lock for more than
-        NOW_BUSY_TIMEOUT_MS, the whole transaction runs in aiosqlite's thread instead."""
+    async def _write_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one IMMEDIATE transaction in aiosqlite's thread, whole or not at
+        all: for the decisions' writes, which a storm's callers wait for. SQLite lets go of
+        the GIL while it works (inserting, and the commit's fsync), so the loop goes on with
+        the storm meanwhile. At each step of a statement the thread waits for the GIL again
+        (the switch interval, while the loop is busy): `work` makes a handful of statements
+        that step once each, not one step per row."""
         connection = self._db._conn
 
-        async def in_thread() -> T:
+        async def locked() -> T:
             async with self._lock:
                 return await self._in_thread(_whole(work, connection))
 
-        if self._lock.locked():
-            return await asyncio.shield(in_thread())
-        await self._lock.acquire()  # free: taken without a suspension
-        try:
-            begun = self._begin_now(connection)
-            if begun:
-                result = _rolled_back_on_error(work, connection)
-        except BaseException:
-            self._lock.release()
-            raise
-        if not begun:  # another process writes: wait for it off the loop
-            self._lock.release()
-            return await asyncio.shield(in_thread())
-
-        async def committed() -> T:
-            try:
-                await self._in_thread(lambda: _rolled_back_on_error(_commit, connection))
-            finally:
-                self._lock.release()
-            return result
-
-        return await asyncio.shield(committed())
-
-    @staticmethod
-    def _begin_now(connection: sqlite3.Connection) -> bool:
-        """BEGIN IMMEDIATE, waiting at most NOW_BUSY_TIMEOUT_MS for another process's write
-        lock; False (no transaction begun) if it is still held."""
-        connection.execute(f"PRAGMA busy_timeout = {NOW_BUSY_TIMEOUT_MS}")
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            return True
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                raise
-            return False
-        finally:
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return await asyncio.shield(locked())
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database (PASSIVE: readers are not waited for), in
@@ -640,8 +633,9 @@ class Store:
         claimed (`sending`, as `claim_due` would leave them) in the same transaction: the
         sender gets them without another commit. Returns the message ids and those claimed.
 
-        Written on the event loop's thread and committed in aiosqlite's (`_write_now`): this
-        is the write a caller waits for."""
+        The write a caller waits for: the rows are made on the loop, the transaction runs in
+        aiosqlite's thread (`_write_in_thread`, which says why) with a handful of statements
+        that step once each, whatever the batch's size."""
         if len(calls) != len(destinations):
             raise ValueError("record_calls needs one destination per call")
         resolved = [destination or call.decision.destination
@@ -652,45 +646,46 @@ class Store:
                                  "text needs a destination and a body")
         if not calls:
             return [], []
+        keys = [(call.record.pbx, call.record.call_id) for call in calls]
         call_rows = [_call_row(call, now) for call in calls]
+        texts = [(index, _first_text(call, destination, now))
+                 for index, (call, destination) in enumerate(zip(calls, resolved, strict=True))
+                 if call.decision.text and destination and call.decision.body]
 
-        def work(connection: sqlite3.Connection) -> tuple[list[int | None],
-                                                          list[OutboxMessage]]:
-            fresh = {(str(pbx), str(call_id)) for pbx, call_id in _insert_returning(
-                connection, _INSERT_CALL, call_rows, "pbx, call_id")}
+        def work(connection: sqlite3.Connection) -> tuple[list[OutboxMessage], list[int]]:
+            top, stored = _highest_id_and_stored_calls(connection, keys)
+            fresh = set(keys) - stored
+            _insert_many(connection, _INSERT_CALL,
+                         [row for key, row in zip(keys, call_rows, strict=True) if key in fresh])
             texted: list[int] = []  # indexes of the calls whose first text is new
-            for index, call in enumerate(calls):
-                key = (call.record.pbx, call.record.call_id)
-                if key in fresh:
-                    fresh.discard(key)  # a call twice in the batch: its first decision stands
-                    if call.decision.text and resolved[index] and call.decision.body:
-                        texted.append(index)
-            message_rows = []
+            rows: list[tuple[Any, ...]] = []
             left = max(0, claim)
-            for index in texted:
-                record, decision = calls[index].record, calls[index].decision
-                due = (decision.send_after is None or decision.send_after <= now) and (
-                    decision.expires_at is None or decision.expires_at > now)
-                born_claimed = due and left > 0
+            for index, (row, due) in texts:
+                if keys[index] not in fresh:
+                    continue
+                fresh.discard(keys[index])  # a call twice in the batch: its first decision
+                born_claimed = due and left > 0  # stands
                 left -= born_claimed
-                message_rows.append((
-                    record.pbx, record.call_id, "first", 0, resolved[index], decision.body,
-                    decision.group, decision.variant,
-                    decision.send_after if decision.send_after is not None else now,
-                    decision.expires_at, record.ended, now,
-                    "sending" if born_claimed else "queued", int(born_claimed),
-                    now if born_claimed else None))
-            messages = [_message(row) for row in _insert_returning(
-                connection, _INSERT_FIRST_TEXT, message_rows, _MESSAGE_COLUMNS)]
-            ids = {(message.pbx, message.call_id): message.id for message in messages}
-            result: list[int | None] = [None] * len(calls)
-            for index in texted:
-                result[index] = ids.get((calls[index].record.pbx, calls[index].record.call_id))
-            claimed = sorted((message for message in messages if message.state == "sending"),
-                             key=lambda message: message.id)
-            return result, claimed
+                texted.append(index)
+                rows.append((*row, "sending" if born_claimed else "queued", int(born_claimed),
+                             now if born_claimed else None))
+            _insert_many(connection, _INSERT_FIRST_TEXT, rows)
+            (inserted,) = connection.execute(  # ids only: JSON would round the REALs
+                "SELECT json_group_array(json_array(id, pbx, call_id)) FROM messages"
+                " WHERE id > ? AND kind = 'first' AND seq = 0", (top,)).fetchone()
+            ids = {(pbx, call_id): message_id
+                   for message_id, pbx, call_id in json.loads(inserted)}
+            return [_new_first_text(ids[row[0], row[1]], row) for row in rows
+                    if (row[0], row[1]) in ids], texted
 
-        return await self._write_now(work)
+        messages, texted = await self._write_in_thread(work)
+        ids = {(message.pbx, message.call_id): message.id for message in messages}
+        result: list[int | None] = [None] * len(calls)
+        for index in texted:
+            result[index] = ids.get(keys[index])
+        claimed = sorted((message for message in messages if message.state == "sending"),
+                         key=lambda message: message.id)
+        return result, claimed
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
