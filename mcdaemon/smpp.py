@@ -10,7 +10,7 @@ what a result means for a message.
 
 Under a storm the two threads share one GIL, and every system call a thread makes costs it a
 wait for the GIL afterwards (up to the interpreter's switch interval while the event loop
-is busy: 5 ms by default, 0.5 ms while the daemon runs, see `service.GIL_SWITCH_INTERVAL`).
+is busy: 5 ms by default, 0.2 ms while the daemon runs, see `service.GIL_SWITCH_INTERVAL`).
 So the crossings are batched: one wake-up byte while the thread has not yet
 taken the jobs, the submits that fit the window written with one `sendall`, what the SMSC
 sends read in chunks and cut into PDUs here, the deliver_sm_resp of a read written together,

@@ -32,9 +32,10 @@ half-done transaction.
 Two threads, one connection. Most work goes through aiosqlite's thread, the decisions' write
 too: SQLite lets go of the GIL while it inserts and while the commit waits for the disk, so
 the event loop goes on with a storm's events meanwhile. That thread waits for the GIL again
-after each step of a statement (up to the interpreter's switch interval, 0.5 ms while the
+after each step of a statement (up to the interpreter's switch interval, 0.2 ms while the
 daemon runs, when the loop is busy), so the decisions' write is a handful of statements that
-step once each (what it reads back comes as one row of JSON), not a step per row. The two
+step once each (what it reads back comes as one row of JSON), not a step per row, and that
+SQLite prepares once (`_padded`), not at every batch. The two
 reads a decision waits for (the policy's view of a storm's callers, their contacts) return a
 row per caller and run on the event loop's own thread instead (`_read_now`). Whoever holds
 the store's lock is the only user of the connection, and every use of the lock runs to its
@@ -372,14 +373,19 @@ def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
 
 def _insert_many(connection: sqlite3.Connection, insert: str,
                  rows: Sequence[tuple[Any, ...]]) -> None:
-    """`insert` (up to its column list) of many rows, a statement per few thousand."""
+    """`insert` (an INSERT OR IGNORE, up to its column list) of many rows, a statement per
+    thousand or so, each `_padded`."""
+    if not insert.startswith("INSERT OR IGNORE "):
+        raise ValueError("_insert_many pads its rows with copies: INSERT OR IGNORE only")
     if not rows:
         return
     width = len(rows[0])
-    per_statement = max(1, 30000 // width)  # SQLite allows 32766 parameters
-    marks = "(" + ",".join("?" * width) + ")"
+    per_statement = _PADDED_SIZE_MIN
+    while per_statement * 2 * width <= 30000:  # SQLite allows 32766 parameters
+        per_statement *= 2
     for start in range(0, len(rows), per_statement):
-        chunk = rows[start:start + per_statement]
+        chunk = _padded(rows[start:start + per_statement])
+        marks = "(" + ",".join("?" * width) + ")"
         connection.execute(f"{insert} VALUES {','.join(marks for _ in chunk)}",
                            [value for row in chunk for value in row])
 
@@ -388,11 +394,11 @@ def _highest_id_and_stored_calls(connection: sqlite3.Connection,
                                  keys: Sequence[tuple[str, str]]
                                  ) -> tuple[int, set[tuple[str, str]]]:
     """The highest message id, and which of the calls `keys` are stored already: a row per
-    statement (as JSON), a statement per 10,000 calls."""
+    statement (as JSON), a statement per 8,192 calls, each `_padded`."""
     top = 0
     stored: set[tuple[str, str]] = set()
-    for start in range(0, len(keys), 10000):
-        chunk = keys[start:start + 10000]
+    for start in range(0, len(keys), 8192):
+        chunk = _padded(keys[start:start + 8192])
         marks = ",".join("(?,?)" for _ in chunk)
         highest, found = connection.execute(
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM messages), (SELECT"
@@ -403,6 +409,22 @@ def _highest_id_and_stored_calls(connection: sqlite3.Connection,
         top = max(top, int(highest))
         stored.update((str(pbx), str(call_id)) for pbx, call_id in json.loads(found))
     return top, stored
+
+
+#: the fewest rows `_padded` gives
+_PADDED_SIZE_MIN = 8
+
+
+def _padded(rows: Sequence[T]) -> Sequence[T]:
+    """`rows` and copies of its last one, up to the next power of two (at least
+    _PADDED_SIZE_MIN). An INSERT OR IGNORE skips the copies, a lookup finds the same row
+    twice; and a storm's batches, of any size, make a handful of distinct statements, which
+    SQLite prepares once each (the connection's statement cache) instead of at every batch:
+    in aiosqlite's thread a preparation costs a wait for the GIL."""
+    size = _PADDED_SIZE_MIN
+    while size < len(rows):
+        size *= 2
+    return [*rows, *[rows[-1]] * (size - len(rows))] if rows else rows
 
 
 def _first_text(call: NewCall, destination: str, now: float) -> tuple[tuple[Any, ...], bool]:

@@ -31,6 +31,7 @@ from mcdaemon.store import (
     Store,
     StoreError,
     SubmitOutcome,
+    _padded,
 )
 
 T0 = 1_736_157_600.0  # a Monday morning; the fake clock starts here
@@ -905,6 +906,19 @@ async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(tmp_pat
         assert not batch[0].group_enabled and batch[1].opted_out
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(("size", "padded"), [(0, 0), (1, 8), (8, 8), (9, 16), (53, 64),
+                                               (1024, 1024)])
+def test_a_batch_is_padded_to_one_of_a_few_sizes_with_copies_of_its_last_row(
+        size: int, padded: int) -> None:
+    """Batches of a few sizes make a few distinct statements, each prepared once."""
+    rows = [(n,) for n in range(size)]
+
+    result = _padded(rows)
+
+    assert len(result) == padded and list(result[:size]) == rows
+    assert all(row == rows[-1] for row in result[size:])
 
 
 async def test_the_loop_goes_on_while_a_batch_of_decisions_is_written(store: Store) -> None:
