@@ -341,14 +341,13 @@ class Service:
                 await self._decide_and_store(batch)
 
     async def _decisions_first(self) -> None:
-        """Let a storm's decisions and their texts go first (for at most
-        BOOKKEEPING_DEFERRAL): its callers wait for those, the store takes one transaction
-        at a time, and the SMPP thread waits for the GIL while the loop is busy. Submit
-        results, receipts and housekeeping are bookkeeping; they keep in memory meanwhile."""
+        """Let a storm's decisions go first (for at most BOOKKEEPING_DEFERRAL): its callers
+        wait for those, and the store takes one transaction at a time. Submit results,
+        receipts and housekeeping are bookkeeping; they keep in memory meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BOOKKEEPING_DEFERRAL
         while loop.time() < deadline and (
-                self._ended or self._deciding.locked() or self._in_flight
+                self._ended or self._deciding.locked()
                 or loop.time() - self._last_call_ended < STORM_QUIET):
             await asyncio.sleep(STORM_QUIET / 2)
 

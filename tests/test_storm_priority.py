@@ -16,7 +16,6 @@ from mcdaemon import service
 from mcdaemon.config import config_from_dict
 from mcdaemon.records import CallRecord, Decision, Outcome
 from mcdaemon.service import Service
-from mcdaemon.smpp import SubmitResult
 from mcdaemon.store import NewCall
 
 
@@ -51,19 +50,6 @@ async def test_bookkeeping_waits_until_no_call_has_ended_for_a_moment() -> None:
     waited = await timed(daemon._decisions_first())
 
     assert service.STORM_QUIET * 0.9 <= waited < service.BOOKKEEPING_DEFERRAL
-
-
-async def test_bookkeeping_waits_until_the_storms_texts_are_out() -> None:
-    """The last texts of a storm go out a window at a time: bookkeeping on the loop would
-    make the SMPP thread wait for the GIL at each of their round trips."""
-    daemon = quiet_service()
-    submitted: asyncio.Future[SubmitResult] = asyncio.get_running_loop().create_future()
-    daemon._in_flight.add(submitted)
-    asyncio.get_running_loop().call_later(0.1, daemon._in_flight.discard, submitted)
-
-    waited = await timed(daemon._decisions_first())
-
-    assert 0.09 <= waited < service.BOOKKEEPING_DEFERRAL
 
 
 async def test_bookkeeping_waits_no_longer_than_the_deferral_however_long_the_storm() -> None:
