@@ -269,17 +269,17 @@ async def test_tasks_sharing_one_store_do_not_trip_over_each_others_transactions
     assert len(views) == 5
 
 
-@pytest.mark.parametrize("store_busy", [True, False], ids=["store busy", "write under way"])
+@pytest.mark.parametrize("store_busy", [True, False], ids=["store busy", "commit under way"])
 async def test_a_cancelled_caller_leaves_its_write_whole_and_the_store_usable(
         store: Store, store_busy: bool) -> None:
-    """A write that waits (for the store, busy with another, or for aiosqlite's thread) is
-    shielded: its caller can be cancelled meanwhile, and the write is still made whole."""
+    """A write that waits (for the store, busy with another, or for its commit) is shielded:
+    its caller can be cancelled meanwhile, and the write is still made whole."""
     async with contextlib.AsyncExitStack() as busy:
         if store_busy:
             await busy.enter_async_context(store._lock)  # busy with another read or write
         task = asyncio.create_task(store.record_call(missed_call("c1"), text(), now=T0,
                                                      destination=CALLER))
-        await asyncio.sleep(0)  # the task's step: it waits for the lock, or the thread
+        await asyncio.sleep(0)  # the task's step: it waits for the lock, or its commit
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -921,25 +921,32 @@ def test_a_batch_is_padded_to_one_of_a_few_sizes_with_copies_of_its_last_row(
     assert all(row == rows[-1] for row in result[size:])
 
 
-async def test_the_loop_goes_on_while_a_batch_of_decisions_is_written(store: Store) -> None:
-    """SQLite works (and waits for the disk) in aiosqlite's thread: a storm's events are read
-    meanwhile."""
-    ticks = 0
-    writing = True
+async def test_a_decision_is_written_in_the_deciders_step_and_committed_off_the_loop(
+        store: Store, db_path: str) -> None:
+    """In a storm the loop has callbacks queued: a batch's rows are written in the decider's
+    own step, not in a task that would wait behind them; only the commit (the wait for the
+    disk) leaves the loop to the others, and the caller has its texts once it is done."""
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    seen: dict[str, int] = {}
 
-    async def tick() -> None:
-        nonlocal ticks
-        while writing:
-            await asyncio.sleep(0)
-            ticks += 1
+    async def other() -> None:  # queued before the write
+        seen["written"] = store._db._conn.total_changes
+        seen["committed"] = reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
-    ticker = asyncio.create_task(tick())
-    await store.record_calls([NewCall(missed_call(f"c{n}"), text()) for n in range(500)],
-                             now=T0, destinations=[CALLER] * 500)
-    writing = False
-    await ticker
+    before = store._db._conn.total_changes
+    queued = asyncio.create_task(other())
+    try:
+        ids, claimed = await store.record_calls_and_claim(
+            [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
+        committed = reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+    finally:
+        reader.close()
+    await queued
 
-    assert ticks >= 10
+    assert seen["written"] > before  # the rows were written before the queued task ran
+    assert seen["committed"] == 0  # which ran while the commit was still to come
+    assert committed == 1  # and the caller got its answer once the commit was made
+    assert ids[0] is not None and [message.id for message in claimed] == ids
 
 
 async def test_the_texts_handed_back_are_the_rows_as_stored(store: Store) -> None:
