@@ -72,6 +72,10 @@ STORM_GATHER = 0.01
 BOOKKEEPING_DEFERRAL = 0.5
 #: no call ended for this long: the storm is over, bookkeeping may use the store (seconds)
 STORM_QUIET = 0.02
+#: after a batch of decisions is written, bookkeeping also waits this long for its texts to
+#: be out (seconds): their window's round trips wait for the GIL while the loop is busy, and
+#: a `kill -9` doubles the texts whose results are still in memory, so not longer
+TEXTS_OUT_GRACE = 0.05
 #: the interpreter's thread switch interval while the daemon runs (Python's default: 5 ms).
 #: In a storm the event loop is busy, and the threads on a text's way wait up to the interval
 #: for the GIL at each of their system calls: aiosqlite's at each step of the decisions'
@@ -125,6 +129,7 @@ class Service:
         self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
         self._last_call_ended = float("-inf")  # loop time of the last call handed over
+        self._last_batch_sent = float("-inf")  # loop time the last decided texts went out
         #: decisions stored, not yet logged and counted, and submit results not yet stored:
         #: bookkeeping, done after a storm's decisions (`_keep_the_books`)
         self._unreported: list[tuple[NewCall, int | None]] = []
@@ -341,14 +346,16 @@ class Service:
                 await self._decide_and_store(batch)
 
     async def _decisions_first(self) -> None:
-        """Let a storm's decisions go first (for at most BOOKKEEPING_DEFERRAL): its callers
-        wait for those, and the store takes one transaction at a time. Submit results,
+        """Let a storm's decisions, and the texts of its last batch, go first (for at most
+        BOOKKEEPING_DEFERRAL): its callers wait for those, the store takes one transaction at
+        a time, and the SMPP thread waits for the GIL while the loop is busy. Submit results,
         receipts and housekeeping are bookkeeping; they keep in memory meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BOOKKEEPING_DEFERRAL
         while loop.time() < deadline and (
                 self._ended or self._deciding.locked()
-                or loop.time() - self._last_call_ended < STORM_QUIET):
+                or loop.time() - self._last_call_ended < STORM_QUIET
+                or (self._in_flight and loop.time() - self._last_batch_sent < TEXTS_OUT_GRACE)):
             await asyncio.sleep(STORM_QUIET / 2)
 
     async def _drain_ami_queue(self) -> None:
@@ -437,6 +444,7 @@ class Service:
         self.metrics.text_transition("queued", sum(1 for message_id in message_ids
                                                    if message_id is not None))
         self._start_sending(claimed)
+        self._last_batch_sent = asyncio.get_running_loop().time()
         if self._on_decision is not None:
             for call in decided:
                 self._on_decision(call.record, call.decision)

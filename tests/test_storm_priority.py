@@ -16,6 +16,7 @@ from mcdaemon import service
 from mcdaemon.config import config_from_dict
 from mcdaemon.records import CallRecord, Decision, Outcome
 from mcdaemon.service import Service
+from mcdaemon.smpp import SubmitResult
 from mcdaemon.store import NewCall
 
 
@@ -50,6 +51,28 @@ async def test_bookkeeping_waits_until_no_call_has_ended_for_a_moment() -> None:
     waited = await timed(daemon._decisions_first())
 
     assert service.STORM_QUIET * 0.9 <= waited < service.BOOKKEEPING_DEFERRAL
+
+
+async def test_bookkeeping_waits_a_moment_for_the_last_batchs_texts_to_be_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bookkeeping on the loop would make each of their window's round trips wait for the
+    GIL; but only for a moment: results kept in memory are texts a `kill -9` would double."""
+    monkeypatch.setattr(service, "TEXTS_OUT_GRACE", 0.3)  # long: a loaded machine's sleeps
+    loop = asyncio.get_running_loop()
+    daemon = quiet_service()
+    out_soon: asyncio.Future[SubmitResult] = loop.create_future()
+    daemon._in_flight.add(out_soon)
+    daemon._last_batch_sent = loop.time()
+    loop.call_later(0.05, daemon._in_flight.discard, out_soon)
+    waited_for_the_texts = await timed(daemon._decisions_first())
+
+    stuck: asyncio.Future[SubmitResult] = loop.create_future()  # a slow SMSC's
+    daemon._in_flight.add(stuck)
+    daemon._last_batch_sent = loop.time()
+    waited_for_a_slow_smsc = await timed(daemon._decisions_first())
+
+    assert 0.045 <= waited_for_the_texts < 0.2
+    assert 0.27 <= waited_for_a_slow_smsc < service.BOOKKEEPING_DEFERRAL
 
 
 async def test_bookkeeping_waits_no_longer_than_the_deferral_however_long_the_storm() -> None:
