@@ -129,7 +129,8 @@ class Service:
         self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
         self._last_call_ended = float("-inf")  # loop time of the last call handed over
-        self._last_batch_sent = float("-inf")  # loop time the last decided texts went out
+        #: loop time the last batch of decisions was written (its texts, if any, handed over)
+        self._last_batch_sent = float("-inf")
         #: decisions stored, not yet logged and counted, and submit results not yet stored:
         #: bookkeeping, done after a storm's decisions (`_keep_the_books`)
         self._unreported: list[tuple[NewCall, int | None]] = []

@@ -387,9 +387,9 @@ def _insert_many(connection: sqlite3.Connection, insert: str,
     per_statement = _PADDED_SIZE_MIN
     while per_statement * 2 * width <= 30000:  # SQLite allows 32766 parameters
         per_statement *= 2
+    marks = "(" + ",".join("?" * width) + ")"
     for start in range(0, len(rows), per_statement):
         chunk = _padded(rows[start:start + per_statement])
-        marks = "(" + ",".join("?" * width) + ")"
         connection.execute(f"{insert} VALUES {','.join(marks for _ in chunk)}",
                            [value for row in chunk for value in row])
 
@@ -724,7 +724,8 @@ class Store:
                  for index, (call, destination) in enumerate(zip(calls, resolved, strict=True))
                  if call.decision.text and destination and call.decision.body]
 
-        def work(connection: sqlite3.Connection) -> tuple[list[OutboxMessage], list[int]]:
+        def work(connection: sqlite3.Connection) -> tuple[list[int | None],
+                                                          list[OutboxMessage]]:
             top, stored = _highest_id_and_stored_calls(connection, keys)
             fresh = set(keys) - stored
             _insert_many(connection, _INSERT_CALL,
@@ -747,17 +748,16 @@ class Store:
                 " WHERE id > ? AND kind = 'first' AND seq = 0", (top,)).fetchone()
             ids = {(pbx, call_id): message_id
                    for message_id, pbx, call_id in json.loads(inserted)}
-            return [_new_first_text(ids[row[0], row[1]], row) for row in rows
-                    if (row[0], row[1]) in ids], texted
+            result: list[int | None] = [None] * len(calls)
+            for index in texted:
+                result[index] = ids.get(keys[index])
+            messages = [_new_first_text(ids[row[0], row[1]], row) for row in rows
+                        if (row[0], row[1]) in ids]
+            claimed = sorted((message for message in messages if message.state == "sending"),
+                             key=lambda message: message.id)
+            return result, claimed
 
-        messages, texted = await self._write_now(work)
-        ids = {(message.pbx, message.call_id): message.id for message in messages}
-        result: list[int | None] = [None] * len(calls)
-        for index in texted:
-            result[index] = ids.get(keys[index])
-        claimed = sorted((message for message in messages if message.state == "sending"),
-                         key=lambda message: message.id)
-        return result, claimed
+        return await self._write_now(work)
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
