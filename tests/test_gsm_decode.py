@@ -13,16 +13,17 @@ def one_septet_at_a_time(data: bytes) -> str:
     """The tables applied literally: each byte's low 7 bits; ESC and the next septet are one
     character of the extension table; an ESC with nothing after it stays itself."""
     table = gsm.GSM_CHARACTER_TABLE
-    chars, index = [], 0
-    while index < len(data):
-        septet = data[index] & 0x7F
-        if septet == 0x1B and index + 1 < len(data):
-            index += 1
-            chars.append(table[0x80 + (data[index] & 0x7F)])
+    septets = [byte & 0x7F for byte in data]
+    text, escaped = [], False
+    for position, septet in enumerate(septets):
+        if escaped:
+            text.append(table[0x80 + septet])
+            escaped = False
+        elif septet == 0x1B and position < len(septets) - 1:
+            escaped = True
         else:
-            chars.append(table[septet])
-        index += 1
-    return "".join(chars)
+            text.append(table[septet])
+    return "".join(text)
 
 
 @given(st.binary(max_size=300))
