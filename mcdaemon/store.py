@@ -749,10 +749,11 @@ class Store:
             ids = {(pbx, call_id): message_id
                    for message_id, pbx, call_id in json.loads(inserted)}
             result: list[int | None] = [None] * len(calls)
-            for index in texted:
-                result[index] = ids.get(keys[index])
-            messages = [_new_first_text(ids[row[0], row[1]], row) for row in rows
-                        if (row[0], row[1]) in ids]
+            messages: list[OutboxMessage] = []
+            for index, row in zip(texted, rows, strict=True):
+                result[index] = message_id = ids.get(keys[index])
+                if message_id is not None:
+                    messages.append(_new_first_text(message_id, row))
             claimed = sorted((message for message in messages if message.state == "sending"),
                              key=lambda message: message.id)
             return result, claimed
