@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, logs
+from .build_info import build_summary
 from .config import Config, ConfigError, load_config
 
 Handler = Callable[[argparse.Namespace], int]
@@ -160,7 +161,8 @@ def cmd_contacts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcdaemon", description="Texts back the callers an Asterisk PBX missed.")
-    parser.add_argument("--version", action="version", version=f"mcdaemon {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"mcdaemon {__version__}, {build_summary()}")
     parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
                         default="auto", help="auto: journald under systemd, else console")
     parser.add_argument("--log-level", default="info",

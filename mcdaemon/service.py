@@ -33,6 +33,7 @@ import structlog
 from . import keywords, sdnotify, webhooks
 from .agi import AgiError, AgiHooks
 from .ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
+from .build_info import build_summary
 from .callbacks import Outreach
 from .config import Config, ConfigError, GroupConfig, reload_config
 from .contacts import ContactNames
@@ -210,7 +211,7 @@ class Service:
         ]
         log.info("mcdaemon started", pbxs=[p.name for p in self.config.ami],
                  store=self.config.store.path, smsc=f"{self.config.smpp.host}:"
-                 f"{self.config.smpp.port}")
+                 f"{self.config.smpp.port}", build=build_summary())
         if not self.config.ami:
             self._notify_ready()
         stopper = asyncio.create_task(self._stop.wait())
