@@ -31,26 +31,26 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as error:  # no compiler, no Python.h: CCompilerError and kin
-            self._pure(error)
+        except Exception as error:  # CCompilerError, CompileError, LinkError and kin
+            self._fall_back(error)
 
-    def build_extension(self, ext: Any) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as error:
-            self._pure(error)
-
-    def _pure(self, error: Exception) -> None:
+    def _fall_back(self, error: Exception) -> None:
+        """Remove what was built: a module compiled without the shared library mypyc puts
+        beside it (or the other way round) would not import."""
+        for extension in self.extensions:
+            built = self.get_ext_fullpath(extension.name)
+            if os.path.exists(built):
+                os.remove(built)
         self.extensions = []
-        self.warn(str(error))
+        self.warn(str(error) or type(error).__name__)
 
     @staticmethod
-    def warn(reason: str) -> None:
+    def warn(reason: str, remedy: str = "install a C compiler and the Python headers (Debian:"
+             " apt-get install gcc python3-dev) and install mcdaemon again") -> None:
         sys.stderr.write(
             f"WARNING: mcdaemon's hot path is not compiled ({reason}): it installs as plain"
-            " Python, which works the same, slower under a storm of calls. To compile it,"
-            " install a C compiler and the Python headers (Debian: apt-get install gcc"
-            " python3-dev) and install mcdaemon again.\n")
+            f" Python, which works the same, slower under a storm of calls. To compile it,"
+            f" {remedy}.\n")
 
 
 def missing_build_tool() -> str | None:
@@ -75,7 +75,15 @@ def compiled_modules() -> list[Any]:
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(COMPILED, opt_level="3", group_name="mcdaemon"))
+    try:  # mypyc type-checks first; a newer mypy may find what this one did not
+        return list(mypycify(COMPILED, opt_level="3", group_name="mcdaemon"))
+    except SystemExit:
+        OptionalBuildExt.warn("mypyc's type check failed: see its errors above",
+                              "report those errors to mcdaemon's developers")
+    except Exception as error:
+        OptionalBuildExt.warn(f"mypyc failed: {error!r}",
+                              "report this error to mcdaemon's developers")
+    return []
 
 
 setup(ext_modules=compiled_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 
+from mcdaemon import __version__
 from mcdaemon.build_info import HOT_PATH, build_summary, compiled_modules
 from mcdaemon.config import InboundConfig
 from mcdaemon.records import CallRecord
@@ -89,3 +90,14 @@ def test_a_source_edited_after_its_module_was_compiled_is_reported_stale(
     os.utime(tmp_path / "tracker.py", (2_000_000_000, 2_000_000_000))  # edited later
     os.utime(tmp_path / "policy.py", (1_000_000_000, 1_000_000_000))  # compiled later
     assert stale_extensions(tmp_path) == ["tracker.py"]
+
+
+def test_a_build_without_a_c_compiler_warns_and_goes_on_as_plain_python() -> None:
+    root = PACKAGE.parent
+    built = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root,
+                           env={**os.environ, "CC": "/nonexistent/cc"},
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip().splitlines()[-1] == __version__
+    assert "hot path is not compiled (no C compiler (/nonexistent/cc))" in built.stderr
+    assert "apt-get install gcc python3-dev" in built.stderr
