@@ -25,6 +25,14 @@ from mcdaemon.build_info import HOT_PATH  # plain Python, no dependencies
 COMPILED = [f"mcdaemon/{name}.py" for name in HOT_PATH]
 
 
+def warn_plain(reason: str, remedy: str = "install a C compiler and the Python headers (Debian:"
+               " apt-get install gcc python3-dev) and install mcdaemon again") -> None:
+    sys.stderr.write(
+        f"WARNING: mcdaemon's hot path is not compiled ({reason}): it installs as plain"
+        f" Python, which works the same, slower under a storm of calls. To compile it,"
+        f" {remedy}.\n")
+
+
 class OptionalBuildExt(build_ext):
     """Compile if possible; otherwise leave the pure Python modules in place."""
 
@@ -42,15 +50,7 @@ class OptionalBuildExt(build_ext):
             if os.path.exists(built):
                 os.remove(built)
         self.extensions = []
-        self.warn(str(error) or type(error).__name__)
-
-    @staticmethod
-    def warn(reason: str, remedy: str = "install a C compiler and the Python headers (Debian:"
-             " apt-get install gcc python3-dev) and install mcdaemon again") -> None:
-        sys.stderr.write(
-            f"WARNING: mcdaemon's hot path is not compiled ({reason}): it installs as plain"
-            f" Python, which works the same, slower under a storm of calls. To compile it,"
-            f" {remedy}.\n")
+        warn_plain(str(error) or type(error).__name__)
 
 
 def missing_build_tool() -> str | None:
@@ -66,24 +66,24 @@ def missing_build_tool() -> str | None:
     return None
 
 
-def compiled_modules() -> list[Any]:
+def extension_modules() -> list[Any]:
+    """mypyc's extensions of the hot path, or none: plain Python (with a warning why)."""
     if os.environ.get("MCDAEMON_PURE", "") not in ("", "0"):
         return []
     missing = missing_build_tool()
     if missing is not None:
-        OptionalBuildExt.warn(missing)
+        warn_plain(missing)
         return []
     from mypyc.build import mypycify
 
     try:  # mypyc type-checks first; a newer mypy may find what this one did not
         return list(mypycify(COMPILED, opt_level="3", group_name="mcdaemon"))
     except SystemExit:
-        OptionalBuildExt.warn("mypyc's type check failed: see its errors above",
-                              "report those errors to mcdaemon's developers")
+        warn_plain("mypyc's type check failed: see its errors above",
+                   "report those errors to mcdaemon's developers")
     except Exception as error:
-        OptionalBuildExt.warn(f"mypyc failed: {error!r}",
-                              "report this error to mcdaemon's developers")
+        warn_plain(f"mypyc failed: {error!r}", "report this error to mcdaemon's developers")
     return []
 
 
-setup(ext_modules=compiled_modules(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=extension_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,5 +1,5 @@
 """Which modules of the hot path run compiled: said by `--version`, the start log line and the
-benchmarks, since the same code is ~25 % slower per AMI event as plain Python.
+benchmarks, since the same code takes about a third more CPU per AMI event as plain Python.
 
 setup.py compiles HOT_PATH with mypyc where it can and installs plain Python where it cannot,
 so an installation may be either; both behave the same.

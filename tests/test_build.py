@@ -3,6 +3,7 @@ it cannot. Both must behave the same, and the suite must never test stale compil
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import subprocess
@@ -27,6 +28,7 @@ RECORDINGS = sorted(FIXTURES.glob("*.ami"))
 INBOUND = InboundConfig(contexts=("from-carrier",), after_hours_contexts=("closed",))
 
 
+@functools.cache
 def plain_python(name: str) -> ModuleType:
     """mcdaemon.<name> read from its .py, whatever the installation imports instead."""
     spec = importlib.util.spec_from_file_location(f"mcdaemon._plain_{name}",
