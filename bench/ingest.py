@@ -32,7 +32,6 @@ from pathlib import Path
 from panoramisk.ami_protocol import AMIProtocol
 
 from mcdaemon.ami import AmiConnection, AmiEvents, AmiItem, FramedProtocol
-from mcdaemon.build_info import build_summary
 from mcdaemon.config import AmiConfig, InboundConfig
 from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.transcript import read_transcript
@@ -141,7 +140,7 @@ def main() -> None:
     rate_a, rate_b = events_a / seconds_a, events_b / seconds_b
     print(f"(a) panoramisk bare parsing:     {events_a:>9,} events in {seconds_a:6.2f} s = "
           f"{rate_a:>9,.0f} events/s")
-    print(f"(b) mcdaemon adapter + tracker ({build_summary()}):")
+    print("(b) mcdaemon adapter + tracker:")
     print(f"                                 {events_b:>9,} events in {seconds_b:6.2f} s = "
           f"{rate_b:>9,.0f} events/s  ({records:,} call records, {active} calls left open)")
     print(f"ratio b/a: {rate_b / rate_a:.2f}  (target >= 0.7)")

@@ -32,7 +32,6 @@ import yaml
 
 from mcdaemon.ami import event_filter
 from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.build_info import build_summary
 from mcdaemon.config import SmppConfig
 from mcdaemon.smpp import SmppSender
 from mcdaemon.smsc import Submit, TestSmsc
@@ -197,8 +196,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def main(calls: int, texts: int, window: int, runs: int) -> None:
-    print(f"hangup -> submit_sm, {calls} simultaneous abandons, smpp.window {window}, "
-          f"{build_summary()}:")
+    print(f"hangup -> submit_sm, {calls} simultaneous abandons, smpp.window {window}:")
     p99s = []
     for run in range(1, runs + 1):
         ms = [value * 1000 for value in await hangup_to_submit(calls, window)]

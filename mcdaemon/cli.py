@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, logs
-from .build_info import build_summary
 from .config import Config, ConfigError, load_config
 
 Handler = Callable[[argparse.Namespace], int]
@@ -55,11 +54,12 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import eventloop
+    import asyncio
+
     from .service import Service
 
     config = _load(args)
-    return eventloop.run(Service(config, config_path=args.config).run())
+    return asyncio.run(Service(config, config_path=args.config).run())
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
@@ -133,12 +133,13 @@ def cmd_record_booking(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import eventloop
+    import asyncio
+
     from .demo import run_demo
 
     if args.log_level == "info":  # the demo prints what happens; the daemon's log stays quiet
         logs.configure(args.log_format, "warning")
-    return eventloop.run(run_demo(sys.stdout, speed=args.speed))  # the loop `run` uses
+    return asyncio.run(run_demo(sys.stdout, speed=args.speed))
 
 
 def cmd_contacts(args: argparse.Namespace) -> int:
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcdaemon", description="Texts back the callers an Asterisk PBX missed.")
     parser.add_argument("--version", action="version",
-                        version=f"mcdaemon {__version__}, {build_summary()}")
+                        version=f"mcdaemon {__version__}")
     parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
                         default="auto", help="auto: journald under systemd, else console")
     parser.add_argument("--log-level", default="info",

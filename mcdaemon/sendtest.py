@@ -14,7 +14,8 @@ from typing import TextIO
 
 from .config import Config
 from .phone import to_e164
-from .smpp import BindState, DeliveryReceipt, MobileOriginated, SmppSender, receipt_id_candidates
+from .receipts import DeliveryReceipt, receipt_id_candidates
+from .smpp import BindState, MobileOriginated, SmppSender
 
 DEFAULT_TEXT = "mcdaemon test message: your SMSC bind works."
 

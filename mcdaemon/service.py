@@ -18,12 +18,10 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import gc
 import math
 import os
 import random
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +31,6 @@ import structlog
 from . import keywords, sdnotify, webhooks
 from .agi import AgiError, AgiHooks
 from .ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
-from .build_info import build_summary
 from .callbacks import Outreach
 from .config import Config, ConfigError, GroupConfig, reload_config
 from .contacts import ContactNames
@@ -42,15 +39,9 @@ from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from .notify import Notifier
 from .phone import to_e164
 from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group, prepare_caller
+from .receipts import DeliveryReceipt, receipt_id_candidates
 from .records import CallRecord, Decision, PolicyView
-from .smpp import (
-    BindState,
-    DeliveryReceipt,
-    MobileOriginated,
-    SmppSender,
-    SubmitResult,
-    receipt_id_candidates,
-)
+from .smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from .store import NewCall, OutboxMessage, ReceiptIn, Store, SubmitOutcome
 from .tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 
@@ -77,12 +68,6 @@ STORM_QUIET = 0.02
 #: be out (seconds): their window's round trips wait for the GIL while the loop is busy, and
 #: a `kill -9` doubles the texts whose results are still in memory, so not longer
 TEXTS_OUT_GRACE = 0.05
-#: the interpreter's thread switch interval while the daemon runs (Python's default: 5 ms).
-#: In a storm the event loop is busy, and the threads on a text's way wait up to the interval
-#: for the GIL at each of their system calls: aiosqlite's at each step of the decisions'
-#: write, the SMPP thread at each round trip of the window. 0.2 ms keeps both moving for a
-#: few µs of switching per interval (0.5 ms gave a p99 ~8 % longer at N = 200).
-GIL_SWITCH_INTERVAL = 0.0002
 
 
 def _may_text(record: CallRecord, group: GroupConfig | None, view: PolicyView) -> bool:
@@ -160,23 +145,6 @@ class Service:
         self._stop.set()
 
     async def run(self) -> int:
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        # What exists now (modules, config, phone number metadata: some 40,000 objects the
-        # collector tracks) lives as long as the daemon; frozen, the garbage collector no
-        # longer walks it, and a full collection takes a few ms instead of ~30 ms, which in a
-        # storm would be a pause every caller waits through.
-        frozen_already = gc.get_freeze_count() > 0  # by whoever runs us: theirs to undo
-        gc.collect()
-        gc.freeze()
-        try:
-            return await self._run()
-        finally:
-            if not frozen_already:
-                gc.unfreeze()
-            sys.setswitchinterval(switch_interval)
-
-    async def _run(self) -> int:
         self._store = await Store.open(self.config.store.path)
         try:
             await self.metrics.start()
@@ -211,7 +179,7 @@ class Service:
         ]
         log.info("mcdaemon started", pbxs=[p.name for p in self.config.ami],
                  store=self.config.store.path, smsc=f"{self.config.smpp.host}:"
-                 f"{self.config.smpp.port}", build=build_summary())
+                 f"{self.config.smpp.port}")
         if not self.config.ami:
             self._notify_ready()
         stopper = asyncio.create_task(self._stop.wait())

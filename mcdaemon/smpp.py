@@ -47,7 +47,6 @@ import functools
 import logging
 import queue
 import random
-import re
 import select
 import socket
 import threading
@@ -63,6 +62,8 @@ from smpplib.client import Client
 
 from . import pdus, sms
 from .config import SmppConfig
+from .receipts import DeliveryReceipt, _nothing, parse_receipt
+from .sender_id import source_numbering
 
 log = structlog.get_logger("mcdaemon.smpp")
 
@@ -80,12 +81,6 @@ PERMANENT_STATUSES = frozenset({
     0x104,  # ESME_RINVDCS (SMPP 5)
     0xC2,  # ESME_RINVPARLEN
 })
-_RECEIPT_STATES = {1: "ENROUTE", 2: "DELIVRD", 3: "EXPIRED", 4: "DELETED", 5: "UNDELIV",
-                   6: "ACCEPTD", 7: "UNKNOWN", 8: "REJECTD"}
-_RECEIPT_WORDS = {state[:5]: state for state in _RECEIPT_STATES.values()}
-_KEY_VALUE = re.compile(r"\b(id|sub|dlvrd|submit date|done date|stat|err)\s*:\s*(\S*)",
-                        re.IGNORECASE)
-_TEXT_FIELD = re.compile(r"\btext\s*:(.*)\Z", re.IGNORECASE | re.DOTALL)
 _POLL = 0.5  # the longest the thread sleeps when nothing happens
 _READ_CHUNK = 65536
 _MAX_PDU = 65536  # bytes; anything longer means the stream is out of step
@@ -113,20 +108,13 @@ class SubmitResult:
 
 
 @dataclass(frozen=True, slots=True)
-class DeliveryReceipt:
-    smsc_id: str
-    state: str
-    error: str | None
-    at: float
-    raw: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
 class MobileOriginated:
     source: str
     destination: str
     text: str
     at: float
+    #: answers the deliver_sm(s) that carried it: called once the reply is stored
+    acknowledge: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +127,6 @@ class BindState:
 SmppEvent = DeliveryReceipt | MobileOriginated | BindState
 
 
-def receipt_id_candidates(smsc_id: str) -> tuple[str, ...]:
-    """The id as given (lower-case) and its hex<->decimal reading: SMSCs differ in the base
-    of the id they put in a receipt's text."""
-    given = smsc_id.strip().lower()
-    candidates = [given]
-    if given.isdigit():
-        candidates += [str(int(given)), format(int(given), "x")]
-    if given and re.fullmatch(r"[0-9a-f]+", given) and len(given) <= 16:
-        candidates += [format(int(given, 16), "x"), str(int(given, 16))]
-    return tuple(dict.fromkeys(candidate for candidate in candidates if candidate))
-
-
 _STATUS_NAMES = {value: name.removeprefix("SMPP_") for name, value in vars(consts).items()
                  if name.startswith("SMPP_ESME_R") and isinstance(value, int)}
 
@@ -160,22 +136,6 @@ def status_name(status: int) -> str:
     name = _STATUS_NAMES.get(status, "status")
     description = consts.DESCRIPTIONS.get(status, "unknown to SMPP 3.4")
     return f"{name} (0x{status:02X}, {description})"
-
-
-def source_numbering(config: SmppConfig) -> tuple[str, int, int]:
-    """(source_addr, TON, NPI): alphanumeric 5/0, international 1/1, short code 3/0."""
-    address = config.source_addr
-    digits = address.lstrip("+")
-    if digits.isdigit():
-        ton, npi = (1, 1) if address.startswith("+") or len(digits) > 8 else (3, 0)
-        address = digits
-    else:
-        ton, npi = 5, 0
-    if config.source_ton is not None:
-        ton = config.source_ton
-    if config.source_npi is not None:
-        npi = config.source_npi
-    return address, ton, npi
 
 
 @dataclass
@@ -822,30 +782,3 @@ def _text(value: Any) -> str:
 
 def _tlv(pdu: Any, name: str) -> Any:
     return getattr(pdu, name, None)
-
-
-def parse_receipt(text: str, receipted_id: Any, message_state: Any,
-                  at: float) -> DeliveryReceipt | None:
-    """A receipt from its TLVs (preferred) and its text (`id:… stat:DELIVRD err:…`)."""
-    head, body = text, ""
-    text_field = _TEXT_FIELD.search(text)
-    if text_field is not None:  # the original text may itself contain "id:" and the like
-        head, body = text[:text_field.start()], text_field.group(1).strip()
-    fields: dict[str, str] = {}
-    for key, value in _KEY_VALUE.findall(head):
-        fields.setdefault(key.lower(), value)
-    if text_field is not None:
-        fields["text"] = body
-    smsc_id = _text(receipted_id) or fields.get("id", "")
-    if not smsc_id:
-        return None
-    state = None
-    if message_state is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            state = _RECEIPT_STATES.get(int(message_state))
-    if state is None:
-        word = fields.get("stat", "").upper()
-        state = _RECEIPT_WORDS.get(word[:5], "UNKNOWN")
-    error = fields.get("err") or None
-    raw = {**fields, "receipt": text[:300]}
-    return DeliveryReceipt(smsc_id, state, error, at, raw)

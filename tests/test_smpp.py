@@ -18,17 +18,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from mcdaemon.config import SmppConfig
+from mcdaemon.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
+from mcdaemon.sender_id import source_numbering
 from mcdaemon.smpp import (
     DELIVER_DEFERRAL,
     DELIVER_QUIET,
     BindState,
-    DeliveryReceipt,
     MobileOriginated,
     SmppSender,
     SubmitResult,
-    parse_receipt,
-    receipt_id_candidates,
-    source_numbering,
     status_name,
 )
 from mcdaemon.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu

@@ -15,13 +15,8 @@ from typing import Any, TypeVar
 import pytest
 
 from mcdaemon.config import SmppConfig
-from mcdaemon.smpp import (
-    BindState,
-    DeliveryReceipt,
-    MobileOriginated,
-    SmppSender,
-    receipt_id_candidates,
-)
+from mcdaemon.receipts import DeliveryReceipt, receipt_id_candidates
+from mcdaemon.smpp import BindState, MobileOriginated, SmppSender
 
 from jasmin_peer import JasminAccount, JasminPeer, UpstreamView, running_jasmin_with_upstream
 
