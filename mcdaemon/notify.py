@@ -1,9 +1,11 @@
-"""The service's side of webhooks and staff texts: turn what the pipeline just stored into
-queued webhook rows (and staff notes in the outbox), right after the store transaction.
+"""The service's side of webhooks and staff texts: turn what the pipeline stores into queued
+webhook rows (and staff notes in the outbox), in the same transaction (`Store.atomic`).
 
-Every method here is called by `Service` after its own write has committed, and swallows
-its errors (logged): a notification problem never stops a call being decided or a text
-being sent. Nothing here waits on HTTP; the `WebhookWorker` sends what is queued.
+Every method here is called by `Service` inside the transaction of its own write, so a crash
+loses neither the change nor what it causes. A notification that cannot be built is logged
+and skipped (it never stops a call being decided or a text being sent); a store that cannot
+be written is not a notification problem, and stops the daemon (`StoreError` goes through).
+Nothing here waits on HTTP; the `WebhookWorker` sends what is queued.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import structlog
 
 from . import webhooks
 from .config import Config
-from .store import NewCall, Store
+from .store import NewCall, Store, StoreError
 
 log = structlog.get_logger("mcdaemon.notify")
 
@@ -50,6 +52,8 @@ class Notifier:
             await self._queue(events)
             if staffed:
                 await self._queue_staff_notes(calls, events, config)
+        except StoreError:
+            raise
         except Exception as exc:  # never let a notification stop the pipeline
             log.error("could not queue the notifications of decided calls", error=repr(exc))
 
@@ -94,6 +98,8 @@ class Notifier:
                     events.append(webhooks.text_event(message, message.state,
                                                       message.final_at or at))
             await self._queue(events)
+        except StoreError:
+            raise
         except Exception as exc:
             log.error("could not queue the notifications of texts", error=repr(exc))
 
@@ -105,6 +111,8 @@ class Notifier:
             last = await self._store().latest_message_to(sender)
             await self._queue([webhooks.reply(sender, destination, text, at, inbound_id,
                                               keyword, last)])
+        except StoreError:
+            raise
         except Exception as exc:
             log.error("could not queue the notification of a reply", error=repr(exc))
 
@@ -124,6 +132,8 @@ class Notifier:
             return
         try:
             await self._queue([build()])
+        except StoreError:
+            raise
         except Exception as exc:  # never let a notification stop the call-backs
             log.error("could not queue a notification", event=name, error=repr(exc))
 
@@ -133,5 +143,7 @@ class Notifier:
         try:
             last = await self._store().latest_message_to(sender)
             await self._queue([webhooks.opt_out(sender, keyword, at, new, last)])
+        except StoreError:
+            raise
         except Exception as exc:
             log.error("could not queue the notification of an opt-out", error=repr(exc))

@@ -4,11 +4,22 @@
                                                               │
     SMPP sender ◄── dispatcher (claims due messages) ◄────────┘
         │
-        └──► receipts / MO ──► store (delivered, replies, opt-outs)
+        └──► receipts / MO ──► store (delivered, replies, opt-outs) ──► deliver_sm_resp
 
 Each stage talks to the next through the store or an asyncio queue, never by reaching back.
 The dispatcher claims messages only while the SMSC bind is up, so a message sits in `sending`
 only while its submit is really in flight: what a crash leaves there is what may have gone out.
+
+Durable before acknowledged: a decision is committed before its text is handed to the sender,
+a submit's result is committed as soon as it comes (the results that arrive while one batch is
+being written form the next: group commit, never a deferral), and a receipt or a reply is
+answered to the SMSC only once it is stored. What a state change causes (webhook events, staff
+notes, follow-ups, call-back campaigns) is written in the same transaction (`Store.atomic`).
+
+A store that cannot be written (disk full, I/O error, read-only or corrupt file) stops the
+daemon at once: the sender stops taking texts, the SMSC is unbound and `run` returns 1, so
+systemd's `Restart=on-failure` starts it again once the store can be written. Only the texts
+in flight then may be sent twice; the restart marks them `duplicate_risk`.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import math
 import os
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +54,7 @@ from .policy import decide, destination_prefix, is_fraud_shield_trip, match_grou
 from .receipts import DeliveryReceipt, receipt_id_candidates
 from .records import CallRecord, Decision, PolicyView
 from .smpp import BindState, MobileOriginated, SmppSender, SubmitResult
-from .store import NewCall, OutboxMessage, ReceiptIn, Store, SubmitOutcome
+from .store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
 from .tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 
 log = structlog.get_logger("mcdaemon.service")
@@ -54,20 +66,10 @@ DecisionObserver = Callable[[CallRecord, Decision], None]
 HOUSEKEEPING_INTERVAL = 1.0
 #: the longest the dispatcher sleeps when nothing wakes it (deferred texts become due)
 DISPATCH_IDLE = 0.5
-#: the longest the AMI consumer works before it lets other tasks run (seconds)
-CONSUMER_SLICE = 0.0005
 #: texts claimed beyond the window: what smpp.throughput sends in this many seconds
 CLAIM_AHEAD = 0.25
-#: in a storm, how long the calls ending are gathered into one batch of decisions (seconds)
-STORM_GATHER = 0.01
-#: the longest submit results, receipts and housekeeping wait for a storm's decisions (s)
-BOOKKEEPING_DEFERRAL = 0.5
-#: no call ended for this long: the storm is over, bookkeeping may use the store (seconds)
-STORM_QUIET = 0.02
-#: after a batch of decisions is written, bookkeeping also waits this long for its texts to
-#: be out (seconds): their window's round trips wait for the GIL while the loop is busy, and
-#: a `kill -9` doubles the texts whose results are still in memory, so not longer
-TEXTS_OUT_GRACE = 0.05
+#: the AMI consumer lets the other tasks run after this many events in a row
+CONSUMER_BATCH = 200
 
 
 def _may_text(record: CallRecord, group: GroupConfig | None, view: PolicyView) -> bool:
@@ -111,19 +113,13 @@ class Service:
         self._in_flight: set[asyncio.Future[SubmitResult]] = set()
         self._ended: list[CallRecord] = []  # calls the tracker closed, not yet decided
         self._ended_ready = asyncio.Event()
-        self._ami_drained = asyncio.Event()  # the consumer has nothing queued
-        self._ami_drained.set()
         self._deciding = asyncio.Lock()  # one batch of decisions at a time (caps count across)
-        self._last_call_ended = float("-inf")  # loop time of the last call handed over
-        #: loop time the last batch of decisions was written (its texts, if any, handed over)
-        self._last_batch_sent = float("-inf")
-        #: decisions stored, not yet logged and counted, and submit results not yet stored:
-        #: bookkeeping, done after a storm's decisions (`_keep_the_books`)
-        self._unreported: list[tuple[NewCall, int | None]] = []
+        #: submit results not yet stored: the next batch `_record_results` commits
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
-        self._bookkeeping_due = asyncio.Event()
+        self._results_ready = asyncio.Event()
+        self._store_failed = False
+        self._link_status = ""  # what systemd was last told (STATUS=)
         self._connected: set[str] = set()
-        self._ready_sent = False
         self._tripped_reasons: set[str] = set()
         self._contacts = ContactNames(config.contacts)  # {caller_name}: store, then lookup
         self._webhooks = webhooks.WebhookWorker(lambda: self.config.webhooks, clock=clock)
@@ -171,7 +167,7 @@ class Service:
             asyncio.create_task(self._consume_ami(), name="tracker"),
             asyncio.create_task(self._decide_ended_calls(), name="decider"),
             asyncio.create_task(self._dispatch(), name="dispatcher"),
-            asyncio.create_task(self._keep_the_books(), name="bookkeeping"),
+            asyncio.create_task(self._record_results(), name="submit results"),
             asyncio.create_task(self._consume_smpp(), name="receipts"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
             asyncio.create_task(self._webhooks.run(self.store), name="webhooks"),
@@ -180,15 +176,31 @@ class Service:
         log.info("mcdaemon started", pbxs=[p.name for p in self.config.ami],
                  store=self.config.store.path, smsc=f"{self.config.smpp.host}:"
                  f"{self.config.smpp.port}")
-        if not self.config.ami:
-            self._notify_ready()
+        # ready: the config is valid, the store open and the workers started; links that are
+        # down are reported (STATUS=, `mcdaemon status`, the log) and retried, not waited for
+        self._notify_ready()
         stopper = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
         crashed = [task for task in done if task is not stopper and task.exception()]
         for task in crashed:
-            log.error("a worker stopped unexpectedly", worker=task.get_name(),
-                      error=repr(task.exception()))
-        await self._shutdown([*workers, stopper])
+            error = task.exception()
+            if isinstance(error, StoreError | sqlite3.Error):
+                self._store_failed = True
+                log.error(f"stopping: {error}" if isinstance(error, StoreError) else
+                          f"stopping: the store {self.config.store.path} cannot be used: "
+                          f"{error}", worker=task.get_name())
+            else:
+                log.error("a worker stopped unexpectedly", worker=task.get_name(),
+                          error=repr(error))
+        if self._store_failed:
+            await self._stop_after_store_failure([*workers, stopper])
+        else:
+            try:
+                await self._shutdown([*workers, stopper])
+            except (StoreError, sqlite3.Error) as exc:
+                log.error(f"stopping: {exc}")
+                await self._stop_after_store_failure([*workers, stopper])
+                return 1
         return 1 if crashed else 0
 
     async def _shutdown(self, workers: list[asyncio.Task[object]]) -> None:
@@ -196,13 +208,9 @@ class Service:
         sdnotify.notify("STOPPING=1")
         log.info("stopping")
         await self._agi.stop()
-        for conn in self._connections:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.stop(), 2.0)
-        # the calls already decided are in the store; drain what the tracker has queued
-        log.debug("shutdown: AMI closed")
+        await self._close_ami()
+        # the calls already decided are in the store; decide what the tracker has queued
         await self._drain_ami_queue()
-        self._report_decided()
         # the dispatcher claims nothing more once _stop is set; what it claimed is sent
         # within a few seconds, or handed back unsent when the sender stops (a submit out
         # and unanswered then is recorded as a duplicate risk)
@@ -213,22 +221,58 @@ class Service:
         log.debug("shutdown: SMSC unbound")
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=1.0)
-        await self._flush_results()
+        async with self._deciding:  # the results task may be writing a batch
+            await self._store_results()
         log.debug("shutdown: in-flight submits settled", left=len(self._in_flight))
         # webhook requests in flight get a moment; the rest stay queued for the next start
         await self._webhooks.stop(timeout=2.0)
-        for task in workers:
-            task.cancel()
-        _, stuck = await asyncio.wait(workers, timeout=3.0)
-        if stuck:
-            log.error("workers did not stop", workers=[task.get_name() for task in stuck])
-        log.debug("shutdown: workers stopped")
+        await self._cancel(workers)
         await self.store.set_status("daemon", "stopped", self._clock())
         await self.store.set_status("smpp", "down", self._clock())
         await self._contacts.close()
         await self.metrics.stop()
         await self.store.close()
         log.info("stopped")
+
+    async def _stop_after_store_failure(self, workers: list[asyncio.Task[object]]) -> None:
+        """The store cannot keep anything: stop submitting at once (only the texts already
+        out are at risk, and they stay `sending`, resent once and marked `duplicate_risk` at
+        the restart), unbind, close. Nothing here writes to the store; all within seconds."""
+        sdnotify.notify("STOPPING=1\nSTATUS=the store cannot be written")
+        undecided = len(self._ended)
+        with contextlib.suppress(Exception):
+            await self._sender.stop(timeout=0.5)
+        await self._agi.stop()
+        await self._close_ami()
+        await self._webhooks.stop(timeout=0.5)
+        await self._cancel(workers)
+        if undecided:
+            log.error("calls that ended were not decided: the store could not record them",
+                      count=undecided)
+        with contextlib.suppress(Exception):
+            await self._contacts.close()
+        with contextlib.suppress(Exception):
+            await self.metrics.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.close(), 2.0)
+        log.error("stopped: the store could not be written", path=self.config.store.path)
+
+    async def _close_ami(self) -> None:
+        async def close(conn: AmiConnection) -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.stop(), 2.0)
+
+        await asyncio.gather(*(close(conn) for conn in self._connections))
+        log.debug("shutdown: AMI closed")
+
+    @staticmethod
+    async def _cancel(workers: list[asyncio.Task[object]]) -> None:
+        for task in workers:
+            task.cancel()
+        _, stuck = await asyncio.wait(workers, timeout=3.0)
+        if stuck:
+            log.error("workers did not stop", workers=[task.get_name() for task in stuck])
+        log.debug("shutdown: workers stopped")
 
     def _add_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -259,52 +303,34 @@ class Service:
         log.info("config reloaded", source=new.source)
 
     def _notify_ready(self) -> None:
-        if not self._ready_sent:
-            self._ready_sent = True
-            sdnotify.notify("READY=1\nSTATUS=watching the PBX")
+        sdnotify.notify("READY=1")
+        self._report_links()
 
     # ------------------------------------------------------------------ AMI → store
 
     async def _consume_ami(self) -> None:
         """Feed the tracker, handing the calls that end to the decider. It never waits for
         the store: while one batch of decisions is being written, the calls that end meanwhile
-        gather into the next (group commit), so under a storm the batches grow instead of the
-        queue, and a quiet PBX still gets each call decided at once."""
+        gather into the next (group commit), and a quiet PBX gets each call decided at once."""
         queue = self._ami_queue
         while True:
             item = await queue.get()
-            self._ami_drained.clear()
-            started = time.monotonic()
-            while True:
-                if isinstance(item, AmiEvents):  # a read's events: nearly every item
-                    for event in item:  # each tracked without a coroutine of its own
-                        records = self._track_event(event)
-                        if records:
-                            self._hand_to_decider(records)
-                        if time.monotonic() - started >= CONSUMER_SLICE:
-                            await asyncio.sleep(0)  # let the decider's store work go on
-                            started = time.monotonic()
-                else:
-                    self._hand_to_decider(await self._take(item))
-                if queue.empty():
-                    break
-                item = queue.get_nowait()
-            self._ami_drained.set()
+            if isinstance(item, AmiEvents):  # a read's events: nearly every item
+                for count, event in enumerate(item, start=1):
+                    self._hand_to_decider(self._track_event(event))
+                    if count % CONSUMER_BATCH == 0:
+                        await asyncio.sleep(0)  # a long read: let the decider write meanwhile
+            else:
+                self._hand_to_decider(await self._take(item))
 
     def _hand_to_decider(self, records: list[CallRecord]) -> None:
         if records:
             self._ended.extend(records)
             self._ended_ready.set()
-            self._last_call_ended = asyncio.get_running_loop().time()
 
     async def _decide_ended_calls(self) -> None:
         while True:
             await self._ended_ready.wait()
-            # in a storm (events still queued), gather the calls ending in the next few ms
-            # into the batch: each batch costs a commit and a query whatever its size
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STORM_GATHER):
-                    await self._ami_drained.wait()
             self._ended_ready.clear()
             await self._decide_pending()
 
@@ -315,19 +341,6 @@ class Service:
             if batch:
                 await self._decide_and_store(batch)
 
-    async def _decisions_first(self) -> None:
-        """Let a storm's decisions, and the texts of its last batch, go first (for at most
-        BOOKKEEPING_DEFERRAL): its callers wait for those, the store takes one transaction at
-        a time, and the SMPP thread waits for the GIL while the loop is busy. Submit results,
-        receipts and housekeeping are bookkeeping; they keep in memory meanwhile."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BOOKKEEPING_DEFERRAL
-        while loop.time() < deadline and (
-                self._ended or self._deciding.locked()
-                or loop.time() - self._last_call_ended < STORM_QUIET
-                or (self._in_flight and loop.time() - self._last_batch_sent < TEXTS_OUT_GRACE)):
-            await asyncio.sleep(STORM_QUIET / 2)
-
     async def _drain_ami_queue(self) -> None:
         while not self._ami_queue.empty():
             self._hand_to_decider(await self._take(self._ami_queue.get_nowait()))
@@ -335,7 +348,7 @@ class Service:
 
     async def _take(self, item: AmiItem) -> list[CallRecord]:
         """One item of the AMI queue, whole: a connection state is also recorded for
-        `status`. (The consumer takes a read's events in time slices instead.)"""
+        `status`."""
         if isinstance(item, AmiStatus):
             self.metrics.ami_connection_state(item.pbx, item.state)
             await self.store.set_status(f"ami:{item.pbx}", item.state, item.at)
@@ -353,16 +366,27 @@ class Service:
         return records
 
     def _track_status(self, item: AmiStatus) -> list[CallRecord]:
-        log.info("AMI connection", pbx=item.pbx, state=item.state, detail=item.detail)
         if item.state == "connected":
             self._connected.add(item.pbx)
-            if self._connected >= set(self._trackers):
-                self._notify_ready()
-            if item.live_uniqueids is not None:
-                return self._trackers[item.pbx].reconcile(set(item.live_uniqueids), item.at)
         else:
             self._connected.discard(item.pbx)
+        self._report_links()
+        if item.state == "connected" and item.live_uniqueids is not None:
+            return self._trackers[item.pbx].reconcile(set(item.live_uniqueids), item.at)
         return []
+
+    def _report_links(self) -> None:
+        """What systemd shows (`systemctl status`): which links are up."""
+        watched = len(self._trackers)
+        down = sorted(set(self._trackers) - self._connected)
+        status = f"watching {watched - len(down)} of {watched} PBX(s)"
+        if down:
+            status += f"; not connected: {', '.join(down[:5])}"
+        if self._sender.state != "bound":
+            status += f"; SMSC {self._sender.state}"
+        if status != self._link_status:
+            self._link_status = status
+            sdnotify.notify(f"STATUS={status}")
 
     async def _decide_and_store(self, records: list[CallRecord]) -> None:
         """Decide every record, then write them all in one transaction (a storm of hangups
@@ -406,36 +430,25 @@ class Service:
             decided.append(NewCall(record, decision))
             destinations.append(decision.destination)
         # texts due now are claimed in the same commit while the window has room: the
-        # sender has them as soon as the decision is on disk
+        # sender has them as soon as the decision is on disk. What the decisions cause
+        # (webhook events, staff notes, call-back campaigns) is written with them.
         claim = (self._claim_limit() - len(self._in_flight)
                  if self._sender.state == "bound" and not self._stop.is_set() else 0)
-        message_ids, claimed = await self.store.record_calls_and_claim(
-            decided, now=now, destinations=destinations, claim=claim)
+        async with self.store.atomic():
+            message_ids, claimed = await self.store.record_calls_and_claim(
+                decided, now=now, destinations=destinations, claim=claim)
+            await self._notify.calls_decided(decided, message_ids)
+            await self._outreach.calls_decided(self.store, decided)
+        self._start_sending(claimed)
         self.metrics.text_transition("queued", sum(1 for message_id in message_ids
                                                    if message_id is not None))
-        self._start_sending(claimed)
-        self._last_batch_sent = asyncio.get_running_loop().time()
-        if self._on_decision is not None:
-            for call in decided:
-                self._on_decision(call.record, call.decision)
-        # the log line and metrics of each decision are bookkeeping: they wait for the
-        # storm's other decisions (`_keep_the_books`)
-        self._unreported.extend(zip(decided, message_ids, strict=True))
-        self._bookkeeping_due.set()
-        if claimed:
-            await asyncio.sleep(0)  # the texts reach the sender before the bookkeeping below
-        if sum(message_id is not None for message_id in message_ids) > len(claimed):
-            self._texts_queued()  # texts deferred, or beyond the window: queued
-        await self._notify.calls_decided(decided, message_ids)
-        await self._outreach.calls_decided(self.store, decided)
-
-    def _report_decided(self) -> None:
-        """Log and count the decisions made so far; before their texts' results, and at a
-        stop, whatever the storm."""
-        unreported, self._unreported = self._unreported, []
-        for call, message_id in unreported:
+        for call, message_id in zip(decided, message_ids, strict=True):
             self._log_decision(call.record, call.decision, message_id)
             self.metrics.call_decided(call.record, call.decision)
+            if self._on_decision is not None:
+                self._on_decision(call.record, call.decision)
+        if sum(message_id is not None for message_id in message_ids) > len(claimed):
+            self._texts_queued()  # texts deferred, or beyond the window: queued
 
     def _texts_queued(self) -> None:
         """Texts are due that nobody claimed: the dispatcher claims them (and, while it
@@ -490,8 +503,8 @@ class Service:
             self._start_sending(messages)
 
     def _start_sending(self, messages: list[OutboxMessage]) -> None:
-        """Hand the texts to the sender; each result joins the next batch `_keep_the_books`
-        stores. A callback per text, not a task: a storm's texts go out by the hundred."""
+        """Hand the texts to the sender; each result joins the next batch `_record_results`
+        commits. A callback per text, not a task: a storm's texts go out by the hundred."""
         for message in messages:
             submitted = self._sender.submit_soon(message.destination, message.body,
                                                  reference=message.id & 0xFF)
@@ -514,7 +527,7 @@ class Service:
             log.error("sending a text failed unexpectedly", error=repr(error))
         else:
             self._results.append((message, submitted.result(), self._clock()))
-            self._bookkeeping_due.set()
+            self._results_ready.set()
         if self._backlog:  # a slot of the window is free and texts may be waiting for it
             self._wake_dispatcher.set()
 
@@ -526,18 +539,16 @@ class Service:
                 await self._wake_dispatcher.wait()
         self._wake_dispatcher.clear()
 
-    async def _keep_the_books(self) -> None:
-        """Log the decisions and store the submit results, once a storm's decisions have
-        gone first."""
+    async def _record_results(self) -> None:
+        """Commit the submit results as they come: those that arrive while one batch is
+        being written form the next (group commit)."""
         while True:
-            await self._bookkeeping_due.wait()
-            await self._decisions_first()
-            self._bookkeeping_due.clear()
-            await self._flush_results()  # the decisions' lines first, then the results
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            await self._store_results()
 
-    async def _flush_results(self) -> None:
+    async def _store_results(self) -> None:
         """Store every submit result gathered so far in one transaction, then log each."""
-        self._report_decided()  # a text's "call decided" line comes before its result's
         batch, self._results = self._results, []
         if not batch:
             return
@@ -566,7 +577,15 @@ class Service:
                     message.id, "queued", not_before=batch[-1][2] + delay,
                     error_code=result.status, detail=result.detail,
                     duplicate_risk=result.in_doubt))
-        moved = await self.store.record_submit_outcomes(outcomes, batch[-1][2])
+        async with self.store.atomic():
+            moved = await self.store.record_submit_outcomes(outcomes, batch[-1][2])
+            await self._notify.texts_moved([
+                (message.id, outcome.state, at) for (message, _, at), outcome, ok
+                in zip(batch, outcomes, moved, strict=True)
+                if ok and outcome.state in ("submitted", "failed")])
+            await self._outreach.texts_submitted(self.store, [
+                outcome.message_id for outcome, ok in zip(outcomes, moved, strict=True)
+                if ok and outcome.state == "submitted"])
         full = self.config.log_full_numbers
         for (message, result, at), outcome, ok in zip(batch, outcomes, moved, strict=True):
             fields = dict(message_id=message.id, call_id=message.call_id,
@@ -586,13 +605,6 @@ class Service:
                          retry_in=round((outcome.not_before or at) - at, 1), **fields)
         if any(outcome.state == "queued" for outcome in outcomes):
             self._texts_queued()
-        await self._notify.texts_moved([
-            (message.id, outcome.state, at) for (message, _, at), outcome, ok
-            in zip(batch, outcomes, moved, strict=True)
-            if ok and outcome.state in ("submitted", "failed")])
-        await self._outreach.texts_submitted(self.store, [
-            outcome.message_id for outcome, ok in zip(outcomes, moved, strict=True)
-            if ok and outcome.state == "submitted"])
 
     def _count_outcome(self, message: OutboxMessage, outcome: SubmitOutcome,
                        at: float) -> None:
@@ -612,7 +624,9 @@ class Service:
 
     async def _consume_smpp(self) -> None:
         """Receipts, replies and bind states in arrival order; a run of receipts is stored
-        in one transaction (a carrier often sends them in bursts)."""
+        in one transaction (a carrier often sends them in bursts). Each is answered to the
+        SMSC (`acknowledge`) only once it is committed: the SMSC sends again what a crash
+        left unanswered, never what the store forgot."""
         while True:
             items = [await self._smpp_events.get()]
             while not self._smpp_events.empty() and len(items) < 500:
@@ -627,9 +641,9 @@ class Service:
                 if isinstance(item, MobileOriginated):
                     await self._handle_reply(item)
                 else:
-                    log.info("SMSC bind", state=item.state, detail=item.detail)
                     self.metrics.smpp_bind_state(item.state)
                     await self.store.set_status("smpp", item.state, item.at)
+                    self._report_links()
                     if item.state == "bound":
                         self._texts_queued()
             await self._apply_receipts(receipts)
@@ -637,44 +651,57 @@ class Service:
     async def _apply_receipts(self, receipts: list[DeliveryReceipt]) -> None:
         if not receipts:
             return
-        await self._decisions_first()
-        applied = await self.store.apply_receipts([
-            ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
-                      item.at, item.raw) for item in receipts])
+        async with self.store.atomic():
+            applied = await self.store.apply_receipts([
+                ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
+                          item.at, item.raw) for item in receipts])
+            received = {message_id: item.at for item, message_id
+                        in zip(receipts, applied.matched, strict=True)
+                        if message_id is not None}
+            await self._notify.texts_moved([
+                (message_id, state, received.get(message_id, 0.0))
+                for message_id, state in applied.finals.items()])
         for item, message_id in zip(receipts, applied.matched, strict=True):
+            item.acknowledge()
             self.metrics.delivery_receipt(item.state)
             log.info("delivery receipt", smsc_id=item.smsc_id, state=item.state,
                      error=item.error, message_id=message_id)
         for state in ("delivered", "undeliverable"):
             self.metrics.text_transition(state, applied.settled.get(state, 0))
-        received = {message_id: item.at for item, message_id
-                    in zip(receipts, applied.matched, strict=True) if message_id is not None}
-        await self._notify.texts_moved([(message_id, state, received.get(message_id, 0.0))
-                                        for message_id, state in applied.finals.items()])
 
     async def _handle_reply(self, mo: MobileOriginated) -> None:
+        """Store a reply and all it causes (an opt-out, its confirmation, its webhook
+        events, stopped follow-ups) in one transaction, then answer the SMSC."""
         sender = to_e164(mo.source, self.config.region) or mo.source
-        inbound_id = await self.store.add_inbound(sender, mo.destination, mo.text, mo.at)
         kind = keywords.classify_reply(mo.text)
-        await self._outreach.reply(self.store, sender, kind, mo.at)
-        if kind != "opt_out":
-            await self._notify.reply(sender, mo.destination, mo.text, mo.at, inbound_id, kind)
+        keyword = mo.text.strip()[:20]
+        newly = False
+        confirmation_id: int | None = None
+        async with self.store.atomic():
+            inbound_id = await self.store.add_inbound(sender, mo.destination, mo.text, mo.at)
+            await self._outreach.reply(self.store, sender, kind, mo.at)
+            if kind == "opt_out":
+                newly = await self.store.opt_out(sender, keyword, mo.at)
+                await self._notify.opted_out(sender, keyword, mo.at, newly)
+                confirmation = self.config.policy.opt_out_confirmation
+                if newly and confirmation:
+                    confirmation_id = await self.store.enqueue_message(
+                        pbx="-", call_id=f"optout:{sender}:{int(mo.at)}", kind="optout_confirm",
+                        seq=0, destination=sender, body=confirmation, now=self._clock(),
+                        not_before=None, expires_at=self._clock() + self.config.outbox.max_age)
+            else:
+                await self._notify.reply(sender, mo.destination, mo.text, mo.at, inbound_id,
+                                         kind)
+                if kind == "opt_in":
+                    await self.store.opt_in(sender, mo.at)
+        mo.acknowledge()
         full = self.config.log_full_numbers
         if kind == "opt_out":
-            newly = await self.store.opt_out(sender, mo.text.strip()[:20], mo.at)
             log.info("opt-out received", caller=mask_number(sender, full), new=newly)
-            await self._notify.opted_out(sender, mo.text.strip()[:20], mo.at, newly)
-            confirmation = self.config.policy.opt_out_confirmation
-            if newly and confirmation:
-                queued = await self.store.enqueue_message(
-                    pbx="-", call_id=f"optout:{sender}:{int(mo.at)}", kind="optout_confirm",
-                    seq=0, destination=sender, body=confirmation, now=self._clock(),
-                    not_before=None, expires_at=self._clock() + self.config.outbox.max_age)
-                if queued is not None:
-                    self.metrics.text_transition("queued")
+            if confirmation_id is not None:
+                self.metrics.text_transition("queued")
                 self._texts_queued()
         elif kind == "opt_in":
-            await self.store.opt_in(sender, mo.at)
             log.info("opt-in received", caller=mask_number(sender, full))
         else:
             log.info("reply received", caller=mask_number(sender, full), length=len(mo.text))
@@ -685,7 +712,6 @@ class Service:
         snapshot_due = 0.0
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
-            await self._decisions_first()
             now = self._clock()
             if now >= snapshot_due:
                 snapshot_due = now + OUTBOX_SNAPSHOT_INTERVAL
@@ -704,10 +730,11 @@ class Service:
             for tracker in self._trackers.values():
                 records += tracker.expire(now)
             self._hand_to_decider(records)
-            expired = await self.store.expire_due(now)
+            async with self.store.atomic():
+                expired = await self.store.expire_due(now)
+                await self._notify.texts_moved([(message_id, "expired", now)
+                                                for message_id in expired])
             self.metrics.text_transition("expired", len(expired))
-            await self._notify.texts_moved([(message_id, "expired", now)
-                                            for message_id in expired])
             if expired:
                 log.warning("texts expired before they could be sent",
                             count=len(expired), max_age=self.config.outbox.max_age)

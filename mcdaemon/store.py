@@ -24,36 +24,31 @@ without the `duplicate_risk` mark (or forget a decided call whose AMI events are
 good). FULL costs one fsync of the WAL per commit, which a call centre's rate of calls never
 notices. WAL lets the CLI's `status` and `report` read while the daemon writes.
 
-Concurrency inside one process: the daemon's tasks share one connection, so every
-transaction holds an asyncio lock (two tasks must not interleave `BEGIN`s on it) and runs
-shielded from cancellation: a cancelled caller never leaves the connection inside a
-half-done transaction.
+Concurrency inside one process: the daemon's tasks share one connection (aiosqlite runs
+it in a thread of its own), so every transaction holds an asyncio lock (two tasks must not
+interleave `BEGIN`s on it) and runs shielded from cancellation: a cancelled caller never leaves
+the connection inside a half-done transaction.
 
-Two threads, one connection. Most work goes through aiosqlite's thread. The few statements a
-caller waits for (the policy's view of a storm's callers, their contacts, the decisions'
-write) run on the event loop's own thread instead (`_read_now`, `_write_now`): during a storm
-a trip to the other thread costs a wait for the GIL the busy loop holds at every step of a
-statement (up to the interpreter's switch interval, 0.2 ms while the daemon runs; longer when
-the other threads and processes keep every core busy). The decisions' COMMIT is the
-exception: one step, and mostly a wait for the disk (the fsync), which the loop spends on the
-rest of the storm while aiosqlite's thread waits. The decisions' write is a handful of
-statements that step once each (what it reads back comes as one row of JSON), not a step per
-row (each step lets go of the GIL, and the SMPP thread takes it), and that SQLite prepares
-once (`_padded`), not at every batch. Whoever holds the store's lock is the only user of the
-connection, and every use of the lock runs to its end (shielded), so the two threads never
-overlap. Should another process (the CLI) hold SQLite's write lock, the write waits for it in
-aiosqlite's thread, not on the loop; and the daemon checkpoints the WAL in the background
-(`checkpoint`), so a commit seldom has one to do.
+`atomic()` makes one transaction of several store calls: a state change and what follows from
+it (a decided call, its webhook events and follow-ups; a receipt and its webhook event) are
+committed together or not at all. Inside it, the task's store calls join the open transaction
+instead of starting their own.
+
+A write that fails (disk full, I/O error, a read-only or corrupt file) raises `StoreError`
+naming the file and the cause: the daemon stops on it rather than acknowledge what it could
+not keep.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,8 +65,6 @@ T = TypeVar("T")
 #: `UPDATE … RETURNING` (the one-statement claim) needs this SQLite library
 MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT_MS = 10_000
-#: how long a write on the event loop's thread waits for another process's write lock
-NOW_BUSY_TIMEOUT_MS = 20
 
 #: state -> the states it may move to. The only definition of the message life cycle.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -252,6 +245,19 @@ class StoreError(Exception):
     """The store cannot be used; the message says what to fix."""
 
 
+def _means_unusable(exc: sqlite3.Error) -> bool:
+    """Disk full, I/O error, read-only, locked for too long, corrupt: the file cannot keep
+    what the daemon would acknowledge. (A constraint or a programming error is a bug, not
+    the store's state: it stays what it is.)"""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or (
+        type(exc) is sqlite3.DatabaseError)
+
+
+#: the store whose transaction the current task has open (`Store.atomic`)
+_open_transaction: contextvars.ContextVar[Store | None] = contextvars.ContextVar(
+    "mcdaemon_store_transaction", default=None)
+
+
 @dataclass(frozen=True, slots=True)
 class SubmitOutcome:
     """What became of one submit: `submitted` (with the SMSC's id per part), `queued` again
@@ -375,62 +381,6 @@ def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
             decision.variant, now)
 
 
-def _insert_many(connection: sqlite3.Connection, insert: str,
-                 rows: Sequence[tuple[Any, ...]]) -> None:
-    """`insert` (an INSERT OR IGNORE, up to its column list) of many rows, a statement per
-    thousand or so, each `_padded`."""
-    if not insert.startswith("INSERT OR IGNORE "):
-        raise ValueError("_insert_many pads its rows with copies: INSERT OR IGNORE only")
-    if not rows:
-        return
-    width = len(rows[0])
-    per_statement = _PADDED_SIZE_MIN
-    while per_statement * 2 * width <= 30000:  # SQLite allows 32766 parameters
-        per_statement *= 2
-    marks = "(" + ",".join("?" * width) + ")"
-    for start in range(0, len(rows), per_statement):
-        chunk = _padded(rows[start:start + per_statement])
-        connection.execute(f"{insert} VALUES {','.join(marks for _ in chunk)}",
-                           [value for row in chunk for value in row])
-
-
-def _highest_id_and_stored_calls(connection: sqlite3.Connection,
-                                 keys: Sequence[tuple[str, str]]
-                                 ) -> tuple[int, set[tuple[str, str]]]:
-    """The highest message id, and which of the calls `keys` are stored already: a row per
-    statement (as JSON), a statement per 8,192 calls, each `_padded`."""
-    top = 0
-    stored: set[tuple[str, str]] = set()
-    for start in range(0, len(keys), 8192):
-        chunk = _padded(keys[start:start + 8192])
-        marks = ",".join("(?,?)" for _ in chunk)
-        highest, found = connection.execute(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM messages), (SELECT"
-            " json_group_array(json_array(calls.pbx, calls.call_id))"
-            f" FROM (VALUES {marks}) AS wanted CROSS JOIN calls"  # CROSS: look each one up
-            " ON calls.pbx = wanted.column1 AND calls.call_id = wanted.column2)",
-            [value for key in chunk for value in key]).fetchone()
-        top = max(top, int(highest))
-        stored.update((str(pbx), str(call_id)) for pbx, call_id in json.loads(found))
-    return top, stored
-
-
-#: the fewest rows `_padded` gives
-_PADDED_SIZE_MIN = 8
-
-
-def _padded(rows: Sequence[T]) -> Sequence[T]:
-    """`rows` and copies of its last one, up to the next power of two (at least
-    _PADDED_SIZE_MIN). An INSERT OR IGNORE skips the copies, a lookup finds the same row
-    twice; and a storm's batches, of any size, make a handful of distinct statements, which
-    SQLite prepares once each (the connection's statement cache) instead of at every batch:
-    preparing an insert of 64 rows takes ~0.7 ms, running it again ~0.13 ms."""
-    size = _PADDED_SIZE_MIN
-    while size < len(rows):
-        size *= 2
-    return [*rows, *[rows[-1]] * (size - len(rows))] if rows else rows
-
-
 def _first_text(call: NewCall, destination: str, now: float) -> tuple[tuple[Any, ...], bool]:
     """A call's first text as `_INSERT_FIRST_TEXT`'s first 12 columns, and whether it is
     due now (it may then be born claimed)."""
@@ -441,45 +391,6 @@ def _first_text(call: NewCall, destination: str, now: float) -> tuple[tuple[Any,
             decision.group, decision.variant,
             decision.send_after if decision.send_after is not None else now,
             decision.expires_at, record.ended, now), due
-
-
-def _new_first_text(message_id: int, row: tuple[Any, ...]) -> OutboxMessage:
-    """The message `_INSERT_FIRST_TEXT` made of `row`, as `_message` would read it back."""
-    (pbx, call_id, kind, seq, destination, body, group, variant, not_before, expires_at,
-     call_ended_at, created_at, state, attempts, sending_at) = row
-    return OutboxMessage(
-        message_id, pbx, call_id, kind, seq, destination, body, group, variant, state,
-        attempts, parts=0, not_before=not_before, expires_at=expires_at,
-        call_ended_at=call_ended_at, created_at=created_at, sending_at=sending_at,
-        submitted_at=None, final_at=None, error_code=None, error_detail=None,
-        duplicate_risk=False)
-
-
-def _whole(work: Callable[[sqlite3.Connection], T],
-           connection: sqlite3.Connection) -> Callable[[], T]:
-    """`work` as one IMMEDIATE transaction: committed, or rolled back on any error."""
-    def transaction() -> T:
-        connection.execute("BEGIN IMMEDIATE")
-        result = _rolled_back_on_error(work, connection)
-        _rolled_back_on_error(_commit, connection)
-        return result
-
-    return transaction
-
-
-def _commit(connection: sqlite3.Connection) -> None:
-    connection.execute("COMMIT")
-
-
-def _rolled_back_on_error(work: Callable[[sqlite3.Connection], T],
-                          connection: sqlite3.Connection) -> T:
-    """`work` inside the open transaction; on any error the transaction is rolled back."""
-    try:
-        return work(connection)
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
 
 
 class Store:
@@ -584,100 +495,85 @@ class Store:
         return changed, int(row[0]) if row is not None and changed else None
 
     async def _read(self, work: Callable[[], Awaitable[T]]) -> T:
+        if _open_transaction.get() is self:  # inside this task's atomic(): the lock is ours
+            return await work()
+
         async def locked() -> T:
             async with self._lock:
                 return await work()
 
-        # shielded like a transaction: a cancelled reader must not leave aiosqlite's thread
-        # on the connection after the lock is released (see "Two threads, one connection")
-        return await asyncio.shield(locked())
-
-    async def _read_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` on the event loop's thread: for the reads a caller waits for."""
-        async with self._lock:
-            return work(self._db._conn)
-
-    async def _write_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in one IMMEDIATE transaction, whole or not at all: for the writes a
-        caller waits for. `work` runs on the event loop's thread, in the caller's own step;
-        the COMMIT (the WAL's fsync: a millisecond or more of waiting for the disk) runs in
-        aiosqlite's thread, while the loop goes on with the rest of a storm. If the store is
-        busy, or another process holds SQLite's write lock for more than
-        NOW_BUSY_TIMEOUT_MS, the whole transaction runs in aiosqlite's thread instead."""
-        connection = self._db._conn
-
-        async def in_thread() -> T:
-            async with self._lock:
-                return await self._in_thread(_whole(work, connection))
-
-        if self._lock.locked():
-            return await asyncio.shield(in_thread())
-        await self._lock.acquire()  # free: taken without a suspension
-        try:
-            begun = self._begin_now(connection)
-            if begun:
-                result = _rolled_back_on_error(work, connection)
-        except BaseException:
-            self._lock.release()
-            raise
-        if not begun:  # another process writes: wait for it off the loop
-            self._lock.release()
-            return await asyncio.shield(in_thread())
-
-        async def committed() -> T:
-            try:
-                await self._in_thread(lambda: _rolled_back_on_error(_commit, connection))
-            finally:
-                self._lock.release()
-            return result
-
-        return await asyncio.shield(committed())
-
-    @staticmethod
-    def _begin_now(connection: sqlite3.Connection) -> bool:
-        """BEGIN IMMEDIATE, waiting at most NOW_BUSY_TIMEOUT_MS for another process's write
-        lock; False (no transaction begun) if it is still held."""
-        connection.execute(f"PRAGMA busy_timeout = {NOW_BUSY_TIMEOUT_MS}")
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            return True
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                raise
-            return False
-        finally:
-            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # shielded like a transaction: a cancelled reader must not leave a statement running
+        # on the connection after the lock is released
+        return await asyncio.shield(self._failing_loudly(locked()))
 
     async def checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: readers are not waited for), in
-        aiosqlite's thread; the daemon calls it every second so that a commit on the loop
-        seldom meets SQLite's automatic checkpoint (every 1000 pages)."""
+        """Copy the WAL into the database (PASSIVE: readers are not waited for): the daemon
+        calls it every second, so the WAL stays small and a commit seldom checkpoints."""
         await self._read(lambda: self._scalar("PRAGMA wal_checkpoint(PASSIVE)"))
 
     async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run `work` in one IMMEDIATE transaction, whole or not at all."""
-        return await asyncio.shield(self._locked_transaction(work))
+        """Run `work` in one IMMEDIATE transaction, whole or not at all; inside `atomic()`,
+        as part of its transaction."""
+        if _open_transaction.get() is self:
+            return await work()
+        return await asyncio.shield(self._failing_loudly(self._locked_transaction(work)))
 
     async def _locked_transaction(self, work: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
+            token = _open_transaction.set(self)
             try:
                 result = await work()
                 await self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
-                    await self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
                 raise
+            finally:
+                _open_transaction.reset(token)
             return result
 
-    async def _in_thread(self, call: Callable[[], T]) -> T:
-        """Run `call` in aiosqlite's thread, in one trip; the caller holds the lock.
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[None]:
+        """One transaction for every store call the task makes inside the block: committed
+        when the block ends, rolled back if it raises. Not re-entrant across tasks: another
+        task's store calls wait for the commit."""
+        if _open_transaction.get() is self:
+            yield
+            return
+        async with self._lock:
+            token = None
+            try:
+                # a cancellation may come while BEGIN runs in aiosqlite's thread: the ROLLBACK
+                # below is queued after it, so the connection is never left in a transaction
+                await self._failing_loudly(self._db.execute("BEGIN IMMEDIATE"))
+                token = _open_transaction.set(self)
+                yield
+                await asyncio.shield(self._commit())
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error, asyncio.CancelledError):
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                raise
+            finally:
+                if token is not None:
+                    _open_transaction.reset(token)
 
-        aiosqlite has no public way to run a function in its thread; `_execute` is the one
-        every aiosqlite method goes through (unchanged since 0.17), and the store's tests fail
-        at once if it goes away."""
-        run_in_thread: Callable[[Callable[[], T]], Awaitable[T]] = self._db._execute
-        return await run_in_thread(call)
+    async def _commit(self) -> None:
+        await self._failing_loudly(self._db.execute("COMMIT"))
+
+    async def _failing_loudly(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except sqlite3.Error as exc:
+            if _means_unusable(exc):
+                raise self._failure(exc) from exc
+            raise
+
+    def _failure(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"the store {self.path} cannot be used: {exc} (check the disk's free "
+                          "space, the file's owner and mode, and the system log for I/O "
+                          "errors)")
 
     # ------------------------------------------------------------------ calls and the outbox
 
@@ -705,9 +601,7 @@ class Store:
         claimed (`sending`, as `claim_due` would leave them) in the same transaction: the
         sender gets them without another commit. Returns the message ids and those claimed.
 
-        The write a caller waits for: written on the event loop's thread and committed in
-        aiosqlite's (`_write_now`), with a handful of statements that step once each, whatever
-        the batch's size."""
+        One transaction whatever the batch's size: a storm of hangups costs one commit."""
         if len(calls) != len(destinations):
             raise ValueError("record_calls needs one destination per call")
         resolved = [destination or call.decision.destination
@@ -724,14 +618,20 @@ class Store:
                  for index, (call, destination) in enumerate(zip(calls, resolved, strict=True))
                  if call.decision.text and destination and call.decision.body]
 
-        def work(connection: sqlite3.Connection) -> tuple[list[int | None],
-                                                          list[OutboxMessage]]:
-            top, stored = _highest_id_and_stored_calls(connection, keys)
+        async def work() -> tuple[list[int | None], list[OutboxMessage]]:
+            stored: set[tuple[str, str]] = set()
+            for start in range(0, len(keys), 400):
+                chunk = keys[start:start + 400]
+                stored.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
+                    "SELECT pbx, call_id FROM calls WHERE (pbx, call_id) IN"
+                    f" (VALUES {','.join('(?,?)' for _ in chunk)})",
+                    [value for key in chunk for value in key]))
             fresh = set(keys) - stored
-            _insert_many(connection, _INSERT_CALL,
-                         [row for key, row in zip(keys, call_rows, strict=True) if key in fresh])
-            texted: list[int] = []  # indexes of the calls whose first text is new
-            rows: list[tuple[Any, ...]] = []
+            await self._db.executemany(
+                f"{_INSERT_CALL} VALUES ({','.join('?' * len(call_rows[0]))})",
+                [row for key, row in zip(keys, call_rows, strict=True) if key in fresh])
+            result: list[int | None] = [None] * len(calls)
+            claimed: list[OutboxMessage] = []
             left = max(0, claim)
             for index, (row, due) in texts:
                 if keys[index] not in fresh:
@@ -739,26 +639,19 @@ class Store:
                 fresh.discard(keys[index])  # a call twice in the batch: its first decision
                 born_claimed = due and left > 0  # stands
                 left -= born_claimed
-                texted.append(index)
-                rows.append((*row, "sending" if born_claimed else "queued", int(born_claimed),
-                             now if born_claimed else None))
-            _insert_many(connection, _INSERT_FIRST_TEXT, rows)
-            (inserted,) = connection.execute(  # ids only: JSON would round the REALs
-                "SELECT json_group_array(json_array(id, pbx, call_id)) FROM messages"
-                " WHERE id > ? AND kind = 'first' AND seq = 0", (top,)).fetchone()
-            ids = {(pbx, call_id): message_id
-                   for message_id, pbx, call_id in json.loads(inserted)}
-            result: list[int | None] = [None] * len(calls)
-            messages: list[OutboxMessage] = []
-            for index, row in zip(texted, rows, strict=True):
-                result[index] = message_id = ids.get(keys[index])
-                if message_id is not None:
-                    messages.append(_new_first_text(message_id, row))
-            claimed = sorted((message for message in messages if message.state == "sending"),
-                             key=lambda message: message.id)
+                inserted = await self._rows(
+                    f"{_INSERT_FIRST_TEXT} VALUES ({','.join('?' * (len(row) + 3))})"
+                    f" RETURNING {_MESSAGE_COLUMNS}",
+                    (*row, "sending" if born_claimed else "queued", int(born_claimed),
+                     now if born_claimed else None))
+                if inserted:
+                    message = _message(inserted[0])
+                    result[index] = message.id
+                    if born_claimed:
+                        claimed.append(message)
             return result, claimed
 
-        return await self._write_now(work)
+        return await self._transaction(work)
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
@@ -1210,7 +1103,7 @@ class Store:
         numbers = sorted({e164 for e164, _, _ in callers if e164})
         prefixes = {prefix for _, _, prefix in callers if prefix}
 
-        def work(connection: sqlite3.Connection) -> list[PolicyView]:
+        async def work() -> list[PolicyView]:
             # one statement for the whole batch
             parts = [f"SELECT 'total', SUM(created_at > ?), COUNT(*) FROM messages WHERE"
                      f" {counted} AND created_at > ?",
@@ -1231,8 +1124,7 @@ class Store:
                 parts, params = [], []
             if parts:
                 statements.append((" UNION ALL ".join(parts), params))
-            rows = [row for sql, values in statements
-                    for row in connection.execute(sql, values).fetchall()]
+            rows = [row for sql, values in statements for row in await self._rows(sql, values)]
             texts_hour = texts_day = 0
             opted: set[str] = set()
             last: dict[str, float] = {}
@@ -1258,7 +1150,7 @@ class Store:
                 group_enabled=f"group:{group}" not in off if group else True)
                 for e164, group, prefix in callers]
 
-        return await self._read_now(work)
+        return await self._read(work)
 
     async def set_switch(self, name: str, enabled: bool, at: float) -> None:
         """`global` or `group:<name>`; a disabled switch also holds texts already queued."""
@@ -1423,18 +1315,17 @@ class Store:
         """The stored contacts among these E.164 numbers (a few queries whatever the count)."""
         wanted = sorted(set(numbers))
 
-        def work(connection: sqlite3.Connection) -> dict[str, Contact]:
+        async def work() -> dict[str, Contact]:
             found: dict[str, Contact] = {}
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
-                for row in connection.execute(
+                for row in await self._rows(
                         "SELECT e164, name, tags, source, updated_at FROM contacts"
-                        f" WHERE e164 IN ({','.join('?' * len(chunk))})", chunk).fetchall():
+                        f" WHERE e164 IN ({','.join('?' * len(chunk))})", chunk):
                     found[str(row[0])] = _contact(row)
             return found
 
-        # on the loop's thread: a storm's decisions wait for it
-        return await self._read_now(work) if wanted else {}
+        return await self._read(work) if wanted else {}
 
     async def merge_contacts(self, contacts: Sequence[Contact]) -> tuple[int, int]:
         """Add or update contacts in one transaction: a non-empty name replaces the stored

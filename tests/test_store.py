@@ -31,7 +31,6 @@ from mcdaemon.store import (
     Store,
     StoreError,
     SubmitOutcome,
-    _padded,
 )
 
 T0 = 1_736_157_600.0  # a Monday morning; the fake clock starts here
@@ -908,47 +907,6 @@ async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(tmp_pat
         await store.close()
 
 
-@pytest.mark.parametrize(("size", "padded"), [(0, 0), (1, 8), (8, 8), (9, 16), (53, 64),
-                                               (1024, 1024)])
-def test_a_batch_is_padded_to_one_of_a_few_sizes_with_copies_of_its_last_row(
-        size: int, padded: int) -> None:
-    """Batches of a few sizes make a few distinct statements, each prepared once."""
-    rows = [(n,) for n in range(size)]
-
-    result = _padded(rows)
-
-    assert len(result) == padded and list(result[:size]) == rows
-    assert all(row == rows[-1] for row in result[size:])
-
-
-async def test_a_decision_is_written_in_the_deciders_step_and_committed_off_the_loop(
-        store: Store, db_path: str) -> None:
-    """In a storm the loop has callbacks queued: a batch's rows are written in the decider's
-    own step, not in a task that would wait behind them; only the commit (the wait for the
-    disk) leaves the loop to the others, and the caller has its texts once it is done."""
-    reader = sqlite3.connect(db_path, isolation_level=None)
-    seen: dict[str, int] = {}
-
-    async def other() -> None:  # queued before the write
-        seen["written"] = store._db._conn.total_changes
-        seen["committed"] = reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-
-    before = store._db._conn.total_changes
-    queued = asyncio.create_task(other())
-    try:
-        ids, claimed = await store.record_calls_and_claim(
-            [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
-        committed = reader.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-    finally:
-        reader.close()
-    await queued
-
-    assert seen["written"] > before  # the rows were written before the queued task ran
-    assert seen["committed"] == 0  # which ran while the commit was still to come
-    assert committed == 1  # and the caller got its answer once the commit was made
-    assert ids[0] is not None and [message.id for message in claimed] == ids
-
-
 async def test_the_texts_handed_back_are_the_rows_as_stored(store: Store) -> None:
     await queued_message(store, "stored before")  # ids go on from there
     batch = [NewCall(missed_call("now"), text()),
@@ -967,8 +925,8 @@ async def test_the_texts_handed_back_are_the_rows_as_stored(store: Store) -> Non
 
 async def test_a_decision_waits_for_another_process_writing_without_stalling_the_loop(
         store: Store, db_path: str) -> None:
-    """The decision's write runs on the event loop's thread; while another process (the CLI)
-    holds SQLite's write lock, it waits for it in aiosqlite's thread instead."""
+    """While another process (the CLI) holds SQLite's write lock, the decision's write waits
+    for it in aiosqlite's thread: the event loop goes on meanwhile."""
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     ticks = 0
@@ -991,4 +949,4 @@ async def test_a_decision_waits_for_another_process_writing_without_stalling_the
 
     assert ids[0] is not None and [message.id for message in claimed] == ids
     assert claimed[0].state == "sending" and claimed[0].attempts == 1
-    assert ticks >= 15  # the loop went on ticking while the write waited (0.3 s)
+    assert ticks >= 1  # the loop went on ticking while the write waited
