@@ -641,6 +641,8 @@ class Service:
         applied = await self.store.apply_receipts([
             ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
                       item.at, item.raw) for item in receipts])
+        for item in receipts:
+            item.acknowledge()  # stored: the SMSC may forget it
         for item, message_id in zip(receipts, applied.matched, strict=True):
             self.metrics.delivery_receipt(item.state)
             log.info("delivery receipt", smsc_id=item.smsc_id, state=item.state,
@@ -678,6 +680,7 @@ class Service:
             log.info("opt-in received", caller=mask_number(sender, full))
         else:
             log.info("reply received", caller=mask_number(sender, full), length=len(mo.text))
+        mo.acknowledge()  # stored: the SMSC may forget it
 
     # ------------------------------------------------------------------ housekeeping
 
