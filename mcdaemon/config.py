@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import yaml
 
-from . import pdus, sms, templates
+from . import sms, templates
 from .agi_config import AgiConfig, read_agi
 from .contacts_config import ContactsConfig, read_contacts
 from .hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
@@ -363,6 +363,12 @@ class StoreConfig:
     path: str = DEFAULT_STORE_PATH
 
 
+#: the longest SMPP 3.4 address (source_addr, destination_addr), in characters: a C-octet
+#: string of at most 21 octets, its NUL included. Here rather than in smpp.py, which imports
+#: this module.
+MAX_ADDRESS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class SmppConfig:
     """The bind to the carrier's SMSC."""
@@ -603,9 +609,9 @@ def _read_smpp(section: Section) -> SmppConfig:
         section.error("source_addr", f"alphanumeric sender ids have at most 11 characters; "
                                      f"{smpp.source_addr!r} has {len(smpp.source_addr)}")
     digits = smpp.source_addr.lstrip("+")
-    if digits.isdigit() and len(digits) > pdus.MAX_ADDRESS:
+    if digits.isdigit() and len(digits) > MAX_ADDRESS:
         section.error("source_addr", f"{len(digits)} digits; SMPP 3.4 carries at most "
-                                     f"{pdus.MAX_ADDRESS} (an E.164 number has at most 15)")
+                                     f"{MAX_ADDRESS} (an E.164 number has at most 15)")
     section.done()
     return smpp
 

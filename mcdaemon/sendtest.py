@@ -71,6 +71,9 @@ async def send_test(config: Config, number: str, text: str | None, timeout: floa
                 continue
             if isinstance(event, DeliveryReceipt) and \
                     wanted & set(receipt_id_candidates(event.smsc_id)):
+                # answered: nothing to store. Other receipts and replies stay unanswered, so
+                # the SMSC delivers them again to the daemon, which stores them.
+                event.acknowledge()
                 print(f"delivery receipt: {event.state}"
                       + (f" err={event.error}" if event.error else ""), file=out)
                 return 0 if event.state == "DELIVRD" else 1

@@ -1,31 +1,45 @@
-"""The SMPP sender: smpplib in a thread of its own, bridged to asyncio.
+"""The SMPP sender: one account at the carrier's SMSC, on the event loop.
 
-smpplib is blocking and has no window, no reconnect and no answer to an SMSC's `unbind`, so
-one thread owns the socket(s) and runs the link: bind (with exponential backoff), a window of
-outstanding submit_sm matched to their responses by sequence number, a token-bucket rate
-limit, enquire_link both ways, receipts and MO texts. The event loop talks to it through a
-queue plus a wake-up socket (so a submit goes out at once, not at the next poll), and gets
-results back with `call_soon_threadsafe`. Nothing here touches the store: the service decides
-what a result means for a message.
+Every PDU is built and read by smpplib's codec (`smpplib.smpp.make_pdu` / `parse_pdu`);
+smpplib's blocking Client is not used. The bytes travel over asyncio streams. Nothing here
+touches the store: the service decides what a result or an event means.
 
-Under a storm the two threads share one GIL, and every system call a thread makes costs it a
-wait for the GIL afterwards (up to the interpreter's switch interval while the event loop
-is busy: 5 ms by default, 0.2 ms while the daemon runs, see `service.GIL_SWITCH_INTERVAL`).
-So the crossings are batched: one wake-up byte while the thread has not yet
-taken the jobs, the submits that fit the window written with one `sendall`, what the SMSC
-sends read in chunks and cut into PDUs here, the deliver_sm_resp of a read written together,
-and then (the SMSC answered first) what the read told handed to the event loop in one
-`call_soon_threadsafe`. And the thread's own work per text is kept small: the PDUs of a
-storm are written and read by hand (`pdus`: a submit_sm, its submit_sm_resp or
-generic_nack, a deliver_sm's header and its deliver_sm_resp; smpplib's generic machinery
-cost about 120 µs per text on this thread); smpplib builds and parses the rest.
+The link's life. `start()` runs one task, `_run`, until `stop()`. It opens a TCP
+connection (`asyncio.open_connection`, TCP_NODELAY: a submit is a small PDU that Nagle's
+algorithm would hold back) and binds: one bind_transceiver, or a bind_transmitter and a
+bind_receiver on two connections (smpp.bind_mode). The bound link (`_Link`) then runs a
+few tasks: one per connection reads PDUs (a 4-byte length, then the rest) and handles each
+as it comes; one writes the submits; one sends enquire_link every smpp.enquire_link seconds
+and calls the link dead when an answer has not come within smpp.response_timeout; one
+releases long replies whose missing parts never came. The first task to end ends the link:
+the SMSC closed the connection or unbound (its unbind answered), the link went dead, the
+stream broke, or the sender stops (it unbinds, and waits a moment for the answer). Then
+`_run` waits and binds again: smpp.reconnect_min at first, doubled after each failed
+attempt up to min(smpp.reconnect_max, REBIND_MAX_WAIT), ±20 % of jitter, so that sending
+resumes within seconds of an SMSC's return however long it was away. A bind the SMSC
+refuses (`auth_failed`: a person must fix the account) is retried more slowly, up to
+smpp.reconnect_max.
 
-A deliver_sm is answered at once, from its header, but what it says (a receipt, a reply) is
-bookkeeping: while submits are outstanding or waiting, the link keeps the raw PDUs and
-parses and handles them (with smpplib, ~95 µs each) once nothing has been outstanding or
-waiting for DELIVER_QUIET, or once the oldest has waited DELIVER_DEFERRAL, whichever comes
-first. The SMSC will not send them again, so whatever is kept is handled before the link
-goes, however it goes.
+The window. `submit()` queues a text (split into parts by `sms.split`); its submit_sm go
+out, one per part, while fewer than smpp.window are outstanding. Each is matched to its
+submit_sm_resp (or generic_nack) by sequence number. A text's result comes once all its
+parts are answered, or at the first that fails (its remaining parts are then not sent). A
+submit_sm unanswered after smpp.response_timeout is a timeout; one still outstanding when
+the link drops is `unbound` and `in_doubt`.
+
+The rate. A token bucket: smpp.throughput submits per second, holding 50 ms worth (at
+least one), a smooth flow, since some SMSCs (Jasmin) throttle on the gap between two
+submits. ESME_RTHROTTLED or ESME_RMSGQFUL halves the rate for THROTTLE_BACKOFF seconds.
+
+Acknowledgement after storage. A deliver_sm (a receipt, a reply, a STOP) is not answered
+when it arrives: what it says goes on the events queue with `acknowledge` set to a function
+that writes its deliver_sm_resp, on the connection that brought it. The service calls it
+once what the event says is stored (on the event loop). Until then the SMSC keeps the
+message: if the daemon dies, or the link drops first (`acknowledge` then does nothing),
+the SMSC delivers it again after the next bind. A reply in several parts is held until
+it is whole, or until its missing parts are given up on (`sms.Reassembler`); its
+`acknowledge` answers every part. A deliver_sm that tells nothing usable is refused at once
+(see `_Link._refuse`).
 
 Result outcomes and what the service does with them:
 
@@ -33,7 +47,7 @@ Result outcomes and what the service does with them:
     throttled   ESME_RTHROTTLED / ESME_RMSGQFUL: retried later; the sender halves its rate
     temporary   any other error status: retried with backoff
     permanent   PERMANENT_STATUSES (bad destination, bad source, bad length...), or an
-                address SMPP cannot carry (refused by pdus.submit_sm, never sent): not retried
+                address SMPP cannot carry (refused here, never sent): not retried
     timeout     no submit_sm_resp within smpp.response_timeout: retried, as a duplicate risk
     unbound     not bound, or the link dropped with the submit in flight: retried (as a
                 duplicate risk when its submit_sm had gone out unanswered: `in_doubt`)
@@ -43,32 +57,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
-import queue
 import random
-import select
 import socket
-import threading
+import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from smpplib import consts, exceptions, smpp
-from smpplib.client import Client
 
-from . import pdus, sms
-from .config import SmppConfig
+from . import sms
+from .config import MAX_ADDRESS, SmppConfig
 from .receipts import DeliveryReceipt, _nothing, parse_receipt
 from .sender_id import source_numbering
 
 log = structlog.get_logger("mcdaemon.smpp")
+# smpplib logs a warning for each vendor TLV it skips (SMSCs add them to receipts): expected,
+# and never worth a line. Its errors still reach whatever handles stdlib logging.
+logging.getLogger("smpplib").setLevel(logging.ERROR)
+logging.getLogger("smpplib").addHandler(logging.NullHandler())
 
-ESME_RTHROTTLED = 0x58
+ESME_RINVCMDID = 0x03
+ESME_RSYSERR = 0x08
 ESME_RMSGQFUL = 0x14
+ESME_RTHROTTLED = 0x58
+ESME_RX_P_APPN = 0x64  # "ESME receiver permanent app error": see _Link._refuse
 #: statuses that no retry can fix
 PERMANENT_STATUSES = frozenset({
     0x01,  # ESME_RINVMSGLEN
@@ -81,19 +100,18 @@ PERMANENT_STATUSES = frozenset({
     0x104,  # ESME_RINVDCS (SMPP 5)
     0xC2,  # ESME_RINVPARLEN
 })
-_POLL = 0.5  # the longest the thread sleeps when nothing happens
-_READ_CHUNK = 65536
-_MAX_PDU = 65536  # bytes; anything longer means the stream is out of step
-#: the longest a deliver_sm's content (a receipt, a reply: bookkeeping) is kept unparsed while
-#: submits are outstanding or waiting, so that in a storm the thread's share of the GIL goes
-#: to the submits (parsing a receipt with smpplib costs ~95 µs). The same bound as the
-#: service's BOOKKEEPING_DEFERRAL, which keeps receipts for the decisions in the same way.
-DELIVER_DEFERRAL = 0.5  # seconds
-#: ... and before that, how long nothing must have been outstanding or waiting: between two
-#: batches of a storm's decisions the window empties for a moment, which is no pause
-DELIVER_QUIET = 0.05  # seconds
+#: bind answers that mean the account is wrong: ESME_RBINDFAIL, ESME_RINVPASWD, ESME_RINVSYSID
+BIND_REFUSALS = frozenset({0x0D, 0x0E, 0x0F})
 THROTTLE_BACKOFF = 10.0  # seconds at a reduced rate after ESME_RTHROTTLED / ESME_RMSGQFUL
 MIN_RATE = 0.2  # submits per second, however often the SMSC throttles
+#: the longest wait between two attempts to reach the SMSC (±20 %), whatever
+#: smpp.reconnect_max says: the SMSC must be used again soon after an outage
+REBIND_MAX_WAIT = 10.0  # seconds
+UNBIND_WAIT = 1.0  # seconds for the SMSC to answer our unbind when the sender stops
+REPLY_CHECK = 5.0  # seconds between two looks for long replies whose parts stopped coming
+_MAX_PDU = 65536  # bytes; anything longer means the stream is out of step
+_RESPONSE = 0x80000000  # command_id bit of every response
+_DELIVER_SM = 0x00000005
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +156,79 @@ def status_name(status: int) -> str:
     return f"{name} (0x{status:02X}, {description})"
 
 
-@dataclass
+def address_problem(field_name: str, address: str) -> str | None:
+    """Why SMPP cannot carry this address, or None. smpplib would cut a long one silently
+    and send a NUL inside one as is. The complaint leaves the address out: a destination is
+    a caller's number."""
+    if len(address) > MAX_ADDRESS:
+        return f"{field_name} has {len(address)} characters; SMPP allows {MAX_ADDRESS}"
+    try:
+        address.encode("latin-1")  # as smpplib encodes it
+    except UnicodeEncodeError:
+        return f"{field_name} has characters an SMPP address cannot carry (it is sent as latin-1)"
+    if "\0" in address:
+        return f"{field_name} contains a NUL, which would end it early"
+    return None
+
+
+class _Numbering:
+    """What smpplib's PDU classes want of a client: the next sequence number of a request."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next_sequence(self) -> int:
+        self._last = self._last % 0x7FFFFFFF + 1  # SMPP 3.4: 1..0x7FFFFFFF, then round again
+        return self._last
+
+
+class _Reading:
+    """The client smpplib wants while parsing: the sequence number comes from the PDU."""
+
+    def next_sequence(self) -> int:
+        return 0
+
+
+_READING = _Reading()
+
+
+def _answer(command: str, sequence: int, status: int = 0) -> bytes:
+    """A response PDU (no body fields of ours) to the request numbered `sequence`."""
+    pdu = smpp.make_pdu(command, client=_READING, status=status)
+    pdu.sequence = sequence
+    return bytes(pdu.generate())
+
+
+def _header(raw: bytes) -> tuple[int, int, int]:
+    """(command_id, command_status, sequence_number): for a PDU smpplib cannot parse."""
+    command_id, status, sequence = struct.unpack_from(">III", raw, 4)
+    return command_id, status, sequence
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1", errors="replace").strip("\0")
+    return str(value or "").strip("\0")
+
+
+@dataclass(eq=False)
 class _Job:
     destination: str
     encoded: sms.EncodedSms
     future: asyncio.Future[SubmitResult]
-    ids: list[str | None] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     sent: int = 0
     answered: int = 0
-    done: bool = False
-    abandoned: bool = False  # the caller gave up (cancelled) before any part went out
+
+
+@dataclass(frozen=True, slots=True)
+class _Outstanding:
+    """A submit_sm out, waiting for its answer."""
+
+    job: _Job
+    part: int
+    sent_at: float  # monotonic
+    timer: asyncio.TimerHandle  # its response timeout
 
 
 class SmppSender:
@@ -157,24 +238,16 @@ class SmppSender:
                  events: asyncio.Queue[DeliveryReceipt | MobileOriginated | BindState]) -> None:
         self.config = config
         self._events = events
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_read.setblocking(False)
-        self._wake_write.setblocking(False)  # the event loop never waits on the thread
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._state = "down"
-        self._in_flight = 0
         self._accept = True
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._waiting: deque[_Job] = deque()  # texts with parts not yet sent, in order
+        self._wakeup = asyncio.Event()  # a text came, or a slot of the window freed
+        self._in_flight = 0
         self._slow_factor = 1.0  # < 1 for THROTTLE_BACKOFF s after the SMSC said "throttled"
         self._slow_until = 0.0
         self._slowed_at = float("-inf")  # monotonic time of the last halving
-        self._replies = sms.Reassembler()  # parts of long replies; only the thread touches it
-        self._woken = False  # a wake-up byte is on its way and the thread has not read it
-        self._to_loop: list[Callable[[], None]] = []  # the thread's results, for the loop
-        self._to_loop_lock = threading.Lock()
-        self._holding = False  # the thread is reading: results wait for its answers to go
 
     @property
     def state(self) -> str:
@@ -203,52 +276,56 @@ class SmppSender:
         log.warning("SMSC throttles us: slowing down", rate=round(self.rate, 2),
                     for_seconds=THROTTLE_BACKOFF)
 
+    # ---------------------------------------------------------------- the caller's side
+
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="smpp", daemon=True)
-        self._thread.start()
+        """Start binding (in the background): returns at once, the SMSC up or not."""
+        self._task = asyncio.create_task(self._run(), name="smpp")
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Take no more texts, wait up to `timeout` for those in flight, unbind, close."""
         self._accept = False
         deadline = time.monotonic() + timeout
         while self._in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self._stopping.set()
-        self._wake()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, max(0.5, deadline - time.monotonic()))
-        if self._thread is None or not self._thread.is_alive():
-            self._wake_read.close()
-            self._wake_write.close()
+        if self._task is None:
+            return
+        await asyncio.wait({self._task}, timeout=max(0.5, deadline - time.monotonic()))
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def submit(self, destination: str, text: str, *, reference: int) -> SubmitResult:
-        """Submit one text (all its parts) and wait for the SMSC's answers."""
-        job = self._enqueue(destination, text, reference)
-        if isinstance(job, SubmitResult):
-            return job
-        try:
-            return await job.future
-        except asyncio.CancelledError:
-            job.abandoned = True  # not sent if still queued: the caller thinks it was not
-            raise
+        """Submit one text (all its parts) and wait for the SMSC's answers. Cancelling this
+        gives up on the text if none of it went out yet."""
+        return await self.submit_soon(destination, text, reference=reference)
 
     def submit_soon(self, destination: str, text: str, *,
                     reference: int) -> asyncio.Future[SubmitResult]:
         """`submit` without a coroutine of its own (the daemon sends hundreds at once): the
         future of the result. Cancelling it gives up on the text, as cancelling `submit`."""
-        assert self._loop is not None, "start() the sender first"
-        job = self._enqueue(destination, text, reference)
-        if isinstance(job, SubmitResult):
-            settled: asyncio.Future[SubmitResult] = self._loop.create_future()
-            settled.set_result(job)
-            return settled
-        return job.future
+        future: asyncio.Future[SubmitResult] = asyncio.get_running_loop().create_future()
+        refused = self._refusal(destination, text, reference)
+        if isinstance(refused, SubmitResult):
+            future.set_result(refused)
+            return future
+        self._waiting.append(_Job(destination.lstrip("+"), refused, future))
+        self._in_flight += 1
+        future.add_done_callback(self._job_settled)
+        self._wakeup.set()
+        return future
 
-    def _enqueue(self, destination: str, text: str, reference: int) -> _Job | SubmitResult:
-        """Hand the text to the thread; or the result at once if it cannot go."""
-        assert self._loop is not None, "start() the sender first"
+    def _refusal(self, destination: str, text: str,
+                 reference: int) -> SubmitResult | sms.EncodedSms:
+        """The result at once if the text cannot go, else its parts."""
         if self._state != "bound" or not self._accept:
             return SubmitResult("unbound", detail=f"not bound to the SMSC ({self._state})")
+        problem = address_problem("destination_addr", destination.lstrip("+")) or \
+            address_problem("source_addr", source_numbering(self.config)[0])
+        if problem:
+            return SubmitResult("permanent", detail=problem)
         try:
             encoded = sms.split(text, reference=reference,
                                 gsm_data_coding=self.config.data_coding_gsm)
@@ -257,258 +334,278 @@ class SmppSender:
         if len(encoded.parts) > self.config.max_parts:
             return SubmitResult("permanent", detail=f"{len(encoded.parts)} SMS parts; "
                                 f"smpp.max_parts is {self.config.max_parts}")
-        job = _Job(destination.lstrip("+"), encoded, self._loop.create_future())
-        self._in_flight += 1
-        job.future.add_done_callback(functools.partial(self._job_settled, job))
-        self._jobs.put(job)
-        self._wake()
-        return job
+        return encoded
 
-    def _job_settled(self, job: _Job, future: asyncio.Future[SubmitResult]) -> None:
-        self._in_flight -= 1
-        if future.cancelled():
-            job.abandoned = True  # not sent if still queued
+    def _job_settled(self, _future: asyncio.Future[SubmitResult]) -> None:
+        self._in_flight -= 1  # a cancelled job still waiting is dropped when its turn comes
 
-    def _wake(self) -> None:
-        if self._woken:
-            return  # the thread will take every queued job when it reads the byte on its way
-        self._woken = True
-        with contextlib.suppress(OSError):
-            self._wake_write.send(b"x")
-
-    def _woken_up(self) -> None:
-        """The thread read the wake-up socket: the bytes are drained first, and only then may
-        the loop send another. The other way round, a byte sent in between was drained with
-        the first, `_woken` stayed set, and the next jobs slept until the SMSC spoke or
-        `_POLL` passed. The jobs queued before the flag drops are taken next."""
-        with contextlib.suppress(OSError):
-            self._wake_read.recv(4096)
-        self._woken = False
-
-    # ---------------------------------------------------------------- bridge to the loop
+    # ---------------------------------------------------------------- for the link
 
     def _emit(self, event: SmppEvent) -> None:
-        self._in_loop(lambda: self._events.put_nowait(event))
+        self._events.put_nowait(event)
 
-    def _in_loop(self, call: Callable[[], None]) -> None:
-        """Run `call` in the event loop, with the others handed over since it last ran."""
-        with self._to_loop_lock:
-            self._to_loop.append(call)
-            first = len(self._to_loop) == 1
-        if first and not self._holding:
-            self._hand_over()
+    def _set_state(self, state: str, detail: str) -> bool:
+        """Record a state; tell the service. False when it was the state already."""
+        if state == self._state:
+            return False
+        self._state = state
+        self._emit(BindState(state, detail, time.time()))
+        return True
 
-    def _hand_over(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._run_handed_over)
+    @staticmethod
+    def _finish(job: _Job, result: SubmitResult) -> None:
+        if not job.future.done():
+            job.future.set_result(result)
 
-    @contextlib.contextmanager
-    def _holding_results(self) -> Iterator[None]:
-        """Keep what the thread learns for the loop until the block ends (the SMSC has its
-        answers by then), then hand it all over at once."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-            with self._to_loop_lock:
-                pending = bool(self._to_loop)
-            if pending:
-                self._hand_over()
+    def _fail_waiting(self, detail: str) -> None:
+        while self._waiting:
+            self._finish(self._waiting.popleft(), SubmitResult("unbound", detail=detail))
 
-    def _run_handed_over(self) -> None:
-        with self._to_loop_lock:
-            calls, self._to_loop = self._to_loop, []
-        for call in calls:
-            call()
+    # ---------------------------------------------------------------- binding, again and again
 
-    def _set_state(self, state: str, detail: str) -> None:
-        if state != self._state:
-            self._state = state
-            self._emit(BindState(state, detail, time.time()))
-
-    def _finish(self, job: _Job, result: SubmitResult) -> None:
-        if job.done:
-            return
-        job.done = True
-
-        def settle() -> None:
-            if not job.future.done():
-                job.future.set_result(result)
-
-        self._in_loop(settle)
-
-    # ---------------------------------------------------------------- the thread
-
-    def _run(self) -> None:
+    async def _run(self) -> None:
+        smsc = f"{self.config.host}:{self.config.port}"
         delay = self.config.reconnect_min
-        while not self._stopping.is_set():
-            link = _Link(self)
-            if self._state != "auth_failed":  # keep showing why until a bind succeeds
-                self._set_state("binding", f"binding to {self.config.host}:{self.config.port}")
-            try:
-                link.bind()
-            except _BindRefused as exc:
-                self._set_state("auth_failed", str(exc))
-                delay = max(delay, self.config.reconnect_max / 4)  # retry slower: a person must act
-                # "SMSC host:port refused the bind as 'id' (ESME_RINVPASWD ...): check ..."
-                log.error(f"SMSC {exc}", retry_in=round(delay, 1))
-                link.close()
-                delay = self._backoff(delay)
-                continue
-            except Exception as exc:  # the thread must outlive any SMSC: retry instead
-                self._set_state("down", f"cannot bind: {exc or type(exc).__name__}")
-                log.warning("SMSC bind failed", smsc=f"{self.config.host}:{self.config.port}",
-                            error=str(exc) or type(exc).__name__, retry_in=round(delay, 1))
-                link.close()
-                delay = self._backoff(delay)
-                continue
-            delay = self.config.reconnect_min
-            self._set_state("bound", f"bound to {self.config.host}:{self.config.port} as "
-                                     f"{self.config.system_id} ({self.config.bind_mode})")
-            log.info("SMSC bound", smsc=f"{self.config.host}:{self.config.port}",
-                     mode=self.config.bind_mode)
-            reason = link.serve()
-            self._set_state("down", reason)
-            if not self._stopping.is_set():
-                log.warning("SMSC link lost", reason=reason, retry_in=round(delay, 1))
-                delay = self._backoff(delay)
-        self._fail_queued("the sender stopped")
+        retrying = False  # the last attempt failed: its line was logged, say nothing more
+        try:
+            while not self._stopping.is_set():
+                if not retrying and self._set_state("binding", f"binding to {smsc}"):
+                    log.info("Binding to the SMSC", smsc=smsc, mode=self.config.bind_mode)
+                link = _Link(self)
+                try:
+                    await link.bind()
+                except asyncio.CancelledError:
+                    link.close()
+                    raise
+                except _BindRefused as exc:
+                    link.close()
+                    delay = max(delay, self.config.reconnect_max / 4)  # a person must act
+                    wait = _jitter(delay)
+                    if self._set_state("auth_failed", str(exc)):
+                        # "SMSC host:port refused the bind as 'id' (...): check ..."
+                        log.error(f"SMSC {exc}", retry_in=round(wait, 1))
+                    retrying = True
+                    await self._pause(wait)
+                    delay = min(self.config.reconnect_max, delay * 2)
+                    continue
+                except Exception as exc:  # whatever the SMSC does, keep trying
+                    link.close()
+                    wait = _jitter(delay)
+                    why = _describe(exc)
+                    if self._set_state("down", f"cannot bind: {why}"):
+                        log.warning("Cannot bind to the SMSC: check smpp.host and smpp.port, "
+                                    "and that the SMSC is up; retrying", smsc=smsc,
+                                    error=why, retry_in=round(wait, 1))
+                    retrying = True
+                    await self._pause(wait)
+                    delay = self._longer(delay)
+                    continue
+                delay, retrying = self.config.reconnect_min, False
+                self._set_state("bound", f"bound to {smsc} as {self.config.system_id} "
+                                         f"({self.config.bind_mode})")
+                log.info("SMSC bound", smsc=smsc, mode=self.config.bind_mode)
+                reason = await link.serve(self._stopping)
+                self._set_state("down", reason)
+                self._fail_waiting(reason)
+                if self._stopping.is_set():
+                    log.info("SMSC unbound: the sender stops", smsc=smsc)
+                    break
+                wait = _jitter(delay)
+                log.warning("SMSC link lost: binding again", smsc=smsc, reason=reason,
+                            retry_in=round(wait, 1))
+                await self._pause(wait)
+                delay = self._longer(delay)
+        finally:
+            self._fail_waiting("the sender stopped")
 
-    def _backoff(self, delay: float) -> float:
-        self._stopping.wait(delay * random.uniform(0.8, 1.2))
-        self._fail_queued("not bound to the SMSC")
-        return min(self.config.reconnect_max, delay * 2)
+    def _longer(self, delay: float) -> float:
+        """The wait after the next failure to reach the SMSC: doubled, at most
+        min(smpp.reconnect_max, REBIND_MAX_WAIT)."""
+        return min(self.config.reconnect_max, REBIND_MAX_WAIT, delay * 2)
 
-    def _fail_queued(self, detail: str) -> None:
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            self._finish(job, SubmitResult("unbound", detail=detail))
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _jitter(delay: float) -> float:
+    return delay * random.uniform(0.8, 1.2)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "the SMSC closed the connection"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 class _BindRefused(Exception):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class _KeptDelivery:
-    """A deliver_sm answered, its content (receipt or reply) left for later: see _Link."""
+class _LinkBroken(Exception):
+    pass
 
-    raw: bytes
-    client: Client
-    at: float  # wall-clock time it arrived: the time of its receipt or reply
-    due: float  # monotonic time by which it is handled, storm or not
+
+class _Connection:
+    """One TCP connection of a link, bound as `mode` (bind_transceiver, ...)."""
+
+    def __init__(self, mode: str, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.mode = mode
+        self.reader = reader
+        self.writer = writer
+        self.open = True
+
+    def write(self, data: bytes) -> None:
+        """Write PDU bytes; nothing once the link is gone (a late acknowledgement)."""
+        if self.open and not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def read_pdu(self) -> bytes:
+        head = await self.reader.readexactly(4)
+        length = int.from_bytes(head, "big")
+        if not 16 <= length <= _MAX_PDU:
+            raise _LinkBroken(f"a PDU of {length} bytes: the stream is out of step")
+        return head + await self.reader.readexactly(length - 4)
+
+    def close(self) -> None:
+        self.open = False
+        self.writer.close()
 
 
 class _Link:
-    """One bound session (one or two smpplib clients) until it drops.
-
-    The deliver_sm it gets are answered at once and kept (`kept`); their content is handled
-    once nothing has been outstanding or waiting for DELIVER_QUIET, or DELIVER_DEFERRAL after
-    the oldest came, and in any case before `serve` returns."""
+    """One bound session (one or two connections) until it drops; see the module docstring."""
 
     def __init__(self, sender: SmppSender) -> None:
         self.sender = sender
         self.config = sender.config
-        self.clients: list[Client] = []
-        self.outstanding: dict[int, tuple[_Job, int, float]] = {}  # seq -> job, part, deadline
-        self.waiting: deque[_Job] = deque()
+        self.numbering = _Numbering()  # one sequence space for the link's requests
+        self.connections: list[_Connection] = []
+        self.outstanding: dict[int, _Outstanding] = {}  # sequence -> submit_sm out
         self.tokens = max(1.0, sender.rate / 20)  # full bucket: see _refill
         self.last_refill = time.monotonic()
-        self.enquire_due = time.monotonic() + self.config.enquire_link
-        self.enquire_pending: dict[int, float] = {}  # seq -> deadline
-        self.buffers: dict[int, bytearray] = {}  # id(client) -> bytes of a PDU not yet whole
-        self.kept: deque[_KeptDelivery] = deque()  # deliver_sm answered, not yet handled
-        self.last_busy = float("-inf")  # monotonic: when submits were last out or waiting
+        self.enquire_pending: set[int] = set()  # our enquire_link not yet answered
+        self.unbind_pending: set[int] = set()
+        self.unbind_answered = asyncio.Event()
+        #: parts of long replies, each tagged with the answer to its deliver_sm. Not answered,
+        #: so the link may forget them: the SMSC delivers them again after the next bind.
+        self.replies: sms.Reassembler[Callable[[], None]] = sms.Reassembler()
 
-    def _client(self) -> Client:
-        client = Client(self.config.host, self.config.port,
-                        timeout=max(self.config.response_timeout, 5.0),
-                        allow_unknown_opt_params=True)
-        client.set_error_pdu_handler(lambda pdu: None)
-        client.logger.setLevel(logging.ERROR)  # its warnings duplicate ours, without context
-        return client
+    def _request(self, command: str, **fields: Any) -> Any:
+        return smpp.make_pdu(command, client=self.numbering, **fields)
 
-    def bind(self) -> None:
+    # ---------------------------------------------------------------- bind and close
+
+    async def bind(self) -> None:
         modes = (["bind_transceiver"] if self.config.bind_mode == "transceiver"
                  else ["bind_transmitter", "bind_receiver"])
+        timeout = max(self.config.response_timeout, 5.0)
         for mode in modes:
-            client = self._client()
-            self.clients.append(client)
-            client.connect()
-            # submits are small PDUs written one after another: without TCP_NODELAY, Nagle's
-            # algorithm holds each one back until the previous one is acknowledged
-            client._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                getattr(client, mode)(system_id=self.config.system_id,
-                                      password=self.config.password,
-                                      system_type=self.config.system_type)
-            except exceptions.PDUError as exc:
-                status = exc.args[1] if len(exc.args) > 1 else None
-                if status in (0x0D, 0x0E, 0x0F):  # RBINDFAIL, RINVPASWD, RINVSYSID
-                    raise _BindRefused(
-                        f"{self.config.host}:{self.config.port} refused the bind as "
-                        f"{self.config.system_id!r} ({status_name(status)}): check "
-                        "smpp.system_id / smpp.password") from exc
-                raise
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.config.host, self.config.port), timeout)
+            connection = _Connection(mode, reader, writer)
+            self.connections.append(connection)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:  # submits are small PDUs written one after another
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request = self._request(mode, system_id=self.config.system_id,
+                                    password=self.config.password,
+                                    system_type=self.config.system_type)
+            connection.write(request.generate())
+            status = await asyncio.wait_for(self._bind_answer(connection, request.sequence),
+                                            timeout)
+            if status in BIND_REFUSALS:
+                raise _BindRefused(
+                    f"{self.config.host}:{self.config.port} refused the bind as "
+                    f"{self.config.system_id!r} ({status_name(status)}): check "
+                    "smpp.system_id / smpp.password")
+            if status:
+                raise _LinkBroken(f"the SMSC answered {mode} with {status_name(status)}")
+
+    async def _bind_answer(self, connection: _Connection, sequence: int) -> int:
+        """The status of the answer to our bind (what else comes first is skipped)."""
+        while True:
+            pdu = smpp.parse_pdu(await connection.read_pdu(), client=_READING,
+                                 allow_unknown_opt_params=True)
+            if pdu.sequence == sequence and pdu.command in (f"{connection.mode}_resp",
+                                                            "generic_nack"):
+                return int(pdu.status)
+            if pdu.command == "enquire_link":
+                connection.write(_answer("enquire_link_resp", pdu.sequence))
 
     def close(self) -> None:
-        for client in self.clients:
-            with contextlib.suppress(Exception):
-                client.disconnect()
+        for connection in self.connections:
+            connection.close()
 
-    def serve(self) -> str:
+    # ---------------------------------------------------------------- the bound link
+
+    async def serve(self, stopping: asyncio.Event) -> str:
         """Run until the link drops or the sender stops; return why."""
-        reason = "stopped"
+        tasks = [asyncio.create_task(self._reading(connection))
+                 for connection in self.connections]
+        tasks += [asyncio.create_task(self._sending()), asyncio.create_task(self._keepalive()),
+                  asyncio.create_task(self._expiring_replies())]
+        stop = asyncio.create_task(stopping.wait())
+        reason = "the sender stopped"
         try:
-            while not self.sender._stopping.is_set():
-                self._take_jobs()
-                self._send_due()
-                now = time.monotonic()
-                if self.outstanding or self.waiting:
-                    self.last_busy = now
-                if self.kept and (now - self.last_busy >= DELIVER_QUIET
-                                  or now >= self.kept[0].due):
-                    self._handle_kept()
-                timeout = self._housekeeping()
-                if timeout is None:
-                    reason = "no answer to enquire_link: the link is dead"
-                    break
-                sockets = [client._socket for client in self.clients] + \
-                    [self.sender._wake_read]
-                readable, _, _ = select.select(sockets, [], [], timeout)
-                if self.sender._wake_read in readable:
-                    self.sender._woken_up()
-                for client in self.clients:
-                    if client._socket in readable and not self._read(client):
-                        reason = "the SMSC unbound"
-                        raise _Unbound
-        except _Unbound:
-            pass
-        except (OSError, exceptions.ConnectionError, exceptions.PDUError) as exc:
-            reason = f"connection lost ({exc or type(exc).__name__})"
-        except Exception as exc:  # a bug or a PDU nobody foresaw: rebind rather than die
-            log.exception("SMPP link failed unexpectedly")
-            reason = f"unexpected error ({exc!r})"
-        self._handle_kept()  # answered already: the SMSC will not send them again
-        if self.sender._stopping.is_set():
-            self._unbind()
-        self._fail_all("unbound", reason)
-        self.close()
+            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+            ended = [task for task in tasks if task in done]
+            if ended:
+                reason = self._why(ended[0])
+            else:
+                await self._unbind()
+        finally:  # also when the sender's task is cancelled
+            for task in [*tasks, stop]:
+                task.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            self._fail_outstanding(reason)
+            self.close()
         return reason
+
+    @staticmethod
+    def _why(task: asyncio.Task[str]) -> str:
+        exc = task.exception()
+        if exc is None:
+            return task.result()
+        if isinstance(exc, asyncio.IncompleteReadError):
+            return "the SMSC closed the connection"
+        if isinstance(exc, _LinkBroken):
+            return str(exc)
+        if isinstance(exc, OSError):
+            return f"connection lost ({exc or type(exc).__name__})"
+        log.error("SMPP link failed unexpectedly: binding again", exc_info=exc)
+        return f"unexpected error ({exc!r})"
+
+    async def _unbind(self) -> None:
+        for connection in self.connections:
+            request = self._request("unbind")
+            self.unbind_pending.add(request.sequence)
+            connection.write(request.generate())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.unbind_answered.wait(), UNBIND_WAIT)
+
+    def _fail_outstanding(self, detail: str) -> None:
+        for out in self.outstanding.values():
+            out.timer.cancel()
+            self.sender._finish(out.job, SubmitResult(
+                "unbound", detail=f"{detail} (the submit was out: it may have been taken)",
+                in_doubt=True))
+        self.outstanding.clear()
 
     # ---------------------------------------------------------------- sending
 
-    def _take_jobs(self) -> None:
+    async def _sending(self) -> str:
+        """Write the submits the window and the rate allow, then wait for more to."""
+        transmitter = self.connections[0]
+        wakeup = self.sender._wakeup
         while True:
-            try:
-                self.waiting.append(self.sender._jobs.get_nowait())
-            except queue.Empty:
-                return
+            wakeup.clear()
+            wait = self._send_due(transmitter)
+            await transmitter.writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), wait)
 
     def _refill(self) -> float:
         """Add the tokens earned since the last refill; return the current rate.
@@ -521,159 +618,59 @@ class _Link:
         self.last_refill = now
         return rate
 
-    def _send_due(self, first: Sequence[bytes] = ()) -> None:
-        """Write the submits the window and the rate allow now, all in one `sendall`, after
-        the PDUs `first` (answers to the transmitter's link)."""
-        transmitter = self.clients[0]
+    def _send_due(self, transmitter: _Connection) -> float | None:
+        """Write the submit_sm due now; return how long until the rate allows the next one
+        (None: nothing can go until a text comes or an answer frees the window)."""
+        waiting = self.sender._waiting
         source, ton, npi = source_numbering(self.config)
-        registered_delivery = 1 if self.config.registered_delivery else 0
-        batch: list[bytes] = list(first)
-        while self.waiting and len(self.outstanding) < self.config.window:
-            self._refill()
+        loop = asyncio.get_running_loop()
+        while waiting and len(self.outstanding) < self.config.window:
+            job = waiting[0]
+            if job.future.cancelled() and job.sent == 0:  # the caller gave up on it
+                waiting.popleft()
+                continue
+            rate = self._refill()
             if self.tokens < 1.0:
-                break
-            job = self.waiting[0]
-            if job.abandoned and job.sent == 0:
-                self.waiting.popleft()
-                continue
+                return (1.0 - self.tokens) / rate
             part = job.sent
-            sequence = transmitter.next_sequence()  # shared with the PDUs smpplib builds
-            try:
-                batch.append(pdus.submit_sm(
-                    sequence, source=source, source_ton=ton, source_npi=npi,
-                    destination=job.destination, short_message=job.encoded.parts[part],
-                    data_coding=job.encoded.data_coding, esm_class=job.encoded.esm_class,
-                    registered_delivery=registered_delivery))
-            except ValueError as exc:  # an address SMPP cannot carry: no retry would help
-                self.waiting.popleft()
-                self.sender._finish(job, SubmitResult("permanent", detail=str(exc)))
-                continue
+            pdu = self._request(
+                "submit_sm", service_type="", source_addr_ton=ton, source_addr_npi=npi,
+                source_addr=source, dest_addr_ton=1, dest_addr_npi=1,  # E.164 without '+'
+                destination_addr=job.destination, esm_class=job.encoded.esm_class,
+                registered_delivery=1 if self.config.registered_delivery else 0,
+                data_coding=job.encoded.data_coding, short_message=job.encoded.parts[part])
+            transmitter.write(pdu.generate())
             self.tokens -= 1.0
             job.sent += 1
-            job.ids.append(None)
-            self.outstanding[sequence] = (job, part,
-                                          time.monotonic() + self.config.response_timeout)
+            job.ids.append("")
+            timer = loop.call_later(self.config.response_timeout, self._timed_out, pdu.sequence)
+            self.outstanding[pdu.sequence] = _Outstanding(job, part, time.monotonic(), timer)
             if job.sent == len(job.encoded.parts):
-                self.waiting.popleft()
-        _write(transmitter, batch)
+                waiting.popleft()
+        return None
 
-    def _housekeeping(self) -> float | None:
-        """Time out submits and enquire_links; return how long select may wait (None: dead)."""
-        for sender, text, _complete in self.sender._replies.expire(time.time()):
-            self._emit_reply(sender, text, time.time())  # parts missing: what came, not lost
-        now = time.monotonic()
-        for sequence, (job, _part, deadline) in list(self.outstanding.items()):
-            if now >= deadline:
-                del self.outstanding[sequence]
-                self._drop_waiting(job)  # its remaining parts would make no whole text
-                self.sender._finish(job, SubmitResult(
-                    "timeout", detail=f"no submit_sm_resp within "
-                                      f"{self.config.response_timeout:g} s", in_doubt=True))
-        if any(now >= deadline for deadline in self.enquire_pending.values()):
-            return None
-        if now >= self.enquire_due:
-            for client in self.clients:
-                pdu = smpp.make_pdu("enquire_link", client=client)
-                client.send_pdu(pdu)
-                self.enquire_pending[pdu.sequence] = now + self.config.response_timeout
-            self.enquire_due = now + self.config.enquire_link
-        waits = [self.enquire_due - now, _POLL]
-        waits += [deadline - now for _, _, deadline in self.outstanding.values()]
-        if self.kept:
-            waits.append(min(self.kept[0].due, self.last_busy + DELIVER_QUIET) - now)
-        if self.waiting and len(self.outstanding) < self.config.window:
-            rate = self._refill()
-            waits.append(max(0.0, (1.0 - self.tokens) / rate))
-        return max(0.0, min(waits))
+    def _timed_out(self, sequence: int) -> None:
+        out = self.outstanding.pop(sequence, None)
+        if out is None:
+            return
+        self._drop_waiting(out.job)  # its remaining parts would make no whole text
+        self.sender._finish(out.job, SubmitResult(
+            "timeout", detail=f"no submit_sm_resp within {self.config.response_timeout:g} s",
+            in_doubt=True))
+        self.sender._wakeup.set()
 
-    # ---------------------------------------------------------------- receiving
-
-    def _read(self, client: Client) -> bool:
-        """Read what the SMSC sent (several PDUs at once, often) and handle each whole PDU;
-        False when it unbinds."""
-        try:
-            data = client._socket.recv(_READ_CHUNK)
-        except (BlockingIOError, InterruptedError, TimeoutError):
-            return True
-        except OSError as exc:
-            raise exceptions.ConnectionError(f"cannot read from the SMSC: {exc}") from exc
-        if not data:
-            raise exceptions.ConnectionError("the SMSC closed the connection")
-        buffer = self.buffers.setdefault(id(client), bytearray())
-        buffer += data
-        answers: list[bytes] = []  # deliver_sm_resp of this read, written together
-        with self.sender._holding_results():  # the SMSC gets its answers first
-            try:
-                bound = self._handle_buffered(client, buffer, answers)
-            except BaseException:
-                _write(client, answers)
-                raise
-            if bound and client is self.clients[0]:  # the submits its answers freed a slot
-                self._take_jobs()  # for go out with the deliver_sm_resps, before the results
-                self._send_due(answers)  # go to the loop: each system call costs a GIL wait
-            else:  # (a receiver's link gets no submit_sm_resp)
-                _write(client, answers)
-            return bound
-
-    def _handle_buffered(self, client: Client, buffer: bytearray, answers: list[bytes]) -> bool:
-        """Handle the whole PDUs in `buffer`. A storm's PDUs (submit_sm_resp, generic_nack,
-        deliver_sm) are told apart by their header and answered without smpplib; it parses
-        the rest."""
-        while len(buffer) >= 4:
-            length = int.from_bytes(buffer[:4], "big")
-            if length < 16 or length > _MAX_PDU:
-                raise exceptions.PDUError(f"a PDU of {length} bytes: the stream is broken")
-            if len(buffer) < length:
-                break
-            raw = bytes(buffer[:length])
-            del buffer[:length]
-            command_id, status, sequence = pdus.header(raw)
-            if command_id == pdus.SUBMIT_SM_RESP:
-                self._submit_answered(sequence, status, pdus.message_id(raw))
-            elif command_id == pdus.GENERIC_NACK:
-                self._submit_answered(sequence, status, "", nack=True)
-            elif command_id == pdus.DELIVER_SM:
-                answers.append(pdus.deliver_sm_resp(sequence))
-                self.kept.append(_KeptDelivery(raw, client, time.time(),
-                                               time.monotonic() + DELIVER_DEFERRAL))
-            else:
-                try:
-                    pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
-                except exceptions.UnknownCommandError as exc:  # cut whole: the framing holds
-                    log.warning("SMSC sent a PDU smpplib does not know: ignored",
-                                error=str(exc))
-                    continue
-                if not self._handle(client, pdu):
-                    return False
-        return True
-
-    def _handle(self, client: Client, pdu: Any) -> bool:
-        command = pdu.command
-        if command == "enquire_link":
-            answer = smpp.make_pdu("enquire_link_resp", client=client)
-            answer.sequence = pdu.sequence
-            client.send_pdu(answer)
-        elif command == "enquire_link_resp":
-            self.enquire_pending.pop(pdu.sequence, None)
-        elif command == "unbind":
-            answer = smpp.make_pdu("unbind_resp", client=client)
-            answer.sequence = pdu.sequence
-            with contextlib.suppress(Exception):
-                client.send_pdu(answer)
-            return False
-        return True
-
-    def _submit_answered(self, sequence: int, status: int, message_id: str, *,
-                         nack: bool = False) -> None:
+    def _answered(self, sequence: int, status: int, message_id: str, *,
+                  nack: bool = False) -> None:
         """Settle the submit_sm `sequence` from its submit_sm_resp (or generic_nack)."""
-        entry = self.outstanding.pop(sequence, None)
-        if entry is None:
-            return  # late answer to a submit that already timed out
-        self.last_busy = time.monotonic()  # it was out until now
-        job, part, deadline = entry
+        out = self.outstanding.pop(sequence, None)
+        if out is None:
+            return  # a late answer to a submit that timed out already
+        out.timer.cancel()
+        self.sender._wakeup.set()  # a slot of the window is free
+        job = out.job
         if status or nack:
             if status in (ESME_RTHROTTLED, ESME_RMSGQFUL):
-                self.sender._throttled(sent_at=deadline - self.config.response_timeout)
+                self.sender._throttled(sent_at=out.sent_at)
                 outcome = "throttled"
             elif status in PERMANENT_STATUSES:
                 outcome = "permanent"
@@ -684,43 +681,137 @@ class _Link:
                 outcome, status=status,
                 detail=status_name(status) if status else "generic_nack without a status"))
             return
-        job.ids[part] = message_id.strip("\0 ")
+        job.ids[out.part] = message_id
         job.answered += 1
         if job.answered == len(job.encoded.parts):
-            self.sender._finish(job, SubmitResult(
-                "submitted", smsc_ids=tuple(smsc_id or "" for smsc_id in job.ids)))
+            self.sender._finish(job, SubmitResult("submitted", smsc_ids=tuple(job.ids)))
 
     def _drop_waiting(self, job: _Job) -> None:
         with contextlib.suppress(ValueError):
-            self.waiting.remove(job)
+            self.sender._waiting.remove(job)
 
-    def _handle_kept(self) -> None:
-        """Handle the deliver_sm kept so far; what they tell goes to the loop in one call."""
-        with self.sender._holding_results():
-            while self.kept:
-                kept = self.kept.popleft()
-                self._delivered(kept.client, kept.raw, kept.at)
+    # ---------------------------------------------------------------- keeping the link alive
 
-    def _delivered(self, client: Client, raw: bytes, now: float) -> None:
-        """Emit what a deliver_sm (already answered) tells: a receipt or a reply."""
+    async def _keepalive(self) -> str:
+        """enquire_link on every connection, every smpp.enquire_link seconds: a link that
+        does not answer within smpp.response_timeout is dead."""
+        while True:
+            await asyncio.sleep(self.config.enquire_link)
+            for connection in self.connections:
+                request = self._request("enquire_link")
+                self.enquire_pending.add(request.sequence)
+                connection.write(request.generate())
+            await asyncio.sleep(self.config.response_timeout)
+            if self.enquire_pending:
+                return "no answer to enquire_link: the link is dead"
+
+    async def _expiring_replies(self) -> str:
+        while True:
+            await asyncio.sleep(REPLY_CHECK)
+            for released in self.replies.expire(time.time()):
+                self._emit_reply(released, time.time())  # parts missing: what came, not lost
+
+    # ---------------------------------------------------------------- receiving
+
+    async def _reading(self, connection: _Connection) -> str:
+        while True:
+            if not self._handle(connection, await connection.read_pdu()):
+                return "the SMSC unbound"
+
+    def _handle(self, connection: _Connection, raw: bytes) -> bool:
+        """Handle one PDU from the SMSC; False when it unbinds."""
+        command_id, _status, sequence = _header(raw)
         try:
-            pdu = smpp.parse_pdu(raw, client=client, allow_unknown_opt_params=True)
-        except Exception as exc:  # answered already: the SMSC will not send it again
-            _, _, sequence = pdus.header(raw)
-            log.warning("deliver_sm smpplib cannot parse: skipped", sequence=sequence,
-                        length=len(raw), error=type(exc).__name__)
-            return
+            pdu = smpp.parse_pdu(raw, client=_READING, allow_unknown_opt_params=True)
+        except exceptions.UnknownCommandError:
+            if command_id & _RESPONSE:
+                log.warning("The SMSC answered with a command smpplib does not know: ignored",
+                            command_id=f"0x{command_id:08X}")
+            else:  # SMPP 3.4 §2.3: a request that cannot be handled gets a generic_nack
+                connection.write(_answer("generic_nack", sequence, ESME_RINVCMDID))
+                log.warning("The SMSC sent a command smpplib does not know: answered with "
+                            "generic_nack", command_id=f"0x{command_id:08X}")
+            return True
+        except Exception as exc:  # the PDU's length held, so the stream is still in step
+            if command_id == _DELIVER_SM:
+                log.warning("The SMSC sent a deliver_sm smpplib cannot parse: refused; if it "
+                            "repeats, ask the carrier what it sends", sequence=sequence,
+                            length=len(raw), error=type(exc).__name__)
+                self._refuse(connection, sequence)
+            elif command_id & _RESPONSE:
+                log.warning("The SMSC sent an answer smpplib cannot parse: ignored",
+                            command_id=f"0x{command_id:08X}", error=type(exc).__name__)
+            else:
+                connection.write(_answer("generic_nack", sequence, ESME_RSYSERR))
+                log.warning("The SMSC sent a request smpplib cannot parse: answered with "
+                            "generic_nack", command_id=f"0x{command_id:08X}",
+                            error=type(exc).__name__)
+            return True
+        command = pdu.command
+        if command == "submit_sm_resp":
+            self._answered(pdu.sequence, int(pdu.status), _text(pdu.message_id).strip())
+        elif command == "generic_nack":
+            self._answered(pdu.sequence, int(pdu.status), "", nack=True)
+            self.enquire_pending.discard(pdu.sequence)  # a nack is an answer: the link lives
+        elif command == "deliver_sm":
+            self._delivered(connection, pdu)
+        elif command == "enquire_link":
+            connection.write(_answer("enquire_link_resp", pdu.sequence))
+        elif command == "enquire_link_resp":
+            self.enquire_pending.discard(pdu.sequence)
+        elif command == "unbind":
+            connection.write(_answer("unbind_resp", pdu.sequence))
+            return False
+        elif command == "unbind_resp":
+            self.unbind_pending.discard(pdu.sequence)
+            if not self.unbind_pending:
+                self.unbind_answered.set()
+        elif not command_id & _RESPONSE and command != "alert_notification":
+            connection.write(_answer("generic_nack", pdu.sequence, ESME_RINVCMDID))
+            log.warning("The SMSC sent a request mcdaemon does not handle: answered with "
+                        "generic_nack", command=command)
+        return True
+
+    def _refuse(self, connection: _Connection, sequence: int) -> None:
+        """Answer a deliver_sm that tells nothing usable with ESME_RX_P_APPN.
+
+        Not answering would make the SMSC resend it forever, and ESME_ROK would tell it the
+        message was taken when nothing was kept of it. ESME_RX_P_APPN ("ESME receiver
+        permanent app error") is SMPP 3.4's status for exactly this: the SMSC does not
+        retry, and its own records show the message was refused, not delivered."""
+        connection.write(_answer("deliver_sm_resp", sequence, ESME_RX_P_APPN))
+
+    def _acknowledgement(self, connection: _Connection, sequence: int) -> Callable[[], None]:
+        """What answers the deliver_sm `sequence`, once: nothing if the link is gone by then
+        (the SMSC will deliver it again)."""
+        answered = False
+
+        def acknowledge() -> None:
+            nonlocal answered
+            if not answered:
+                answered = True
+                connection.write(_answer("deliver_sm_resp", sequence))
+
+        return acknowledge
+
+    def _delivered(self, connection: _Connection, pdu: Any) -> None:
+        """Hand over what a deliver_sm tells (a receipt or a reply), not yet answered."""
+        now = time.time()
+        acknowledge = self._acknowledgement(connection, pdu.sequence)
         try:
             payload = pdu.short_message or getattr(pdu, "message_payload", None) or b""
             if isinstance(payload, str):
                 payload = payload.encode("latin-1")
             esm_class = int(pdu.esm_class or 0)
-            text, _udh = sms.decode(payload, int(pdu.data_coding or 0), esm_class)
+            text, udh = sms.decode(payload, int(pdu.data_coding or 0), esm_class)
             if esm_class & 0x3C:  # a delivery receipt (SMSC delivery receipt or ack)
-                receipt = parse_receipt(text, _tlv(pdu, "receipted_message_id"),
-                                        _tlv(pdu, "message_state"), now)
-                if receipt is not None:
-                    self.sender._emit(receipt)
+                receipt = parse_receipt(text, pdu.receipted_message_id, pdu.message_state, now)
+                if receipt is None:
+                    log.warning("The SMSC sent a delivery receipt without a message id: "
+                                "refused", sequence=pdu.sequence, length=len(text))
+                    self._refuse(connection, pdu.sequence)
+                    return
+                self.sender._emit(dataclasses.replace(receipt, acknowledge=acknowledge))
                 return
             source = _text(pdu.source_addr)
             if int(pdu.source_addr_ton or 0) == 1:  # international: E.164 without its '+'
@@ -729,56 +820,25 @@ class _Link:
                 source = "+" + source[2:]
             destination = _text(pdu.destination_addr)
             # a long reply comes in parts: by a UDH, or by the SAR TLVs of SMPP 3.4
-            part = sms.concatenation(_udh) if _udh else None
-            if part is None and _tlv(pdu, "sar_total_segments"):
-                part = (int(_tlv(pdu, "sar_msg_ref_num") or 0),
-                        int(_tlv(pdu, "sar_total_segments") or 1),
-                        int(_tlv(pdu, "sar_segment_seqnum") or 1))
+            part = sms.concatenation(udh) if udh else None
+            if part is None and pdu.sar_total_segments:
+                part = (int(pdu.sar_msg_ref_num or 0), int(pdu.sar_total_segments or 1),
+                        int(pdu.sar_segment_seqnum or 1))
             reference, total, number = part or (0, 1, 1)
-            for sender, whole, _complete in self.sender._replies.add(
-                    (source, destination), reference, total, number, text, now):
-                self._emit_reply(sender, whole, now)
-        except Exception:  # one odd PDU must not take the link down
-            log.warning("deliver_sm not understood", exc_info=True)
+            for released in self.replies.add((source, destination), reference, total, number,
+                                             text, now, tag=acknowledge):
+                self._emit_reply(released, now)
+        except Exception as exc:  # one odd PDU must not take the link down
+            log.warning("The SMSC sent a deliver_sm mcdaemon cannot read: refused",
+                        sequence=pdu.sequence, error=type(exc).__name__)
+            self._refuse(connection, pdu.sequence)
 
-    def _emit_reply(self, sender: tuple[str, str], text: str, at: float) -> None:
-        source, destination = sender
-        self.sender._emit(MobileOriginated(source, destination, text, at))
-
-    def _unbind(self) -> None:
-        for client in self.clients:
-            with contextlib.suppress(Exception):
-                client.send_pdu(smpp.make_pdu("unbind", client=client))
-
-    def _fail_all(self, outcome: str, detail: str) -> None:
-        for job, _part, _deadline in self.outstanding.values():
-            self.sender._finish(job, SubmitResult(outcome, detail=f"{detail} (the submit was"
-                                                  " out: it may have been taken)",
-                                                  in_doubt=True))
-        for job in self.waiting:
-            self.sender._finish(job, SubmitResult(outcome, detail=detail))
-        self.outstanding.clear()
-        self.waiting.clear()
+    def _emit_reply(self, released: sms.Released[Callable[[], None]], at: float) -> None:
+        source, destination = released.sender
+        self.sender._emit(MobileOriginated(source, destination, released.text, at,
+                                           functools.partial(_call_all, released.tags)))
 
 
-class _Unbound(Exception):
-    pass
-
-
-def _write(client: Client, generated: list[bytes]) -> None:
-    """Write PDUs already generated, in one system call."""
-    if generated:
-        try:
-            client._socket.sendall(b"".join(generated))
-        except OSError as exc:
-            raise exceptions.ConnectionError(f"cannot write to the SMSC: {exc}") from exc
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("latin-1", errors="replace").strip("\0")
-    return str(value or "").strip("\0")
-
-
-def _tlv(pdu: Any, name: str) -> Any:
-    return getattr(pdu, name, None)
+def _call_all(calls: tuple[Callable[[], None], ...]) -> None:
+    for call in calls:
+        call()

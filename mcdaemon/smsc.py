@@ -5,7 +5,8 @@ against it is a test between two implementations. It takes binds (checking crede
 answers submit_sm with configurable message id formats, sends delivery receipts (TLV and text
 form) and mobile-originated texts, and can misbehave on request: error statuses, throttling
 above a rate, submits never answered, a connection dropped mid-window, binds refused, an
-SMSC-initiated unbind.
+SMSC-initiated unbind. With `redeliver=True` it behaves as a real SMSC does with a deliver_sm
+left unanswered when its connection closes: it sends it again after the next bind.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class _Client:
     unanswered: set[int] = field(default_factory=set)
     submits: int = 0
     answers: list[bytes] = field(default_factory=list)  # submit_sm_resp not yet written
+    delivered: dict[int, bytes] = field(default_factory=dict)  # deliver_sm unanswered: bodies
 
     def flush(self) -> None:
         """Write the answers not yet written (those of a read: together), in one system call."""
@@ -94,7 +96,7 @@ class TestSmsc:
                  host: str = "127.0.0.1", port: int = 0, id_format: str = "hex",
                  receipts: bool = True, receipt_delay: float = 0.05,
                  receipt_id_in_text_base: str | None = None, vendor_tlvs: bool = False,
-                 response_delay: float = 0.0,
+                 response_delay: float = 0.0, redeliver: bool = False,
                  on_submit: Callable[[Submit], None] | None = None) -> None:
         self.system_id, self.password = system_id, password
         self.host, self.port = host, port
@@ -105,6 +107,7 @@ class TestSmsc:
         self.receipt_id_in_text_base = receipt_id_in_text_base
         self.vendor_tlvs = vendor_tlvs
         self.response_delay = response_delay
+        self.redeliver = redeliver
         self.on_submit = on_submit
         self.receipt_state = "DELIVRD"
         self.accept_binds = True
@@ -121,6 +124,9 @@ class TestSmsc:
         self.unbind_responses = 0  # answers to our own unbind
         self.unbinds_received = 0
         self.deliver_sm_answered = 0
+        self.deliver_sm_sent: list[int] = []  # sequence numbers of every deliver_sm written
+        self.deliver_sm_responses: list[tuple[int, int]] = []  # (sequence, status) of answers
+        self._undelivered: list[bytes] = []  # unanswered when their connection closed
         self._fail: list[int] = []  # statuses for the next submits
         self._ignore = 0
         self._drop_after: int | None = None
@@ -254,10 +260,18 @@ class TestSmsc:
         for client in self._clients:
             if client.mode in (BIND_RECEIVER, BIND_TRANSCEIVER) \
                     and not client.writer.is_closing():  # a receipt due after the unbind
-                client.writer.write(pdu(DELIVER_SM, next(self._sequence), body))
+                self._write_deliver_sm(client, body)
                 with contextlib.suppress(ConnectionError):
                     await client.writer.drain()
                 return
+        if self.redeliver:  # nobody bound to receive it: kept for the next bind
+            self._undelivered.append(body)
+
+    def _write_deliver_sm(self, client: _Client, body: bytes) -> None:
+        sequence = next(self._sequence)
+        client.delivered[sequence] = body
+        self.deliver_sm_sent.append(sequence)
+        client.writer.write(pdu(DELIVER_SM, sequence, body))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(writer)
@@ -267,7 +281,7 @@ class TestSmsc:
             while data := await reader.read(65536):  # a window of submits in one read
                 buffer += data
                 while len(buffer) >= 16:
-                    length, command, _status, sequence = struct.unpack_from(">IIII", buffer)
+                    length, command, status, sequence = struct.unpack_from(">IIII", buffer)
                     if length < 16:
                         raise ValueError(f"a PDU of {length} bytes")
                     if len(buffer) < length:
@@ -276,15 +290,18 @@ class TestSmsc:
                     del buffer[:length]
                     if command != SUBMIT_SM:
                         client.flush()  # what was answered first goes first
-                    await self._handle(client, command, sequence, body)
+                    await self._handle(client, command, sequence, body, status)
                 client.flush()
         except (ConnectionError, ValueError):
             pass
         finally:
             self._clients.remove(client)
             writer.close()
+            if self.redeliver:
+                self._undelivered += client.delivered.values()
 
-    async def _handle(self, client: _Client, command: int, sequence: int, body: bytes) -> None:
+    async def _handle(self, client: _Client, command: int, sequence: int, body: bytes,
+                      status: int = 0) -> None:
         writer = client.writer
         if command in (BIND_RECEIVER, BIND_TRANSMITTER, BIND_TRANSCEIVER):
             self.bind_attempts.append(time.monotonic())
@@ -301,6 +318,10 @@ class TestSmsc:
             if status:
                 self.refused_binds += 1
             writer.write(pdu(command | RESP, sequence, b"TestSmsc\0", status))
+            if client.mode in (BIND_RECEIVER, BIND_TRANSCEIVER):
+                undelivered, self._undelivered = self._undelivered, []
+                for kept in undelivered:
+                    self._write_deliver_sm(client, kept)
         elif command == ENQUIRE_LINK:
             self.enquire_links_received += 1
             if self.answer_enquire_link:
@@ -320,6 +341,8 @@ class TestSmsc:
             client.mode = 0
         elif command == DELIVER_SM_RESP:
             self.deliver_sm_answered += 1
+            self.deliver_sm_responses.append((sequence, status))
+            client.delivered.pop(sequence, None)
         elif command & RESP:
             pass
         else:

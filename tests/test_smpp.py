@@ -7,6 +7,7 @@ conversation between two independent SMPP implementations.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +22,7 @@ from mcdaemon.config import SmppConfig
 from mcdaemon.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
 from mcdaemon.sender_id import source_numbering
 from mcdaemon.smpp import (
-    DELIVER_DEFERRAL,
-    DELIVER_QUIET,
+    REBIND_MAX_WAIT,
     BindState,
     MobileOriginated,
     SmppSender,
@@ -236,7 +236,8 @@ async def test_stop_from_a_phone_arrives_as_a_mobile_originated_text() -> None:
         mo = await session.next(MobileOriginated)
 
         assert (mo.source, mo.destination, mo.text) == ("+447700900123", "Acme", "STOP")
-        assert smsc.deliver_sm_answered == 1
+        mo.acknowledge()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
 
 
 async def test_mo_from_a_national_number_keeps_it_as_sent_without_a_plus() -> None:
@@ -321,133 +322,117 @@ def test_receipt_id_candidates_cover_both_bases(given: str, expected: tuple[str,
     assert set(candidates) == set(expected)
 
 
-# ---------------------------------------------------------------- receipts wait for submits
+# ---------------------------------------------------------------- answered once stored
 
 
-async def test_with_nothing_outstanding_a_reply_is_handed_over_at_once() -> None:
+async def test_a_reply_is_answered_only_once_acknowledged_and_only_once() -> None:
     async with TestSmsc() as smsc, sending(config(smsc)) as session:
-        sent = time.monotonic()
         await smsc.send_mo("+447700900123", "STOP")
-        await session.next(MobileOriginated)
+        mo = await session.next(MobileOriginated)
+        await smsc.enquire_link_all()  # a PDU after the deliver_sm: it too has been read
+        await smsc.wait_until(lambda: smsc.enquire_link_responses == 1)
 
-        assert time.monotonic() - sent < DELIVER_DEFERRAL / 2
+        assert smsc.deliver_sm_responses == []  # not stored yet: not answered
+        mo.acknowledge()
+        mo.acknowledge()  # a second call changes nothing
+        await smsc.wait_until(lambda: smsc.deliver_sm_responses != [])
+        await smsc.enquire_link_all()
+        await smsc.wait_until(lambda: smsc.enquire_link_responses == 2)
+
+        assert smsc.deliver_sm_responses == [(smsc.deliver_sm_sent[0], 0)]
 
 
-async def test_a_receipt_during_a_submit_is_answered_at_once_and_handled_after_it() -> None:
-    async with TestSmsc(response_delay=0.3, receipts=False) as smsc, \
+async def test_a_receipt_is_answered_only_once_acknowledged() -> None:
+    async with TestSmsc() as smsc, sending(config(smsc)) as session:
+        result = await session.sender.submit("+447700900123", "Hi", reference=1)
+        receipt = await session.next(DeliveryReceipt)
+        await smsc.enquire_link_all()
+        await smsc.wait_until(lambda: smsc.enquire_link_responses == 1)
+
+        assert receipt.smsc_id == result.smsc_ids[0]
+        assert smsc.deliver_sm_answered == 0
+        receipt.acknowledge()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
+        assert smsc.deliver_sm_responses == [(smsc.deliver_sm_sent[0], 0)]
+
+
+async def test_receipts_are_answered_in_the_order_acknowledged_with_their_own_sequence(
+) -> None:
+    async with TestSmsc(receipts=False) as smsc, sending(config(smsc)) as session:
+        for smsc_id in ("a1", "a2", "a3"):
+            await smsc.send_receipt(smsc_id)
+        receipts = [await session.next(DeliveryReceipt) for _ in range(3)]
+        first, second, third = smsc.deliver_sm_sent
+
+        receipts[2].acknowledge()
+        receipts[0].acknowledge()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 2)
+        assert smsc.deliver_sm_responses == [(third, 0), (first, 0)]
+        receipts[1].acknowledge()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 3)
+        assert smsc.deliver_sm_responses[2] == (second, 0)
+
+
+async def test_a_long_reply_is_answered_part_by_part_once_acknowledged() -> None:
+    text = "Please call me back after five. " * 6  # two parts
+    async with TestSmsc() as smsc, sending(config(smsc)) as session:
+        await smsc.send_mo("+447700900123", text)
+        reply = await session.next(MobileOriginated)
+        await smsc.enquire_link_all()
+        await smsc.wait_until(lambda: smsc.enquire_link_responses == 1)
+
+        assert reply.text == text
+        assert len(smsc.deliver_sm_sent) == 2
+        assert smsc.deliver_sm_responses == []
+        reply.acknowledge()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 2)
+        assert sorted(smsc.deliver_sm_responses) == [
+            (sequence, 0) for sequence in sorted(smsc.deliver_sm_sent)]
+
+
+async def test_a_receipt_whose_link_dropped_is_not_answered_and_comes_again_after_the_rebind(
+) -> None:
+    async with TestSmsc(receipts=False, redeliver=True) as smsc, \
             sending(config(smsc)) as session:
-        submitting = asyncio.create_task(session.sender.submit("+447700900123", "Hi",
-                                                               reference=1))
-        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
         await smsc.send_receipt("abc")
-        sent = time.monotonic()
+        before = await session.next(DeliveryReceipt)
+        await smsc.unbind_all()  # the link goes before the receipt is stored
+        await session.next(BindState, lambda state: state.state == "down")
+
+        before.acknowledge()  # too late: nothing is written
+        await session.bound()
+        again = await session.next(DeliveryReceipt)
+        await smsc.enquire_link_all()
+        await smsc.wait_until(lambda: smsc.enquire_link_responses == 1)
+
+        assert again.smsc_id == before.smsc_id == "abc"
+        assert smsc.deliver_sm_responses == []  # the first link answered nothing
+        again.acknowledge()
         await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
-        answered_at = time.time()
-
-        assert not submitting.done()  # the SMSC had its answer while the submit was out
-        receipt = await session.next(DeliveryReceipt)
-        assert submitting.done()  # ... and the loop the receipt only once it was settled
-        assert (await submitting).outcome == "submitted"
-        # the SMSC answers the submit 0.3 s after it, and the link must then be quiet a while
-        assert time.monotonic() - sent >= 0.27 + DELIVER_QUIET
-        assert receipt.smsc_id == "abc"
-        assert receipt.at <= answered_at  # the time it came, not the time it was handled
+        assert smsc.deliver_sm_responses == [(smsc.deliver_sm_sent[1], 0)]
 
 
-async def test_a_receipt_waits_at_most_deliver_deferral_for_a_busy_window() -> None:
-    async with TestSmsc(response_delay=3.0, receipts=False) as smsc, \
-            sending(config(smsc, response_timeout=5.0)) as session:
-        submitting = asyncio.create_task(session.sender.submit("+447700900123", "Hi",
-                                                               reference=1))
-        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
-        await smsc.send_receipt("abc")
-        sent = time.monotonic()
-        receipt = await session.next(DeliveryReceipt)
-        waited = time.monotonic() - sent
+async def test_parts_of_a_reply_held_when_the_link_drops_are_delivered_again_and_joined(
+) -> None:
+    text = "Please call me back after five. " * 6  # two parts
+    async with TestSmsc(redeliver=True) as smsc, sending(config(smsc)) as session:
+        await smsc.send_mo("+447700900123", text)
+        reply = await session.next(MobileOriginated)
+        encoded_parts = len(smsc.deliver_sm_sent)
+        await smsc.unbind_all()
+        await session.next(BindState, lambda state: state.state == "down")
+        reply.acknowledge()  # the link is gone: the SMSC will send the parts again
 
-        assert receipt.smsc_id == "abc"
-        assert not submitting.done()
-        assert DELIVER_DEFERRAL - 0.1 <= waited < DELIVER_DEFERRAL + 0.4
-        submitting.cancel()
-
-
-async def test_a_receipt_kept_when_the_link_drops_is_still_handed_over(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mcdaemon.smpp.DELIVER_DEFERRAL", 30.0)  # only the drop releases it
-    async with TestSmsc(receipts=False) as smsc, \
-            sending(config(smsc, response_timeout=5.0)) as session:
-        smsc.ignore_next(1)
-        unanswered = asyncio.create_task(session.sender.submit("+447700900123", "Hi",
-                                                               reference=1))
-        await smsc.wait_until(lambda: smsc.submit_pdus == 1)
-        await smsc.send_receipt("abc")
-        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
-        smsc.drop_after(0)  # the next submit makes the SMSC close the connection
-        dropped = await session.sender.submit("+447700900124", "Hi", reference=2)
-
-        seen: list[Event] = []
-        while not (seen and isinstance(seen[-1], BindState) and seen[-1].state == "down"):
-            seen.append(await asyncio.wait_for(session.events.get(), WAIT))
-        assert [event.smsc_id for event in seen if isinstance(event, DeliveryReceipt)] == [
-            "abc"]
-        assert (await unanswered).outcome == dropped.outcome == "unbound"
-
-
-async def test_a_reply_kept_when_the_sender_stops_is_still_handed_over(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mcdaemon.smpp.DELIVER_DEFERRAL", 30.0)  # only the stop releases it
-    async with TestSmsc(receipts=False) as smsc:
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        sender, pending = await a_submit_the_smsc_ignores(smsc, events)
-        await smsc.send_mo("+447700900123", "STOP")
-        await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
-
-        await asyncio.wait_for(sender.stop(timeout=0.2), 3.0)
-        reply = await Session(sender, events).next(MobileOriginated)
-
-        assert (reply.source, reply.text) == ("+447700900123", "STOP")
-        assert (await pending).outcome == "unbound"
+        await session.bound()
+        again = await session.next(MobileOriginated)
+        assert again.text == text
+        again.acknowledge()
+        await smsc.wait_until(lambda: smsc.deliver_sm_answered == encoded_parts)
+        assert {sequence for sequence, _ in smsc.deliver_sm_responses} == set(
+            smsc.deliver_sm_sent[encoded_parts:])
 
 
 # ---------------------------------------------------------------- window and rate
-
-
-class WakeSocketWithARace:
-    """The sender's wake-up socket, where the next wake-up comes while the thread drains it:
-    two submits a few microseconds apart."""
-
-    def __init__(self, sender: SmppSender) -> None:
-        self.real = sender._wake_read
-        self.sender = sender
-        self.raced = False
-
-    def fileno(self) -> int:
-        return self.real.fileno()
-
-    def recv(self, size: int) -> bytes:
-        if not self.raced:
-            self.raced = True
-            self.sender._wake()  # another submit's wake-up, as the thread drains the first
-        return self.real.recv(size)
-
-    def close(self) -> None:
-        self.real.close()
-
-
-async def test_a_wake_up_sent_while_the_thread_drains_the_last_one_is_not_lost(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mcdaemon.smpp._POLL", 30.0)  # nothing else wakes the thread
-    async with TestSmsc(receipts=False) as smsc, sending(config(smsc)) as session:
-        race = WakeSocketWithARace(session.sender)
-        session.sender._wake_read = race  # type: ignore[assignment]
-        first = await session.sender.submit("+447700900001", "first", reference=1)
-        assert race.raced and first.outcome == "submitted"
-
-        second = await asyncio.wait_for(
-            session.sender.submit("+447700900002", "second", reference=2), WAIT)
-
-        assert second.outcome == "submitted"
-        assert [submit.text for submit in smsc.submits] == ["first", "second"]
 
 
 async def test_window_of_ten_keeps_the_eleventh_submit_waiting() -> None:
@@ -690,13 +675,27 @@ async def test_smsc_enquire_link_is_answered() -> None:
         assert session.sender.state == "bound"
 
 
-async def test_a_pdu_smpplib_does_not_know_is_skipped_and_the_link_stays_up() -> None:
-    async with TestSmsc() as smsc, sending(config(smsc)) as session:
+class NackCountingSmsc(TestSmsc):
+    """Counts the generic_nack it gets."""
+
+    nacks: list[tuple[int, int]]  # (sequence, status)
+
+    async def _handle(self, client: Any, command: int, sequence: int, body: bytes,
+                      status: int = 0) -> None:
+        if command == GENERIC_NACK:
+            self.nacks = [*getattr(self, "nacks", []), (sequence, status)]
+        await super()._handle(client, command, sequence, body, status)
+
+
+async def test_a_pdu_smpplib_does_not_know_is_nacked_and_the_link_stays_up() -> None:
+    async with NackCountingSmsc() as smsc, sending(config(smsc)) as session:
         await smsc.send_to_all(0x00000111, b"\0")  # broadcast_sm (SMPP 5.0)
         await smsc.send_mo("+447700900123", "STOP")
         mo = await session.next(MobileOriginated)
+        await smsc.wait_until(lambda: bool(getattr(smsc, "nacks", [])))
 
         assert mo.text == "STOP"
+        assert [status for _, status in smsc.nacks] == [0x03]  # ESME_RINVCMDID
         assert session.sender.state == "bound"
         assert len(smsc.binds) == 1
 
@@ -711,16 +710,20 @@ def deliver_sm_body(text: bytes, tlvs: bytes = b"") -> bytes:
     b"\x05",  # a TLV torn after one octet
     struct.pack(">HHB", 0x0501, 1, 0),  # ussd_service_op: smpplib knows it, not in a deliver_sm
 ], ids=["torn TLV", "TLV of another command"])
-async def test_a_deliver_sm_smpplib_cannot_parse_is_answered_skipped_and_the_link_stays_up(
+async def test_a_deliver_sm_smpplib_cannot_parse_is_refused_skipped_and_the_link_stays_up(
         tlvs: bytes) -> None:
     async with TestSmsc() as smsc, sending(config(smsc)) as session:
         with capture_logs() as logs:
             await smsc.send_to_all(DELIVER_SM, deliver_sm_body(b"my private reply", tlvs))
+            await smsc.wait_until(lambda: smsc.deliver_sm_answered == 1)
             await smsc.send_mo("+447700900123", "STOP")
             mo = await session.next(MobileOriginated)
+            mo.acknowledge()
             await smsc.wait_until(lambda: smsc.deliver_sm_answered == 2)
 
         assert mo.text == "STOP"
+        # refused at once as ESME_RX_P_APPN (nothing to store), the reply answered once stored
+        assert [status for _, status in smsc.deliver_sm_responses] == [0x64, 0]
         assert session.sender.state == "bound" and len(smsc.binds) == 1
         [skipped] = [entry for entry in logs if "cannot parse" in entry["event"]]
         assert skipped["log_level"] == "warning"
@@ -741,6 +744,49 @@ async def test_dead_link_without_enquire_link_answers_is_detected_and_rebound() 
 
         assert "enquire_link" in down.detail
         assert len(smsc.binds) >= 2
+
+
+def test_the_wait_between_attempts_to_reach_the_smsc_stops_growing_at_rebind_max_wait(
+) -> None:
+    sender = SmppSender(SmppConfig(reconnect_min=1.0, reconnect_max=60.0), asyncio.Queue())
+    waits = [1.0]
+    for _ in range(10):
+        waits.append(sender._longer(waits[-1]))
+
+    assert waits[:5] == [1.0, 2.0, 4.0, 8.0, REBIND_MAX_WAIT]
+    assert max(waits) == REBIND_MAX_WAIT == 10.0  # not smpp.reconnect_max (60 s)
+
+
+async def test_after_a_long_smsc_outage_the_sender_keeps_trying_often_and_binds_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mcdaemon.smpp.REBIND_MAX_WAIT", 0.2)  # 10 s in production
+    attempts: list[float] = []
+
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(time.monotonic())  # the port answers, but no SMSC behind it
+        writer.close()
+
+    async with TestSmsc() as smsc:
+        port = smsc.port
+        async with sending(config(smsc, reconnect_min=0.05, reconnect_max=60.0)) as session:
+            await smsc.stop()
+            await session.next(BindState, lambda state: state.state == "down")
+            outage = await asyncio.start_server(hang_up, "127.0.0.1", port)
+            try:
+                # waits doubling up to smpp.reconnect_max would take 25 s to make 10 attempts
+                await smsc.wait_until(lambda: len(attempts) >= 10, timeout=10.0)
+            finally:
+                outage.close()
+                await outage.wait_closed()
+            async with TestSmsc(port=port) as back:
+                await session.bound()
+                result = await session.sender.submit("+447700900123", "Hi", reference=1)
+
+                assert result.outcome == "submitted"
+                assert session.sender.state == "bound" and len(back.binds) == 1
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert max(gaps) < 1.0  # 0.2 s ± 20 % each, with room for a busy machine
 
 
 async def test_wrong_password_is_auth_failed_with_a_clear_log_and_retried_until_fixed(

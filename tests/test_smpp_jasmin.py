@@ -62,11 +62,14 @@ def config_for(jasmin: JasminPeer, account: JasminAccount, **overrides: Any) -> 
 async def next_event(
     events: asyncio.Queue[Event], kind: type[E], matches: Callable[[E], bool] = lambda _: True
 ) -> E:
-    """The next event of `kind` that `matches`, skipping others (bind states, stray receipts)."""
+    """The next event of `kind` that `matches`, skipping others (bind states, stray receipts).
+    Receipts and replies taken are acknowledged, as the service does once they are stored."""
 
     async def wait() -> E:
         while True:
             event = await events.get()
+            if not isinstance(event, BindState):
+                event.acknowledge()
             if isinstance(event, kind) and matches(event):
                 return event
 
