@@ -705,7 +705,6 @@ class Service:
             log.info("opt-in received", caller=mask_number(sender, full))
         else:
             log.info("reply received", caller=mask_number(sender, full), length=len(mo.text))
-        mo.acknowledge()  # stored: the SMSC may forget it
 
     # ------------------------------------------------------------------ housekeeping
 
