@@ -39,7 +39,7 @@ from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from .notify import Notifier
 from .phone import to_e164
 from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group, prepare_caller
-from .receipts import DeliveryReceipt, receipt_id_candidates
+from .receipts import DeliveryReceipt
 from .records import CallRecord, Decision, PolicyView
 from .smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from .store import NewCall, OutboxMessage, ReceiptIn, Store, SubmitOutcome
@@ -639,8 +639,8 @@ class Service:
             return
         await self._decisions_first()
         applied = await self.store.apply_receipts([
-            ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
-                      item.at, item.raw) for item in receipts])
+            ReceiptIn(item.receipted_id, item.text_id, item.state, item.error, item.at,
+                      item.raw) for item in receipts])
         for item, message_id in zip(receipts, applied.matched, strict=True):
             self.metrics.delivery_receipt(item.state)
             log.info("delivery receipt", smsc_id=item.smsc_id, state=item.state,
