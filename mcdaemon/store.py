@@ -1487,7 +1487,8 @@ class Store:
 
         `calls`: calls that ended in [since, until]; `texts`: their first texts (kind
         `first`); `inbound`, `opt_outs`, `bookings`: from `since` on (a reply, an opt-out or a
-        booking follows its call). A table the store does not have yet gives no rows.
+        booking follows its call); `receipts_unmatched`: one row, `unmatched_receipts` of the
+        period. A table the store does not have yet gives no rows.
         """
         tables = await self.tables()
         queries = {
@@ -1521,7 +1522,10 @@ class Store:
                                     for row in await cursor.fetchall()]
             return result
 
-        return await self._read(work)
+        rows = await self._read(work)
+        # one row: the receipts of the period still unmatched, and of those the ambiguous
+        rows["receipts_unmatched"] = [await self.unmatched_receipts(since, until)]
+        return rows
 
     # ------------------------------------------------------------------ contacts
 

@@ -10,6 +10,7 @@ sender against the tests' own SMSC (`TestSmsc`) in the decimal-from-"0" mode of 
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import sqlite3
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from mcdaemon.config import SmppConfig
+from mcdaemon.config import Config, SmppConfig, config_from_dict
+from mcdaemon.control import gather_status, show_status
 from mcdaemon.receipts import (
     DeliveryReceipt,
     other_base_readings,
@@ -28,6 +30,7 @@ from mcdaemon.receipts import (
     receipt_text,
 )
 from mcdaemon.records import CallRecord, Decision, Outcome
+from mcdaemon.report import as_table, compute
 from mcdaemon.smpp import DELIVER_QUIET, BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import AMBIGUOUS, ReceiptIn, Store, SubmitOutcome
@@ -457,3 +460,62 @@ async def test_a_storm_against_a_decimal_id_smsc_lands_every_receipt_on_its_own_
     if overtaking:
         assert waited > 0  # the storm did test receipts that come before their submit
     assert result == StormFigures(receipts=300, right=300, wrong=0, unmatched=0)
+
+
+# ---------------------------------------------------------------------- status and report
+
+def minimal_config(store_path: Path) -> Config:
+    return config_from_dict({
+        "region": "GB", "timezone": "Europe/London", "company": "Acme Ltd",
+        "inbound": {"contexts": ["from-carrier"]}, "store": {"path": str(store_path)},
+        "groups": {"sales": {"triggers": ["missed"],
+                             "templates": {"default": "Sorry we missed your call."}}}})
+
+
+async def ambiguous_and_stray_receipts(path: Path, now: float) -> None:
+    store = await Store.open(str(path))
+    try:
+        await sent(store, 1, "3", claimed=now - 100)
+        await sent(store, 2, "3", claimed=now - 90)
+        await store.apply_receipt("3", "DELIVRD", None, now - 80)  # ambiguous
+        await store.apply_receipt("nobody", "DELIVRD", None, now - 70)
+        await store.apply_receipt("long-ago", "DELIVRD", None, now - 3 * 86_400)
+    finally:
+        await store.close()
+
+
+async def test_status_counts_the_receipts_left_unmatched_in_the_last_day(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mcdaemon.db"
+    now = time.time()
+    await ambiguous_and_stray_receipts(path, now)
+    config = minimal_config(path)
+
+    status = await gather_status(config, now)
+    out = io.StringIO()
+    await show_status(config, out, as_json=False, health=False)
+
+    assert status["receipts_last_24h"] == {"unmatched": 2, "ambiguous": 1}
+    assert "receipts: 2 unmatched in the last 24 h (1 named more than one text" in \
+        out.getvalue()
+
+
+async def test_the_report_counts_the_receipts_of_its_period_left_unmatched(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mcdaemon.db"
+    now = time.time()
+    await ambiguous_and_stray_receipts(path, now)
+    config = minimal_config(path)
+    reader = await Store.open_readonly(str(path))
+    try:
+        rows = await reader.report_rows(now - 86_400, now)
+    finally:
+        await reader.close()
+
+    report = compute(rows, config, since=now - 86_400, until=now)
+    out = io.StringIO()
+    as_table(report, out)
+
+    assert report.as_dict()["unmatched_receipts"] == {"unmatched": 2, "ambiguous": 1}
+    assert "2 delivery receipt(s) in this period matched no text (1 named more than one)" \
+        in out.getvalue()
