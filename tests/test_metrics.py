@@ -25,8 +25,8 @@ from mcdaemon.metrics import (
     MetricsError,
 )
 from mcdaemon.policy import REASONS
+from mcdaemon.receipts import _RECEIPT_STATES
 from mcdaemon.records import CallRecord, Decision, Outcome
-from mcdaemon.smpp import _RECEIPT_STATES
 from mcdaemon.store import TRANSITIONS, Store
 
 ROOT = Path(__file__).resolve().parent.parent
