@@ -17,6 +17,8 @@ from .store import Store
 
 #: a heartbeat older than this means the daemon is not running (it writes one every second)
 HEARTBEAT_STALE = 10.0
+#: `status` counts the delivery receipts left unmatched in this last stretch (s)
+RECEIPTS_WINDOW = 86_400.0
 
 
 async def set_switch(config: Config, group: str | None, enabled: bool, out: TextIO) -> int:
@@ -43,6 +45,7 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
         switches = await store.switches()
         statuses = await store.statuses()
         outbox = await store.outbox_stats(now)
+        receipts = await store.unmatched_receipts(now - RECEIPTS_WINDOW)
     finally:
         await store.close()
     heartbeat = statuses.get("heartbeat")
@@ -58,6 +61,7 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
         "ami": {pbx.name: statuses.get(f"ami:{pbx.name}", ("unknown", 0))[0] if running
                 else "disconnected" for pbx in config.ami},
         "outbox": outbox,
+        "receipts_last_24h": receipts,
     }
 
 
@@ -79,6 +83,10 @@ async def show_status(config: Config, out: TextIO, *, as_json: bool, health: boo
         age = outbox["oldest_queued_age"]
         if age is not None:
             print(f"          oldest queued text waits for {age:.0f} s", file=out)
+        receipts = status["receipts_last_24h"]
+        print(f"receipts: {receipts['unmatched']} unmatched in the last 24 h"
+              + (f" ({receipts['ambiguous']} named more than one text: see docs/receipts.md)"
+                 if receipts["ambiguous"] else ""), file=out)
     if health:
         healthy = status["daemon"] == "running" and all(
             state == "connected" for state in status["ami"].values())

@@ -331,6 +331,10 @@ class Report:
     days: tuple[Day, ...] = ()
     times_to_first_text: tuple[float, ...] = ()
     recent: tuple[RecentCall, ...] = field(default=())
+    #: delivery receipts of the period matched to no text, of those naming several texts:
+    #: the delivery rate misses what they would say (docs/receipts.md)
+    unmatched_receipts: int = 0
+    ambiguous_receipts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -344,6 +348,8 @@ class Report:
             "ab_tests": [test.as_dict() for test in self.ab_tests],
             "currencies": list(self.currencies),
             "unattributed_bookings": self.unattributed_bookings,
+            "unmatched_receipts": {"unmatched": self.unmatched_receipts,
+                                   "ambiguous": self.ambiguous_receipts},
         }
 
 
@@ -593,6 +599,7 @@ def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: flo
     overall = _kpis(list(calls.values()), texts, facts, campaigns)
     unattributed = sum(1 for row in rows.get("bookings", [])
                        if row["call_id"] is None and since <= float(row["at"]) <= until)
+    [receipts] = rows.get("receipts_unmatched") or [{}]
     sent = [text for text in texts if text.sent]
     waits = tuple(max(0.0, text.submitted_at - text.ended) for text in sent
                   if text.submitted_at is not None and text.ended is not None)
@@ -602,7 +609,9 @@ def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: flo
         currencies=tuple(sorted(facts.currencies)), unattributed_bookings=unattributed,
         days=_days(calls.values(), sent, facts, since, until, config.timezone),
         times_to_first_text=waits,
-        recent=_recent(calls, groups, texts, facts, config, recent))
+        recent=_recent(calls, groups, texts, facts, config, recent),
+        unmatched_receipts=int(receipts.get("unmatched", 0)),
+        ambiguous_receipts=int(receipts.get("ambiguous", 0)))
 
 
 def _days(calls: Iterable[dict[str, Any]], sent: Sequence[_Text], facts: _Facts,
@@ -771,6 +780,10 @@ def as_table(report: Report, out: TextIO) -> None:
     if report.unattributed_bookings:
         print(f"\n{report.unattributed_bookings} booking(s) in this period could not be "
               "attributed to a texted missed call", file=out)
+    if report.unmatched_receipts:
+        print(f"\n{report.unmatched_receipts} delivery receipt(s) in this period matched no "
+              f"text ({report.ambiguous_receipts} named more than one); see docs/receipts.md",
+              file=out)
     for test in report.ab_tests:
         print(f"\n== A/B test: group {test.group}, template {test.template}", file=out)
         rows = arm_lines(test)

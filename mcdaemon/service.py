@@ -51,7 +51,7 @@ from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from .notify import Notifier
 from .phone import to_e164
 from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group, prepare_caller
-from .receipts import DeliveryReceipt, receipt_id_candidates
+from .receipts import DeliveryReceipt
 from .records import CallRecord, Decision, PolicyView
 from .smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from .store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
@@ -653,7 +653,7 @@ class Service:
             return
         async with self.store.atomic():
             applied = await self.store.apply_receipts([
-                ReceiptIn(tuple(receipt_id_candidates(item.smsc_id)), item.state, item.error,
+                ReceiptIn(item.receipted_id, item.text_id, item.state, item.error,
                           item.at, item.raw) for item in receipts])
             received = {message_id: item.at for item, message_id
                         in zip(receipts, applied.matched, strict=True)

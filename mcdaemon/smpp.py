@@ -74,7 +74,7 @@ from smpplib import consts, exceptions, smpp
 
 from . import sms
 from .config import MAX_ADDRESS, SmppConfig
-from .receipts import DeliveryReceipt, _nothing, parse_receipt
+from .receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
 from .sender_id import source_numbering
 
 log = structlog.get_logger("mcdaemon.smpp")
@@ -803,8 +803,8 @@ class _Link:
             if isinstance(payload, str):
                 payload = payload.encode("latin-1")
             esm_class = int(pdu.esm_class or 0)
-            text, udh = sms.decode(payload, int(pdu.data_coding or 0), esm_class)
             if esm_class & 0x3C:  # a delivery receipt (SMSC delivery receipt or ack)
+                text = receipt_text(payload, int(pdu.data_coding or 0))
                 receipt = parse_receipt(text, pdu.receipted_message_id, pdu.message_state, now)
                 if receipt is None:
                     log.warning("The SMSC sent a delivery receipt without a message id: "
@@ -813,6 +813,7 @@ class _Link:
                     return
                 self.sender._emit(dataclasses.replace(receipt, acknowledge=acknowledge))
                 return
+            text, udh = sms.decode(payload, int(pdu.data_coding or 0), esm_class)
             source = _text(pdu.source_addr)
             if int(pdu.source_addr_ton or 0) == 1:  # international: E.164 without its '+'
                 source = "+" + source.lstrip("+")

@@ -2,11 +2,14 @@
 
 PDUs are written by hand with `struct`, independently of smpplib, so a test of the sender
 against it is a test between two implementations. It takes binds (checking credentials),
-answers submit_sm with configurable message id formats, sends delivery receipts (TLV and text
-form) and mobile-originated texts, and can misbehave on request: error statuses, throttling
-above a rate, submits never answered, a connection dropped mid-window, binds refused, an
-SMSC-initiated unbind. With `redeliver=True` it behaves as a real SMSC does with a deliver_sm
-left unanswered when its connection closes: it sends it again after the next bind.
+answers submit_sm with configurable message id formats (`id_format`: hex from 0x1000, decimal
+from "0" as SMPPSim numbers them, or UUIDs), sends delivery receipts (TLV and text form) and
+mobile-originated texts, and can misbehave on request: error statuses, throttling above a
+rate, submits never answered, a connection dropped mid-window, binds refused, an
+SMSC-initiated unbind, receipts out of order or before the submit's answer, receipt texts in
+ASCII marked UCS-2, a message id counter that restarts (`restart_ids`: ids reused). With
+`redeliver=True` it behaves as a real SMSC does with a deliver_sm left unanswered when its
+connection closes: it sends it again after the next bind.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import struct
 import time
 import uuid
@@ -97,6 +101,8 @@ class TestSmsc:
                  receipts: bool = True, receipt_delay: float = 0.05,
                  receipt_id_in_text_base: str | None = None, vendor_tlvs: bool = False,
                  response_delay: float = 0.0, redeliver: bool = False,
+                 receipt_jitter: float = 0.0, receipt_before_answer: bool = False,
+                 receipt_data_coding: int = 0, seed: int = 0,
                  on_submit: Callable[[Submit], None] | None = None) -> None:
         self.system_id, self.password = system_id, password
         self.host, self.port = host, port
@@ -106,6 +112,14 @@ class TestSmsc:
         self.receipts, self.receipt_delay = receipts, receipt_delay
         self.receipt_id_in_text_base = receipt_id_in_text_base
         self.vendor_tlvs = vendor_tlvs
+        #: each receipt waits receipt_delay plus up to this (seeded): receipts out of order
+        self.receipt_jitter = receipt_jitter
+        #: a receipt is sent when its submit is read, before the submit_sm_resp goes out
+        self.receipt_before_answer = receipt_before_answer
+        #: the data_coding a receipt is marked with (its text is ASCII whatever it says)
+        self.receipt_data_coding = receipt_data_coding
+        self._random = random.Random(seed)
+        self._texts: dict[str, str] = {}  # message id -> the start of its text (latest)
         self.response_delay = response_delay
         self.redeliver = redeliver
         self.on_submit = on_submit
@@ -172,6 +186,11 @@ class TestSmsc:
     def ignore_next(self, count: int = 1) -> None:
         self._ignore += count
 
+    def restart_ids(self) -> None:
+        """Number message ids from the start again, as an SMSC does after a restart: the ids
+        of earlier texts come again."""
+        self._ids = itertools.count(0)
+
     def drop_after(self, submits: int) -> None:
         """Close the submitting connection once it has sent this many more submits."""
         self._drop_after = submits
@@ -224,9 +243,10 @@ class TestSmsc:
         elif self.receipt_id_in_text_base == "hex" and message_id.isdigit():
             text_id = format(int(message_id), "x")
         stamp = time.strftime("%y%m%d%H%M")
+        original = self._texts.get(message_id, "mcdaemon")[:20]  # as SMSCs quote it
         receipt = (f"id:{text_id} sub:001 dlvrd:{'001' if state == 'DELIVRD' else '000'} "
                    f"submit date:{stamp} done date:{stamp} stat:{state} "
-                   f"err:{'000' if state == 'DELIVRD' else '099'} Text:mcdaemon").encode()
+                   f"err:{'000' if state == 'DELIVRD' else '099'} Text:{original}").encode()
         tlvs = b""
         if not text_only:
             tlvs = (struct.pack(">HH", TLV_RECEIPTED_MESSAGE_ID, len(message_id) + 1)
@@ -234,8 +254,9 @@ class TestSmsc:
                     + struct.pack(">HHB", TLV_MESSAGE_STATE, 1, MESSAGE_STATES[state]))
         if self.vendor_tlvs:
             tlvs += struct.pack(">HH", 0x1401, 4) + b"VEND"
-        await self._deliver(_short_message_body("447700900000", "Acme", 0x04, 0, receipt,
-                                                tlvs))
+            tlvs += struct.pack(">HHB", 0x1403, 1, 1)  # SMPPSim adds 0x1403 to each receipt
+        await self._deliver(_short_message_body("447700900000", "Acme", 0x04,
+                                                self.receipt_data_coding, receipt, tlvs))
 
     async def unbind_all(self) -> None:
         for client in self._clients:
@@ -392,12 +413,16 @@ class TestSmsc:
                             esm_class, registered_delivery, text, reference, total, part,
                             message_id, time.time())
             self.submits.append(submit)
+            self._texts[message_id] = text
             if self.on_submit is not None:
                 self.on_submit(submit)
             async with self._arrived:
                 self._arrived.notify_all()
         client.unanswered.add(sequence)
         self.max_outstanding_seen = max(self.max_outstanding_seen, len(client.unanswered))
+        if status == ESME_ROK and registered_delivery & 0x01 and self.receipts \
+                and self.receipt_before_answer:
+            self._spawn(self._receipt_later(message_id))
         if self.response_delay:
             self._spawn(self._respond_later(client, sequence, status, message_id,
                                             registered_delivery))
@@ -424,9 +449,10 @@ class TestSmsc:
             return
         client.answers.append(pdu(SUBMIT_SM | RESP, sequence, message_id.encode() + b"\0",
                                   status))
-        if status == ESME_ROK and registered_delivery & 0x01 and self.receipts:
+        if status == ESME_ROK and registered_delivery & 0x01 and self.receipts \
+                and not self.receipt_before_answer:
             self._spawn(self._receipt_later(message_id))
 
     async def _receipt_later(self, message_id: str) -> None:
-        await asyncio.sleep(self.receipt_delay)
+        await asyncio.sleep(self.receipt_delay + self._random.random() * self.receipt_jitter)
         await self.send_receipt(message_id, self.receipt_state)

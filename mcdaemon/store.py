@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
+from .receipts import exact_receipt_id, normalised_id, other_base_readings
 from .records import CallRecord, Decision, PolicyView
 
 log = structlog.get_logger(__name__)
@@ -236,6 +237,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX contact_events_number ON contact_events (e164, at)",
         "CREATE INDEX messages_first_submitted ON messages (submitted_at) WHERE kind = 'first'",
     ),
+    # 8: a receipt's two ids kept apart (the receipted_message_id TLV and the `id:` of its
+    # text) and how it was matched: the TLV id, the text id, another base, or `ambiguous`
+    # (kept unmatched: it named more than one text)
+    (
+        "ALTER TABLE receipts ADD COLUMN receipted_id TEXT",
+        "ALTER TABLE receipts ADD COLUMN text_id TEXT",
+        "ALTER TABLE receipts ADD COLUMN matched_by TEXT",
+    ),
 )
 #: the schema this version writes: one migration per step, appended to `_MIGRATIONS`
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -284,13 +293,77 @@ class AppliedReceipts:
 
 @dataclass(frozen=True, slots=True)
 class ReceiptIn:
-    """A delivery receipt as received: the ids it may refer to, its state and error."""
+    """A delivery receipt as received: its two ids apart (the `receipted_message_id` TLV,
+    the `id:` of its text; either may be None), its state and error, when it arrived."""
 
-    candidates: tuple[str, ...]
+    receipted_id: str | None
+    text_id: str | None
     state: str
     error: str | None
     at: float
-    raw: dict[str, str]
+    raw: dict[str, str] = field(default_factory=dict)
+
+
+#: how a receipt was matched (`receipts.matched_by`); NULL: no part (yet)
+MATCHED_BY_TLV, MATCHED_BY_TEXT, MATCHED_BY_OTHER_BASE = "receipted_id", "text_id", "other_base"
+#: the receipt named more than one text: kept unmatched, counted, never replayed
+AMBIGUOUS = "ambiguous"
+
+
+@dataclass(slots=True)
+class _Part:
+    """A part a receipt may name: `pending` while no final receipt has come for it."""
+
+    message_id: int
+    part_no: int
+    smsc_id: str
+    pending: bool
+    claimed_at: float  # when its text was claimed for sending: before its submit_sm left
+
+
+@dataclass(frozen=True, slots=True)
+class _ReceiptMatch:
+    part: _Part | None
+    matched_by: str | None  # MATCHED_BY_* or AMBIGUOUS; None: unmatched
+    candidates: tuple[_Part, ...] = ()  # the parts an ambiguous receipt named
+
+
+def _match_receipt(receipt: ReceiptIn, parts: dict[str, list[_Part]],
+                   in_flight: Sequence[float]) -> _ReceiptMatch:
+    """The part a receipt belongs to, by the rules of docs/receipts.md.
+
+    Only a part claimed before the receipt arrived can be meant. The exact id (the TLV's,
+    else the text's) decides alone when it names a part; a pending part is preferred over a
+    settled one (an SMSC that restarted its counter reuses ids). Another base is read only
+    when the exact id names nothing and no text is in flight whose id is not known yet (the
+    receipt may be its); and then only one pending part may fit. Otherwise: unmatched.
+    """
+    exact = exact_receipt_id(receipt.receipted_id, receipt.text_id)
+    exact_by = MATCHED_BY_TLV if normalised_id(receipt.receipted_id) else MATCHED_BY_TEXT
+    waiting_for_ids = any(claimed <= receipt.at for claimed in in_flight)
+    hits = [part for part in parts.get(exact, ()) if part.claimed_at <= receipt.at] \
+        if exact is not None else []
+    pending = [part for part in hits if part.pending]
+    if len(pending) == 1:
+        return _ReceiptMatch(pending[0], exact_by)
+    if len(pending) > 1:
+        return _ReceiptMatch(None, AMBIGUOUS, tuple(pending))
+    if hits:  # only settled parts: a repeated receipt, unless a text in flight reuses the id
+        if waiting_for_ids:
+            return _ReceiptMatch(None, None)
+        if len(hits) == 1:
+            return _ReceiptMatch(hits[0], exact_by)
+        return _ReceiptMatch(None, AMBIGUOUS, tuple(hits))
+    if waiting_for_ids:  # the exact id may be that of a text whose submit is not recorded
+        return _ReceiptMatch(None, None)
+    fits = [part for reading in other_base_readings(receipt.receipted_id, receipt.text_id)
+            for part in parts.get(reading, ())
+            if part.pending and part.claimed_at <= receipt.at]
+    if len(fits) == 1:
+        return _ReceiptMatch(fits[0], MATCHED_BY_OTHER_BASE)
+    if len(fits) > 1:
+        return _ReceiptMatch(None, AMBIGUOUS, tuple(fits))
+    return _ReceiptMatch(None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,16 +406,6 @@ def _message(row: Sequence[Any]) -> OutboxMessage:
     values[-2] = bool(values[-2])
     values[-1] = tuple(json.loads(values[-1] or "[]"))
     return OutboxMessage(*values)
-
-
-def _normalise_ids(candidates: Sequence[str]) -> list[str]:
-    """SMSC ids compare case-insensitively (hex may come back in either case)."""
-    ids: list[str] = []
-    for candidate in candidates:
-        value = candidate.strip().lower()
-        if value and value not in ids:
-            ids.append(value)
-    return ids
 
 
 def _part_state(receipt_state: str) -> str:
@@ -813,21 +876,26 @@ class Store:
         return moved
 
     async def _replay_early_receipts(self, sent: dict[int, tuple[set[str], float]]) -> None:
-        """Apply receipts that arrived before their submit_sm_resp was recorded: `sent` maps
-        each message just submitted to its SMSC ids and the time it was claimed."""
+        """Match again, by the same rules, the receipts kept unmatched that may be for texts
+        just recorded: one that overtook its submit_sm_resp, or one that waited for texts in
+        flight. `sent` maps each message just submitted to its SMSC ids and its claim time.
+        An ambiguous receipt stays as it is: more texts cannot make it less ambiguous."""
         since = min(at for _, at in sent.values()) - _RECEIPT_REPLAY_SLACK
         rows = await self._rows(
-            "SELECT id, state, error, at, candidates FROM receipts"
-            " WHERE message_id IS NULL AND at >= ? ORDER BY id", (since,))
-        for receipt_id, state, error, at, candidates in rows:
-            ids = json.loads(candidates)
-            for message_id, (smsc_ids, claimed) in sent.items():
-                matched = [smsc_id for smsc_id in ids if smsc_id in smsc_ids]
-                if matched and at >= claimed - _RECEIPT_REPLAY_SLACK:
-                    await self._apply_to_parts([(matched, state, error, at)])
-                    await self._change("UPDATE receipts SET message_id = ? WHERE id = ?",
-                                       (message_id, receipt_id))
-                    break
+            "SELECT id, receipted_id, text_id, smsc_id, state, error, at FROM receipts"
+            " WHERE message_id IS NULL AND at >= ?"
+            f" AND COALESCE(matched_by, '') <> '{AMBIGUOUS}' ORDER BY id", (since,))
+        if not rows:
+            return
+        # a receipt stored before its ids were kept apart: its first id as the exact one
+        receipts = [ReceiptIn(receipted_id if receipted_id or text_id else smsc_id or None,
+                              text_id, state, error, at)
+                    for _, receipted_id, text_id, smsc_id, state, error, at in rows]
+        matches = await self._apply_to_parts(receipts)
+        await self._db.executemany(
+            "UPDATE receipts SET message_id = ?, matched_by = ? WHERE id = ?",
+            [(match.part.message_id if match.part else None, match.matched_by, row[0])
+             for row, match in zip(rows, matches, strict=True) if match.matched_by])
 
     async def _move(self, sql: str, params: Sequence[Any]) -> bool:
         async def work() -> int:
@@ -916,16 +984,17 @@ class Store:
 
     # ------------------------------------------------------------------ receipts and replies
 
-    async def apply_receipt(self, candidates: Sequence[str], state: str, error: str | None,
-                            at: float, raw: dict[str, str]) -> int | None:
-        """Match a delivery receipt to a part by any candidate id; settle the message.
+    async def apply_receipt(self, receipted_id: str | None, state: str, error: str | None,
+                            at: float, raw: dict[str, str] | None = None, *,
+                            text_id: str | None = None) -> int | None:
+        """Match a delivery receipt to its part (docs/receipts.md); settle the message.
 
         A message is delivered when every part is, undeliverable when any part fails; a
         final message stays as it is. Every receipt is kept (raw), matched or not; an
-        unmatched one is matched again when its submit is recorded.
+        unmatched one is matched again, by the same rules, when a submit is recorded.
         """
-        return (await self.apply_receipts([ReceiptIn(tuple(candidates), state, error, at,
-                                                     raw)])).matched[0]
+        return (await self.apply_receipts([ReceiptIn(receipted_id, text_id, state, error, at,
+                                                     raw or {})])).matched[0]
 
     async def apply_receipts(self, receipts: Sequence[ReceiptIn]) -> AppliedReceipts:
         """`apply_receipt` for many receipts, in order, in one transaction: the message id
@@ -942,48 +1011,68 @@ class Store:
     async def _apply_receipts(self, receipts: Sequence[ReceiptIn], settled: dict[str, int],
                               finals: dict[int, str] | None = None) -> list[int | None]:
         """A few statements whatever the batch size (a carrier sends receipts in bursts)."""
-        wanted = [_normalise_ids(receipt.candidates) for receipt in receipts]
-        matched = await self._apply_to_parts(
-            [(ids, receipt.state, receipt.error, receipt.at)
-             for receipt, ids in zip(receipts, wanted, strict=True)], settled, finals)
+        matches = await self._apply_to_parts(receipts, settled, finals)
+        rows = []
+        for receipt, match in zip(receipts, matches, strict=True):
+            exact = exact_receipt_id(receipt.receipted_id, receipt.text_id)
+            readings = [exact] if exact else []
+            readings += other_base_readings(receipt.receipted_id, receipt.text_id)
+            rows.append((exact or "", json.dumps(readings), receipt.receipted_id,
+                         receipt.text_id, receipt.state, receipt.error, receipt.at,
+                         match.part.message_id if match.part else None, match.matched_by,
+                         json.dumps(receipt.raw, ensure_ascii=False)))
         await self._db.executemany(
-            "INSERT INTO receipts (smsc_id, candidates, state, error, at, message_id, raw)"
-            " VALUES (?,?,?,?,?,?,?)",
-            [(ids[0] if ids else "", json.dumps(ids), receipt.state, receipt.error,
-              receipt.at, message_id, json.dumps(receipt.raw, ensure_ascii=False))
-             for receipt, ids, message_id in zip(receipts, wanted, matched, strict=True)])
-        return matched
+            "INSERT INTO receipts (smsc_id, candidates, receipted_id, text_id, state, error,"
+            " at, message_id, matched_by, raw) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        return [match.part.message_id if match.part else None for match in matches]
 
-    async def _apply_to_parts(self, receipts: Sequence[tuple[Sequence[str], str, str | None,
-                                                             float]],
+    async def _apply_to_parts(self, receipts: Sequence[ReceiptIn],
                               settled: dict[str, int] | None = None,
-                              finals: dict[int, str] | None = None) -> list[int | None]:
-        """Apply receipts, given as (normalised ids, state, error, at), to the parts they
-        name and settle their messages; the message each matched (None: no part has the id)."""
-        every_id = sorted({smsc_id for ids, _, _, _ in receipts for smsc_id in ids})
-        newest: dict[str, tuple[int, int]] = {}  # smsc id -> (message id, part), newest
+                              finals: dict[int, str] | None = None) -> list[_ReceiptMatch]:
+        """Match receipts, in order, to the parts they name (`_match_receipt`), apply them
+        and settle their messages; what each matched. An ambiguous one is logged."""
+        every_id = sorted({reading for receipt in receipts for reading in (
+            exact_receipt_id(receipt.receipted_id, receipt.text_id),
+            *other_base_readings(receipt.receipted_id, receipt.text_id)) if reading})
+        parts: dict[str, list[_Part]] = {}
         for start in range(0, len(every_id), 500):
             chunk = every_id[start:start + 500]
-            for smsc_id, message_id, part_no in await self._rows(
-                    "SELECT smsc_id, message_id, part_no FROM message_parts"
-                    f" WHERE smsc_id IN ({','.join('?' * len(chunk))})", chunk):
-                # an SMSC that restarts its counter reuses ids: the newest message is meant
-                if smsc_id not in newest or int(message_id) > newest[smsc_id][0]:
-                    newest[smsc_id] = (int(message_id), int(part_no))
-        matched: list[int | None] = []
+            for smsc_id, message_id, part_no, state, claimed in await self._rows(
+                    "SELECT p.smsc_id, p.message_id, p.part_no, p.state,"
+                    " COALESCE(m.sending_at, m.submitted_at, m.created_at)"
+                    " FROM message_parts AS p JOIN messages AS m ON m.id = p.message_id"
+                    f" WHERE p.smsc_id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY p.message_id, p.part_no", chunk):
+                parts.setdefault(str(smsc_id), []).append(_Part(
+                    int(message_id), int(part_no), str(smsc_id), state == "submitted",
+                    float(claimed)))
+        # texts claimed whose submit_sm_resp is not recorded: their ids are not known yet
+        in_flight = [float(claimed) for claimed, in await self._rows(
+            "SELECT COALESCE(sending_at, created_at) FROM messages WHERE state = 'sending'")]
+        matches: list[_ReceiptMatch] = []
         part_updates: list[tuple[Any, ...]] = []
         settle_at: dict[int, float] = {}
-        for ids, state, error, at in receipts:
-            hits = [newest[smsc_id] for smsc_id in ids if smsc_id in newest]
-            if not hits:
-                matched.append(None)
+        for receipt in receipts:
+            match = _match_receipt(receipt, parts, in_flight)
+            matches.append(match)
+            if match.matched_by == AMBIGUOUS:
+                log.warning(
+                    "delivery receipt names more than one text: kept unmatched, applied to "
+                    "none (check that the SMSC's message ids are unique, and which base it "
+                    "writes them in)", receipted_id=receipt.receipted_id,
+                    text_id=receipt.text_id, state=receipt.state,
+                    candidates=[f"message {part.message_id} part {part.part_no} id "
+                                f"{part.smsc_id}" for part in match.candidates])
+            part = match.part
+            if part is None:
                 continue
-            message_id, part_no = max(hits)
-            matched.append(message_id)
-            part_state = _part_state(state)
+            part_state = _part_state(receipt.state)
             if part_state != "submitted":  # ACCEPTD, ENROUTE…: nothing final yet
-                part_updates.append((part_state, error, at, message_id, part_no))
-                settle_at[message_id] = at
+                if part.pending:
+                    part_updates.append((part_state, receipt.error, receipt.at,
+                                         part.message_id, part.part_no))
+                part.pending = False
+                settle_at[part.message_id] = receipt.at
         await self._db.executemany(
             "UPDATE message_parts SET state = ?, error = ?, receipt_at = ?"
             " WHERE message_id = ? AND part_no = ? AND state = 'submitted'", part_updates)
@@ -994,7 +1083,7 @@ class Store:
                     settled[final] = settled.get(final, 0) + 1
                 if finals is not None:
                     finals[message_id] = final
-        return matched
+        return matches
 
     async def _settle(self, message_id: int, at: float) -> str | None:
         """Move the message to its final state once its parts say so; that state, if moved."""
@@ -1200,6 +1289,23 @@ class Store:
 
         return await self._read(work)
 
+    async def unmatched_receipts(self, since: float, until: float | None = None,
+                                 ) -> dict[str, int]:
+        """Receipts that arrived in [since, until] and are still unmatched: `unmatched`, and
+        of those `ambiguous` (they named more than one text). Read through the partial index
+        `receipts_unmatched`: bounded by the unmatched receipts of the period, not history."""
+        async def work() -> dict[str, int]:
+            columns = {str(row[1]) for row in await self._rows("PRAGMA table_info(receipts)")}
+            ambiguous = (f"SUM(matched_by = '{AMBIGUOUS}')" if "matched_by" in columns
+                         else "0")
+            row = (await self._rows(
+                f"SELECT COUNT(*), {ambiguous} FROM receipts"
+                " WHERE message_id IS NULL AND at >= ? AND at <= ?",
+                (since, float("inf") if until is None else until)))[0]
+            return {"unmatched": int(row[0] or 0), "ambiguous": int(row[1] or 0)}
+
+        return await self._read(work)
+
     # ------------------------------------------------------------------ read-only: report, status
 
     @classmethod
@@ -1273,7 +1379,8 @@ class Store:
 
         `calls`: calls that ended in [since, until]; `texts`: their first texts (kind
         `first`); `inbound`, `opt_outs`, `bookings`: from `since` on (a reply, an opt-out or a
-        booking follows its call). A table the store does not have yet gives no rows.
+        booking follows its call); `receipts_unmatched`: one row, `unmatched_receipts` of the
+        period. A table the store does not have yet gives no rows.
         """
         tables = await self.tables()
         queries = {
@@ -1307,7 +1414,10 @@ class Store:
                                     for row in await cursor.fetchall()]
             return result
 
-        return await self._read(work)
+        rows = await self._read(work)
+        # one row: the receipts of the period still unmatched, and of those the ambiguous
+        rows["receipts_unmatched"] = [await self.unmatched_receipts(since, until)]
+        return rows
 
     # ------------------------------------------------------------------ contacts
 

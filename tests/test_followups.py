@@ -181,7 +181,7 @@ async def test_an_undeliverable_first_text_stops_the_sequence(store: Store) -> N
     worker = outreach(clock)
     first = await first_text_submitted(store, call(), T0 + 3)
     await worker.texts_submitted(store, [first])
-    await store.apply_receipt(["smsc-1"], "UNDELIV", "001", T0 + 10, {})
+    await store.apply_receipt("smsc-1", "UNDELIV", "001", T0 + 10, {})
     clock.now = T0 + 30
     await worker.tick(store)
     details = {detail for _, _, _, _, detail in await followup_rows(store)}

@@ -131,7 +131,7 @@ async def texted_call(store: Store, call_id: str, caller: str, ended: float, *,
     smsc_id = f"id-{call_id}"
     assert await store.mark_submitted(message_id, [smsc_id], ended + submit_after)
     if receipt is not None:
-        await store.apply_receipt([smsc_id], receipt, None, ended + submit_after + 5, {})
+        await store.apply_receipt(smsc_id, receipt, None, ended + submit_after + 5, {})
     return message_id
 
 

@@ -292,7 +292,7 @@ async def test_a_cancelled_caller_leaves_its_write_whole_and_the_store_usable(
 
 async def test_a_delivered_message_never_goes_back(store: Store) -> None:
     message_id = await submitted_message(store, ["abc"])
-    assert await store.apply_receipt(["abc"], "DELIVRD", None, T0 + 3, {}) == message_id
+    assert await store.apply_receipt("abc", "DELIVRD", None, T0 + 3, {}) == message_id
 
     assert not await store.mark_retry(message_id, not_before=T0, error_code=88, detail="late",
                                       now=T0 + 4)
@@ -304,7 +304,7 @@ async def test_a_delivered_message_never_goes_back(store: Store) -> None:
 
 async def test_the_database_itself_refuses_a_backward_move(store: Store, db_path: str) -> None:
     message_id = await submitted_message(store, ["abc"])
-    await store.apply_receipt(["abc"], "DELIVRD", None, T0 + 3, {})
+    await store.apply_receipt("abc", "DELIVRD", None, T0 + 3, {})
 
     raw = sqlite3.connect(db_path)
     try:
@@ -322,7 +322,7 @@ async def test_a_receipt_for_a_failed_message_does_not_resurrect_it(store: Store
     # the SMSC's answer arrives after all: recorded as fact, the state stays final
     assert not await store.mark_submitted(message_id, ["late-1"], T0 + 3)
 
-    assert await store.apply_receipt(["late-1"], "DELIVRD", None, T0 + 4, {}) == message_id
+    assert await store.apply_receipt("late-1", "DELIVRD", None, T0 + 4, {}) == message_id
     message = await store.message(message_id)
     assert (message.state, message.error_detail, message.smsc_ids) == ("failed", "gave up", ())
 
@@ -356,7 +356,7 @@ async def test_a_receipt_for_an_expired_message_does_not_resurrect_it(store: Sto
     assert await store.expire_due(T0 + 900) == [message_id]
     assert not await store.mark_submitted(message_id, ["late-2"], T0 + 901)
 
-    assert await store.apply_receipt(["late-2"], "DELIVRD", None, T0 + 902, {}) == message_id
+    assert await store.apply_receipt("late-2", "DELIVRD", None, T0 + 902, {}) == message_id
     message = await store.message(message_id)
     assert (message.state, message.final_at) == ("expired", T0 + 900)
 
@@ -423,7 +423,7 @@ def test_no_sequence_of_operations_moves_a_message_backwards(tmp_path: Path,
                 elif step == "expire":
                     await store.expire_due(T0 + 900 if clock < T0 + 900 else clock)
                 elif step in ("deliver", "undeliv"):
-                    await store.apply_receipt(["id-1"], "DELIVRD" if step == "deliver"
+                    await store.apply_receipt("id-1", "DELIVRD" if step == "deliver"
                                               else "UNDELIV", None, clock, {})
                 else:
                     await store.recover_in_flight(step.removeprefix("recover_"), clock)
@@ -443,11 +443,11 @@ async def test_a_long_text_is_delivered_when_all_its_parts_are(store: Store) -> 
     message = await store.message(message_id)
     assert (message.state, message.parts, message.smsc_ids) == ("submitted", 3, ("p1", "p2", "p3"))
 
-    await store.apply_receipt(["p1"], "DELIVRD", None, T0 + 3, {})
-    await store.apply_receipt(["p3"], "DELIVRD", None, T0 + 4, {})
+    await store.apply_receipt("p1", "DELIVRD", None, T0 + 3, {})
+    await store.apply_receipt("p3", "DELIVRD", None, T0 + 4, {})
     assert (await store.message(message_id)).state == "submitted"
 
-    await store.apply_receipt(["p2"], "DELIVRD", None, T0 + 5, {})
+    await store.apply_receipt("p2", "DELIVRD", None, T0 + 5, {})
     message = await store.message(message_id)
     assert (message.state, message.final_at) == ("delivered", T0 + 5)
 
@@ -455,9 +455,9 @@ async def test_a_long_text_is_delivered_when_all_its_parts_are(store: Store) -> 
 async def test_one_undeliverable_part_makes_the_text_undeliverable(store: Store) -> None:
     message_id = await submitted_message(store, ["p1", "p2"])
 
-    await store.apply_receipt(["p1"], "DELIVRD", None, T0 + 3, {})
-    await store.apply_receipt(["p2"], "UNDELIV", "001", T0 + 4, {})
-    await store.apply_receipt(["p2"], "DELIVRD", None, T0 + 5, {})  # a contradicting repeat
+    await store.apply_receipt("p1", "DELIVRD", None, T0 + 3, {})
+    await store.apply_receipt("p2", "UNDELIV", "001", T0 + 4, {})
+    await store.apply_receipt("p2", "DELIVRD", None, T0 + 5, {})  # a contradicting repeat
 
     message = await store.message(message_id)
     assert (message.state, message.final_at) == ("undeliverable", T0 + 4)
@@ -467,16 +467,17 @@ async def test_one_undeliverable_part_makes_the_text_undeliverable(store: Store)
 async def test_an_intermediate_receipt_settles_nothing(store: Store) -> None:
     message_id = await submitted_message(store, ["p1"])
 
-    assert await store.apply_receipt(["p1"], "ENROUTE", None, T0 + 3, {}) == message_id
+    assert await store.apply_receipt("p1", "ENROUTE", None, T0 + 3, {}) == message_id
     assert (await store.message(message_id)).state == "submitted"
 
 
-async def test_a_receipt_matches_by_any_candidate_id_in_any_case(store: Store) -> None:
+async def test_a_text_only_receipt_matches_its_one_pending_text_in_another_base_in_any_case(
+        store: Store) -> None:
     # the SMSC answered submit_sm with hex and quotes the id in decimal in the receipt text
     message_id = await submitted_message(store, ["1F4A"])
 
-    matched = await store.apply_receipt(["8010", "1f4a"], "DELIVRD", None, T0 + 3,
-                                        {"id": "8010", "stat": "DELIVRD"})
+    matched = await store.apply_receipt(None, "DELIVRD", None, T0 + 3,
+                                        {"id": "8010", "stat": "DELIVRD"}, text_id="8010")
 
     assert matched == message_id
     message = await store.message(message_id)
@@ -484,7 +485,7 @@ async def test_a_receipt_matches_by_any_candidate_id_in_any_case(store: Store) -
 
 
 async def test_an_unmatched_receipt_is_kept_raw(store: Store, db_path: str) -> None:
-    assert await store.apply_receipt(["nobody"], "DELIVRD", None, T0, {"text": "Zoë"}) is None
+    assert await store.apply_receipt("nobody", "DELIVRD", None, T0, {"text": "Zoë"}) is None
 
     raw = sqlite3.connect(db_path)
     try:
@@ -498,7 +499,7 @@ async def test_a_receipt_that_overtakes_its_submit_response_is_applied_later(
         store: Store) -> None:
     message_id = await queued_message(store)
     await store.claim_due(T0 + 1, 1)
-    assert await store.apply_receipt(["fast-1"], "DELIVRD", None, T0 + 1.5, {}) is None
+    assert await store.apply_receipt("fast-1", "DELIVRD", None, T0 + 1.5, {}) is None
 
     await store.mark_submitted(message_id, ["fast-1"], T0 + 2)
 
@@ -515,18 +516,18 @@ async def test_a_text_whose_receipt_never_comes_becomes_unknown_and_a_late_one_s
     assert message.state == "unknown"
     assert "receipt_timeout" in (message.error_detail or "")
 
-    assert await store.apply_receipt(["slow-1"], "DELIVRD", None, T0 + 7200, {}) == message_id
+    assert await store.apply_receipt("slow-1", "DELIVRD", None, T0 + 7200, {}) == message_id
     assert (await store.message(message_id)).state == "delivered"
 
 
 async def test_a_batch_of_receipts_settles_each_message_once_in_order(store: Store) -> None:
     first = await submitted_message(store, ["b1"], call_id="c1")
     second = await submitted_message(store, ["b2"], call_id="c2")
-    receipts = [ReceiptIn(("b1",), "ENROUTE", None, T0 + 3, {}),
-                ReceiptIn(("b1",), "DELIVRD", None, T0 + 4, {}),
-                ReceiptIn(("b2",), "UNDELIV", "001", T0 + 4, {}),
-                ReceiptIn(("b2",), "DELIVRD", None, T0 + 5, {}),  # too late: final already
-                ReceiptIn(("nobody",), "DELIVRD", None, T0 + 5, {})]
+    receipts = [ReceiptIn("b1", None, "ENROUTE", None, T0 + 3, {}),
+                ReceiptIn("b1", None, "DELIVRD", None, T0 + 4, {}),
+                ReceiptIn("b2", None, "UNDELIV", "001", T0 + 4, {}),
+                ReceiptIn("b2", None, "DELIVRD", None, T0 + 5, {}),  # too late: final already
+                ReceiptIn("nobody", None, "DELIVRD", None, T0 + 5, {})]
 
     applied = await store.apply_receipts(receipts)
 
@@ -766,8 +767,8 @@ async def test_a_store_of_the_first_schema_is_upgraded_with_its_data(db_path: st
     try:
         message = await store.message(7)
         assert (message.state, message.smsc_ids) == ("submitted", ("a", "b"))
-        await store.apply_receipt(["a"], "DELIVRD", None, T0, {})
-        await store.apply_receipt(["b"], "DELIVRD", None, T0, {})
+        await store.apply_receipt("a", "DELIVRD", None, T0, {})
+        await store.apply_receipt("b", "DELIVRD", None, T0, {})
         assert (await store.message(7)).state == "delivered"
     finally:
         await store.close()
@@ -848,7 +849,7 @@ async def test_a_store_in_a_read_only_directory_is_refused_clearly(tmp_path: Pat
 
 async def test_outbox_stats_count_every_state_and_the_oldest_due_text(store: Store) -> None:
     delivered = await submitted_message(store, ["d-1"], call_id="delivered")
-    await store.apply_receipt(["d-1"], "DELIVRD", None, T0 + 3, {})
+    await store.apply_receipt("d-1", "DELIVRD", None, T0 + 3, {})
     await queued_message(store, "old", now=T0 + 100)
     await queued_message(store, "new", now=T0 + 200)
     await store.record_call(missed_call("tonight"), text(send_after=T0 + 5000, expires_at=None),
