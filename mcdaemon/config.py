@@ -810,6 +810,7 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
             section.error(f"variants.{key}", "not a template name; use one of "
                                              f"{', '.join(TEMPLATE_KEYS)}")
     texts = _read_texts(section.section("templates"))
+    followups = read_followups(section)
     group = GroupConfig(
         name=name,
         display_name=section.str("display_name", name),
@@ -825,14 +826,14 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
         outside_hours=section.choice("outside_hours", "defer", ("defer", "drop", "send")),
         max_parts=section.int("max_parts", defaults.policy.max_parts, minimum=1, maximum=10),
         notify_staff=_read_staff_numbers(section, defaults.region),
-        followups=read_followups(section),
+        followups=tuple(step for step in followups if step.enabled),
         callback=read_callback(section),
     )
     if group.max_parts > smpp.max_parts:
         section.error("max_parts", f"{group.max_parts} is more than smpp.max_parts "
                                    f"({smpp.max_parts}), so the sender would refuse such texts")
     _check_group_texts(section, group, defaults)
-    check_followup_texts(section, group.followups,
+    check_followup_texts(section, followups,
                          set(templates.BUILTIN_VARIABLES) | set(group.variables),
                          templates.worst_case_values(group, defaults.policy, defaults.company),
                          group.max_parts, group.name)

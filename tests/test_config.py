@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from mcdaemon.config import ConfigError, config_from_dict, known_keys, load_config, reload_config
+from mcdaemon.config import (
+    DEFAULT_TRIGGERS,
+    ConfigError,
+    config_from_dict,
+    known_keys,
+    load_config,
+    reload_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -41,6 +48,48 @@ def test_the_example_config_loads() -> None:
     assert config.inbound.after_hours_contexts == ("closed",)
     assert config.region == "GB"
     assert [group.name for group in config.groups] == ["sales", "support", "default"]
+
+
+def test_the_example_copied_as_it_is_switches_on_nothing_that_reaches_out() -> None:
+    """An administrator who changes only ami, smpp and store gets texts to missed callers and
+    nothing else: no webhook POSTs, no call-backs placed, no follow-up texts, no staff notes."""
+    config = load_config(EXAMPLE)
+    assert config.webhooks == ()
+    assert [group.name for group in config.groups if group.callback is not None] == []
+    assert [group.name for group in config.groups if group.followups] == []
+    assert [group.name for group in config.groups if group.notify_staff] == []
+    assert not config.metrics.enabled and not config.agi.enabled
+    assert not config.contacts.lookup.url
+    # each feature is still written out, so turning it on is one line
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    assert data["webhooks"][0]["enabled"] is False
+    assert data["groups"]["sales"]["callback"]["enabled"] is False
+    assert all(step["enabled"] is False for step in data["groups"]["sales"]["followups"])
+
+
+def test_switched_off_features_are_still_checked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({
+            "webhooks": [{"enabled": False, "url": "ftp://x", "secret": "s"}],
+            "groups": {"a": {"templates": {"default": "x"},
+                             "followups": [{"enabled": False, "after": "2h",
+                                            "template": "Hi {nmae}"}],
+                             "callback": {"enabled": False, "attempts": ["soon"]}}}},
+            source="c.yaml")
+    problems = "\n".join(caught.value.problems)
+    assert "c.yaml: webhooks[0].url: must be an http:// or https:// URL" in problems
+    assert "c.yaml: groups.a.followups[0].template: unknown variable {nmae}" in problems
+    assert "c.yaml: groups.a.callback.attempts: 'soon' is not a duration" in problems
+
+
+def test_the_example_says_which_outcomes_a_group_texts_without_triggers() -> None:
+    """The code's default (`DEFAULT_TRIGGERS`) leaves out voicemail_left: the example says so."""
+    text = " ".join(line.strip().lstrip("#").strip()
+                    for line in EXAMPLE.read_text(encoding="utf-8").splitlines())
+    match = re.search(r"Without triggers, a group texts: ([a-z_, ]+)\.", text)
+    assert match is not None
+    assert match.group(1).split(", ") == [str(outcome) for outcome in DEFAULT_TRIGGERS]
+    assert "Not voicemail_left nor callback_requested" in text
 
 
 def test_every_key_the_loader_knows_is_in_the_example() -> None:
