@@ -27,8 +27,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    from .sender_id import describe
+
     print(f"{config.source}: OK ({len(config.ami)} PBX(s), inbound contexts: "
           f"{', '.join(config.inbound.contexts)})")
+    print(describe(config.smpp))
     return 0
 
 

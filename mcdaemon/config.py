@@ -9,6 +9,7 @@ checks that every key the loader reads (`Reader.known`) appears there.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -22,7 +23,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import yaml
 
-from . import pdus, sms, templates
+from . import sender_id, sms, templates
 from .agi_config import AgiConfig, read_agi
 from .contacts_config import ContactsConfig, read_contacts
 from .hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
@@ -566,7 +567,7 @@ def _read_inbound(section: Section) -> InboundConfig:
     return inbound
 
 
-def _read_smpp(section: Section) -> SmppConfig:
+def _read_smpp(section: Section, region: str) -> SmppConfig:
     present = bool(section.data)
     smpp = SmppConfig(
         host=section.str("host", "127.0.0.1"),
@@ -598,14 +599,16 @@ def _read_smpp(section: Section) -> SmppConfig:
                                   "8 (smpplib would cut it silently)")
     if len(smpp.system_type) > 12:
         section.error("system_type", f"{len(smpp.system_type)} characters; at most 12")
-    if smpp.source_addr and not smpp.source_addr.lstrip("+").isdigit() and \
-            len(smpp.source_addr) > 11:
-        section.error("source_addr", f"alphanumeric sender ids have at most 11 characters; "
-                                     f"{smpp.source_addr!r} has {len(smpp.source_addr)}")
-    digits = smpp.source_addr.lstrip("+")
-    if digits.isdigit() and len(digits) > pdus.MAX_ADDRESS:
-        section.error("source_addr", f"{len(digits)} digits; SMPP 3.4 carries at most "
-                                     f"{pdus.MAX_ADDRESS} (an E.164 number has at most 15)")
+    if smpp.source_addr:
+        try:
+            sender = sender_id.classify(smpp.source_addr, region)
+        except ValueError as exc:
+            section.error("source_addr", str(exc))
+        else:
+            for key, problem in sender_id.contradictions(sender, smpp.source_ton,
+                                                         smpp.source_npi).items():
+                section.error(key, problem)
+            smpp = dataclasses.replace(smpp, source_addr=sender.address)
     section.done()
     return smpp
 
@@ -983,7 +986,7 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     store_section = top.section("store")
     store = StoreConfig(path=store_section.str("path", DEFAULT_STORE_PATH))
     store_section.done()
-    smpp = _read_smpp(top.section("smpp"))
+    smpp = _read_smpp(top.section("smpp"), region)
     outbox = _read_outbox(top.section("outbox"))
     company = top.str("company", "")
     log_full_numbers = top.bool("log_full_numbers", False)

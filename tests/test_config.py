@@ -219,7 +219,7 @@ def test_reload_refuses_a_new_database_path(tmp_path: Path) -> None:
     ({"smpp": {"system_id": "x", "password": "123456789", "source_addr": "A"}},
      "smpp.password: 9 characters"),
     ({"smpp": {"system_id": "x", "password": "p", "source_addr": "+" + "4" * 21}},
-     "smpp.source_addr: 21 digits; SMPP 3.4 carries at most 20"),
+     "smpp.source_addr: 21 digits; an international number has at most 15"),
     ({"smpp": {"system_id": "x", "password": "p", "source_addr": "Acme Widgets"}},
      "smpp.source_addr: alphanumeric sender ids have at most 11 characters"),
     ({"policy": {"max_parts": 4}}, "policy.max_parts: 4 is more than smpp.max_parts (3)"),
@@ -256,3 +256,72 @@ def test_existing_api_still_works_without_new_sections() -> None:
     assert [group.name for group in config.groups] == ["default"]
     assert config.inbound.contexts == ("from-carrier",)
     assert os.fspath(config.store.path) == "/var/lib/mcdaemon/mcdaemon.db"
+
+
+# ---------------------------------------------------------------- the sender of the texts
+
+def smpp_with(**sender: Any) -> dict[str, Any]:
+    return {"region": "GB", "smpp": {"system_id": "x", "password": "p", **sender}}
+
+
+@pytest.mark.parametrize(("sender", "expected"), [
+    ({"source_addr": "+447700900000"}, ("447700900000", 1, 1)),
+    ({"source_addr": "+44 7700 900000"}, ("447700900000", 1, 1)),  # spaces as people write
+    ({"source_addr": "07700 900000"}, ("447700900000", 1, 1)),  # national: made international
+    ({"source_addr": "07700900000", "source_ton": 1, "source_npi": 1}, ("447700900000", 1, 1)),
+    ({"source_addr": "60777"}, ("60777", 3, 0)),  # short code
+    ({"source_addr": "Acme"}, ("Acme", 5, 0)),  # alphanumeric
+    ({"source_addr": "Acme", "source_ton": 5, "source_npi": 0}, ("Acme", 5, 0)),
+])
+def test_the_sender_goes_out_with_the_numbering_its_address_calls_for(
+        sender: dict[str, Any], expected: tuple[str, int, int]) -> None:
+    from mcdaemon.sender_id import source_numbering
+
+    assert source_numbering(config_from_dict(smpp_with(**sender)).smpp) == expected
+
+
+@pytest.mark.parametrize(("sender", "problem"), [
+    ({"source_addr": "+447700900000", "source_ton": 5, "source_npi": 0},
+     "c.yaml: smpp.source_ton: 5 contradicts source_addr '+447700900000', an international "
+     "number (TON 1 NPI 1); leave source_ton out to derive it"),
+    ({"source_addr": "Acme", "source_ton": 1},
+     "c.yaml: smpp.source_ton: 1 contradicts source_addr 'Acme', an alphanumeric sender id "
+     "(TON 5 NPI 0); leave source_ton out to derive it"),
+    ({"source_addr": "60777", "source_ton": 1},
+     "c.yaml: smpp.source_ton: 1 contradicts source_addr '60777', a short code (TON 3 NPI 0); "
+     "leave source_ton out to derive it"),
+    ({"source_addr": "0123 456 789 012"},
+     "c.yaml: smpp.source_addr: '0123 456 789 012' is not a phone number in region GB; write "
+     "it as +<country code><number>, e.g. +447700900000"),
+    ({"source_addr": "Acme Widgets"},
+     "c.yaml: smpp.source_addr: alphanumeric sender ids have at most 11 characters; "
+     "'Acme Widgets' has 12"),
+])
+def test_a_sender_that_would_go_out_wrong_is_refused(sender: dict[str, Any],
+                                                     problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(smpp_with(**sender), source="c.yaml")
+    assert caught.value.problems == [problem]
+
+
+@pytest.mark.parametrize(("sender", "line"), [
+    ("+44 7700 900000", "sender: +447700900000 (international, TON 1 NPI 1): callers can reply"),
+    ("Acme", "sender: Acme (alphanumeric, TON 5 NPI 0): callers cannot reply (nor text STOP) "
+             "to a name"),
+    ("60777", "sender: 60777 (short code, TON 3 NPI 0): callers can reply if the carrier "
+              "routes the short code back to this SMSC bind"),
+])
+def test_check_config_and_preview_say_how_the_sender_goes_out(tmp_path: Path, sender: str,
+                                                              line: str) -> None:
+    import io
+
+    from mcdaemon.preview import preview
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(smpp_with(source_addr=sender)), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "mcdaemon", "check-config", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert line in result.stdout.splitlines(), result.stdout + result.stderr
+    out = io.StringIO()
+    preview(load_config(path), out, None, None, None, 0.0)
+    assert line in out.getvalue().splitlines()
