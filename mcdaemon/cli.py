@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, logs
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, runtime_problems
+from .store import StoreError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,6 +24,9 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
+        problems = runtime_problems(config)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -62,6 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .service import Service
 
     config = _load(args)
+    problems = runtime_problems(config)
+    if problems:
+        raise ConfigError(problems)
     return asyncio.run(Service(config, config_path=args.config).run())
 
 
@@ -93,14 +101,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     import asyncio
 
     from .control import show_status
-    from .store import StoreError
 
-    try:
-        return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
-                                       health=args.health))
-    except StoreError as exc:
-        print(f"mcdaemon status: {exc}", file=sys.stderr)
-        return 1
+    return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
+                                   health=args.health))
 
 
 def _since(text: str) -> object:
@@ -276,13 +279,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_format, args.log_level)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored"
+        return status
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except (StoreError, PermissionError) as exc:
+        # expected: the store or a file is not where the config says, or not ours to write
+        if args.log_level == "debug":
+            raise
+        _fail(args, str(exc))
+        return 1
+    except BrokenPipeError:
+        # `mcdaemon report | head`: the reader has all it wanted; end as quietly as `cat`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a command the pipe ended
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    """One line saying what to fix: a JSON log line under --log-format json, else text."""
+    command = getattr(args, "command", None) or "mcdaemon"
+    if args.log_format == "json":
+        import structlog
+
+        structlog.get_logger("mcdaemon").error(message, command=command)
+    else:
+        print(f"mcdaemon {command}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1023,6 +1023,37 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     return config, reader.known
 
 
+def runtime_problems(config: Config) -> list[str]:
+    """What `run` needs beyond a valid file, for `check-config` and `run` to refuse early:
+    the store's directory and file usable by this user (run check-config as the daemon's
+    user: root may write anywhere)."""
+    problems = []
+    where = f"{config.source}: store.path"
+    path = Path(config.store.path)
+    if path.exists():
+        if not path.is_file():
+            problems.append(f"{where}: {path} is not a file (name the database file, e.g. "
+                            f"{DEFAULT_STORE_PATH})")
+        elif not os.access(path, os.R_OK | os.W_OK):
+            problems.append(f"{where}: {path} is not readable and writable by this user "
+                            f"(check its owner and mode: chown mcdaemon {path})")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not problems:
+        if not ancestor.is_dir():
+            problems.append(f"{where}: {ancestor} is a file, not a directory" + (
+                "" if ancestor == path.parent else f", so {path.parent} cannot be created")
+                + f" (store.path names the database file, e.g. {DEFAULT_STORE_PATH})")
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            what = ("the directory" if ancestor == path.parent
+                    else f"{path.parent} does not exist and its parent")
+            problems.append(f"{where}: {what} {ancestor} is not writable by this user; "
+                            "the store and its -wal and -shm files are created there (create "
+                            f"it for the daemon's user: install -d -o mcdaemon {path.parent})")
+    return problems
+
+
 def _permission_warnings(path: Path) -> Iterator[str]:
     try:
         mode = path.stat().st_mode
