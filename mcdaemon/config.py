@@ -354,7 +354,7 @@ class InboundConfig:
     contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
     after_hours_contexts: tuple[str, ...] = ()
     ignore_contexts: tuple[str, ...] = ()
-    ignore_dids: tuple[str, ...] = ()
+    ignore_dids: tuple[str, ...] = ()  # digits only, as groups.*.dids
     voicemail_contexts: tuple[str, ...] = ()
     call_ttl: float = 4 * 3600.0  # calls with no Hangup after this are evicted
 
@@ -556,7 +556,7 @@ def _read_inbound(section: Section) -> InboundConfig:
         contexts=section.str_list("contexts", DEFAULT_INBOUND_CONTEXTS),
         after_hours_contexts=section.str_list("after_hours_contexts"),
         ignore_contexts=section.str_list("ignore_contexts"),
-        ignore_dids=section.str_list("ignore_dids"),
+        ignore_dids=read_dids(section, "ignore_dids"),
         voicemail_contexts=section.str_list("voicemail_contexts"),
         call_ttl=section.duration("call_ttl", 4 * 3600.0, minimum=60),
     )
@@ -791,11 +791,7 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
     if not _is_zone(timezone):
         section.error("timezone", f"{timezone!r} is not an IANA time zone (e.g. Europe/London)")
         timezone = "UTC"
-    dids = tuple(re.sub(r"[\s+()-]", "", did) for did in section.str_list("dids"))
-    for did in dids:
-        if not did.isdigit():
-            section.error("dids", f"{did!r} is not a number (write it as the PBX shows "
-                                  "it, e.g. 442071230000)")
+    dids = read_dids(section, "dids")
     variables: dict[str, str] = {}
     for key, text in section.section("variables").items():
         if not key.isidentifier() or key in templates.BUILTIN_VARIABLES:
@@ -828,7 +824,8 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
         hours=_read_hours(section.section("hours"), timezone),
         outside_hours=section.choice("outside_hours", "defer", ("defer", "drop", "send")),
         max_parts=section.int("max_parts", defaults.policy.max_parts, minimum=1, maximum=10),
-        notify_staff=_read_staff_numbers(section, defaults.region),
+        notify_staff=_read_staff_numbers(section, defaults.region,
+                                         defaults.policy.treat_as_mobile),
         followups=tuple(step for step in followups if step.enabled),
         callback=read_callback(section),
     )
@@ -844,17 +841,55 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
     return group
 
 
-def _read_staff_numbers(section: Section, region: str) -> tuple[str, ...]:
+def _read_staff_numbers(section: Section, region: str,
+                        treat_as_mobile: tuple[str, ...]) -> tuple[str, ...]:
     """`notify_staff`: staff mobiles in any form the region understands, kept as E.164."""
     numbers: list[str] = []
-    for number in section.str_list("notify_staff"):
-        parsed = templates.parse_number(number, region)
-        if parsed is None or not phonenumbers.is_possible_number(parsed):
-            section.error("notify_staff", f"{number!r} is not a phone number "
-                                          "(e.g. +447700900456)")
-            continue
-        numbers.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    for index, number in enumerate(section.str_list("notify_staff")):
+        try:
+            numbers.append(mobile_number(number, region, treat_as_mobile))
+        except ValueError as exc:
+            section.error(f"notify_staff[{index}]", str(exc))
     return tuple(numbers)
+
+
+_PHONE_TEXT = re.compile(r"\+?[\d\s().-]+")
+_MOBILE_TYPES = (phonenumbers.PhoneNumberType.MOBILE,
+                 phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
+def mobile_number(text: str, region: str, treat_as_mobile: tuple[str, ...] = ()) -> str:
+    """A number texts go to, as E.164; ValueError says why not. Letters are refused, not
+    read as a keypad would ('900abc' would silently become another number)."""
+    if re.search(r"[^\W\d_]", text):
+        raise ValueError(f"{text!r} has letters; write the digits (e.g. +447700900456)")
+    parsed = templates.parse_number(text, region) if _PHONE_TEXT.fullmatch(text) else None
+    if parsed is None:
+        raise ValueError(f"{text!r} is not a valid phone number (e.g. +447700900456, or "
+                         f"national in region {region})")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if any(e164.startswith(prefix) for prefix in treat_as_mobile):
+        return e164
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError(f"{text!r} is not a valid phone number (e.g. +447700900456, or "
+                         f"national in region {region})")
+    if phonenumbers.number_type(parsed) not in _MOBILE_TYPES:
+        raise ValueError(f"{text!r} is not a mobile number, so it cannot get texts")
+    return e164
+
+
+def read_dids(section: Section, key: str) -> tuple[str, ...]:
+    """DIDs as Asterisk shows them: digits only (spaces, '+', brackets and dashes dropped), so
+    `+44 20 7123 0009` matches the 442071230009 the PBX reports."""
+    dids = []
+    for index, did in enumerate(section.str_list(key)):
+        digits = re.sub(r"[\s+().-]", "", did)
+        if not digits.isdigit():
+            section.error(f"{key}[{index}]", f"{did!r} is not a number (write it as the PBX "
+                                             "shows it, e.g. 442071230000)")
+        else:
+            dids.append(digits)
+    return tuple(dids)
 
 
 def _read_variants(reader: Reader, value: Any, path: str) -> dict[str, str]:
@@ -1024,10 +1059,21 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
 
 
 def runtime_problems(config: Config) -> list[str]:
-    """What `run` needs beyond a valid file, for `check-config` and `run` to refuse early:
-    the store's directory and file usable by this user (run check-config as the daemon's
-    user: root may write anywhere)."""
+    """What `run` needs beyond a valid file, for `check-config` and `run` to refuse early: a
+    PBX to watch, an SMSC to send through (other commands read partial configs), the store's
+    directory and file usable by this user (run check-config as the daemon's user: root may
+    write anywhere)."""
     problems = []
+    if not config.ami:
+        problems.append(f"{config.source}: ami: missing: the PBX(s) to watch (name, host, "
+                        "port, username, secret)")
+    smpp = config.raw.get("smpp")
+    if not isinstance(smpp, dict) or not smpp:
+        problems.append(f"{config.source}: smpp: missing: the SMSC to send through (host, "
+                        "port, system_id, password)")
+    elif "host" not in smpp:
+        problems.append(f"{config.source}: smpp.host: missing: the SMSC's address (the "
+                        "daemon would try 127.0.0.1)")
     where = f"{config.source}: store.path"
     path = Path(config.store.path)
     if path.exists():

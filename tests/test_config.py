@@ -261,7 +261,8 @@ def test_existing_api_still_works_without_new_sections() -> None:
 # ---------------------------------------------------------------- the sender of the texts
 
 def smpp_with(**sender: Any) -> dict[str, Any]:
-    return {"region": "GB", "smpp": {"system_id": "x", "password": "p", **sender}}
+    return {"region": "GB", "ami": [{"name": "lab", "username": "mcd", "secret": "s"}],
+            "smpp": {"host": "127.0.0.1", "system_id": "x", "password": "p", **sender}}
 
 
 @pytest.mark.parametrize(("sender", "expected"), [
@@ -318,10 +319,79 @@ def test_check_config_and_preview_say_how_the_sender_goes_out(tmp_path: Path, se
     from mcdaemon.preview import preview
 
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(smpp_with(source_addr=sender)), encoding="utf-8")
+    data = smpp_with(source_addr=sender) | {"store": {"path": str(tmp_path / "m.db")}}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    path.chmod(0o600)
     result = subprocess.run([sys.executable, "-m", "mcdaemon", "check-config", "-c", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert line in result.stdout.splitlines(), result.stdout + result.stderr
     out = io.StringIO()
     preview(load_config(path), out, None, None, None, 0.0)
     assert line in out.getvalue().splitlines()
+
+
+# ---------------------------------------------------------------- numbers and what run needs
+
+STAFF = "+447911123456"  # a valid UK mobile
+
+
+@pytest.mark.parametrize(("number", "problem"), [
+    ("12345", "'12345' is not a valid phone number (e.g. +447700900456, or national in "
+              "region GB)"),
+    ("07700 900abc", "'07700 900abc' has letters; write the digits (e.g. +447700900456)"),
+    ("+44 20 7123 0000", "'+44 20 7123 0000' is not a mobile number, so it cannot get texts"),
+])
+def test_a_staff_number_that_cannot_get_texts_is_refused_by_its_place(number: str,
+                                                                      problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"groups": {"sales": {"templates": {"default": "x"},
+                                               "notify_staff": [STAFF, number]}}},
+                         source="config.yaml")
+    assert caught.value.problems == [f"config.yaml: groups.sales.notify_staff[1]: {problem}"]
+
+
+def test_staff_numbers_are_kept_as_e164_mobiles() -> None:
+    config = config_from_dict({"groups": {"sales": {
+        "templates": {"default": "x"},
+        "notify_staff": ["07911 123456", STAFF, "07700 900456"]}}})  # the last: test range
+    assert config.groups[0].notify_staff == (STAFF, STAFF, "+447700900456")
+
+
+@pytest.mark.parametrize("shown_by_the_pbx", ["442071230009", "+442071230009"])
+def test_ignored_dids_match_however_they_are_written(shown_by_the_pbx: str) -> None:
+    from test_tracker import Call, only, tracker
+
+    from mcdaemon.records import Outcome
+
+    config = config_from_dict({"inbound": {"contexts": ["from-carrier"],
+                                           "ignore_dids": ["+44 20 7123 0009"]}})
+    assert config.inbound.ignore_dids == ("442071230009",)
+    fax = Call(did=shown_by_the_pbx)
+    fax.app("BackGround", "menu", context="ivr", exten="s")
+    fax.hangup()
+    assert only(fax, tracker(config.inbound)).outcome == Outcome.DEAD_END
+    with pytest.raises(ConfigError, match=r"c\.yaml: inbound\.ignore_dids\[0\]: 'fax line' "
+                                          "is not a number"):
+        config_from_dict({"inbound": {"ignore_dids": ["fax line"]}}, source="c.yaml")
+
+
+@pytest.mark.parametrize(("data", "problems"), [
+    ({}, ["config.yaml: ami: missing: the PBX(s) to watch (name, host, port, username, secret)",
+          "config.yaml: smpp: missing: the SMSC to send through (host, port, system_id, "
+          "password)"]),
+    ({"ami": [{"name": "lab", "username": "mcd", "secret": "s"}],
+      "smpp": {"system_id": "x", "password": "p", "source_addr": "Acme"}},
+     ["config.yaml: smpp.host: missing: the SMSC's address (the daemon would try 127.0.0.1)"]),
+])
+def test_check_config_and_run_require_a_pbx_and_an_smsc(tmp_path: Path, data: dict[str, Any],
+                                                        problems: list[str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data | {"store": {"path": str(tmp_path / "m.db")}}),
+                    encoding="utf-8")
+    path.chmod(0o600)
+    for command in ("check-config", "run"):
+        result = subprocess.run([sys.executable, "-m", "mcdaemon", command, "-c", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        shown = [line.replace(str(path), "config.yaml") for line in result.stderr.splitlines()]
+        assert shown[:len(problems)] == problems
