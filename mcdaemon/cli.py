@@ -58,7 +58,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
 
-    return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration)
+    return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration,
+                   force=args.force)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -194,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     capture = command("capture", cmd_capture,
                       "record a PBX's live AMI stream to a transcript file for replay or a "
                       "bug report")
-    capture.add_argument("--out", required=True, metavar="FILE", help="where to write")
+    capture.add_argument("--out", required=True, metavar="FILE",
+                         help="where to write (created readable by you only)")
+    capture.add_argument("--force", action="store_true",
+                         help="overwrite --out if it exists (default: refuse)")
     capture.add_argument("--pbx", metavar="NAME", help="which ami: entry (default: the first)")
     capture.add_argument("--duration", type=float, metavar="SECONDS",
                          help="stop after this long (default: until Ctrl-C)")
