@@ -166,23 +166,42 @@ def cmd_contacts(args: argparse.Namespace) -> int:
                                          full=args.full))
 
 
+#: where `-c` looks when it is not given (the README's and the systemd unit's path)
+DEFAULT_CONFIG = "/etc/mcdaemon/config.yaml"
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"the YAML configuration (default: {DEFAULT_CONFIG})")
+
+
+def _log_options(parser: argparse.ArgumentParser, fmt: str | None = None,
+                 level: str | None = None) -> None:
+    """--log-format and --log-level, before the command or after it (`mcdaemon run -c F
+    --log-level debug`). After it they default to SUPPRESS, so they never undo the ones
+    given before."""
+    parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
+                        default=fmt or argparse.SUPPRESS,
+                        help="auto: journald under systemd, else console")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=level or argparse.SUPPRESS,
+                        help="debug also shows the traceback of a failure (default info)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcdaemon", description="Texts back the callers an Asterisk PBX missed.")
     parser.add_argument("--version", action="version",
                         version=f"mcdaemon {__version__}")
-    parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
-                        default="auto", help="auto: journald under systemd, else console")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
+    _log_options(parser, "auto", "info")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str,
                 config: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if config:
-            sub.add_argument("-c", "--config", required=True, metavar="FILE",
-                             help="the YAML configuration")
+            _config_option(sub)
+        _log_options(sub)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -257,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "nothing read"),
             ("show", "one contact"), ("list", "every contact (numbers masked)")):
         sub = contact_commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("-c", "--config", required=True, metavar="FILE",
-                         help="the YAML configuration")
+        _config_option(sub)
+        _log_options(sub)
         sub.set_defaults(handler=cmd_contacts)
         if name == "import":
             sub.add_argument("file", metavar="FILE.csv", help="UTF-8, with or without BOM")

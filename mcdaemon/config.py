@@ -156,7 +156,9 @@ class Section:
             return check(self.data[key])
         except (TypeError, ValueError) as exc:
             detail = str(exc) if str(exc) else f"must be {what}"
-            self.error(key, f"{detail}; got {self.data[key]!r}")
+            given = repr(self.data[key])
+            # said once: "'1 hour' is not a duration (...)", not "...; got '1 hour'" again
+            self.error(key, detail if given in detail else f"{detail}; got {given}")
             return default
 
     def str(self, key: _Str, default: _Str = "", *, required: _Bool = False) -> _Str:
@@ -638,13 +640,16 @@ def _read_metrics(section: Section) -> MetricsConfig:
 
 
 def _read_caps(section: Section) -> CapsConfig:
+    problems = len(section.reader.problems)
     caps = CapsConfig(
         per_prefix_hour=section.int("per_prefix_hour", 20, minimum=1),
         prefix_digits=section.int("prefix_digits", 7, minimum=1, maximum=15),
         per_hour=section.int("per_hour", 200, minimum=1),
         per_day=section.int("per_day", 1000, minimum=1),
     )
-    if caps.per_day < caps.per_hour:
+    # compared only when both are as written: a refused value stands in as its default,
+    # and a complaint about that default would name a number that is not in the file
+    if len(section.reader.problems) == problems and caps.per_day < caps.per_hour:
         section.error("per_day", f"{caps.per_day} is below per_hour ({caps.per_hour}); raise "
                                  "it or lower per_hour")
     section.done()
