@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,13 +27,18 @@ def is_own_frame(raw: bytes) -> bool:
         fields.get("ActionID", "").startswith(ACTION_ID_PREFIX)
 
 
-def capture(config: Config, out_path: str, pbx: str | None, duration: float | None) -> int:
+def capture(config: Config, out_path: str, pbx: str | None, duration: float | None,
+            force: bool = False) -> int:
     """Record until SIGINT/SIGTERM or `duration` seconds; return the exit status."""
     chosen = [ami for ami in config.ami if pbx is None or ami.name == pbx]
     if not chosen:
         names = ", ".join(ami.name for ami in config.ami) or "none configured"
         print(f"capture: no ami: entry named {pbx!r} (have: {names})", file=sys.stderr)
         return 2
+    if not force and Path(out_path).exists():
+        print(f"capture: {out_path} exists; choose another --out, or add --force to "
+              "overwrite it", file=sys.stderr)
+        return 1
     try:
         frames = asyncio.run(capture_async(chosen[0], Path(out_path), duration))
     except OSError as error:
@@ -48,7 +54,8 @@ async def capture_async(ami: AmiConfig, out_path: Path, duration: float | None,
     stop = stop or asyncio.Event()
     queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     loop = asyncio.get_running_loop()
-    with out_path.open("wb") as out:
+    # callers' numbers and names: readable by the owner only (0600), whatever the umask
+    with open(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
         writer: TranscriptWriter | None = None
         connection: AmiConnection
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, logs
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, runtime_problems
+from .store import StoreError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -22,13 +24,19 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
+        problems = runtime_problems(config)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
+    from .sender_id import describe
+
     print(f"{config.source}: OK ({len(config.ami)} PBX(s), inbound contexts: "
           f"{', '.join(config.inbound.contexts)})")
+    print(describe(config.smpp))
     return 0
 
 
@@ -50,7 +58,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
 
-    return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration)
+    return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration,
+                   force=args.force)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -59,6 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .service import Service
 
     config = _load(args)
+    problems = runtime_problems(config)
+    if problems:
+        raise ConfigError(problems)
     return asyncio.run(Service(config, config_path=args.config).run())
 
 
@@ -90,14 +102,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     import asyncio
 
     from .control import show_status
-    from .store import StoreError
 
-    try:
-        return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
-                                       health=args.health))
-    except StoreError as exc:
-        print(f"mcdaemon status: {exc}", file=sys.stderr)
-        return 1
+    return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
+                                   health=args.health))
 
 
 def _since(text: str) -> object:
@@ -159,23 +166,42 @@ def cmd_contacts(args: argparse.Namespace) -> int:
                                          full=args.full))
 
 
+#: where `-c` looks when it is not given (the README's and the systemd unit's path)
+DEFAULT_CONFIG = "/etc/mcdaemon/config.yaml"
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"the YAML configuration (default: {DEFAULT_CONFIG})")
+
+
+def _log_options(parser: argparse.ArgumentParser, fmt: str | None = None,
+                 level: str | None = None) -> None:
+    """--log-format and --log-level, before the command or after it (`mcdaemon run -c F
+    --log-level debug`). After it they default to SUPPRESS, so they never undo the ones
+    given before."""
+    parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
+                        default=fmt or argparse.SUPPRESS,
+                        help="auto: journald under systemd, else console")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=level or argparse.SUPPRESS,
+                        help="debug also shows the traceback of a failure (default info)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcdaemon", description="Texts back the callers an Asterisk PBX missed.")
     parser.add_argument("--version", action="version",
                         version=f"mcdaemon {__version__}")
-    parser.add_argument("--log-format", choices=("auto", "console", "json", "journald"),
-                        default="auto", help="auto: journald under systemd, else console")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
+    _log_options(parser, "auto", "info")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str,
                 config: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if config:
-            sub.add_argument("-c", "--config", required=True, metavar="FILE",
-                             help="the YAML configuration")
+            _config_option(sub)
+        _log_options(sub)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -188,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     capture = command("capture", cmd_capture,
                       "record a PBX's live AMI stream to a transcript file for replay or a "
                       "bug report")
-    capture.add_argument("--out", required=True, metavar="FILE", help="where to write")
+    capture.add_argument("--out", required=True, metavar="FILE",
+                         help="where to write (created readable by you only)")
+    capture.add_argument("--force", action="store_true",
+                         help="overwrite --out if it exists (default: refuse)")
     capture.add_argument("--pbx", metavar="NAME", help="which ami: entry (default: the first)")
     capture.add_argument("--duration", type=float, metavar="SECONDS",
                          help="stop after this long (default: until Ctrl-C)")
@@ -247,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "nothing read"),
             ("show", "one contact"), ("list", "every contact (numbers masked)")):
         sub = contact_commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("-c", "--config", required=True, metavar="FILE",
-                         help="the YAML configuration")
+        _config_option(sub)
+        _log_options(sub)
         sub.set_defaults(handler=cmd_contacts)
         if name == "import":
             sub.add_argument("file", metavar="FILE.csv", help="UTF-8, with or without BOM")
@@ -273,13 +302,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_format, args.log_level)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as "Exception ignored"
+        return status
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    except (StoreError, PermissionError) as exc:
+        # expected: the store or a file is not where the config says, or not ours to write
+        if args.log_level == "debug":
+            raise
+        _fail(args, str(exc))
+        return 1
+    except BrokenPipeError:
+        # `mcdaemon report | head`: the reader has all it wanted; end as quietly as `cat`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a command the pipe ended
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    """One line saying what to fix: a JSON log line under --log-format json, else text."""
+    command = getattr(args, "command", None) or "mcdaemon"
+    if args.log_format == "json":
+        import structlog
+
+        structlog.get_logger("mcdaemon").error(message, command=command)
+    else:
+        print(f"mcdaemon {command}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

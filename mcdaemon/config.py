@@ -9,6 +9,7 @@ checks that every key the loader reads (`Reader.known`) appears there.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -22,7 +23,7 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 import yaml
 
-from . import sms, templates
+from . import sender_id, sms, templates
 from .agi_config import AgiConfig, read_agi
 from .contacts_config import ContactsConfig, read_contacts
 from .hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
@@ -155,7 +156,9 @@ class Section:
             return check(self.data[key])
         except (TypeError, ValueError) as exc:
             detail = str(exc) if str(exc) else f"must be {what}"
-            self.error(key, f"{detail}; got {self.data[key]!r}")
+            given = repr(self.data[key])
+            # said once: "'1 hour' is not a duration (...)", not "...; got '1 hour'" again
+            self.error(key, detail if given in detail else f"{detail}; got {given}")
             return default
 
     def str(self, key: _Str, default: _Str = "", *, required: _Bool = False) -> _Str:
@@ -353,7 +356,7 @@ class InboundConfig:
     contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
     after_hours_contexts: tuple[str, ...] = ()
     ignore_contexts: tuple[str, ...] = ()
-    ignore_dids: tuple[str, ...] = ()
+    ignore_dids: tuple[str, ...] = ()  # digits only, as groups.*.dids
     voicemail_contexts: tuple[str, ...] = ()
     call_ttl: float = 4 * 3600.0  # calls with no Hangup after this are evicted
 
@@ -561,7 +564,7 @@ def _read_inbound(section: Section) -> InboundConfig:
         contexts=section.str_list("contexts", DEFAULT_INBOUND_CONTEXTS),
         after_hours_contexts=section.str_list("after_hours_contexts"),
         ignore_contexts=section.str_list("ignore_contexts"),
-        ignore_dids=section.str_list("ignore_dids"),
+        ignore_dids=read_dids(section, "ignore_dids"),
         voicemail_contexts=section.str_list("voicemail_contexts"),
         call_ttl=section.duration("call_ttl", 4 * 3600.0, minimum=60),
     )
@@ -572,7 +575,7 @@ def _read_inbound(section: Section) -> InboundConfig:
     return inbound
 
 
-def _read_smpp(section: Section) -> SmppConfig:
+def _read_smpp(section: Section, region: str) -> SmppConfig:
     present = bool(section.data)
     smpp = SmppConfig(
         host=section.str("host", "127.0.0.1"),
@@ -604,14 +607,16 @@ def _read_smpp(section: Section) -> SmppConfig:
                                   "8 (smpplib would cut it silently)")
     if len(smpp.system_type) > 12:
         section.error("system_type", f"{len(smpp.system_type)} characters; at most 12")
-    if smpp.source_addr and not smpp.source_addr.lstrip("+").isdigit() and \
-            len(smpp.source_addr) > 11:
-        section.error("source_addr", f"alphanumeric sender ids have at most 11 characters; "
-                                     f"{smpp.source_addr!r} has {len(smpp.source_addr)}")
-    digits = smpp.source_addr.lstrip("+")
-    if digits.isdigit() and len(digits) > MAX_ADDRESS:
-        section.error("source_addr", f"{len(digits)} digits; SMPP 3.4 carries at most "
-                                     f"{MAX_ADDRESS} (an E.164 number has at most 15)")
+    if smpp.source_addr:
+        try:
+            sender = sender_id.classify(smpp.source_addr, region)
+        except ValueError as exc:
+            section.error("source_addr", str(exc))
+        else:
+            for key, problem in sender_id.contradictions(sender, smpp.source_ton,
+                                                         smpp.source_npi).items():
+                section.error(key, problem)
+            smpp = dataclasses.replace(smpp, source_addr=sender.address)
     section.done()
     return smpp
 
@@ -641,13 +646,16 @@ def _read_metrics(section: Section) -> MetricsConfig:
 
 
 def _read_caps(section: Section) -> CapsConfig:
+    problems = len(section.reader.problems)
     caps = CapsConfig(
         per_prefix_hour=section.int("per_prefix_hour", 20, minimum=1),
         prefix_digits=section.int("prefix_digits", 7, minimum=1, maximum=15),
         per_hour=section.int("per_hour", 200, minimum=1),
         per_day=section.int("per_day", 1000, minimum=1),
     )
-    if caps.per_day < caps.per_hour:
+    # compared only when both are as written: a refused value stands in as its default,
+    # and a complaint about that default would name a number that is not in the file
+    if len(section.reader.problems) == problems and caps.per_day < caps.per_hour:
         section.error("per_day", f"{caps.per_day} is below per_hour ({caps.per_hour}); raise "
                                  "it or lower per_hour")
     section.done()
@@ -794,11 +802,7 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
     if not _is_zone(timezone):
         section.error("timezone", f"{timezone!r} is not an IANA time zone (e.g. Europe/London)")
         timezone = "UTC"
-    dids = tuple(re.sub(r"[\s+()-]", "", did) for did in section.str_list("dids"))
-    for did in dids:
-        if not did.isdigit():
-            section.error("dids", f"{did!r} is not a number (write it as the PBX shows "
-                                  "it, e.g. 442071230000)")
+    dids = read_dids(section, "dids")
     variables: dict[str, str] = {}
     for key, text in section.section("variables").items():
         if not key.isidentifier() or key in templates.BUILTIN_VARIABLES:
@@ -816,6 +820,7 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
             section.error(f"variants.{key}", "not a template name; use one of "
                                              f"{', '.join(TEMPLATE_KEYS)}")
     texts = _read_texts(section.section("templates"))
+    followups = read_followups(section)
     group = GroupConfig(
         name=name,
         display_name=section.str("display_name", name),
@@ -830,15 +835,16 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
         hours=_read_hours(section.section("hours"), timezone),
         outside_hours=section.choice("outside_hours", "defer", ("defer", "drop", "send")),
         max_parts=section.int("max_parts", defaults.policy.max_parts, minimum=1, maximum=10),
-        notify_staff=_read_staff_numbers(section, defaults.region),
-        followups=read_followups(section),
+        notify_staff=_read_staff_numbers(section, defaults.region,
+                                         defaults.policy.treat_as_mobile),
+        followups=tuple(step for step in followups if step.enabled),
         callback=read_callback(section),
     )
     if group.max_parts > smpp.max_parts:
         section.error("max_parts", f"{group.max_parts} is more than smpp.max_parts "
                                    f"({smpp.max_parts}), so the sender would refuse such texts")
     _check_group_texts(section, group, defaults)
-    check_followup_texts(section, group.followups,
+    check_followup_texts(section, followups,
                          set(templates.BUILTIN_VARIABLES) | set(group.variables),
                          templates.worst_case_values(group, defaults.policy, defaults.company),
                          group.max_parts, group.name)
@@ -846,17 +852,55 @@ def _read_group(reader: Reader, name: str, value: Any, defaults: Config,
     return group
 
 
-def _read_staff_numbers(section: Section, region: str) -> tuple[str, ...]:
+def _read_staff_numbers(section: Section, region: str,
+                        treat_as_mobile: tuple[str, ...]) -> tuple[str, ...]:
     """`notify_staff`: staff mobiles in any form the region understands, kept as E.164."""
     numbers: list[str] = []
-    for number in section.str_list("notify_staff"):
-        parsed = templates.parse_number(number, region)
-        if parsed is None or not phonenumbers.is_possible_number(parsed):
-            section.error("notify_staff", f"{number!r} is not a phone number "
-                                          "(e.g. +447700900456)")
-            continue
-        numbers.append(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    for index, number in enumerate(section.str_list("notify_staff")):
+        try:
+            numbers.append(mobile_number(number, region, treat_as_mobile))
+        except ValueError as exc:
+            section.error(f"notify_staff[{index}]", str(exc))
     return tuple(numbers)
+
+
+_PHONE_TEXT = re.compile(r"\+?[\d\s().-]+")
+_MOBILE_TYPES = (phonenumbers.PhoneNumberType.MOBILE,
+                 phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE)
+
+
+def mobile_number(text: str, region: str, treat_as_mobile: tuple[str, ...] = ()) -> str:
+    """A number texts go to, as E.164; ValueError says why not. Letters are refused, not
+    read as a keypad would ('900abc' would silently become another number)."""
+    if re.search(r"[^\W\d_]", text):
+        raise ValueError(f"{text!r} has letters; write the digits (e.g. +447700900456)")
+    parsed = templates.parse_number(text, region) if _PHONE_TEXT.fullmatch(text) else None
+    if parsed is None:
+        raise ValueError(f"{text!r} is not a valid phone number (e.g. +447700900456, or "
+                         f"national in region {region})")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if any(e164.startswith(prefix) for prefix in treat_as_mobile):
+        return e164
+    if not phonenumbers.is_valid_number(parsed):
+        raise ValueError(f"{text!r} is not a valid phone number (e.g. +447700900456, or "
+                         f"national in region {region})")
+    if phonenumbers.number_type(parsed) not in _MOBILE_TYPES:
+        raise ValueError(f"{text!r} is not a mobile number, so it cannot get texts")
+    return e164
+
+
+def read_dids(section: Section, key: str) -> tuple[str, ...]:
+    """DIDs as Asterisk shows them: digits only (spaces, '+', brackets and dashes dropped), so
+    `+44 20 7123 0009` matches the 442071230009 the PBX reports."""
+    dids = []
+    for index, did in enumerate(section.str_list(key)):
+        digits = re.sub(r"[\s+().-]", "", did)
+        if not digits.isdigit():
+            section.error(f"{key}[{index}]", f"{did!r} is not a number (write it as the PBX "
+                                             "shows it, e.g. 442071230000)")
+        else:
+            dids.append(digits)
+    return tuple(dids)
 
 
 def _read_variants(reader: Reader, value: Any, path: str) -> dict[str, str]:
@@ -988,7 +1032,7 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     store_section = top.section("store")
     store = StoreConfig(path=store_section.str("path", DEFAULT_STORE_PATH))
     store_section.done()
-    smpp = _read_smpp(top.section("smpp"))
+    smpp = _read_smpp(top.section("smpp"), region)
     outbox = _read_outbox(top.section("outbox"))
     company = top.str("company", "")
     log_full_numbers = top.bool("log_full_numbers", False)
@@ -1023,6 +1067,48 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
                     log_full_numbers=log_full_numbers, metrics=metrics, webhooks=webhooks,
                     contacts=contacts, agi=agi, callbacks=callbacks)
     return config, reader.known
+
+
+def runtime_problems(config: Config) -> list[str]:
+    """What `run` needs beyond a valid file, for `check-config` and `run` to refuse early: a
+    PBX to watch, an SMSC to send through (other commands read partial configs), the store's
+    directory and file usable by this user (run check-config as the daemon's user: root may
+    write anywhere)."""
+    problems = []
+    if not config.ami:
+        problems.append(f"{config.source}: ami: missing: the PBX(s) to watch (name, host, "
+                        "port, username, secret)")
+    smpp = config.raw.get("smpp")
+    if not isinstance(smpp, dict) or not smpp:
+        problems.append(f"{config.source}: smpp: missing: the SMSC to send through (host, "
+                        "port, system_id, password)")
+    elif "host" not in smpp:
+        problems.append(f"{config.source}: smpp.host: missing: the SMSC's address (the "
+                        "daemon would try 127.0.0.1)")
+    where = f"{config.source}: store.path"
+    path = Path(config.store.path)
+    if path.exists():
+        if not path.is_file():
+            problems.append(f"{where}: {path} is not a file (name the database file, e.g. "
+                            f"{DEFAULT_STORE_PATH})")
+        elif not os.access(path, os.R_OK | os.W_OK):
+            problems.append(f"{where}: {path} is not readable and writable by this user "
+                            f"(check its owner and mode: chown mcdaemon {path})")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not problems:
+        if not ancestor.is_dir():
+            problems.append(f"{where}: {ancestor} is a file, not a directory" + (
+                "" if ancestor == path.parent else f", so {path.parent} cannot be created")
+                + f" (store.path names the database file, e.g. {DEFAULT_STORE_PATH})")
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            what = ("the directory" if ancestor == path.parent
+                    else f"{path.parent} does not exist and its parent")
+            problems.append(f"{where}: {what} {ancestor} is not writable by this user; "
+                            "the store and its -wal and -shm files are created there (create "
+                            f"it for the daemon's user: install -d -o mcdaemon {path.parent})")
+    return problems
 
 
 def _permission_warnings(path: Path) -> Iterator[str]:

@@ -8,6 +8,8 @@ heartbeat there once a second.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
 from typing import Any, TextIO
@@ -38,6 +40,26 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
     return 0
 
 
+def heartbeat_value() -> str:
+    """What the daemon writes in its heartbeat row: `PID@HOST`, so `status` on the same host
+    (not from another container or machine sharing the file) can ask whether it still runs."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def gone_pid(heartbeat: str) -> int | None:
+    """The heartbeat's pid when it was written on this host and that process is gone."""
+    pid_text, _, host = heartbeat.partition("@")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None  # another host or PID namespace, or an older daemon: the age decides
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return int(pid_text)
+    except PermissionError:
+        pass  # alive, as another user (the daemon's)
+    return None
+
+
 async def gather_status(config: Config, now: float) -> dict[str, Any]:
     """What `status` shows; read through a read-only connection (no write access needed)."""
     store = await Store.open_readonly(config.store.path)
@@ -51,8 +73,12 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
     heartbeat = statuses.get("heartbeat")
     running = (statuses.get("daemon", ("stopped", 0))[0] == "running" and heartbeat is not None
                and now - heartbeat[1] < HEARTBEAT_STALE)
+    gone = gone_pid(heartbeat[0]) if running and heartbeat is not None else None
+    if gone is not None:  # killed (SIGKILL, OOM) since its last heartbeat
+        running = False
     return {
         "daemon": "running" if running else "not running",
+        "daemon_detail": f"pid {gone} is gone" if gone is not None else "",
         "texting": {
             "global": config.policy.enabled and switches.get("global", True),
             **{group.name: group.enabled and switches.get(f"group:{group.name}", True)
@@ -70,7 +96,8 @@ async def show_status(config: Config, out: TextIO, *, as_json: bool, health: boo
     if as_json:
         print(json.dumps(status, indent=2), file=out)
     else:
-        print(f"daemon:   {status['daemon']}", file=out)
+        detail = f" ({status['daemon_detail']})" if status["daemon_detail"] else ""
+        print(f"daemon:   {status['daemon']}{detail}", file=out)
         switches = status["texting"]
         print("texting:  " + ", ".join(f"{name} {'on' if on else 'off'}"
                                        for name, on in switches.items()), file=out)

@@ -38,6 +38,7 @@ class FollowupStep:
     after: float
     template: str
     within_hours: bool = True  # a step due while the group is closed waits for the opening
+    enabled: bool = True  # false: checked at load, never sent (`GroupConfig` leaves it out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,8 @@ def fill(text: str, values: dict[str, str]) -> str:
 
 
 def read_followups(section: Section) -> tuple[FollowupStep, ...]:
-    """`groups.*.followups`: a list of {after, template, within_hours}."""
+    """`groups.*.followups`: a list of {after, template, within_hours, enabled}, every step
+    (the group keeps the enabled ones; the others are checked all the same)."""
     value = section.raw("followups")
     if value is None:
         return ()
@@ -99,11 +101,12 @@ def read_followups(section: Section) -> tuple[FollowupStep, ...]:
             step.error("after", "is required: how long after the first text (e.g. 2h)")
         template = step.str("template", required=True).strip()
         within = step.bool("within_hours", True)
+        enabled = step.bool("enabled", True)
         step.done()
         if steps and after <= steps[-1].after:
             step.error("after", "must be later than the step before (each `after` counts "
                                 "from the first text)")
-        steps.append(FollowupStep(after, template, within))
+        steps.append(FollowupStep(after, template, within, enabled))
     return tuple(steps)
 
 
@@ -121,11 +124,13 @@ def check_followup_texts(section: Section, steps: tuple[FollowupStep, ...],
 
 
 def read_callback(section: Section) -> CallbackConfig | None:
-    """`groups.*.callback`, or None when the group places no call-backs."""
+    """`groups.*.callback`, or None when the group places no call-backs (none given, or
+    `enabled: false`: then checked all the same, so turning it on cannot reveal a typo)."""
     if not section.has("callback") or section.data.get("callback") is None:
         section.raw("callback")
         return None
     cb = section.section("callback")
+    enabled = cb.bool("enabled", True)
     attempts: list[float] = []
     raw_attempts = cb.raw("attempts")
     if not isinstance(raw_attempts, list) or not raw_attempts:
@@ -162,7 +167,7 @@ def read_callback(section: Section) -> CallbackConfig | None:
     if not config.channel.strip():
         cb.error("channel", "is required (e.g. Local/${number}@mcd-callback)")
     cb.done()
-    return config
+    return config if enabled else None
 
 
 def _check_field(cb: Section, key: str, text: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from . import sms, templates
+from . import sender_id, sms, templates
 from .config import TEMPLATE_KEYS, Config, GroupConfig
 from .policy import TEXT, classify_number
 from .records import CallRecord, Outcome
@@ -35,6 +35,7 @@ def preview(config: Config, out: TextIO, group: str | None, outcome: str | None,
         print(f"no outcome {outcome!r}; use one of {', '.join(str(o) for o in Outcome)}",
               file=out)
         return 1
+    print(sender_id.describe(config.smpp), file=out)
     if not groups:
         print(f"{config.source}: no groups configured, so nothing is ever texted", file=out)
         return 0

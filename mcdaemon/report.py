@@ -47,6 +47,7 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 import re
 import sys
 from collections import defaultdict
@@ -869,7 +870,9 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         from .report_html import render
 
         try:
-            with open(html, "w", encoding="utf-8") as page:
+            # per-call rows hold callers' numbers: readable by the owner only (0600)
+            descriptor = os.open(html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "w", encoding="utf-8") as page:
                 page.write(render(report))
         except OSError as exc:
             print(f"mcdaemon report: cannot write {html}: {exc}", file=sys.stderr)

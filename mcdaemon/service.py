@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import functools
 import math
-import os
 import random
 import signal
 import sqlite3
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import structlog
 
-from . import keywords, sdnotify, webhooks
+from . import control, keywords, sdnotify, webhooks
 from .agi import AgiError, AgiHooks
 from .ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
 from .callbacks import Outreach
@@ -725,7 +724,7 @@ class Service:
                                     receipt_timeout=self.config.smpp.receipt_timeout)
                 self.metrics.observe_outbox(await self.store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
-            await self.store.set_status("heartbeat", str(os.getpid()), now)
+            await self.store.set_status("heartbeat", control.heartbeat_value(), now)
             records: list[CallRecord] = []
             for tracker in self._trackers.values():
                 records += tracker.expire(now)

@@ -484,6 +484,9 @@ class Store:
             raise StoreError(f"the directory {file.parent} of the store is not writable by "
                              "this user; SQLite needs to create its -wal and -shm files there")
         try:
+            # Calls, numbers and texts are personal data: a new store is created for its owner
+            # only (0600; SQLite gives the -wal and -shm files the mode of the database).
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
             # check_same_thread: the loop's thread uses it too, never at the same time
             db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:

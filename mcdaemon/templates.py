@@ -21,7 +21,8 @@ digits, nothing that looks like a web address, no generic carrier labels such as
 contact's name passes a looser check (`clean_contact_name`) and the same cap. A template must fit
 `max_parts` SMS in its worst case (longest name, longest numbers, longest date words); at
 render time a name that still does not fit (e.g. "Zoë" would turn a GSM-7 text into UCS-2) is
-folded to GSM-7, then shortened, then replaced by the fallback word.
+folded to GSM-7 (transliterated: "Łukasiewicz" -> "Lukasiewicz"), then shortened, then replaced
+by the fallback word; a name that fits as written (UCS-2 within `max_parts`) stays as written.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+from anyascii import anyascii
 
 from . import sms
 from .records import CallRecord
@@ -188,7 +190,10 @@ def caller_name_for(contact_name: str | None, caller_id_name: str | None,
 
 
 def fold_to_gsm7(text: str) -> str:
-    """Drop accents GSM-7 cannot show ("Zoë" -> "Zoe") and any character it still cannot."""
+    """The text in GSM-7 letters: what GSM-7 has stays (é, ö, Ø, Å, ß), accents it lacks go
+    ("Zoë" -> "Zoe"), letters without a decomposition are transliterated by anyascii
+    ("Łukasiewicz" -> "Lukasiewicz", "Þór" -> "Thor", "王" -> "Wang"); anything else (an
+    emoji, a symbol) is dropped."""
     if sms.is_gsm7(text):
         return text
     out = []
@@ -198,7 +203,13 @@ def fold_to_gsm7(text: str) -> str:
             continue
         base = "".join(c for c in unicodedata.normalize("NFKD", ch)
                        if unicodedata.category(c) != "Mn")
-        out.append(base if base and sms.is_gsm7(base) else "")
+        if base and sms.is_gsm7(base):
+            out.append(base)
+            continue
+        latin = anyascii(ch)
+        # anyascii spells symbols out (":grinning:"): only letters belong in a name
+        out.append(latin if latin and sms.is_gsm7(latin) and all(
+            c.isalpha() or c in _NAME_PUNCTUATION for c in latin) else "")
     return "".join(out)
 
 

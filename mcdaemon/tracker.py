@@ -769,7 +769,7 @@ class CallTracker:
         for stage in call.stages:  # a stage still running when the call ended was given up
             stage.status = _GIVEN_UP.get((stage.kind, stage.status), stage.status)
         did = call.did_override or call.did
-        if did is not None and did in self._ignore_dids:
+        if did is not None and did.lstrip("+") in self._ignore_dids:  # digits, as the config
             call.ignored = True
         extra = dict(call.extra)
         if call.hangup_by:

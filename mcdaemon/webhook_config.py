@@ -53,7 +53,8 @@ class WebhookEndpoint:
 
 def read_webhooks(reader: Reader, value: Any, group_names: set[str]
                   ) -> tuple[tuple[WebhookEndpoint, ...], list[str]]:
-    """The endpoints, and warnings (e.g. personal data over plain HTTP)."""
+    """The endpoints that are on (`enabled`, the default), and warnings (e.g. personal data
+    over plain HTTP). Endpoints with `enabled: false` are checked all the same."""
     warnings: list[str] = []
     if value is None:
         return (), warnings
@@ -66,6 +67,8 @@ def read_webhooks(reader: Reader, value: Any, group_names: set[str]
     names: set[str] = set()
     for index, item in enumerate(value):
         section = reader.mapping(item, f"webhooks[{index}]", "webhooks[]")
+        # checked like the others, so turning it on later cannot reveal a typo
+        enabled = section.bool("enabled", True)
         name = section.str("name", f"webhook{index + 1}")
         if name in names:
             section.error("name", f"{name!r} is used by two endpoints; names must be unique")
@@ -108,5 +111,6 @@ def read_webhooks(reader: Reader, value: Any, group_names: set[str]
             retry_max=max(retry_min, section.duration("retry_max", 3600.0, minimum=0.01)),
         )
         section.done()
-        endpoints.append(endpoint)
+        if enabled:
+            endpoints.append(endpoint)
     return tuple(endpoints), warnings

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from mcdaemon.config import ConfigError, config_from_dict, known_keys, load_config, reload_config
+from mcdaemon.config import (
+    DEFAULT_TRIGGERS,
+    ConfigError,
+    config_from_dict,
+    known_keys,
+    load_config,
+    reload_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -41,6 +48,48 @@ def test_the_example_config_loads() -> None:
     assert config.inbound.after_hours_contexts == ("closed",)
     assert config.region == "GB"
     assert [group.name for group in config.groups] == ["sales", "support", "default"]
+
+
+def test_the_example_copied_as_it_is_switches_on_nothing_that_reaches_out() -> None:
+    """An administrator who changes only ami, smpp and store gets texts to missed callers and
+    nothing else: no webhook POSTs, no call-backs placed, no follow-up texts, no staff notes."""
+    config = load_config(EXAMPLE)
+    assert config.webhooks == ()
+    assert [group.name for group in config.groups if group.callback is not None] == []
+    assert [group.name for group in config.groups if group.followups] == []
+    assert [group.name for group in config.groups if group.notify_staff] == []
+    assert not config.metrics.enabled and not config.agi.enabled
+    assert not config.contacts.lookup.url
+    # each feature is still written out, so turning it on is one line
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    assert data["webhooks"][0]["enabled"] is False
+    assert data["groups"]["sales"]["callback"]["enabled"] is False
+    assert all(step["enabled"] is False for step in data["groups"]["sales"]["followups"])
+
+
+def test_switched_off_features_are_still_checked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({
+            "webhooks": [{"enabled": False, "url": "ftp://x", "secret": "s"}],
+            "groups": {"a": {"templates": {"default": "x"},
+                             "followups": [{"enabled": False, "after": "2h",
+                                            "template": "Hi {nmae}"}],
+                             "callback": {"enabled": False, "attempts": ["soon"]}}}},
+            source="c.yaml")
+    problems = "\n".join(caught.value.problems)
+    assert "c.yaml: webhooks[0].url: must be an http:// or https:// URL" in problems
+    assert "c.yaml: groups.a.followups[0].template: unknown variable {nmae}" in problems
+    assert "c.yaml: groups.a.callback.attempts: 'soon' is not a duration" in problems
+
+
+def test_the_example_says_which_outcomes_a_group_texts_without_triggers() -> None:
+    """The code's default (`DEFAULT_TRIGGERS`) leaves out voicemail_left: the example says so."""
+    text = " ".join(line.strip().lstrip("#").strip()
+                    for line in EXAMPLE.read_text(encoding="utf-8").splitlines())
+    match = re.search(r"Without triggers, a group texts: ([a-z_, ]+)\.", text)
+    assert match is not None
+    assert match.group(1).split(", ") == [str(outcome) for outcome in DEFAULT_TRIGGERS]
+    assert "Not voicemail_left nor callback_requested" in text
 
 
 def test_every_key_the_loader_knows_is_in_the_example() -> None:
@@ -170,7 +219,7 @@ def test_reload_refuses_a_new_database_path(tmp_path: Path) -> None:
     ({"smpp": {"system_id": "x", "password": "123456789", "source_addr": "A"}},
      "smpp.password: 9 characters"),
     ({"smpp": {"system_id": "x", "password": "p", "source_addr": "+" + "4" * 21}},
-     "smpp.source_addr: 21 digits; SMPP 3.4 carries at most 20"),
+     "smpp.source_addr: 21 digits; an international number has at most 15"),
     ({"smpp": {"system_id": "x", "password": "p", "source_addr": "Acme Widgets"}},
      "smpp.source_addr: alphanumeric sender ids have at most 11 characters"),
     ({"policy": {"max_parts": 4}}, "policy.max_parts: 4 is more than smpp.max_parts (3)"),
@@ -207,3 +256,142 @@ def test_existing_api_still_works_without_new_sections() -> None:
     assert [group.name for group in config.groups] == ["default"]
     assert config.inbound.contexts == ("from-carrier",)
     assert os.fspath(config.store.path) == "/var/lib/mcdaemon/mcdaemon.db"
+
+
+# ---------------------------------------------------------------- the sender of the texts
+
+def smpp_with(**sender: Any) -> dict[str, Any]:
+    return {"region": "GB", "ami": [{"name": "lab", "username": "mcd", "secret": "s"}],
+            "smpp": {"host": "127.0.0.1", "system_id": "x", "password": "p", **sender}}
+
+
+@pytest.mark.parametrize(("sender", "expected"), [
+    ({"source_addr": "+447700900000"}, ("447700900000", 1, 1)),
+    ({"source_addr": "+44 7700 900000"}, ("447700900000", 1, 1)),  # spaces as people write
+    ({"source_addr": "07700 900000"}, ("447700900000", 1, 1)),  # national: made international
+    ({"source_addr": "07700900000", "source_ton": 1, "source_npi": 1}, ("447700900000", 1, 1)),
+    ({"source_addr": "60777"}, ("60777", 3, 0)),  # short code
+    ({"source_addr": "Acme"}, ("Acme", 5, 0)),  # alphanumeric
+    ({"source_addr": "Acme", "source_ton": 5, "source_npi": 0}, ("Acme", 5, 0)),
+])
+def test_the_sender_goes_out_with_the_numbering_its_address_calls_for(
+        sender: dict[str, Any], expected: tuple[str, int, int]) -> None:
+    from mcdaemon.sender_id import source_numbering
+
+    assert source_numbering(config_from_dict(smpp_with(**sender)).smpp) == expected
+
+
+@pytest.mark.parametrize(("sender", "problem"), [
+    ({"source_addr": "+447700900000", "source_ton": 5, "source_npi": 0},
+     "c.yaml: smpp.source_ton: 5 contradicts source_addr '+447700900000', an international "
+     "number (TON 1 NPI 1); leave source_ton out to derive it"),
+    ({"source_addr": "Acme", "source_ton": 1},
+     "c.yaml: smpp.source_ton: 1 contradicts source_addr 'Acme', an alphanumeric sender id "
+     "(TON 5 NPI 0); leave source_ton out to derive it"),
+    ({"source_addr": "60777", "source_ton": 1},
+     "c.yaml: smpp.source_ton: 1 contradicts source_addr '60777', a short code (TON 3 NPI 0); "
+     "leave source_ton out to derive it"),
+    ({"source_addr": "0123 456 789 012"},
+     "c.yaml: smpp.source_addr: '0123 456 789 012' is not a phone number in region GB; write "
+     "it as +<country code><number>, e.g. +447700900000"),
+    ({"source_addr": "Acme Widgets"},
+     "c.yaml: smpp.source_addr: alphanumeric sender ids have at most 11 characters; "
+     "'Acme Widgets' has 12"),
+])
+def test_a_sender_that_would_go_out_wrong_is_refused(sender: dict[str, Any],
+                                                     problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(smpp_with(**sender), source="c.yaml")
+    assert caught.value.problems == [problem]
+
+
+@pytest.mark.parametrize(("sender", "line"), [
+    ("+44 7700 900000", "sender: +447700900000 (international, TON 1 NPI 1): callers can reply"),
+    ("Acme", "sender: Acme (alphanumeric, TON 5 NPI 0): callers cannot reply (nor text STOP) "
+             "to a name"),
+    ("60777", "sender: 60777 (short code, TON 3 NPI 0): callers can reply if the carrier "
+              "routes the short code back to this SMSC bind"),
+])
+def test_check_config_and_preview_say_how_the_sender_goes_out(tmp_path: Path, sender: str,
+                                                              line: str) -> None:
+    import io
+
+    from mcdaemon.preview import preview
+
+    path = tmp_path / "config.yaml"
+    data = smpp_with(source_addr=sender) | {"store": {"path": str(tmp_path / "m.db")}}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    path.chmod(0o600)
+    result = subprocess.run([sys.executable, "-m", "mcdaemon", "check-config", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert line in result.stdout.splitlines(), result.stdout + result.stderr
+    out = io.StringIO()
+    preview(load_config(path), out, None, None, None, 0.0)
+    assert line in out.getvalue().splitlines()
+
+
+# ---------------------------------------------------------------- numbers and what run needs
+
+STAFF = "+447911123456"  # a valid UK mobile
+
+
+@pytest.mark.parametrize(("number", "problem"), [
+    ("12345", "'12345' is not a valid phone number (e.g. +447700900456, or national in "
+              "region GB)"),
+    ("07700 900abc", "'07700 900abc' has letters; write the digits (e.g. +447700900456)"),
+    ("+44 20 7123 0000", "'+44 20 7123 0000' is not a mobile number, so it cannot get texts"),
+])
+def test_a_staff_number_that_cannot_get_texts_is_refused_by_its_place(number: str,
+                                                                      problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"groups": {"sales": {"templates": {"default": "x"},
+                                               "notify_staff": [STAFF, number]}}},
+                         source="config.yaml")
+    assert caught.value.problems == [f"config.yaml: groups.sales.notify_staff[1]: {problem}"]
+
+
+def test_staff_numbers_are_kept_as_e164_mobiles() -> None:
+    config = config_from_dict({"groups": {"sales": {
+        "templates": {"default": "x"},
+        "notify_staff": ["07911 123456", STAFF, "07700 900456"]}}})  # the last: test range
+    assert config.groups[0].notify_staff == (STAFF, STAFF, "+447700900456")
+
+
+@pytest.mark.parametrize("shown_by_the_pbx", ["442071230009", "+442071230009"])
+def test_ignored_dids_match_however_they_are_written(shown_by_the_pbx: str) -> None:
+    from test_tracker import Call, only, tracker
+
+    from mcdaemon.records import Outcome
+
+    config = config_from_dict({"inbound": {"contexts": ["from-carrier"],
+                                           "ignore_dids": ["+44 20 7123 0009"]}})
+    assert config.inbound.ignore_dids == ("442071230009",)
+    fax = Call(did=shown_by_the_pbx)
+    fax.app("BackGround", "menu", context="ivr", exten="s")
+    fax.hangup()
+    assert only(fax, tracker(config.inbound)).outcome == Outcome.DEAD_END
+    with pytest.raises(ConfigError, match=r"c\.yaml: inbound\.ignore_dids\[0\]: 'fax line' "
+                                          "is not a number"):
+        config_from_dict({"inbound": {"ignore_dids": ["fax line"]}}, source="c.yaml")
+
+
+@pytest.mark.parametrize(("data", "problems"), [
+    ({}, ["config.yaml: ami: missing: the PBX(s) to watch (name, host, port, username, secret)",
+          "config.yaml: smpp: missing: the SMSC to send through (host, port, system_id, "
+          "password)"]),
+    ({"ami": [{"name": "lab", "username": "mcd", "secret": "s"}],
+      "smpp": {"system_id": "x", "password": "p", "source_addr": "Acme"}},
+     ["config.yaml: smpp.host: missing: the SMSC's address (the daemon would try 127.0.0.1)"]),
+])
+def test_check_config_and_run_require_a_pbx_and_an_smsc(tmp_path: Path, data: dict[str, Any],
+                                                        problems: list[str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data | {"store": {"path": str(tmp_path / "m.db")}}),
+                    encoding="utf-8")
+    path.chmod(0o600)
+    for command in ("check-config", "run"):
+        result = subprocess.run([sys.executable, "-m", "mcdaemon", command, "-c", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        shown = [line.replace(str(path), "config.yaml") for line in result.stderr.splitlines()]
+        assert shown[:len(problems)] == problems

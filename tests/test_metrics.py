@@ -462,7 +462,11 @@ def test_a_listen_address_off_loopback_gets_a_warning(listen: str, warned: bool)
 
 def test_check_config_shows_the_warning_and_still_accepts_the_file(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    path.write_text("metrics:\n  enabled: true\n  listen: 0.0.0.0:9464\n", encoding="utf-8")
+    path.write_text("metrics:\n  enabled: true\n  listen: 0.0.0.0:9464\n"
+                    "ami: [{name: lab, username: mcd, secret: s}]\n"
+                    "smpp: {host: 127.0.0.1, system_id: x, password: p, source_addr: Acme}\n"
+                    f"store: {{path: {tmp_path / 'm.db'}}}\n", encoding="utf-8")
+    path.chmod(0o600)
     result = subprocess.run([sys.executable, "-m", "mcdaemon", "check-config", "-c",
                              str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

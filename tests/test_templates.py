@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
-from mcdaemon import templates
+from mcdaemon import sms, templates
 from mcdaemon.config import ConfigError, config_from_dict
 from mcdaemon.records import CallRecord, Outcome
 
@@ -159,3 +159,29 @@ def test_a_name_too_long_for_the_room_left_is_shortened_then_replaced() -> None:
 def test_a_name_that_fits_is_kept_as_written_even_in_ucs2() -> None:
     rendered = templates.render_call("Hi {caller_name}", {"caller_name": "there"}, "Zoë", 1)
     assert rendered.body == "Hi Zoë" and rendered.plan.encoding == "ucs2"
+
+
+@pytest.mark.parametrize(("name", "folded"), [
+    ("Zoë Łukasiewicz", "Zoe Lukasiewicz"),  # Ł has no decomposition: transliterated
+    ("Đorđe Þórsson", "Dorde Thorsson"),
+    ("Øystein Ærø", "Øystein Ærø"),  # GSM-7 has Ø, Æ and ø: kept
+    ("Jürgen Großmann", "Jürgen Großmann"),  # ü and ß too
+    ("Ōtani Shōhei", "Otani Shohei"),
+    ("Björk Guðmundsdóttir", "Björk Gudmundsdottir"),  # ð: transliterated, ö kept
+    ("王小明", "WangXiaoMing"),
+    ("Ana 😀", "Ana "),  # a symbol is no letter: dropped, not spelt ":grinning:"
+])
+def test_names_are_folded_to_gsm7_letter_by_letter(name: str, folded: str) -> None:
+    assert templates.fold_to_gsm7(name) == folded
+    assert sms.is_gsm7(folded)
+
+
+def test_a_name_keeps_its_letters_in_a_gsm7_text_when_ucs2_would_not_fit() -> None:
+    text = "x" * 130 + " Hi {caller_name}"
+    rendered = templates.render_call(text, {"caller_name": "there"}, "Zoë Łukasiewicz", 1)
+    assert rendered.body.endswith(" Hi Zoe Lukasiewicz")
+    assert rendered.plan.encoding == "gsm7" and rendered.plan.parts == 1
+    # where the group allows the longer text, the name stays as written, in UCS-2
+    roomy = templates.render_call("Hi {caller_name}", {"caller_name": "there"},
+                                  "Zoë Łukasiewicz", 1)
+    assert roomy.body == "Hi Zoë Łukasiewicz" and roomy.plan.encoding == "ucs2"

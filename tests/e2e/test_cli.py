@@ -48,3 +48,17 @@ async def test_disable_and_enable_are_shown_by_status(tmp_path: Path) -> None:
     assert (await mcdaemon("enable", "-c", str(config)))[0] == 0
     assert "global on" in (await mcdaemon("status", "-c", str(config)))[1]
     assert (await mcdaemon("status", "-c", str(config), "--health"))[0] == 1
+
+
+async def test_a_national_sender_number_reaches_the_smsc_as_an_international_one(
+        tmp_path: Path) -> None:
+    """`07700 900000` in region GB: the SMSC gets 447700900000 with TON 1 NPI 1, so callers
+    can reply (before, the national digits went out flagged international)."""
+    async with TestSmsc(password=SMPP_PASSWORD) as smsc:
+        config = write_config(tmp_path, ami_port=free_port(), smsc_port=smsc.port,
+                              smpp={"source_addr": "07700 900000"})
+        code, _out, err = await mcdaemon("send-test", "-c", str(config), "+447700900123",
+                                         "Hello", "--timeout", "10")
+        assert code == 0, err
+        (submit,) = smsc.submits
+        assert (submit.source, submit.source_ton, submit.source_npi) == ("447700900000", 1, 1)
