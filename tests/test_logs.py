@@ -7,12 +7,14 @@ import asyncio
 import io
 import json
 import logging
+import sqlite3
+from pathlib import Path
 
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from mcdaemon import logs
+from mcdaemon import logs, store
 
 
 def test_under_journald_each_event_is_one_line_with_its_syslog_priority() -> None:
@@ -205,3 +207,19 @@ def test_in_an_event_loop_the_summary_comes_when_the_window_ends() -> None:
 
     assert [entry["event"] for entry in asyncio.run(flood())] == [
         "garbage", "garbage (9 more suppressed in the last 0.01 s)"]
+
+
+async def test_a_store_says_once_that_it_was_created_or_migrated(tmp_path: Path) -> None:
+    fresh, old = tmp_path / "fresh.sqlite", tmp_path / "old.sqlite"
+    with sqlite3.connect(old) as db:  # a store an older mcdaemon left at schema 3
+        for statements in store._MIGRATIONS[:3]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+
+    with capture_logs() as logged:
+        for path in (fresh, fresh, old):
+            await (await store.Store.open(str(path))).close()
+
+    assert [entry["event"] for entry in logged if entry["log_level"] == "info"] == [
+        "store created", f"store migrated from schema 3 to {store.SCHEMA_VERSION}"]
