@@ -10,9 +10,11 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from mcdaemon import agi_script
 from mcdaemon.store import Store
@@ -46,6 +48,13 @@ def session(callerid: str = "07700900123", answers: int = 5,
                f"agi_context: from-carrier\nagi_extension: s\nagi_priority: 1\n"
                f"agi_arg_1: x\n\n")
     return headers + f"{answer}\n" * answers
+
+
+@pytest.fixture(autouse=True)
+def default_logging() -> Iterator[None]:
+    """The script configures logging at WARNING: the tests that follow must not inherit it."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

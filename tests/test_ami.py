@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from mcdaemon.ami import (
@@ -154,6 +155,7 @@ def test_a_host_that_cannot_be_resolved_names_the_setting_to_check() -> None:
 
 
 async def test_a_connection_that_drops_after_login_is_one_lost_warning() -> None:
+    structlog.reset_defaults()  # every level reaches capture_logs, whatever ran before
     queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     with capture_logs() as logged:
         async with AmiTestServer([recording("queue_abandon")], speed=0) as server, \
