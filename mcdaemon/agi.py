@@ -1,4 +1,4 @@
-"""FastAGI hooks: explicit dialplan marks, for administrators who prefer them to inference.
+"""AGI hooks: explicit dialplan marks, for administrators who prefer them to inference.
 
     AGI(agi://127.0.0.1:4573/tag?group=sales)   MCD_GROUP=sales  (a configured group)
     AGI(agi://127.0.0.1:4573/tag?after_hours=1) MCD_AFTER_HOURS=1 (also ignore=1, did=NUMBER)
@@ -9,6 +9,9 @@ A hook only sets channel variables (`SET VARIABLE`). Asterisk reports each one o
 `VarSet` event, and the call tracker reads it there, exactly as when the dialplan's own `Set()`
 made the mark: the call's state has one source (AMI), and a hook that fails (the daemon down,
 `AGISTATUS=FAILURE`) loses a mark, never a call.
+
+The same hooks run as a classic AGI script, `AGI(mcdaemon-agi,tag,group=sales)`
+(`mcdaemon.agi_script`): both call `hook_marks`, the decision, and send the same commands.
 
 panoramisk provides the AGI command exchange (`Request.send_command`, result parsing); the
 connection handling is ours, because panoramisk's `Application.handler` loops forever on a
@@ -21,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import structlog
@@ -40,6 +44,47 @@ _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.+-]{1,80}")
 _TRUE = frozenset({"1", "yes", "true", "on", "y"})
 
 Marks = list[tuple[str, str]]
+
+#: the hooks, by the name a dialplan gives (FastAGI: the URL path; mcdaemon-agi: argument 1)
+HOOKS: Final = ("tag", "callback-request", "callback", "optout-check")
+
+
+@dataclass(frozen=True, slots=True)
+class HookContext:
+    """What a hook's decision needs from the config and the store."""
+
+    groups: Collection[str]
+    region: str
+    opted_out: Callable[[str], Awaitable[bool]]
+    full_numbers: bool = False
+
+
+def set_variable(name: str, value: str) -> str:
+    """The AGI command that sets one mark (values are checked: no quote or newline)."""
+    return f'SET VARIABLE {name} "{value}"'
+
+
+async def hook_marks(hook: str, headers: Mapping[str, str], params: Mapping[str, list[str]],
+                     context: HookContext, *, via: str = "FastAGI") -> Marks | None:
+    """The variables `hook` sets on the channel of the call `headers` describe; None for an
+    unknown hook. The decision FastAGI and mcdaemon-agi share (`via` names it in the log)."""
+    if hook == "tag":
+        marks, problem = tag_marks(params, context.groups)
+        if problem:
+            log.warning(f"{via} tag: part of the request ignored", problem=problem,
+                        uniqueid=headers.get("agi_uniqueid"),
+                        hint="check the dialplan's tag parameters and the groups: of the "
+                             "config")
+        return marks
+    if hook in ("callback-request", "callback"):
+        return [("MCD_CALLBACK", "1")]
+    if hook == "optout-check":
+        number = to_e164(headers.get("agi_callerid", ""), context.region)
+        opted_out = bool(number) and await context.opted_out(number or "")
+        log.debug(f"{via} opt-out check", caller=mask_number(number, context.full_numbers),
+                  opted_out=opted_out)
+        return [("MCD_OPTED_OUT", "1" if opted_out else "0")]
+    return None
 
 
 class AgiError(Exception):
@@ -84,13 +129,6 @@ class AgiHooks:
         self._full = log_full_numbers
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
-        self._routes: dict[str, Callable[[Mapping[str, str], dict[str, list[str]]],
-                                         Awaitable[Marks]]] = {
-            "tag": self._tag,
-            "callback-request": self._callback,
-            "callback": self._callback,
-            "optout-check": self._optout_check,
-        }
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -146,37 +184,21 @@ class AgiHooks:
                 headers.setdefault(key.strip(), value.strip())
         script = headers.get("agi_network_script", "")
         path, _, query = script.partition("?")
-        route = self._routes.get(path.strip("/"))
-        if route is None:
+        context = HookContext(self._groups(), self._region(), self._opted_out, self._full())
+        marks = await hook_marks(path.strip("/"), headers,
+                                 parse_qs(query, keep_blank_values=True), context)
+        if marks is None:
             log.warning("FastAGI hook unknown: nothing set", hook=path[:40],
-                        known=sorted(self._routes))
+                        known=sorted(HOOKS), hint="check the path of the dialplan's "
+                        "AGI(agi://…) URL")
             return
-        marks = await route(headers, parse_qs(query, keep_blank_values=True))
         request = Request(app=None, headers=headers, reader=reader, writer=writer)
         for name, value in marks:
-            result = await request.send_command(f'SET VARIABLE {name} "{value}"')
+            result = await request.send_command(set_variable(name, value))
             if result.get("status_code") != 200:
                 log.warning("FastAGI SET VARIABLE refused", variable=name,
-                            result=str(result)[:80])
+                            result=str(result)[:80],
+                            hint="Asterisk's log says why (the channel hung up?)")
                 return
         log.info("FastAGI hook", hook=path.strip("/"), uniqueid=headers.get("agi_uniqueid"),
                  set=dict(marks))
-
-    async def _tag(self, headers: Mapping[str, str], params: dict[str, list[str]]) -> Marks:
-        marks, problem = tag_marks(params, self._groups())
-        if problem:
-            log.warning("FastAGI tag: part of the request ignored", problem=problem,
-                        uniqueid=headers.get("agi_uniqueid"))
-        return marks
-
-    async def _callback(self, headers: Mapping[str, str],
-                        params: dict[str, list[str]]) -> Marks:
-        return [("MCD_CALLBACK", "1")]
-
-    async def _optout_check(self, headers: Mapping[str, str],
-                            params: dict[str, list[str]]) -> Marks:
-        number = to_e164(headers.get("agi_callerid", ""), self._region())
-        opted_out = bool(number) and await self._opted_out(number or "")
-        log.debug("FastAGI opt-out check", caller=mask_number(number, self._full()),
-                  opted_out=opted_out)
-        return [("MCD_OPTED_OUT", "1" if opted_out else "0")]

@@ -23,6 +23,10 @@ tracker reads), CoreShowChannels (the channels alive now: an AmiStatus "connecte
 them, at its place in the event stream, so the tracker can close the calls that ended while
 we were away), then read while Pings go out. Any failure closes the socket and retries with
 exponential backoff and jitter until `stop()`; a refused login waits longer between tries.
+
+The log has one line per state change (`AMI connected`, `AMI connection failed`, `AMI
+connection lost`, `AMI login refused`), each failure naming the setting to check; warnings a
+broken peer can repeat at will (garbage frames) are rate-limited.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +47,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
 from .config import AmiConfig
+from .logs import RepeatLimiter
 from .transcript import FrameFields, parse_frame
 
 log = structlog.get_logger(__name__)
@@ -184,11 +190,14 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
     closed: bool
     transport: Any
 
-    def __init__(self, on_frames: Callable[[list[bytes], float], None]) -> None:
+    def __init__(self, on_frames: Callable[[list[bytes], float], None], *, pbx: str = "-",
+                 repeats: RepeatLimiter | None = None) -> None:
         super().__init__()
         self.closed = False
         self.transport = None
         self._on_frames = on_frames
+        self._pbx = pbx
+        self._repeats = repeats or RepeatLimiter(log)
         self._buffer = bytearray()
         loop = asyncio.get_running_loop()
         self.banner: asyncio.Future[str] = loop.create_future()
@@ -223,7 +232,11 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
             del buffer[:end + len(_SEPARATOR)]
             self._on_frames(whole.split(_SEPARATOR), at)
         if len(buffer) > MAX_FRAME_BYTES:
-            log.warning("ami_oversized_frame_dropped", size=len(buffer))
+            self._repeats.warning(
+                (self._pbx, "oversized"), "AMI frame too large: dropped", pbx=self._pbx,
+                size=len(buffer), limit=MAX_FRAME_BYTES,
+                hint="a frame without its end: check that ami[].host/port is an Asterisk "
+                     "manager and nothing in between alters the stream")
             buffer.clear()
 
     def _fail_banner(self, line: bytes) -> None:
@@ -260,8 +273,11 @@ class FramedProtocol(AMIProtocol):  # type: ignore[misc]
         try:
             self.handle_message(message)
         except Exception:  # a malformed answer: settle the action with it, keep the link
-            log.warning("ami_malformed_answer", action=action.get("Action"),
-                        fields=sorted(fields), exc_info=True)
+            self._repeats.warning(
+                (self._pbx, "malformed answer"), "AMI answer malformed: action settled with it",
+                pbx=self._pbx, action=action.get("Action"), fields=sorted(fields),
+                hint="a PBX answer panoramisk cannot read: report it with a capture "
+                     "(mcdaemon capture)", exc_info=True)
             self.responses.pop(action_id, None)
             if not action.future.done():
                 action.future.set_result(message)
@@ -304,6 +320,7 @@ class AmiConnection:
         self._event_names = event_names
         self._variables = variables
         self._raw_sink = raw_sink
+        self._repeats = RepeatLimiter(log)
         self._state = "disconnected"
         self._stopping = asyncio.Event()
         self._protocol: FramedProtocol | None = None
@@ -332,35 +349,46 @@ class AmiConnection:
         while not self._stopping.is_set():
             reached = False
             detail = "connection closed by the PBX"
+            logged = False  # the failure has its line already
             try:
                 reached, detail = await self._session()
             except AmiLoginRefused:
                 detail = (f"AMI login to {cfg.name} {cfg.host}:{cfg.port} refused: check "
                           f"ami[{cfg.name}].username/secret and manager.conf permit=")
-                log.error("ami_login_refused", pbx=cfg.name, username=cfg.username,
-                          hint=detail)
+                log.error("AMI login refused", pbx=cfg.name, host=cfg.host, port=cfg.port,
+                          username=cfg.username, error=detail)
                 self._set_state("auth_failed", detail)
                 delay = max(delay, cfg.reconnect_max * _AUTH_FAILED_BACKOFF_SHARE)
             except (TimeoutError, OSError) as error:
-                detail = f"{type(error).__name__}: {error}".rstrip(": ")
-                log.warning("ami_connection_failed", pbx=self.pbx, host=cfg.host,
-                            port=cfg.port, error=detail)
+                detail = connection_failure(cfg, error)
             except Exception as error:  # a defect must cost a reconnect, not the daemon
                 detail = f"{type(error).__name__}: {error}".rstrip(": ")
-                log.exception("ami_session_failed", pbx=self.pbx, error=detail)
+                log.exception("AMI session failed", pbx=self.pbx, error=detail)
+                logged = True
             finally:
                 self._close()
             if self._stopping.is_set():
                 break
-            if self._state != "auth_failed":
-                self._set_state("disconnected", detail)
             if reached:
                 delay = cfg.reconnect_min
             pause = random.uniform(delay / 2, delay)
+            if self._state != "auth_failed":
+                if not logged and self._state == "connected":
+                    log.warning("AMI connection lost", pbx=self.pbx, host=cfg.host,
+                                port=cfg.port, error=detail, retry_in=round(pause, 1),
+                                hint="Asterisk restarted, its manager was reloaded or the "
+                                     "network dropped; calls that end meanwhile are closed "
+                                     "on reconnection")
+                elif not logged:
+                    log.warning("AMI connection failed", pbx=self.pbx, host=cfg.host,
+                                port=cfg.port, error=detail, retry_in=round(pause, 1))
+                self._set_state("disconnected", detail)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause)
             delay = min(delay * 2, cfg.reconnect_max)
         self._set_state("disconnected", "stopped")
+        self._repeats.flush()
+        log.debug("AMI connection stopped", pbx=self.pbx)
 
     async def stop(self) -> None:
         """Log off politely and close; run() returns."""
@@ -403,9 +431,12 @@ class AmiConnection:
         """One connection, from connect to its end: (got as far as connected, why it ended)."""
         cfg = self.config
         self._set_state("connecting", f"{cfg.host}:{cfg.port}")
+        log.debug("AMI connecting", pbx=self.pbx, host=cfg.host, port=cfg.port)
         loop = asyncio.get_running_loop()
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: FramedProtocol(self._on_frames), cfg.host, cfg.port),
+            loop.create_connection(lambda: FramedProtocol(self._on_frames, pbx=self.pbx,
+                                                          repeats=self._repeats),
+                                   cfg.host, cfg.port),
             cfg.connect_timeout)
         self._protocol = protocol
         self.banner = await asyncio.wait_for(asyncio.shield(protocol.banner),
@@ -438,7 +469,7 @@ class AmiConnection:
             self._action({"Action": "Filter", "Operation": "Add", "Filter": regex}),
             self.config.connect_timeout)
         if not answer.success:
-            log.warning("ami_filter_refused", pbx=self.pbx, message=answer.get("Message"),
+            log.warning("AMI event filter refused", pbx=self.pbx, message=answer.get("Message"),
                         hint="give the AMI user write=system, or put the eventfilter line "
                              "of asterisk-conf/manager.conf in manager.conf; events are "
                              "filtered here meanwhile")
@@ -461,10 +492,12 @@ class AmiConnection:
         self._listing = None
         message = answer.get("Message", "no answer") if isinstance(answer, Message) else \
             "no answer"
-        log.warning("ami_channel_list_unavailable", pbx=self.pbx, message=message,
+        log.warning("AMI channel list unavailable", pbx=self.pbx, message=message,
                     hint="give the AMI user write=reporting so calls that end during a "
                          "disconnection are closed at once")
         self._set_state("connected", f"logged in (no channel list: {message})")
+        log.info("AMI connected", pbx=self.pbx, host=self.config.host, port=self.config.port,
+                 banner=self.banner)
 
     async def _watchdog(self) -> None:
         """Ping regularly; an answer that does not come in time means the link is dead."""
@@ -521,11 +554,17 @@ class AmiConnection:
                 fields = parse_frame(raw)
                 if not fields:
                     if raw:
-                        log.warning("ami_garbage_frame", pbx=self.pbx, size=len(raw))
+                        self._repeats.warning(
+                            "garbage", "AMI frame not understood: dropped", pbx=self.pbx,
+                            size=len(raw), hint=f"check that ami[{self.pbx}].host/port is an "
+                            "Asterisk manager and nothing in between alters the stream")
                     continue
                 self._dispatch(fields, at)
             except Exception:
-                log.warning("ami_frame_failed", pbx=self.pbx, size=len(raw), exc_info=True)
+                self._repeats.warning(
+                    "failed", "AMI frame could not be handled: dropped", pbx=self.pbx,
+                    size=len(raw), hint="a defect: report it with a capture (mcdaemon "
+                    "capture)", exc_info=True)
         if events:
             self._queue_events(events, at)
 
@@ -556,9 +595,31 @@ class AmiConnection:
         live = frozenset((listed | self._born_while_listing) - {""})
         self._listing = None
         self._set_state("connected", f"logged in, {len(live)} live channels", live, at)
+        log.info("AMI connected", pbx=self.pbx, host=self.config.host, port=self.config.port,
+                 banner=self.banner, live_channels=len(live))
 
     def _set_state(self, state: str, detail: str, live: frozenset[str] | None = None,
                    at: float | None = None) -> None:
         self._state = state
         self._out.put_nowait(AmiStatus(self.pbx, time.time() if at is None else at, state,
                                        detail, live))
+
+
+def connection_failure(config: AmiConfig, error: BaseException) -> str:
+    """What went wrong connecting to a PBX, naming the settings to check: `gaierror: Name or
+    service not known` alone does not say which host of which PBX."""
+    name, where = config.name, f"{config.host}:{config.port}"
+    if isinstance(error, socket.gaierror):
+        return (f"ami[{name}].host {config.host!r} cannot be resolved "
+                f"({error.strerror or error}): check ami[{name}].host")
+    if isinstance(error, ConnectionRefusedError):
+        return (f"{where} refused the connection: check that Asterisk runs with its manager "
+                f"on that port (manager.conf [general] enabled, bindaddr, port) and "
+                f"ami[{name}].host/port")
+    if isinstance(error, TimeoutError):
+        return (f"no answer from {where} within {config.connect_timeout:g} s: check "
+                f"ami[{name}].host/port and any firewall in between")
+    text = f"{type(error).__name__}: {error}".rstrip(": ")
+    if "not an Asterisk manager interface" in text:
+        return f"{where}: {error}: check ami[{name}].port (the manager's, 5038 by default)"
+    return f"{where}: {text}: check ami[{name}].host/port and the network to the PBX"

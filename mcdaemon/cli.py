@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__, logs
-from .config import Config, ConfigError, load_config, runtime_problems
+from .config import Config, ConfigError, load_config, log_warnings, runtime_problems
 from .store import StoreError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -16,8 +16,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _load(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    log_warnings(config)  # logged: plain lines would break --log-format json
     return config
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+import structlog
 import yaml
 
 from . import sender_id, sms, templates
@@ -39,6 +40,8 @@ from .outreach_config import (
 )
 from .records import MISSED_OUTCOMES, Outcome
 from .webhook_config import WebhookEndpoint, read_webhooks
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -97,6 +100,7 @@ class Reader:
         self.problems = problems
         self.base_dir = base_dir or Path.cwd()
         self.warnings: list[str] = []
+        self.secret_files: list[tuple[str, Path]] = []  # (key path, file) of each *_file read
         self.known: set[str] = set()
 
     def error(self, path: str, message: str) -> None:
@@ -241,7 +245,9 @@ class Section:
         if not secret_path.is_absolute():
             secret_path = self.reader.base_dir / secret_path
         try:
-            return secret_path.read_text(encoding="utf-8").strip()
+            secret = secret_path.read_text(encoding="utf-8").strip()
+            self.reader.secret_files.append((self.key_path(chosen), secret_path))
+            return secret
         except OSError as exc:
             self.error(chosen, f"cannot read {secret_path}: {exc.strerror}")
             return ""
@@ -992,6 +998,7 @@ def reload_config(old: Config, path: str | Path) -> Config:
     so a reload never half-applies.
     """
     new = load_config(path)
+    log_warnings(new)
     problems = []
     if new.store.path != old.store.path:
         problems.append(f"{new.source}: store.path: changed from {old.store.path} to "
@@ -1053,6 +1060,9 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     warnings: list[str] = []
     if path is not None and "inline-secret" in reader.warnings:
         warnings.extend(_permission_warnings(path))
+    for key, secret_path in reader.secret_files:
+        warnings.extend(f"{source}: {warning}"
+                        for warning in _secret_file_warnings(key, secret_path))
     if metrics.enabled and not metrics.loopback:
         warnings.append(f"{source}: metrics.listen: {metrics.listen} is not a loopback "
                         "address: anyone who can reach it reads the metrics (there is no "
@@ -1120,3 +1130,22 @@ def _permission_warnings(path: Path) -> Iterator[str]:
         yield (f"{path}: holds secrets but is readable by other users "
                f"(mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}, or move the secrets to "
                "secret_file:/secret_env:")
+
+
+def _secret_file_warnings(key: str, path: Path) -> Iterator[str]:
+    """A secret file others can read is a leaked secret. Its group may read it: that is how
+    the daemon's user is usually given access (root:mcdaemon, mode 640)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        yield (f"{key}: {path} is readable by other users (mode {stat.S_IMODE(mode):o}); run: "
+               f"chmod 600 {path} (or 640 with the daemon's group)")
+
+
+def log_warnings(config: Config) -> None:
+    """Each warning of a config as a log line: a bare print would break `--log-format json`
+    and would not reach journald with its priority."""
+    for warning in config.warnings:
+        log.warning("config warning", source=config.source, warning=warning)

@@ -365,6 +365,7 @@ class Service:
         return records
 
     def _track_status(self, item: AmiStatus) -> list[CallRecord]:
+        log.debug("AMI connection", pbx=item.pbx, state=item.state, detail=item.detail)
         if item.state == "connected":
             self._connected.add(item.pbx)
         else:

@@ -532,7 +532,9 @@ class Store:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise
-            log.info("store migrated", path=self.path, schema=number + 1)
+        if version < SCHEMA_VERSION:  # one line, not one per step
+            log.info("store created" if version == 0 else f"store migrated from schema "
+                     f"{version} to {SCHEMA_VERSION}", path=self.path)
 
     async def close(self) -> None:
         async with self._lock:

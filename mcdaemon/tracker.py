@@ -96,6 +96,7 @@ from typing import Final
 import structlog
 
 from .config import InboundConfig
+from .logs import RepeatLimiter
 from .phone import to_e164
 from .records import MISSED_OUTCOMES, CallRecord, Outcome
 
@@ -259,6 +260,7 @@ class CallTracker:
     def __init__(self, pbx: str, inbound: InboundConfig, region: str) -> None:
         self.pbx = pbx
         self.update_settings(inbound, region)
+        self._repeats = RepeatLimiter(_log)  # a storm or a broken peer repeats these at will
         self._calls: dict[str, _Call] = {}
         self._channels: dict[str, _Channel] = {}
         self._finished: dict[str, None] = {}  # finished or internal Linkedids; ordered, bounded
@@ -306,8 +308,11 @@ class CallTracker:
         try:
             record = handler(event, at)
         except Exception:  # one odd frame must never stop the tracker
-            _log.warning("tracker_event_failed", ami_event=event.get("Event"),
-                         linkedid=event.get("Linkedid"), exc_info=True)
+            self._repeats.warning(
+                ("failed", event.get("Event")), "AMI event could not be tracked: skipped",
+                pbx=self.pbx, ami_event=event.get("Event"), linkedid=event.get("Linkedid"),
+                hint="a defect or an unusual dialplan: report it with a capture (mcdaemon "
+                     "capture)", exc_info=True)
             return []
         return [record] if record is not None else []
 
@@ -327,7 +332,7 @@ class CallTracker:
         records = []
         for call in stale:
             record = self._finish(call, call.last_seen, evicted=True)
-            _log.info("call_evicted", linkedid=call.linkedid, idle=round(now - call.last_seen),
+            _log.info("call evicted", linkedid=call.linkedid, idle=round(now - call.last_seen),
                       outcome=str(record.outcome) if record else None)
             if record is not None and record.outcome in MISSED_OUTCOMES:
                 records.append(record)
@@ -341,7 +346,7 @@ class CallTracker:
                 for uid in call.live - live_uniqueids:  # legs that hung up during the gap
                     self._drop_channel(call, uid)
                 continue
-            _log.info("call_ended_during_gap", linkedid=call.linkedid)
+            _log.info("call ended during an AMI gap", linkedid=call.linkedid)
             call.partial = True
             call.extra["ended_during_gap"] = "1"
             record = self._finish(call, at)
@@ -385,8 +390,11 @@ class CallTracker:
         uid = event.get("Uniqueid", "")
         if len(self._calls) >= MAX_ACTIVE_CALLS:
             oldest = next(iter(self._calls.values()))
-            _log.warning("too_many_active_calls", limit=MAX_ACTIVE_CALLS,
-                         dropped=oldest.linkedid)
+            self._repeats.warning(
+                "too many", "too many active calls: the oldest forgotten", pbx=self.pbx,
+                limit=MAX_ACTIVE_CALLS, dropped=oldest.linkedid,
+                hint="calls that never end: check that AMI sends Hangup events (manager.conf "
+                     "read=call) and inbound.call_ttl")
             self._forget(oldest)
         name = _clean(event.get("CallerIDName", ""))
         caller = _clean(event.get("CallerIDNum", ""), 64)
@@ -400,7 +408,7 @@ class CallTracker:
         if call.caller_e164:
             self._new_callers.append(call.caller_e164)
         if partial:
-            _log.debug("call_joined_in_progress", linkedid=call.linkedid)
+            _log.debug("call joined in progress", linkedid=call.linkedid)
         return call
 
     # ------------------------------------------------------------ handlers
@@ -761,7 +769,7 @@ class CallTracker:
         """Drop the call's state; its record, unless it never proved to be inbound."""
         self._forget(call)
         if not call.confirmed:
-            _log.debug("call_not_inbound", linkedid=call.linkedid)
+            _log.debug("call not inbound", linkedid=call.linkedid)
             return None
         if call.wait_started is not None:
             call.waited += max(0.0, at - call.wait_started)

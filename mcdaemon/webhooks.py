@@ -454,7 +454,9 @@ class WebhookWorker:
         fields: dict[str, Any] = dict(endpoint=delivery.endpoint, webhook=delivery.event,
                                       delivery=delivery.delivery_id)
         if endpoint is None:
-            log.warning("webhook dead: its endpoint is no longer in the config", **fields)
+            log.warning("webhook dead: its endpoint is no longer in the config", **fields,
+                        hint=f"the webhook {delivery.endpoint!r} was removed from the config "
+                             "or renamed while deliveries to it were pending")
             self._record(WebhookResult(delivery.id, "dead", None,
                                        "the endpoint is no longer in the config"))
             return
@@ -490,7 +492,9 @@ class WebhookWorker:
         else:
             result = after_failure(delivery, endpoint, error, now, retry_after, self._jitter)
             if result.state == "dead":
-                log.warning("webhook dead: retries exhausted", error=result.error, **fields)
+                log.warning("webhook dead: retries exhausted", error=result.error, **fields,
+                            hint=f"check that the receiver at {endpoint.where} is up and "
+                                 f"reachable, and the url of webhook {delivery.endpoint!r}")
             else:
                 log.info("webhook will be retried", error=error,
                          attempt=delivery.attempts + 1,

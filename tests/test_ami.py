@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from mcdaemon.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus, FramedProtocol
+from mcdaemon.ami import (
+    AmiConnection,
+    AmiEvent,
+    AmiEvents,
+    AmiItem,
+    AmiStatus,
+    FramedProtocol,
+    connection_failure,
+)
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import AmiConfig, InboundConfig
 from mcdaemon.records import CallRecord
@@ -101,7 +111,8 @@ async def test_refused_login_reports_auth_failed_and_keeps_retrying() -> None:
     assert "refused: check ami[pbx].username/secret and manager.conf permit=" in \
         failures[0].detail
     assert "wrong-secret" not in failures[0].detail
-    assert any(entry["event"] == "ami_login_refused" for entry in logged)
+    assert [entry["event"] for entry in logged if entry["log_level"] != "debug"].count(
+        "AMI login refused") >= 2  # one line per attempt, nothing else
     assert "wrong-secret" not in repr(logged)
     assert [action["Action"] for action in server.actions].count("Login") >= 2
     assert "connected" not in states(items)
@@ -114,6 +125,46 @@ async def test_connection_refused_is_retried() -> None:
     async with running(AmiConnection(ami_config(port), queue)):
         items = await collect_until(queue, lambda got: states(got).count("disconnected") >= 2)
     assert states(items)[:2] == ["connecting", "disconnected"]
+
+
+async def test_each_failed_connect_is_one_warning_naming_the_host_and_port() -> None:
+    async with AmiTestServer([], speed=0) as server:
+        port = server.port  # nothing listens here any more
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
+    with capture_logs() as logged:
+        async with running(AmiConnection(ami_config(port, name="lab"), queue)):
+            items = await collect_until(queue,
+                                        lambda got: states(got).count("disconnected") >= 3)
+    attempts = states(items).count("connecting")
+    shown = [entry for entry in logged if entry["log_level"] != "debug"]
+    assert len(shown) == attempts
+    assert {entry["event"] for entry in shown} == {"AMI connection failed"}
+    assert all((entry["pbx"], entry["host"], entry["port"]) == ("lab", "127.0.0.1", port)
+               for entry in shown)
+    assert f"127.0.0.1:{port} refused the connection: check" in shown[0]["error"]
+    assert "ami[lab].host/port" in shown[0]["error"]
+
+
+def test_a_host_that_cannot_be_resolved_names_the_setting_to_check() -> None:
+    config = ami_config(5038, name="lab", host="pbx.example")
+    error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    assert connection_failure(config, error) == (
+        "ami[lab].host 'pbx.example' cannot be resolved (Name or service not known): "
+        "check ami[lab].host")
+
+
+async def test_a_connection_that_drops_after_login_is_one_lost_warning() -> None:
+    structlog.reset_defaults()  # every level reaches capture_logs, whatever ran before
+    queue: asyncio.Queue[AmiItem] = asyncio.Queue()
+    with capture_logs() as logged:
+        async with AmiTestServer([recording("queue_abandon")], speed=0) as server, \
+                running(AmiConnection(ami_config(server.port, name="lab"), queue)):
+            server.drop_after_frames = 40
+            await collect_until(queue, lambda got: "disconnected" in states(got))
+    shown = [(entry["event"], entry["log_level"]) for entry in logged
+             if entry["log_level"] != "debug"]
+    assert shown[:2] == [("AMI connected", "info"), ("AMI connection lost", "warning")]
 
 
 async def test_filters_are_asked_for_and_only_wanted_events_arrive() -> None:
@@ -365,6 +416,24 @@ def test_the_events_of_one_read_reach_the_queue_as_one_item_in_order() -> None:
         [("Newchannel", "1"), ("Hangup", "1")]
     assert [dict(event.fields) for event in second] == [{"Event": "Newchannel",
                                                           "Uniqueid": "2"}]
+
+
+def test_a_thousand_garbage_frames_give_a_bounded_number_of_warnings() -> None:
+    async def scenario() -> list[dict[str, object]]:
+        queue: asyncio.Queue[AmiItem] = asyncio.Queue()
+        connection = AmiConnection(ami_config(1, name="lab"), queue)
+        protocol = FramedProtocol(connection._on_frames)
+        protocol.banner.set_result("Asterisk Call Manager/11.0.0")
+        with capture_logs() as logged:
+            for number in range(1000):
+                protocol.data_received(b"\x00garbage %d\r\n\r\n" % number)
+        return logged
+
+    logged = asyncio.run(scenario())
+
+    assert 1 <= len(logged) <= 10
+    assert {entry["event"] for entry in logged} == {"AMI frame not understood: dropped"}
+    assert "check that ami[lab].host/port is an Asterisk manager" in str(logged[0]["hint"])
 
 
 def test_a_frame_read_without_its_last_line_end_keeps_its_last_field() -> None:

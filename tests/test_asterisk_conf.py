@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import configparser
 import re
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import yaml
 
-from mcdaemon.agi import AgiHooks, tag_marks
-from mcdaemon.agi_config import AgiConfig
+from mcdaemon.agi import HOOKS, tag_marks
+from mcdaemon.agi_script import hook_params
 from mcdaemon.ami import event_filter
 from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 
@@ -67,13 +66,17 @@ def test_the_example_callback_uses_contexts_the_example_dialplan_has() -> None:
     assert manager_user()["write"].strip() == "reporting"
 
 
-def test_every_fastagi_hook_the_dialplan_calls_is_one_the_daemon_serves() -> None:
-    hooks = AgiHooks(AgiConfig(), groups=lambda: ["sales", "support"], region=lambda: "GB",
-                     opted_out=lambda number: asyncio.sleep(0, False))
-    served = set(hooks._routes)
+def test_every_agi_hook_the_dialplan_calls_is_one_the_daemon_serves() -> None:
+    served = set(HOOKS)
     dialplan = (KIT / "extensions.conf").read_text()
     used = re.findall(r"agi://127\.0\.0\.1:4573/([\w-]+)(\?[^)\s]*)?", dialplan)
     assert {"tag", "callback-request", "optout-check"} <= {name for name, _ in used}
+    # each FastAGI call has its classic-script twin beside it: AGI(mcdaemon-agi,<hook>,k=v)
+    scripts = [hook_params(hook, [part for part in args.split(",") if part])
+               for hook, args in re.findall(r"AGI\(mcdaemon-agi,([a-z][a-z-]*)((?:,[^,)]+)*)\)",
+                                           dialplan)]
+    assert {name for name, _ in used} == {name for name, _ in scripts}
+    used += [(name, "?" + urlencode(params, doseq=True)) for name, params in scripts]
     for name, query in used:
         assert name in served, f"extensions.conf calls the hook {name!r}, which is not served"
         if name == "tag":

@@ -166,6 +166,7 @@ def lab_config(secret_line: str) -> str:
 
 def test_secret_from_a_file_next_to_the_config(tmp_path: Path) -> None:
     (tmp_path / "ami.secret").write_text("s3cret\n", encoding="utf-8")
+    (tmp_path / "ami.secret").chmod(0o600)
     path = tmp_path / "config.yaml"
     path.write_text(lab_config("secret_file: ami.secret"), encoding="utf-8")
     path.chmod(0o644)
