@@ -59,7 +59,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import logging
 import random
 import socket
 import struct
@@ -77,11 +76,8 @@ from .config import MAX_ADDRESS, SmppConfig
 from .receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
 from .sender_id import source_numbering
 
+# smpplib's own stdlib log records go through mcdaemon.logs (its per-PDU notes at DEBUG)
 log = structlog.get_logger("mcdaemon.smpp")
-# smpplib logs a warning for each vendor TLV it skips (SMSCs add them to receipts): expected,
-# and never worth a line. Its errors still reach whatever handles stdlib logging.
-logging.getLogger("smpplib").setLevel(logging.ERROR)
-logging.getLogger("smpplib").addHandler(logging.NullHandler())
 
 ESME_RINVCMDID = 0x03
 ESME_RSYSERR = 0x08

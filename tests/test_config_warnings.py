@@ -60,8 +60,10 @@ def test_log_warnings_gives_one_line_per_warning(tmp_path: Path) -> None:
 def test_under_json_logs_the_config_warning_is_a_json_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "config.yaml",
-                 "region: GB\ninbound:\n  contexts: [from-carrier]\n" + lab_config(
-                     "secret: inline"), 0o644)
+                 "region: GB\ninbound:\n  contexts: [from-carrier]\n"
+                 f"store: {{path: {tmp_path / 'm.db'}}}\n"
+                 "smpp: {host: 127.0.0.1, system_id: x, password: p, source_addr: Acme}\n"
+                 + lab_config("secret: inline"), 0o644)
 
     assert cli.main(["--log-format", "json", "check-config", "-c", str(path)]) == 0
 

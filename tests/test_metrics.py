@@ -470,8 +470,8 @@ def test_check_config_shows_the_warning_and_still_accepts_the_file(tmp_path: Pat
     result = subprocess.run([sys.executable, "-m", "mcdaemon", "check-config", "-c",
                              str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert f"warning: {path}: metrics.listen: 0.0.0.0:9464 is not a loopback address" \
-        in result.stderr
+    assert "config warning" in result.stderr  # a log line, naming the setting
+    assert "metrics.listen: 0.0.0.0:9464 is not a loopback address" in result.stderr
 
 
 def test_the_readme_lists_every_metric() -> None:

@@ -631,7 +631,7 @@ async def test_report_reads_while_the_daemon_holds_the_store_open(tmp_path: Path
         reader = await Store.open_readonly(path)
         try:
             rows = await reader.report_rows(SINCE, NOW)
-            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            with pytest.raises(StoreError, match="readonly"):
                 await reader.set_status("x", "y", T0)
         finally:
             await reader.close()
