@@ -419,7 +419,7 @@ async def test_a_slow_crm_is_given_up_after_the_timeout(crm: Crm) -> None:
     finally:
         await lookup.close()
     assert answers == {}
-    assert elapsed < 1.5, f"the lookup held the batch {elapsed:.2f} s"
+    assert elapsed < 4.0, f"the lookup held the batch {elapsed:.2f} s"  # not the CRM's 5 s
     assert len(crm.requests) == 20  # all at once, not one after another
 
 

@@ -206,6 +206,19 @@ async def test_receipt_is_matched_on_the_receipted_message_id_tlv() -> None:
         assert receipt.error == "099"
 
 
+async def test_a_receipt_marked_ucs2_but_written_in_ascii_keeps_its_id_state_and_error() -> None:
+    """Some SMSCs mark the receipt of a UCS-2 text with data_coding 8 and write it in ASCII."""
+    async with TestSmsc(id_format="decimal", receipt_data_coding=8) as smsc, \
+            sending(config(smsc)) as session:
+        smsc.receipt_state = "UNDELIV"
+        result = await session.sender.submit("+447700900123", "Zoë, sorry", reference=9)
+        receipt = await session.next(DeliveryReceipt)
+
+        assert receipt.text_id == result.smsc_ids[0]  # the id: of the text survived
+        assert receipt.state == "UNDELIV" and receipt.error == "099"
+        assert receipt.raw["stat"] == "UNDELIV"
+
+
 async def test_text_only_receipt_with_a_decimal_id_matches_the_hex_submit_id() -> None:
     async with TestSmsc(id_format="hex", receipts=False,
                         receipt_id_in_text_base="decimal") as smsc, \
