@@ -7,7 +7,6 @@ through the same renderer and the same writer, so `--log-format json` prints not
 from __future__ import annotations
 
 import asyncio
-import atexit
 import functools
 import logging
 import os
@@ -58,40 +57,21 @@ def _journald_render(_: Any, method: str, event: MutableMapping[str, Any]) -> st
 
 
 class LineWriter:
-    """structlog's PrintLogger, except that in an event loop the lines logged during one turn
-    of the loop are written together, at the start of the next turn: a storm's hundreds of
-    "call decided" lines cost one system call instead of one each (and under a storm each
-    system call also waits for the GIL). Elsewhere (the CLI, the SMPP thread) a line is
-    written at once. A crash (kill -9) loses at most the lines of the turn it interrupts."""
+    """structlog's PrintLogger for the daemon's stream: one line per write, flushed at once
+    (journald and `kill -9` then lose nothing that was logged), and a lock, as the standard
+    library's records may come from other threads (aiosqlite's)."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._pending: list[str] = []
         self._lock = threading.Lock()
-        atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._write(message + "\n")
-            return
-        if not self._pending:
-            loop.call_soon(self.flush)
-        self._pending.append(message)
+        with self._lock:
+            self._stream.write(message + "\n")
+            self._stream.flush()
 
     log = debug = info = warn = warning = error = err = critical = exception = msg
     fatal = failure = msg
-
-    def flush(self) -> None:
-        lines, self._pending = self._pending, []
-        if lines:
-            self._write("\n".join(lines) + "\n")
-
-    def _write(self, text: str) -> None:
-        with self._lock:
-            self._stream.write(text)
-            self._stream.flush()
 
 
 #: third-party libraries speak at this level or above (their INFO is per connection or PDU)

@@ -61,24 +61,22 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
-def test_in_an_event_loop_the_lines_of_one_turn_go_out_in_one_write_at_the_next() -> None:
+def test_in_an_event_loop_each_line_is_written_at_once_in_order() -> None:
+    """Nothing logged waits in memory: a `kill -9` loses no line that was logged."""
     out = CountingStream()
     logs.configure("json", "info", stream=out)
     log = structlog.get_logger("t")
 
-    async def storm() -> tuple[str, str]:
+    async def storm() -> str:
         for number in range(100):
             log.info("call decided", call_id=f"1.{number}")
-        during = out.getvalue()
-        await asyncio.sleep(0)
-        return during, out.getvalue()
+        return out.getvalue()
 
-    during, after = asyncio.run(storm())
+    during = asyncio.run(storm())
 
-    assert during == ""
-    assert [json.loads(line)["call_id"] for line in after.splitlines()] == [
+    assert [json.loads(line)["call_id"] for line in during.splitlines()] == [
         f"1.{number}" for number in range(100)]
-    assert out.writes == 1
+    assert out.writes == 100
 
 
 def test_outside_an_event_loop_a_line_is_written_at_once() -> None:
