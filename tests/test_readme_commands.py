@@ -1,12 +1,14 @@
-"""Every `mcdaemon …` command the README shows exists as shown, and a test (or the demo) runs it.
+"""Every `mcdaemon …` command the README (and the guides beside it: docs/features.md,
+CONTRIBUTING.md) shows exists as shown, and a test (or the demo) runs it.
 
-(a) each command line in the README's shell blocks parses with `build_parser()`: every
+(a) each command line in their shell blocks parses with `build_parser()`: every
     subcommand and flag shown exists; commands in inline code (`mcdaemon disable --group
     sales`) may have placeholders, so only their subcommand and flags are checked;
 (b) each subcommand shown, and each of its flags shown in a shell block, is invoked by a test
     (a `main([...])` or subprocess argument list naming it next to `-c`) or by the demo;
-(c) each setting named in the README's prose (`smpp.window`) is one the config loader reads;
-(d) the commands the install paths run (the systemd unit, the Docker image) parse too.
+(c) each setting named in their prose (`smpp.window`) is one the config loader reads;
+(d) the commands the install paths run (the systemd unit, the Docker image) parse too;
+(e) each link between them finds its file and its heading.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from mcdaemon.cli import build_parser
 from mcdaemon.config import known_keys
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+#: the administrator's documents whose commands, settings and links are checked
+DOCUMENTS = ["README.md", "docs/features.md", "CONTRIBUTING.md"]
+TEXTS = {name: (ROOT / name).read_text(encoding="utf-8") for name in DOCUMENTS}
+README = TEXTS["README.md"]
+#: linked from the README, written on other branches: checked once they are here
+ELSEWHERE = {"docs/performance.md", "docs/architecture.md"}
 THIS = Path(__file__).resolve()
 
 #: fenced blocks whose lines are shell commands ("" is a block with no language)
@@ -35,7 +42,7 @@ SHELL_LANGUAGES = {"sh", "bash", "shell", "console", "plain", "text", ""}
 #: tokens that end a command in a shell line
 OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1"}
 #: options of other programs whose value may be the word `mcdaemon` (a user, a group, a name)
-VALUE_OPTIONS = {"-u", "-g", "-o", "-t", "--name", "--user", "--group"}
+VALUE_OPTIONS = {"-u", "-g", "-G", "-o", "-t", "--name", "--user", "--group"}
 #: options that answer and exit without a command
 EXITING_OPTIONS = {"--version", "-h", "--help"}
 #: settings whose children are free names (template names, variables, headers, days)
@@ -51,8 +58,7 @@ def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
 
 
 def _prose(text: str) -> str:
-    """The README without its fenced blocks and without the generated reference."""
-    text = re.sub(r"<!-- config-reference.*?<!-- /config-reference -->", "", text, flags=re.S)
+    """A document without its fenced blocks."""
     return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
 
 
@@ -96,9 +102,12 @@ def _shell_lines(block: str) -> Iterator[str]:
             yield line
 
 
-def fenced_commands() -> list[tuple[str, list[str]]]:
+def fenced_commands(text: str | None = None) -> list[tuple[str, list[str]]]:
+    """(line, arguments) of each `mcdaemon` command in shell blocks (of every document)."""
+    if text is None:
+        return [found for doc in TEXTS.values() for found in fenced_commands(doc)]
     found = []
-    for language, block in _fenced_blocks(README):
+    for language, block in _fenced_blocks(text):
         if language not in SHELL_LANGUAGES:
             continue
         for line in _shell_lines(block):
@@ -119,7 +128,8 @@ def log_events() -> set[str]:
 def inline_commands() -> list[tuple[str, list[str]]]:
     found = []
     events = log_events()
-    for span in re.findall(r"`([^`]+)`", _prose(README)):
+    spans = [span for text in TEXTS.values() for span in re.findall(r"`([^`]+)`", _prose(text))]
+    for span in spans:
         span = " ".join(span.split())
         if span in events:
             continue
@@ -173,7 +183,7 @@ def _takes_config(parser: argparse.ArgumentParser) -> bool:
 
 
 def test_the_readme_shows_mcdaemon_commands_in_shell_blocks() -> None:
-    shown = {resolve(args)[0] for _, args in fenced_commands()}
+    shown = {resolve(args)[0] for _, args in fenced_commands(README)}
     for path in [("check-config",), ("preview",), ("send-test",), ("replay",), ("capture",),
                  ("enable",), ("disable",), ("status",), ("run",), ("report",)]:
         assert path in shown, f"README shows no `mcdaemon {' '.join(path)}` command"
@@ -190,7 +200,7 @@ def test_every_command_in_a_shell_block_parses(line: str, args: list[str]) -> No
     except SystemExit as exc:
         if path == () and exc.code == 0:
             return  # `mcdaemon --version`
-        pytest.fail(f"README: `{line}` does not parse:\n{errors.getvalue()}")
+        pytest.fail(f"docs: `{line}` does not parse:\n{errors.getvalue()}")
 
 
 @pytest.mark.parametrize("span, args", inline_commands(), ids=lambda value: (
@@ -200,7 +210,7 @@ def test_every_inline_command_names_a_real_command_and_real_options(span: str,
     _path, parser, _before, rest = resolve(args)
     for flag in _flags(rest):
         assert flag in parser._option_string_actions, (
-            f"README: `{span}`: {flag} is not an option of this command")
+            f"docs: `{span}`: {flag} is not an option of this command")
 
 
 # ---------------------------------------------------------------- exercised by a test
@@ -281,6 +291,7 @@ def test_the_command_finder_skips_other_programs_and_finds_wrapped_ones() -> Non
     lines = {
         "journalctl -u mcdaemon -f": [],
         "install -m 0600 -o mcdaemon -g mcdaemon config.example.yaml /etc/x": [],
+        "usermod -a -G mcdaemon asterisk": [],
         "systemctl enable --now mcdaemon": [],
         "ln -s /opt/mcdaemon/bin/mcdaemon /usr/local/bin/mcdaemon": [],
         "docker run -d --name mcdaemon --network host -v a:/b mcdaemon": [],
@@ -326,13 +337,15 @@ def _is_known(key: str, known: set[str]) -> bool:
     return any(".".join(parts[:n]) in FREE_MAPPINGS for n in range(1, len(parts)))
 
 
-def test_every_setting_named_in_the_readme_prose_exists() -> None:
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_setting_named_in_the_prose_exists(name: str) -> None:
     known = _known()
     tops = {key.split(".")[0].split("[")[0] for key in known}
-    mentions = setting_mentions(_prose(README), tops)
-    assert len(mentions) > 30, "the setting finder finds (almost) nothing: is it broken?"
+    mentions = setting_mentions(_prose(TEXTS[name]), tops)
+    if name != "CONTRIBUTING.md":
+        assert len(mentions) > 30, "the setting finder finds (almost) nothing: is it broken?"
     unknown = sorted({f"`{span}` ({key})" for span, key in mentions if not _is_known(key, known)})
-    assert not unknown, "README names settings the config does not have:\n" + "\n".join(unknown)
+    assert not unknown, f"{name} names settings the config does not have:\n" + "\n".join(unknown)
 
 
 def test_the_setting_check_catches_a_typo() -> None:
@@ -380,15 +393,48 @@ def test_the_docker_image_runs_commands_that_parse() -> None:
     _parses(health[1:], "Dockerfile HEALTHCHECK")
 
 
-# ---------------------------------------------------------------- links within the README
+# ---------------------------------------------------------------- links between the documents
 
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_every_link_to_a_section_finds_its_heading() -> None:
-    anchors = {_slug(heading) for heading in re.findall(r"^#+ (.+)$", _prose(README), re.M)}
-    links = set(re.findall(r"\]\(#([^)]+)\)", README))
-    assert {"installation", "going-live", "troubleshooting"} <= links
-    assert links <= anchors, f"links to no heading: {sorted(links - anchors)}"
+def _anchors(path: Path) -> set[str]:
+    text = path.read_text(encoding="utf-8")
+    return {_slug(heading) for heading in re.findall(r"^#+ (.+)$", _prose(text), re.M)}
+
+
+def links(name: str) -> list[tuple[str, str]]:
+    """(target file relative to the repository, anchor or "") of each relative link."""
+    found = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(TEXTS[name])):
+        if re.match(r"[a-z]+:", target):
+            continue  # https://, mailto:
+        path, _, anchor = target.partition("#")
+        file = (ROOT / name).parent / path if path else ROOT / name
+        found.append((file.resolve().relative_to(ROOT).as_posix(), anchor))
+    return found
+
+
+def test_the_readme_links_to_its_sections_and_to_the_documents_it_moved_things_to() -> None:
+    targets = set(links("README.md"))
+    assert {("README.md", "install"), ("README.md", "go-live"),
+            ("README.md", "troubleshooting")} <= targets
+    files = {file for file, _ in targets}
+    assert {"docs/configuration.md", "docs/features.md", "docs/performance.md",
+            "docs/architecture.md", "docs/receipts.md", "CONTRIBUTING.md"} <= files
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_every_link_finds_its_file_and_heading(name: str) -> None:
+    broken = []
+    for file, anchor in links(name):
+        path = ROOT / file
+        if not path.exists():
+            if file not in ELSEWHERE:
+                broken.append(f"{file}: no such file")
+            continue
+        if anchor and path.suffix == ".md" and anchor not in _anchors(path):
+            broken.append(f"{file}#{anchor}: no such heading")
+    assert not broken, f"{name}: broken links:\n" + "\n".join(broken)
