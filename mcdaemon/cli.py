@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="replay speed factor (default 20)")
     contacts = commands.add_parser(
         "contacts", help="the contact store: names for {caller_name}",
-        description="the contact store: names for {caller_name} (see README, Contacts)")
+        description="the contact store: names for {caller_name} (see docs/features.md, "
+                    "Contacts and caller names)")
     contact_commands = contacts.add_subparsers(dest="contacts_command", required=True,
                                                metavar="ACTION")
     for name, help_text in (

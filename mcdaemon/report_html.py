@@ -108,7 +108,7 @@ def render(report: Report) -> str:
         f"bookings are attributed to the latest texted missed call from the number within "
         f"{BOOKING_WINDOW / DAY:g} days before them. A/B verdicts: two-sided two-proportion "
         f"z-test on the reply rate at {ALPHA:g}, after {MIN_SAMPLE} texted callers per "
-        "variant. A rate whose denominator is zero is n/a. See the README's KPI report "
+        "variant. A rate whose denominator is zero is n/a. See docs/features.md, KPI report "
         "section.</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
