@@ -51,7 +51,11 @@ async def test_kill_9_during_a_storm_loses_nothing_and_marks_every_possible_dupl
         for _ in range(KILLS):
             daemon = await start_daemon(config, log)
             await asyncio.sleep(rng.uniform(0.8, 2.5))
-            daemon.send_signal(signal.SIGKILL)
+            try:
+                daemon.send_signal(signal.SIGKILL)
+            except ProcessLookupError:  # it ended on its own: that is the failure to see
+                raise AssertionError(f"the daemon exited by itself ({await daemon.wait()}): "
+                                     f"{log.read_text()[-3000:]}") from None
             await daemon.wait()
         daemon = await start_daemon(config, log)
         try:
