@@ -33,10 +33,10 @@ import yaml
 from mcdaemon.ami import event_filter
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import SmppConfig
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
+from mcdaemon.core.transcript import Frame, FrameFields, Transcript, parse_frame, read_transcript
 from mcdaemon.smpp import SmppSender
 from mcdaemon.smsc import Submit, TestSmsc
-from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
-from mcdaemon.transcript import Frame, FrameFields, Transcript, parse_frame, read_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"

@@ -31,10 +31,10 @@ from urllib.parse import parse_qs
 import structlog
 from panoramisk.fast_agi import Request
 
-from .agi_config import AgiConfig
-from .listen import server_address
-from .logs import mask_number
-from .phone import to_e164
+from mcdaemon.agi_config import AgiConfig
+from mcdaemon.core.listen import server_address
+from mcdaemon.core.phone import to_e164
+from mcdaemon.logs import mask_number
 
 log = structlog.get_logger("mcdaemon.agi")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .listen import is_loopback, listen_text, parse_listen
+from mcdaemon.core.listen import is_loopback, listen_text, parse_listen
 
 if TYPE_CHECKING:
-    from .config import Section
+    from mcdaemon.config import Section
 
 DEFAULT_PORT = 4573  # Asterisk's default for agi:// URLs
 

@@ -35,10 +35,10 @@ import structlog
 import yaml
 from asterisk.agi import AGI, AGIError, AGIHangup
 
-from . import logs
-from .agi import HOOKS, HookContext, Marks, hook_marks, set_variable
-from .config import Config, ConfigError, config_from_dict
-from .store import Store, StoreError
+from mcdaemon import logs
+from mcdaemon.agi import HOOKS, HookContext, Marks, hook_marks, set_variable
+from mcdaemon.config import Config, ConfigError, config_from_dict
+from mcdaemon.store import Store, StoreError
 
 log = structlog.get_logger("mcdaemon.agi")
 

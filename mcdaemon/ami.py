@@ -46,9 +46,9 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from .config import AmiConfig
-from .logs import RepeatLimiter
-from .transcript import FrameFields, parse_frame
+from mcdaemon.config import AmiConfig
+from mcdaemon.core.transcript import FrameFields, parse_frame
+from mcdaemon.logs import RepeatLimiter
 
 log = structlog.get_logger(__name__)
 

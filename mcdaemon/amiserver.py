@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from .transcript import Frame, FrameFields, Transcript, parse_frame
+from mcdaemon.core.transcript import Frame, FrameFields, Transcript, parse_frame
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 _GAP_BETWEEN_RECORDINGS = 1.0

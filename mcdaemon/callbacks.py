@@ -30,16 +30,17 @@ from typing import Protocol
 
 import structlog
 
-from . import campaigns, followups
-from . import outreach_store as ostore
-from .ami import AmiEvent
-from .config import Config, GroupConfig
-from .logs import mask_number
-from .outbound import OutboundWatch, Reached
-from .outreach_config import CallbackConfig
-from .policy import match_group
-from .records import CallRecord, Outcome
-from .store import NewCall, Store
+from mcdaemon import campaigns
+from mcdaemon import outreach_store as ostore
+from mcdaemon.ami import AmiEvent
+from mcdaemon.config import Config, GroupConfig
+from mcdaemon.core import followups
+from mcdaemon.core.outbound import OutboundWatch, Reached
+from mcdaemon.core.policy import match_group
+from mcdaemon.core.records import CallRecord, Outcome
+from mcdaemon.logs import mask_number
+from mcdaemon.outreach_config import CallbackConfig
+from mcdaemon.store import NewCall, Store
 
 log = structlog.get_logger("mcdaemon.callbacks")
 

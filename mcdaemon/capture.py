@@ -15,9 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
-from .ami import ACTION_ID_PREFIX, AmiConnection, AmiItem, AmiStatus
-from .config import AmiConfig, Config
-from .transcript import TranscriptWriter, parse_frame
+from mcdaemon.ami import ACTION_ID_PREFIX, AmiConnection, AmiItem, AmiStatus
+from mcdaemon.config import AmiConfig, Config
+from mcdaemon.core.transcript import TranscriptWriter, parse_frame
 
 
 def is_own_frame(raw: bytes) -> bool:

@@ -24,12 +24,13 @@ import phonenumbers
 import structlog
 import yaml
 
-from . import sender_id, sms, templates
-from .agi_config import AgiConfig, read_agi
-from .contacts_config import ContactsConfig, read_contacts
-from .hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
-from .listen import is_loopback, listen_text, parse_listen
-from .outreach_config import (
+from mcdaemon.agi_config import AgiConfig, read_agi
+from mcdaemon.contacts_config import ContactsConfig, read_contacts
+from mcdaemon.core import sender_id, sms, templates
+from mcdaemon.core.hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
+from mcdaemon.core.listen import is_loopback, listen_text, parse_listen
+from mcdaemon.core.records import MISSED_OUTCOMES, Outcome
+from mcdaemon.outreach_config import (
     CallbackConfig,
     CallbacksConfig,
     FollowupStep,
@@ -38,8 +39,7 @@ from .outreach_config import (
     read_callbacks,
     read_followups,
 )
-from .records import MISSED_OUTCOMES, Outcome
-from .webhook_config import WebhookEndpoint, read_webhooks
+from mcdaemon.webhook_config import WebhookEndpoint, read_webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -478,7 +478,7 @@ class GroupConfig:
     outside_hours: str = "defer"  # defer | drop | send
     max_parts: int = 1
     notify_staff: tuple[str, ...] = ()  # E.164 numbers texted a note about each missed call
-    followups: tuple[FollowupStep, ...] = ()  # texts after the first (mcdaemon.followups)
+    followups: tuple[FollowupStep, ...] = ()  # texts after the first (mcdaemon.core.followups)
     callback: CallbackConfig | None = None  # call-back campaign (mcdaemon.campaigns)
 
     def template_key(self, outcome: Outcome, after_hours: bool) -> str | None:

@@ -31,11 +31,11 @@ from urllib.parse import quote
 
 import structlog
 
-from . import templates
-from .contacts_config import NUMBER_FIELD, ContactsConfig, LookupConfig
-from .logs import mask_number
-from .phone import to_e164
-from .store import Contact, Store
+from mcdaemon.contacts_config import NUMBER_FIELD, ContactsConfig, LookupConfig
+from mcdaemon.core import templates
+from mcdaemon.core.phone import to_e164
+from mcdaemon.logs import mask_number
+from mcdaemon.store import Contact, Store
 
 if TYPE_CHECKING:
     import aiohttp
@@ -176,7 +176,7 @@ async def import_csv(config_region: str, store: Store, path: Path, *,
 async def cli_import(config_region: str, store_path: str, file: str, out: IO[str],
                      err: IO[str], now: float) -> int:
     """`mcdaemon contacts import`: 0 all rows imported, 1 some refused, 2 nothing readable."""
-    from .store import StoreError
+    from mcdaemon.store import StoreError
 
     path = Path(file)
     if not path.is_file():
@@ -204,7 +204,7 @@ async def cli_import(config_region: str, store_path: str, file: str, out: IO[str
 
 async def cli_show(region: str, store_path: str, number: str, out: IO[str],
                    err: IO[str]) -> int:
-    from .store import StoreError
+    from mcdaemon.store import StoreError
 
     e164 = to_e164(number, region)
     if e164 is None:
@@ -230,7 +230,7 @@ async def cli_show(region: str, store_path: str, number: str, out: IO[str],
 
 
 async def cli_list(store_path: str, out: IO[str], err: IO[str], *, full: bool) -> int:
-    from .store import StoreError
+    from mcdaemon.store import StoreError
 
     try:
         store = await Store.open_readonly(store_path)

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .config import Config
-from .store import Store
+from mcdaemon.config import Config
+from mcdaemon.store import Store
 
 #: a heartbeat older than this means the daemon is not running (it writes one every second)
 HEARTBEAT_STALE = 10.0

@@ -20,12 +20,12 @@ from typing import TextIO
 
 import yaml
 
-from .amiserver import AmiTestServer
-from .config import load_config
-from .records import CallRecord, Decision
-from .service import Service
-from .smsc import Submit, TestSmsc
-from .transcript import Transcript, read_transcript
+from mcdaemon.amiserver import AmiTestServer
+from mcdaemon.config import load_config
+from mcdaemon.core.records import CallRecord, Decision
+from mcdaemon.core.transcript import Transcript, read_transcript
+from mcdaemon.service import Service
+from mcdaemon.smsc import Submit, TestSmsc
 
 #: the order the recordings are played in: a small day at a call centre
 DEMO_RECORDINGS = (

@@ -27,11 +27,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .config import Config, MetricsConfig
-from .listen import server_address
-from .policy import DEFERRED, FRAUD_SHIELD_TRIPS, REASONS, TEXT
-from .records import CallRecord, Decision, Outcome
+from mcdaemon import __version__
+from mcdaemon.config import Config, MetricsConfig
+from mcdaemon.core.listen import server_address
+from mcdaemon.core.policy import DEFERRED, FRAUD_SHIELD_TRIPS, REASONS, TEXT
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 
 #: transitions counted by `mcdaemon_texts_total` (`retry`: back to queued after a failed try)
 TextState = Literal["queued", "submitted", "delivered", "undeliverable", "unknown", "failed",

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from . import webhooks
-from .config import Config
-from .store import NewCall, Store, StoreError
+from mcdaemon import webhooks
+from mcdaemon.config import Config
+from mcdaemon.store import NewCall, Store, StoreError
 
 log = structlog.get_logger("mcdaemon.notify")
 

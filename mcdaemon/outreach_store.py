@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .followups import STOP_KINDS, PlannedText, cancel_detail
-from .store import Store
+from mcdaemon.core.followups import STOP_KINDS, PlannedText, cancel_detail
+from mcdaemon.store import Store
 
 #: contact_events kinds that cancel an open campaign (a reply is not a conversation)
 CAMPAIGN_STOPS = frozenset({"answered_call", "agent_call"})

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from . import sender_id, sms, templates
-from .config import TEMPLATE_KEYS, Config, GroupConfig
-from .policy import TEXT, classify_number
-from .records import CallRecord, Outcome
+from mcdaemon.config import TEMPLATE_KEYS, Config, GroupConfig
+from mcdaemon.core import sender_id, sms, templates
+from mcdaemon.core.policy import TEXT, classify_number
+from mcdaemon.core.records import CallRecord, Outcome
 
 SAMPLE_CALLER = "+447700900123"
 SAMPLE_NAME = "Alex Smith"

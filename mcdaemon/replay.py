@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from .config import Config
-from .policy import decide, destination_prefix
-from .records import CallRecord, PolicyView
-from .tracker import CallTracker
-from .transcript import read_transcript
+from mcdaemon.config import Config
+from mcdaemon.core.policy import decide, destination_prefix
+from mcdaemon.core.records import CallRecord, PolicyView
+from mcdaemon.core.tracker import CallTracker
+from mcdaemon.core.transcript import read_transcript
 
 #: `expire()` time at the end of each file: far enough that every unfinished call shows.
 _FAR_FUTURE = 1e18

@@ -56,12 +56,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from . import keywords
-from .config import Config
-from .logs import mask_number
-from .phone import to_e164
-from .policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
-from .records import MISSED_OUTCOMES, CallRecord, Outcome
+from mcdaemon.config import Config
+from mcdaemon.core import keywords
+from mcdaemon.core.phone import to_e164
+from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
+from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
+from mcdaemon.logs import mask_number
 
 DAY = 86400.0
 #: a reply or an opt-out counts for a text if it comes within this long after it
@@ -842,7 +842,7 @@ def as_json(report: Report, out: TextIO) -> None:
 async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
                      group: str | None, output: str, html: str | None) -> int:
     """`mcdaemon report`: 0, 1 if the store cannot be read, 2 for a bad argument."""
-    from .store import Store, StoreError
+    from mcdaemon.store import Store, StoreError
 
     try:
         start = since.start(now, config.timezone)
@@ -867,7 +867,7 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
     report = compute(rows, config, since=start, until=now, group=group)
     {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
     if html is not None:
-        from .report_html import render
+        from mcdaemon.report_html import render
 
         try:
             # per-call rows hold callers' numbers: readable by the owner only (0600)
@@ -885,7 +885,7 @@ async def record_booking(config: Config, out: TextIO, *, number: str, value: flo
                          at: str | None, now: float, currency: str | None,
                          note: str | None) -> int:
     """`mcdaemon record-booking`: 0, 1 if the store cannot be written, 2 for a bad argument."""
-    from .store import Store, StoreError
+    from mcdaemon.store import Store, StoreError
 
     e164 = to_e164(number, config.region)
     if e164 is None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
-from .report import (
+from mcdaemon.report import (
     ALPHA,
     BOOKING_WINDOW,
     DAY,

@@ -39,22 +39,29 @@ from pathlib import Path
 
 import structlog
 
-from . import control, keywords, sdnotify, webhooks
-from .agi import AgiError, AgiHooks
-from .ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
-from .callbacks import Outreach
-from .config import Config, ConfigError, GroupConfig, reload_config
-from .contacts import ContactNames
-from .logs import mask_number
-from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
-from .notify import Notifier
-from .phone import to_e164
-from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group, prepare_caller
-from .receipts import DeliveryReceipt
-from .records import CallRecord, Decision, PolicyView
-from .smpp import BindState, MobileOriginated, SmppSender, SubmitResult
-from .store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
-from .tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon import control, sdnotify, webhooks
+from mcdaemon.agi import AgiError, AgiHooks
+from mcdaemon.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
+from mcdaemon.callbacks import Outreach
+from mcdaemon.config import Config, ConfigError, GroupConfig, reload_config
+from mcdaemon.contacts import ContactNames
+from mcdaemon.core import keywords
+from mcdaemon.core.phone import to_e164
+from mcdaemon.core.policy import (
+    decide,
+    destination_prefix,
+    is_fraud_shield_trip,
+    match_group,
+    prepare_caller,
+)
+from mcdaemon.core.receipts import DeliveryReceipt
+from mcdaemon.core.records import CallRecord, Decision, PolicyView
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon.logs import mask_number
+from mcdaemon.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
+from mcdaemon.notify import Notifier
+from mcdaemon.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
+from mcdaemon.store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
 
 log = structlog.get_logger("mcdaemon.service")
 

@@ -71,10 +71,10 @@ from typing import Any
 import structlog
 from smpplib import consts, exceptions, smpp
 
-from . import sms
-from .config import MAX_ADDRESS, SmppConfig
-from .receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
-from .sender_id import source_numbering
+from mcdaemon.config import MAX_ADDRESS, SmppConfig
+from mcdaemon.core import sms
+from mcdaemon.core.receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
+from mcdaemon.core.sender_id import source_numbering
 
 # smpplib's own stdlib log records go through mcdaemon.logs (its per-PDU notes at DEBUG)
 log = structlog.get_logger("mcdaemon.smpp")

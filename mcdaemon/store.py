@@ -56,8 +56,8 @@ from typing import Any, TypeVar
 import aiosqlite
 import structlog
 
-from .receipts import exact_receipt_id, normalised_id, other_base_readings
-from .records import CallRecord, Decision, PolicyView
+from mcdaemon.core.receipts import exact_receipt_id, normalised_id, other_base_readings
+from mcdaemon.core.records import CallRecord, Decision, PolicyView
 
 log = structlog.get_logger(__name__)
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .listen import is_loopback
+from mcdaemon.core.listen import is_loopback
 
 if TYPE_CHECKING:
-    from .config import Reader
+    from mcdaemon.config import Reader
 
 #: every event name of the schema, in the order of a call's life
 EVENTS = ("missed_call", "text_sent", "text_delivered", "text_failed", "reply", "opt_out",

@@ -40,11 +40,12 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import structlog
 
-from . import __version__, templates
-from .config import Config
-from .records import CallRecord, Decision
-from .store import OutboxMessage, Store, WebhookDelivery, WebhookIn, WebhookResult
-from .webhook_config import EVENTS, WebhookEndpoint
+from mcdaemon import __version__
+from mcdaemon.config import Config
+from mcdaemon.core import templates
+from mcdaemon.core.records import CallRecord, Decision
+from mcdaemon.store import OutboxMessage, Store, WebhookDelivery, WebhookIn, WebhookResult
+from mcdaemon.webhook_config import EVENTS, WebhookEndpoint
 
 log = structlog.get_logger("mcdaemon.webhooks")
 
@@ -107,7 +108,7 @@ def call_group(record: CallRecord, decision: Decision, config: Config) -> str | 
     """The group of a call: the decision's, else the one its queue, DID or default gives."""
     if decision.group:
         return decision.group
-    from .policy import match_group  # the policy imports nothing from here; kept local
+    from mcdaemon.core.policy import match_group  # the policy imports nothing from here; kept local
 
     group = match_group(record, config)
     return group.name if group else None

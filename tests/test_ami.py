@@ -23,9 +23,9 @@ from mcdaemon.ami import (
 )
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import AmiConfig, InboundConfig
-from mcdaemon.records import CallRecord
-from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
-from mcdaemon.transcript import Frame, Transcript, parse_frame, read_transcript
+from mcdaemon.core.records import CallRecord
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon.core.transcript import Frame, Transcript, parse_frame, read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures"
 Item = AmiEvent | AmiStatus

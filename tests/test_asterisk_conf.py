@@ -12,7 +12,7 @@ import yaml
 from mcdaemon.agi import HOOKS, tag_marks
 from mcdaemon.agi_script import hook_params
 from mcdaemon.ami import event_filter
-from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / "asterisk-conf"

@@ -8,7 +8,7 @@ from pathlib import Path
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.capture import capture_async
 from mcdaemon.config import AmiConfig
-from mcdaemon.transcript import parse_frame, read_transcript
+from mcdaemon.core.transcript import parse_frame, read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -277,7 +277,7 @@ def smpp_with(**sender: Any) -> dict[str, Any]:
 ])
 def test_the_sender_goes_out_with_the_numbering_its_address_calls_for(
         sender: dict[str, Any], expected: tuple[str, int, int]) -> None:
-    from mcdaemon.sender_id import source_numbering
+    from mcdaemon.core.sender_id import source_numbering
 
     assert source_numbering(config_from_dict(smpp_with(**sender)).smpp) == expected
 
@@ -362,7 +362,7 @@ def test_staff_numbers_are_kept_as_e164_mobiles() -> None:
 def test_ignored_dids_match_however_they_are_written(shown_by_the_pbx: str) -> None:
     from test_tracker import Call, only, tracker
 
-    from mcdaemon.records import Outcome
+    from mcdaemon.core.records import Outcome
 
     config = config_from_dict({"inbound": {"contexts": ["from-carrier"],
                                            "ignore_dids": ["+44 20 7123 0009"]}})

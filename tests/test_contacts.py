@@ -14,7 +14,6 @@ import pytest
 import structlog
 from aiohttp import web
 
-from mcdaemon import templates
 from mcdaemon.cli import main
 from mcdaemon.config import ConfigError, config_from_dict
 from mcdaemon.contacts import (
@@ -30,8 +29,9 @@ from mcdaemon.contacts import (
     split_tags,
 )
 from mcdaemon.contacts_config import LookupConfig
-from mcdaemon.policy import decide
-from mcdaemon.records import CallRecord, Outcome, PolicyView
+from mcdaemon.core import templates
+from mcdaemon.core.policy import decide
+from mcdaemon.core.records import CallRecord, Outcome, PolicyView
 from mcdaemon.store import Contact, Store
 
 NOW = time.time()

@@ -16,14 +16,14 @@ from outreach_helpers import (
     outbound_dial,
 )
 
-from mcdaemon import followups
 from mcdaemon import outreach_store as ostore
 from mcdaemon.callbacks import Outreach
 from mcdaemon.config import ConfigError, InboundConfig
-from mcdaemon.records import Decision, Outcome
+from mcdaemon.core import followups
+from mcdaemon.core.records import Decision, Outcome
+from mcdaemon.core.tracker import CallTracker
+from mcdaemon.core.transcript import read_transcript
 from mcdaemon.store import NewCall, Store
-from mcdaemon.tracker import CallTracker
-from mcdaemon.transcript import read_transcript
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STEPS = [{"after": "2h", "template": "Still there, {caller_name}? Reply to talk."},

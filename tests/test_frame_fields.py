@@ -10,7 +10,7 @@ import pytest
 
 from mcdaemon.ami import AmiConnection, AmiEvent, AmiItem
 from mcdaemon.config import AmiConfig
-from mcdaemon.transcript import FrameFields, parse_frame, read_transcript
+from mcdaemon.core.transcript import FrameFields, parse_frame, read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

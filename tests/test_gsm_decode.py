@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from smpplib import gsm
 
-from mcdaemon.sms import GSM7, decode, encode, gsm_decode
+from mcdaemon.core.sms import GSM7, decode, encode, gsm_decode
 
 
 def one_septet_at_a_time(data: bytes) -> str:

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from mcdaemon.hours import BusinessHours, Interval, parse_days, parse_intervals
+from mcdaemon.core.hours import BusinessHours, Interval, parse_days, parse_intervals
 
 UTC = dt.UTC
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mcdaemon.config import Config, config_from_dict
-from mcdaemon.policy import (
+from mcdaemon.core.policy import (
     REASONS,
     assign_variant,
     decide,
@@ -17,7 +17,7 @@ from mcdaemon.policy import (
     is_fraud_shield_trip,
     match_group,
 )
-from mcdaemon.records import CallRecord, Outcome, PolicyView
+from mcdaemon.core.records import CallRecord, Outcome, PolicyView
 
 MONDAY_10 = dt.datetime(2025, 1, 6, 10, 0, tzinfo=dt.UTC).timestamp()  # 10:00 in London
 SUNDAY_10 = dt.datetime(2025, 1, 5, 10, 0, tzinfo=dt.UTC).timestamp()

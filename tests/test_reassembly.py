@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcdaemon.sms import Reassembler, concatenation, decode, split
+from mcdaemon.core.sms import Reassembler, concatenation, decode, split
 
 PHONE = ("+447700900123", "Acme")
 OTHER = ("+447700900999", "Acme")

@@ -23,13 +23,13 @@ from structlog.testing import capture_logs
 
 from mcdaemon.config import Config, SmppConfig, config_from_dict
 from mcdaemon.control import gather_status, show_status
-from mcdaemon.receipts import (
+from mcdaemon.core.receipts import (
     DeliveryReceipt,
     other_base_readings,
     parse_receipt,
     receipt_text,
 )
-from mcdaemon.records import CallRecord, Decision, Outcome
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.report import as_table, compute
 from mcdaemon.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.smsc import TestSmsc

@@ -32,7 +32,7 @@ import yaml
 
 from mcdaemon import cli
 from mcdaemon.config import Config, config_from_dict
-from mcdaemon.records import CallRecord, Decision, Outcome
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.report import (
     MIN_SAMPLE,
     Kpis,

@@ -19,8 +19,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from mcdaemon.config import SmppConfig
-from mcdaemon.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
-from mcdaemon.sender_id import source_numbering
+from mcdaemon.core.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
+from mcdaemon.core.sender_id import source_numbering
 from mcdaemon.smpp import (
     REBIND_MAX_WAIT,
     BindState,

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from mcdaemon.config import SmppConfig
-from mcdaemon.receipts import DeliveryReceipt, receipt_id_candidates
+from mcdaemon.core.receipts import DeliveryReceipt, receipt_id_candidates
 from mcdaemon.smpp import BindState, MobileOriginated, SmppSender
 
 from jasmin_peer import JasminAccount, JasminPeer, UpstreamView, running_jasmin_with_upstream

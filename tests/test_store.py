@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcdaemon.records import CallRecord, Decision, Outcome
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import (
     _MIGRATIONS,
     FINAL_STATES,

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
-from mcdaemon import sms, templates
 from mcdaemon.config import ConfigError, config_from_dict
-from mcdaemon.records import CallRecord, Outcome
+from mcdaemon.core import sms, templates
+from mcdaemon.core.records import CallRecord, Outcome
 
 
 def config_with(template: str, **policy: Any) -> dict[str, Any]:

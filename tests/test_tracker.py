@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mcdaemon.config import InboundConfig
-from mcdaemon.records import CallRecord, Outcome
-from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
-from mcdaemon.transcript import read_transcript
+from mcdaemon.core.records import CallRecord, Outcome
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon.core.transcript import read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDINGS = sorted(FIXTURES.glob("*.ami"))

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcdaemon.config import InboundConfig
-from mcdaemon.records import CallRecord, Outcome
-from mcdaemon.tracker import FINISHED_MEMORY, CallTracker
-from mcdaemon.transcript import parse_frame, read_transcript
+from mcdaemon.core.records import CallRecord, Outcome
+from mcdaemon.core.tracker import FINISHED_MEMORY, CallTracker
+from mcdaemon.core.transcript import parse_frame, read_transcript
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INBOUND = InboundConfig(contexts=("from-carrier",), after_hours_contexts=("closed",))

@@ -14,8 +14,8 @@ from structlog.testing import capture_logs
 
 from mcdaemon import webhooks
 from mcdaemon.config import Config, ConfigError, config_from_dict
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.notify import Notifier
-from mcdaemon.records import CallRecord, Decision, Outcome
 from mcdaemon.store import CALLER_KINDS, NewCall, Store, WebhookIn
 from mcdaemon.webhook_config import EVENTS, WebhookEndpoint
 

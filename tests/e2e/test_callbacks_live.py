@@ -9,9 +9,9 @@ from typing import Any
 
 from mcdaemon import outreach_store as ostore
 from mcdaemon.amiserver import AmiTestServer
+from mcdaemon.core.transcript import Transcript, read_transcript
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import Transcript, read_transcript
 
 from e2e.harness import (
     AMI_SECRET,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.transcript import read_transcript
+from mcdaemon.core.transcript import read_transcript
 
 from e2e.harness import FIXTURES, free_port, write_config
 

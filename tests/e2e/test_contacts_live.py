@@ -15,9 +15,9 @@ from aiohttp import web
 
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import load_config
+from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
 from mcdaemon.smsc import TestSmsc
-from mcdaemon.transcript import read_transcript
 
 from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, write_config
 

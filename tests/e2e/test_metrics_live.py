@@ -9,9 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import load_config
+from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
 from mcdaemon.smsc import TestSmsc
-from mcdaemon.transcript import read_transcript
 
 from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, free_port, write_config
 

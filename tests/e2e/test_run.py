@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 from mcdaemon.amiserver import AmiTestServer
+from mcdaemon.core.transcript import read_transcript
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import read_transcript
 
 from e2e.harness import (
     AMI_SECRET,

@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .phone import to_e164
+from mcdaemon.core.phone import to_e164
 
 #: dials in progress remembered at most (the oldest is forgotten first)
 MAX_PENDING = 10_000

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import templates
-from .config import Config, GroupConfig
-from .hours import BusinessHours
-from .records import CallRecord
+from mcdaemon.config import Config, GroupConfig
+from mcdaemon.core import templates
+from mcdaemon.core.hours import BusinessHours
+from mcdaemon.core.records import CallRecord
 
 #: why a sequence (or a campaign) stopped: contact_events.kind -> the words logged and stored
 STOP_KINDS: dict[str, str] = {

@@ -95,10 +95,10 @@ from typing import Final
 
 import structlog
 
-from .config import InboundConfig
-from .logs import RepeatLimiter
-from .phone import to_e164
-from .records import MISSED_OUTCOMES, CallRecord, Outcome
+from mcdaemon.config import InboundConfig
+from mcdaemon.core.phone import to_e164
+from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
+from mcdaemon.logs import RepeatLimiter
 
 _log = structlog.get_logger(__name__)
 

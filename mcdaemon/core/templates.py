@@ -40,11 +40,11 @@ from zoneinfo import ZoneInfo
 import phonenumbers
 from anyascii import anyascii
 
-from . import sms
-from .records import CallRecord
+from mcdaemon.core import sms
+from mcdaemon.core.records import CallRecord
 
 if TYPE_CHECKING:
-    from .config import GroupConfig, PolicyConfig
+    from mcdaemon.config import GroupConfig, PolicyConfig
 
 BUILTIN_VARIABLES = ("caller_name", "caller", "did", "group", "date", "time", "weekday", "wait",
                      "company")

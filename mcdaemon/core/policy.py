@@ -44,9 +44,9 @@ from collections.abc import Sequence
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
-from . import templates
-from .config import DEFAULT_GROUP, Config, GroupConfig
-from .records import CallRecord, Decision, Outcome, PolicyView
+from mcdaemon.config import DEFAULT_GROUP, Config, GroupConfig
+from mcdaemon.core import templates
+from mcdaemon.core.records import CallRecord, Decision, Outcome, PolicyView
 
 NOT_MISSED = "not_missed"
 PARTIAL_RECORD = "partial_record"
