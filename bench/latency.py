@@ -30,12 +30,12 @@ from pathlib import Path
 
 import yaml
 
-from mcdaemon.ami import event_filter
+from mcdaemon.adapters.ami import event_filter
+from mcdaemon.adapters.smpp import SmppSender
 from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import SmppConfig
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.core.transcript import Frame, FrameFields, Transcript, parse_frame, read_transcript
-from mcdaemon.smpp import SmppSender
 from mcdaemon.smsc import Submit, TestSmsc
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import argparse
 import asyncio
 import time
 
+from mcdaemon.adapters.smpp import SmppEvent, SmppSender
 from mcdaemon.config import SmppConfig
-from mcdaemon.smpp import SmppEvent, SmppSender
 from mcdaemon.smsc import TestSmsc
 
 

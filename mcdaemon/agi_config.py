@@ -1,4 +1,4 @@
-"""The `agi:` section of the config: the FastAGI hooks server (`mcdaemon.agi`).
+"""The `agi:` section of the config: the FastAGI hooks server (`mcdaemon.adapters.agi`).
 
 Kept apart from `config.py` (which calls `read_agi`) so the hooks own their settings; it
 imports nothing from `config` at run time (the `Section` is passed in).

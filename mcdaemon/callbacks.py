@@ -32,7 +32,7 @@ import structlog
 
 from mcdaemon import campaigns
 from mcdaemon import outreach_store as ostore
-from mcdaemon.ami import AmiEvent
+from mcdaemon.adapters.ami import AmiEvent
 from mcdaemon.config import Config, GroupConfig
 from mcdaemon.core import followups
 from mcdaemon.core.outbound import OutboundWatch, Reached

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from mcdaemon.ami import ACTION_ID_PREFIX, AmiConnection, AmiItem, AmiStatus
+from mcdaemon.adapters.ami import ACTION_ID_PREFIX, AmiConnection, AmiItem, AmiStatus
 from mcdaemon.config import AmiConfig, Config
 from mcdaemon.core.transcript import TranscriptWriter, parse_frame
 

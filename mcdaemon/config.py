@@ -414,7 +414,7 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """Prometheus metrics over HTTP (`mcdaemon.metrics`); off unless `enabled`."""
+    """Prometheus metrics over HTTP (`mcdaemon.adapters.metrics`); off unless `enabled`."""
 
     enabled: bool = False
     host: str = "127.0.0.1"  # the address to listen on (an IP address or a host name)
@@ -514,7 +514,7 @@ class Config:
     webhooks: tuple[WebhookEndpoint, ...] = ()  # event receivers (mcdaemon.webhooks)
     contacts: ContactsConfig = field(default_factory=ContactsConfig)  # the name lookup
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)  # call-backs
-    agi: AgiConfig = field(default_factory=AgiConfig)  # FastAGI hooks (mcdaemon.agi)
+    agi: AgiConfig = field(default_factory=AgiConfig)  # FastAGI hooks (mcdaemon.adapters.agi)
 
     def group(self, name: str) -> GroupConfig | None:
         return next((group for group in self.groups if group.name == name), None)

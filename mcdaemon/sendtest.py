@@ -12,10 +12,10 @@ import sys
 import time
 from typing import TextIO
 
+from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
 from mcdaemon.config import Config
 from mcdaemon.core.phone import to_e164
 from mcdaemon.core.receipts import DeliveryReceipt, matches_submitted
-from mcdaemon.smpp import BindState, MobileOriginated, SmppSender
 
 DEFAULT_TEXT = "mcdaemon test message: your SMSC bind works."
 

@@ -39,9 +39,12 @@ from pathlib import Path
 
 import structlog
 
-from mcdaemon import control, sdnotify, webhooks
-from mcdaemon.agi import AgiError, AgiHooks
-from mcdaemon.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
+from mcdaemon import control, webhooks
+from mcdaemon.adapters import sdnotify
+from mcdaemon.adapters.agi import AgiError, AgiHooks
+from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
+from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
+from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.callbacks import Outreach
 from mcdaemon.config import Config, ConfigError, GroupConfig, reload_config
 from mcdaemon.contacts import ContactNames
@@ -58,9 +61,7 @@ from mcdaemon.core.receipts import DeliveryReceipt
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.logs import mask_number
-from mcdaemon.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from mcdaemon.notify import Notifier
-from mcdaemon.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
 
 log = structlog.get_logger("mcdaemon.service")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mcdaemon.ami import AmiEvent
+from mcdaemon.adapters.ami import AmiEvent
 from mcdaemon.config import Config, config_from_dict
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import NewCall, Store

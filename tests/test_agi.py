@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.agi import AgiError, AgiHooks, tag_marks
+from mcdaemon.adapters.agi import AgiError, AgiHooks, tag_marks
 from mcdaemon.agi_config import AgiConfig
 from mcdaemon.config import ConfigError, config_from_dict
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from mcdaemon import agi_script
+from mcdaemon.adapters import agi_script
 from mcdaemon.store import Store
 
 CONFIG = """\

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from mcdaemon.ami import (
+from mcdaemon.adapters.ami import (
     AmiConnection,
     AmiEvent,
     AmiEvents,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.ami import AmiConnection, AmiEvent, AmiItem
+from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiItem
 from mcdaemon.config import AmiConfig
 from mcdaemon.core.transcript import FrameFields, parse_frame, read_transcript
 

@@ -15,11 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcdaemon.config import ConfigError, MetricsConfig, config_from_dict, load_config
-from mcdaemon.core.policy import REASONS
-from mcdaemon.core.receipts import _RECEIPT_STATES
-from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.metrics import (
+from mcdaemon.adapters.metrics import (
     AMI_STATES,
     OUTBOX_STATES,
     RECEIPT_STATUSES,
@@ -27,6 +23,10 @@ from mcdaemon.metrics import (
     Metrics,
     MetricsError,
 )
+from mcdaemon.config import ConfigError, MetricsConfig, config_from_dict, load_config
+from mcdaemon.core.policy import REASONS
+from mcdaemon.core.receipts import _RECEIPT_STATES
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import TRANSITIONS, Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.config import Config, SmppConfig, config_from_dict
 from mcdaemon.control import gather_status, show_status
 from mcdaemon.core.receipts import (
@@ -31,7 +32,6 @@ from mcdaemon.core.receipts import (
 )
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.report import as_table, compute
-from mcdaemon.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.smsc import TestSmsc
 from mcdaemon.store import AMBIGUOUS, ReceiptIn, Store, SubmitOutcome
 

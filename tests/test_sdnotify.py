@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon import sdnotify
+from mcdaemon.adapters import sdnotify
 
 
 @pytest.fixture

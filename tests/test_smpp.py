@@ -18,10 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from structlog.testing import capture_logs
 
-from mcdaemon.config import SmppConfig
-from mcdaemon.core.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
-from mcdaemon.core.sender_id import source_numbering
-from mcdaemon.smpp import (
+from mcdaemon.adapters.smpp import (
     REBIND_MAX_WAIT,
     BindState,
     MobileOriginated,
@@ -29,6 +26,9 @@ from mcdaemon.smpp import (
     SubmitResult,
     status_name,
 )
+from mcdaemon.config import SmppConfig
+from mcdaemon.core.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
+from mcdaemon.core.sender_id import source_numbering
 from mcdaemon.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu
 
 Event = DeliveryReceipt | MobileOriginated | BindState
@@ -759,7 +759,7 @@ def test_the_wait_between_attempts_to_reach_the_smsc_stops_growing_at_rebind_max
 
 async def test_after_a_long_smsc_outage_the_sender_keeps_trying_often_and_binds_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mcdaemon.smpp.REBIND_MAX_WAIT", 0.2)  # 10 s in production
+    monkeypatch.setattr("mcdaemon.adapters.smpp.REBIND_MAX_WAIT", 0.2)  # 10 s in production
     attempts: list[float] = []
 
     async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -11,7 +11,7 @@ made the mark: the call's state has one source (AMI), and a hook that fails (the
 `AGISTATUS=FAILURE`) loses a mark, never a call.
 
 The same hooks run as a classic AGI script, `AGI(mcdaemon-agi,tag,group=sales)`
-(`mcdaemon.agi_script`): both call `hook_marks`, the decision, and send the same commands.
+(`mcdaemon.adapters.agi_script`): both call `hook_marks`, the decision, and send the same commands.
 
 panoramisk provides the AGI command exchange (`Request.send_command`, result parsing); the
 connection handling is ours, because panoramisk's `Application.handler` loops forever on a
@@ -36,7 +36,7 @@ from mcdaemon.core.listen import server_address
 from mcdaemon.core.phone import to_e164
 from mcdaemon.logs import mask_number
 
-log = structlog.get_logger("mcdaemon.agi")
+log = structlog.get_logger("mcdaemon.adapters.agi")
 
 #: the longest block of agi_* headers accepted (Asterisk sends about 1 kB)
 MAX_HEADERS = 16 * 1024

@@ -36,11 +36,11 @@ import yaml
 from asterisk.agi import AGI, AGIError, AGIHangup
 
 from mcdaemon import logs
-from mcdaemon.agi import HOOKS, HookContext, Marks, hook_marks, set_variable
+from mcdaemon.adapters.agi import HOOKS, HookContext, Marks, hook_marks, set_variable
 from mcdaemon.config import Config, ConfigError, config_from_dict
 from mcdaemon.store import Store, StoreError
 
-log = structlog.get_logger("mcdaemon.agi")
+log = structlog.get_logger("mcdaemon.adapters.agi")
 
 DEFAULT_CONFIG = "/etc/mcdaemon/config.yaml"
 #: the keys `Section.secret` reads, in each of their forms
