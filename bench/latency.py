@@ -32,11 +32,11 @@ import yaml
 
 from mcdaemon.adapters.ami import event_filter
 from mcdaemon.adapters.smpp import SmppSender
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import SmppConfig
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.core.transcript import Frame, FrameFields, Transcript, parse_frame, read_transcript
-from mcdaemon.smsc import Submit, TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import Submit, TestSmsc
 
 ROOT = Path(__file__).resolve().parent.parent
 ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"

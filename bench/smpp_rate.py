@@ -15,7 +15,7 @@ import time
 
 from mcdaemon.adapters.smpp import SmppEvent, SmppSender
 from mcdaemon.config import SmppConfig
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.smsc import TestSmsc
 
 
 async def sustained_rate(window: int, texts: int, response_delay: float) -> float:

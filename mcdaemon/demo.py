@@ -20,12 +20,12 @@ from typing import TextIO
 
 import yaml
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import load_config
 from mcdaemon.core.records import CallRecord, Decision
 from mcdaemon.core.transcript import Transcript, read_transcript
 from mcdaemon.service import Service
-from mcdaemon.smsc import Submit, TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import Submit, TestSmsc
 
 #: the order the recordings are played in: a small day at a call centre
 DEMO_RECORDINGS = (

@@ -21,11 +21,11 @@ from mcdaemon.adapters.ami import (
     FramedProtocol,
     connection_failure,
 )
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import AmiConfig, InboundConfig
 from mcdaemon.core.records import CallRecord
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.core.transcript import Frame, Transcript, parse_frame, read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 Item = AmiEvent | AmiStatus

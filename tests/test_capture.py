@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.capture import capture_async
 from mcdaemon.config import AmiConfig
 from mcdaemon.core.transcript import parse_frame, read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

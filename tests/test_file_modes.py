@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from test_cli_errors import write_config
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.capture import capture, capture_async
 from mcdaemon.config import AmiConfig, load_config
+from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.store import Store
 
 

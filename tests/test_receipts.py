@@ -32,7 +32,7 @@ from mcdaemon.core.receipts import (
 )
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.report import as_table, compute
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import AMBIGUOUS, ReceiptIn, Store, SubmitOutcome
 
 T0 = 1_736_157_600.0  # the fake clock of the store-level tests starts here

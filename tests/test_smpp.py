@@ -1,4 +1,4 @@
-"""The SMPP sender over real TCP against the tests' own SMSC (`mcdaemon.smsc.TestSmsc`).
+"""The SMPP sender over real TCP against the tests' own SMSC (`mcdaemon.sim.smsc.TestSmsc`).
 
 The SMSC writes its PDUs by hand with `struct`; the sender uses smpplib: every test here is a
 conversation between two independent SMPP implementations.
@@ -29,7 +29,7 @@ from mcdaemon.adapters.smpp import (
 from mcdaemon.config import SmppConfig
 from mcdaemon.core.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
 from mcdaemon.core.sender_id import source_numbering
-from mcdaemon.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu
+from mcdaemon.sim.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu
 
 Event = DeliveryReceipt | MobileOriginated | BindState
 E = TypeVar("E", DeliveryReceipt, MobileOriginated, BindState)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mcdaemon import outreach_store as ostore
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.core.transcript import Transcript, read_transcript
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
 
 from e2e.harness import (

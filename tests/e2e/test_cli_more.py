@@ -9,8 +9,8 @@ import re
 import sys
 from pathlib import Path
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.core.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
 
 from e2e.harness import FIXTURES, free_port, write_config
 

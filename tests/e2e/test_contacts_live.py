@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import load_config
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 
 from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, write_config
 

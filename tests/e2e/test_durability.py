@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.core.transcript import read_transcript
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
 
 from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, wait_until, write_config

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.config import load_config
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 
 from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, free_port, write_config
 

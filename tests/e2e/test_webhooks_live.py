@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mcdaemon.amiserver import AmiTestServer
 from mcdaemon.core.transcript import read_transcript
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
 
 from e2e.harness import (
