@@ -40,7 +40,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mcdaemon.replay import DryRunPolicy, replay_files
+    from mcdaemon.commands.replay import DryRunPolicy, replay_files
 
     config = _load(args)
     return replay_files(config, args.files, sys.stdout, decider=lambda: DryRunPolicy(config))
@@ -49,13 +49,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     import time
 
-    from mcdaemon.preview import preview
+    from mcdaemon.commands.preview import preview
 
     return preview(_load(args), sys.stdout, args.group, args.outcome, args.caller, time.time())
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from mcdaemon.capture import capture
+    from mcdaemon.commands.capture import capture
 
     return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration,
                    force=args.force)
@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_send_test(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mcdaemon.sendtest import send_test
+    from mcdaemon.commands.send_test import send_test
 
     return asyncio.run(send_test(_load(args), args.number, args.text, args.timeout))
 
@@ -84,7 +84,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 def cmd_enable(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mcdaemon.control import set_switch
+    from mcdaemon.commands.control import set_switch
 
     return asyncio.run(set_switch(_load(args), args.group, True, sys.stdout))
 
@@ -92,7 +92,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_disable(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mcdaemon.control import set_switch
+    from mcdaemon.commands.control import set_switch
 
     return asyncio.run(set_switch(_load(args), args.group, False, sys.stdout))
 
@@ -100,7 +100,7 @@ def cmd_disable(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mcdaemon.control import show_status
+    from mcdaemon.commands.control import show_status
 
     return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
                                    health=args.health))
@@ -109,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _since(text: str) -> object:
     """`--since`: checked while parsing (a bad value exits 2 with usage), resolved later in
     the config's time zone."""
-    from mcdaemon.report import parse_since
+    from mcdaemon.report.kpis import parse_since
 
     try:
         return parse_since(text)
@@ -121,7 +121,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from mcdaemon.report import run_report
+    from mcdaemon.commands.report import run_report
 
     return asyncio.run(run_report(_load(args), sys.stdout, since=args.since, now=time.time(),
                                   group=args.group, output=args.format, html=args.html))
@@ -131,7 +131,7 @@ def cmd_record_booking(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from mcdaemon.report import record_booking
+    from mcdaemon.commands.report import record_booking
 
     return asyncio.run(record_booking(_load(args), sys.stdout, number=args.number,
                                       value=args.value, at=args.at, now=time.time(),
@@ -141,7 +141,7 @@ def cmd_record_booking(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mcdaemon.demo import run_demo
+    from mcdaemon.commands.demo import run_demo
 
     if args.log_level == "info":  # the demo prints what happens; the daemon's log stays quiet
         logs.configure(args.log_format, "warning")
@@ -152,8 +152,7 @@ def cmd_contacts(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from mcdaemon import contacts
-
+    from mcdaemon.contacts import lookup as contacts
     config = _load(args)
     if args.contacts_command == "import":
         return asyncio.run(contacts.cli_import(config.region, config.store.path, args.file,

@@ -479,7 +479,7 @@ class GroupConfig:
     max_parts: int = 1
     notify_staff: tuple[str, ...] = ()  # E.164 numbers texted a note about each missed call
     followups: tuple[FollowupStep, ...] = ()  # texts after the first (mcdaemon.core.followups)
-    callback: CallbackConfig | None = None  # call-back campaign (mcdaemon.campaigns)
+    callback: CallbackConfig | None = None  # call-back campaign (mcdaemon.outreach.campaigns)
 
     def template_key(self, outcome: Outcome, after_hours: bool) -> str | None:
         """Which template a call gets: after-hours, its outcome's, or the group default."""
@@ -511,7 +511,7 @@ class Config:
     groups: tuple[GroupConfig, ...] = ()
     log_full_numbers: bool = False  # logs show phone numbers whole instead of ****123
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    webhooks: tuple[WebhookEndpoint, ...] = ()  # event receivers (mcdaemon.webhooks)
+    webhooks: tuple[WebhookEndpoint, ...] = ()  # event receivers (mcdaemon.webhooks.delivery)
     contacts: ContactsConfig = field(default_factory=ContactsConfig)  # the name lookup
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)  # call-backs
     agi: AgiConfig = field(default_factory=AgiConfig)  # FastAGI hooks (mcdaemon.adapters.agi)

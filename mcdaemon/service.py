@@ -39,15 +39,14 @@ from pathlib import Path
 
 import structlog
 
-from mcdaemon import control, webhooks
 from mcdaemon.adapters import sdnotify
 from mcdaemon.adapters.agi import AgiError, AgiHooks
 from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
 from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
-from mcdaemon.callbacks import Outreach
+from mcdaemon.commands import control
 from mcdaemon.config import Config, ConfigError, GroupConfig, reload_config
-from mcdaemon.contacts import ContactNames
+from mcdaemon.contacts.lookup import ContactNames
 from mcdaemon.core import keywords
 from mcdaemon.core.phone import to_e164
 from mcdaemon.core.policy import (
@@ -61,8 +60,10 @@ from mcdaemon.core.receipts import DeliveryReceipt
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.logs import mask_number
-from mcdaemon.notify import Notifier
+from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
+from mcdaemon.webhooks import delivery as webhooks
+from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")
 
@@ -132,7 +133,7 @@ class Service:
         self._webhooks = webhooks.WebhookWorker(lambda: self.config.webhooks, clock=clock)
         self._notify = Notifier(lambda: self.store, lambda: self.config, self._webhooks, clock,
                                 self._staff_notes_queued)
-        # follow-up texts and call-back campaigns (mcdaemon.callbacks)
+        # follow-up texts and call-back campaigns (mcdaemon.outreach.callbacks)
         self._outreach = Outreach(lambda: self.config,
                                   {conn.pbx: conn for conn in self._connections}, clock,
                                   notify=self._notify)

@@ -191,7 +191,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
                     for target in sorted(targets)),
         "CREATE INDEX messages_submitted ON messages (submitted_at) WHERE state = 'submitted'",
     ),
-    # 5: the webhook queue (mcdaemon.webhooks): one row per event and endpoint, delivered
+    # 5: the webhook queue (mcdaemon.webhooks.delivery): one row per event and endpoint, delivered
     # at least once; `event_key` makes enqueueing idempotent (a replayed call adds nothing)
     # and `order_key` keeps one call's events in order per endpoint
     (

@@ -21,11 +21,11 @@ from outreach_helpers import (
     outbound_dial,
 )
 
-from mcdaemon import campaigns
 from mcdaemon import outreach_store as ostore
-from mcdaemon.callbacks import Outreach
 from mcdaemon.config import Config, ConfigError, config_from_dict
 from mcdaemon.core.records import Decision, Outcome
+from mcdaemon.outreach import campaigns
+from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
 
 CALLBACK = {"attempts": ["1m", "15m", "1h"], "caller_id": "Acme <+442071230000>",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mcdaemon.capture import capture_async
+from mcdaemon.commands.capture import capture_async
 from mcdaemon.config import AmiConfig
 from mcdaemon.core.transcript import parse_frame, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer

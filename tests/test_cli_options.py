@@ -12,8 +12,8 @@ import pytest
 from test_cli_errors import write_config
 
 from mcdaemon.cli import DEFAULT_CONFIG, build_parser
+from mcdaemon.commands.control import gather_status
 from mcdaemon.config import ConfigError, config_from_dict
-from mcdaemon.control import gather_status
 from mcdaemon.store import Store
 
 

@@ -317,7 +317,7 @@ def test_check_config_and_preview_say_how_the_sender_goes_out(tmp_path: Path, se
                                                               line: str) -> None:
     import io
 
-    from mcdaemon.preview import preview
+    from mcdaemon.commands.preview import preview
 
     path = tmp_path / "config.yaml"
     data = smpp_with(source_addr=sender) | {"store": {"path": str(tmp_path / "m.db")}}

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from mcdaemon.cli import main
 from mcdaemon.config import ConfigError, config_from_dict
-from mcdaemon.contacts import (
+from mcdaemon.contacts.lookup import (
     CircuitBreaker,
     ContactLookup,
     ContactNames,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_cli_errors import write_config
 
-from mcdaemon.capture import capture, capture_async
+from mcdaemon.commands.capture import capture, capture_async
 from mcdaemon.config import AmiConfig, load_config
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.store import Store

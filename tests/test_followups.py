@@ -17,12 +17,12 @@ from outreach_helpers import (
 )
 
 from mcdaemon import outreach_store as ostore
-from mcdaemon.callbacks import Outreach
 from mcdaemon.config import ConfigError, InboundConfig
 from mcdaemon.core import followups
 from mcdaemon.core.records import Decision, Outcome
 from mcdaemon.core.tracker import CallTracker
 from mcdaemon.core.transcript import read_transcript
+from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -22,8 +22,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
+from mcdaemon.commands.control import gather_status, show_status
 from mcdaemon.config import Config, SmppConfig, config_from_dict
-from mcdaemon.control import gather_status, show_status
 from mcdaemon.core.receipts import (
     DeliveryReceipt,
     other_base_readings,
@@ -31,7 +31,7 @@ from mcdaemon.core.receipts import (
     receipt_text,
 )
 from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.report import as_table, compute
+from mcdaemon.report.kpis import as_table, compute
 from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import AMBIGUOUS, ReceiptIn, Store, SubmitOutcome
 

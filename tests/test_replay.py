@@ -78,8 +78,8 @@ def test_replay_of_an_unusable_file_fails_with_a_clear_message(
 def test_replay_files_merges_the_decision(tmp_path: Path) -> None:
     import io
 
+    from mcdaemon.commands.replay import replay_files
     from mcdaemon.config import config_from_dict
-    from mcdaemon.replay import replay_files
 
     config = config_from_dict({"inbound": {"contexts": ["from-carrier"]}, "region": "GB",
                                "ami": {"name": "office", "username": "u", "secret": "s"}})

@@ -33,7 +33,8 @@ import yaml
 from mcdaemon import cli
 from mcdaemon.config import Config, config_from_dict
 from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.report import (
+from mcdaemon.report.html import render
+from mcdaemon.report.kpis import (
     MIN_SAMPLE,
     Kpis,
     Ratio,
@@ -46,7 +47,6 @@ from mcdaemon.report import (
     percentile,
     two_proportion_z_test,
 )
-from mcdaemon.report_html import render
 from mcdaemon.store import _MIGRATIONS, SCHEMA_VERSION, NewCall, Store, StoreError
 
 T0 = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.UTC).timestamp()  # a Monday morning (London)

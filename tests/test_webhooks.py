@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from mcdaemon import webhooks
 from mcdaemon.config import Config, ConfigError, config_from_dict
 from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.notify import Notifier
 from mcdaemon.store import CALLER_KINDS, NewCall, Store, WebhookIn
 from mcdaemon.webhook_config import EVENTS, WebhookEndpoint
+from mcdaemon.webhooks import delivery as webhooks
+from mcdaemon.webhooks.notify import Notifier
 
 from e2e.harness import free_port
 from e2e.webhook_receiver import Receiver

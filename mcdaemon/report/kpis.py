@@ -47,9 +47,7 @@ import csv
 import datetime as dt
 import json
 import math
-import os
 import re
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +56,6 @@ from zoneinfo import ZoneInfo
 
 from mcdaemon.config import Config
 from mcdaemon.core import keywords
-from mcdaemon.core.phone import to_e164
 from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
 from mcdaemon.logs import mask_number
@@ -339,7 +336,8 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "since": _iso(self.since, self.timezone), "until": _iso(self.until, self.timezone),
+            "since": local_iso(self.since, self.timezone),
+            "until": local_iso(self.until, self.timezone),
             "timezone": self.timezone, "group": self.group,
             "definitions": {"reply_window_days": REPLY_WINDOW / DAY,
                             "booking_window_days": BOOKING_WINDOW / DAY,
@@ -354,7 +352,7 @@ class Report:
         }
 
 
-def _iso(epoch: float, timezone: str) -> str:
+def local_iso(epoch: float, timezone: str) -> str:
     return dt.datetime.fromtimestamp(epoch, ZoneInfo(timezone)).isoformat(timespec="seconds")
 
 
@@ -767,8 +765,8 @@ def _p_cell(test: ZTest | None) -> str:
 
 def as_table(report: Report, out: TextIO) -> None:
     scope = f" (group {report.group})" if report.group else ""
-    print(f"mcdaemon report{scope}: calls ended {_iso(report.since, report.timezone)} to "
-          f"{_iso(report.until, report.timezone)} ({report.timezone})", file=out)
+    print(f"mcdaemon report{scope}: calls ended {local_iso(report.since, report.timezone)} to "
+          f"{local_iso(report.until, report.timezone)} ({report.timezone})", file=out)
     sections = [("overall", report.overall)] if report.group is None else []
     sections += [(f"group {name}", kpis) for name, kpis in report.groups.items()]
     for title, kpis in sections:
@@ -835,88 +833,3 @@ def as_csv(report: Report, out: TextIO) -> None:
 def as_json(report: Report, out: TextIO) -> None:
     json.dump(report.as_dict(), out, indent=2)
     out.write("\n")
-
-
-# ---------------------------------------------------------------------- the commands
-
-async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
-                     group: str | None, output: str, html: str | None) -> int:
-    """`mcdaemon report`: 0, 1 if the store cannot be read, 2 for a bad argument."""
-    from mcdaemon.store import Store, StoreError
-
-    try:
-        start = since.start(now, config.timezone)
-    except ValueError as exc:
-        print(f"mcdaemon report: {exc}", file=sys.stderr)
-        return 2
-    try:
-        store = await Store.open_readonly(config.store.path)
-    except StoreError as exc:
-        print(f"mcdaemon report: {exc}", file=sys.stderr)
-        return 1
-    try:
-        rows = await store.report_rows(start, now)
-    finally:
-        await store.close()
-    if group is not None and config.group(group) is None and not any(
-            call_group(row, config) == group for row in rows["calls"]):
-        names = ", ".join(g.name for g in config.groups) or "none"
-        print(f"mcdaemon report: no group {group!r} in {config.source} or in the store "
-              f"(groups: {names})", file=sys.stderr)
-        return 2
-    report = compute(rows, config, since=start, until=now, group=group)
-    {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
-    if html is not None:
-        from mcdaemon.report_html import render
-
-        try:
-            # per-call rows hold callers' numbers: readable by the owner only (0600)
-            descriptor = os.open(html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(descriptor, "w", encoding="utf-8") as page:
-                page.write(render(report))
-        except OSError as exc:
-            print(f"mcdaemon report: cannot write {html}: {exc}", file=sys.stderr)
-            return 1
-        print(f"HTML report written to {html}", file=sys.stderr)
-    return 0
-
-
-async def record_booking(config: Config, out: TextIO, *, number: str, value: float,
-                         at: str | None, now: float, currency: str | None,
-                         note: str | None) -> int:
-    """`mcdaemon record-booking`: 0, 1 if the store cannot be written, 2 for a bad argument."""
-    from mcdaemon.store import Store, StoreError
-
-    e164 = to_e164(number, config.region)
-    if e164 is None:
-        print(f"mcdaemon record-booking: {number!r} is not a phone number (give it as "
-              f"+447700900123, or national for region {config.region})", file=sys.stderr)
-        return 2
-    if not math.isfinite(value) or value < 0:
-        print(f"mcdaemon record-booking: --value {value}: must be a number, 0 or more",
-              file=sys.stderr)
-        return 2
-    try:
-        when = now if at is None else parse_moment(at, config.timezone)
-    except ValueError as exc:
-        print(f"mcdaemon record-booking: --at: {exc}", file=sys.stderr)
-        return 2
-    try:
-        store = await Store.open(config.store.path)
-    except StoreError as exc:
-        print(f"mcdaemon record-booking: {exc}", file=sys.stderr)
-        return 1
-    try:
-        booking = await store.add_booking(e164, value, when, currency=currency, note=note,
-                                          window=BOOKING_WINDOW, now=now)
-    finally:
-        await store.close()
-    shown = f"{value:,.2f}" + (f" {currency}" if currency else "")
-    print(f"booking {booking.id}: {e164}, {shown}, at {_iso(when, config.timezone)}", file=out)
-    if booking.call_id is None:
-        print(f"not attributed: no texted missed call from {e164} in the "
-              f"{BOOKING_WINDOW / DAY:g} days before it", file=out)
-    else:
-        print(f"attributed to the texted missed call {booking.pbx}/{booking.call_id}",
-              file=out)
-    return 0

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
-from mcdaemon.report import (
+from mcdaemon.report.kpis import (
     ALPHA,
     BOOKING_WINDOW,
     DAY,

@@ -30,7 +30,6 @@ from typing import Protocol
 
 import structlog
 
-from mcdaemon import campaigns
 from mcdaemon import outreach_store as ostore
 from mcdaemon.adapters.ami import AmiEvent
 from mcdaemon.config import Config, GroupConfig
@@ -39,10 +38,11 @@ from mcdaemon.core.outbound import OutboundWatch, Reached
 from mcdaemon.core.policy import match_group
 from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.logs import mask_number
+from mcdaemon.outreach import campaigns
 from mcdaemon.outreach_config import CallbackConfig
 from mcdaemon.store import NewCall, Store
 
-log = structlog.get_logger("mcdaemon.callbacks")
+log = structlog.get_logger("mcdaemon.outreach.callbacks")
 
 #: the events this worker reads (all in the tracker's event filter already)
 EVENTS = frozenset({"OriginateResponse", "DialBegin", "DialEnd", "Hangup"})

@@ -1,5 +1,5 @@
 """Call-back campaigns: who may be called back, when each attempt is due, what the PBX is
-asked to do, and what its answer means (sans-IO; `mcdaemon.callbacks` does the I/O).
+asked to do, and what its answer means (sans-IO; `mcdaemon.outreach.callbacks` does the I/O).
 
 A campaign is per number: at most one is open for a number at any time (the store enforces
 it), and a second missed call (or any other contact) from the number while one is open merges

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from mcdaemon import webhooks
 from mcdaemon.config import Config
 from mcdaemon.store import NewCall, Store, StoreError
+from mcdaemon.webhooks import delivery as webhooks
 
-log = structlog.get_logger("mcdaemon.notify")
+log = structlog.get_logger("mcdaemon.webhooks.notify")
 
 _TEXT_EVENTS = ("text_sent", "text_delivered", "text_failed")
 
