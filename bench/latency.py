@@ -39,7 +39,7 @@ from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.sim.smsc import Submit, TestSmsc
 
 ROOT = Path(__file__).resolve().parent.parent
-ABANDON = ROOT / "tests" / "fixtures" / "queue_abandon.ami"
+ABANDON = ROOT / "mcdaemon" / "sim" / "recordings" / "queue_abandon.ami"
 #: MCD_BENCH_PROFILE=FILE runs the daemon under cProfile, its statistics written to FILE;
 #: MCD_BENCH_LOG=FILE keeps the daemon's JSON log (default: thrown away)
 PROFILE = (["-m", "cProfile", "-o", os.environ["MCD_BENCH_PROFILE"]]

@@ -27,12 +27,13 @@ from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.core.transcript import Frame, Transcript, parse_frame, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from recordings import recording_path
+
 Item = AmiEvent | AmiStatus
 
 
 def recording(name: str) -> Transcript:
-    return read_transcript(FIXTURES / f"{name}.ami")
+    return read_transcript(recording_path(name))
 
 
 def ami_config(port: int, name: str = "pbx", **overrides: object) -> AmiConfig:

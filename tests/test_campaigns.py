@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mcdaemon import outreach_store as ostore
+from mcdaemon.config import Config, ConfigError, config_from_dict
+from mcdaemon.core.records import Decision, Outcome
+from mcdaemon.outreach import campaigns
+from mcdaemon.outreach.callbacks import Outreach
+from mcdaemon.store import NewCall, Store
+
 from outreach_helpers import (
     CALLER,
     T0,
@@ -20,13 +28,6 @@ from outreach_helpers import (
     originate_response,
     outbound_dial,
 )
-
-from mcdaemon import outreach_store as ostore
-from mcdaemon.config import Config, ConfigError, config_from_dict
-from mcdaemon.core.records import Decision, Outcome
-from mcdaemon.outreach import campaigns
-from mcdaemon.outreach.callbacks import Outreach
-from mcdaemon.store import NewCall, Store
 
 CALLBACK = {"attempts": ["1m", "15m", "1h"], "caller_id": "Acme <+442071230000>",
             "variables": {"MCD_CALLBACK_QUEUE": "sales"}}

@@ -10,11 +10,11 @@ from mcdaemon.config import AmiConfig
 from mcdaemon.core.transcript import parse_frame, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from recordings import recording_path
 
 
 async def test_capture_writes_every_event_frame_exactly_as_received(tmp_path: Path) -> None:
-    original = read_transcript(FIXTURES / "queue_abandon.ami")
+    original = read_transcript(recording_path("queue_abandon"))
     out = tmp_path / "captured.ami"
     stop = asyncio.Event()
     async with AmiTestServer([original], speed=0) as server:

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from recordings import recording_path
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
-FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def write_config(tmp_path: Path, **overrides: Any) -> Path:
@@ -91,8 +92,8 @@ def test_check_config_refuses_a_store_directory_it_may_not_write(tmp_path: Path)
 
 @pytest.mark.parametrize("command", [
     ["preview", "-c", str(EXAMPLE)],
-    ["replay", "-c", str(EXAMPLE), str(FIXTURES / "queue_abandon.ami"),
-     str(FIXTURES / "ivr_abandon.ami")],
+    ["replay", "-c", str(EXAMPLE), str(recording_path("queue_abandon")),
+     str(recording_path("ivr_abandon"))],
     ["report", "-c", "CONFIG"],
 ])
 def test_a_closed_pipe_ends_quietly(tmp_path: Path, command: list[str]) -> None:

@@ -6,15 +6,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from outreach_helpers import (
-    CALLER,
-    T0,
-    Clock,
-    call,
-    first_text_submitted,
-    make_config,
-    outbound_dial,
-)
 
 from mcdaemon import outreach_store as ostore
 from mcdaemon.config import ConfigError, InboundConfig
@@ -25,7 +16,17 @@ from mcdaemon.core.transcript import read_transcript
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from outreach_helpers import (
+    CALLER,
+    T0,
+    Clock,
+    call,
+    first_text_submitted,
+    make_config,
+    outbound_dial,
+)
+from recordings import recording_path
+
 STEPS = [{"after": "2h", "template": "Still there, {caller_name}? Reply to talk."},
          {"after": "1d", "template": "Last note from {company}.", "within_hours": False}]
 HOURS = {"mon-fri": "09:00-17:30"}
@@ -138,7 +139,7 @@ async def test_the_caller_calling_again_and_being_answered_stops_the_sequence(
     """The recorded answered call (answered.ami) with its caller renamed to ours."""
     worker = outreach(Clock(T0 + 3))
     await worker.texts_submitted(store, [await first_text_submitted(store, call(), T0 + 3)])
-    transcript = read_transcript(FIXTURES / "answered.ami")
+    transcript = read_transcript(recording_path("answered"))
     tracker = CallTracker("lab", InboundConfig(contexts=("from-carrier",)), "GB")
     records = []
     for at, fields in transcript.events():

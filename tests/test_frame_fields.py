@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,7 @@ from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiItem
 from mcdaemon.config import AmiConfig
 from mcdaemon.core.transcript import FrameFields, parse_frame, read_transcript
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from recordings import ALL_RECORDINGS
 
 
 def keys_stand_at_line_starts(raw: bytes) -> bool:
@@ -25,7 +24,7 @@ def keys_stand_at_line_starts(raw: bytes) -> bool:
 
 
 def test_every_field_of_every_recorded_frame_reads_as_the_full_parse() -> None:
-    frames = [frame.raw for path in sorted(FIXTURES.glob("*.ami"))
+    frames = [frame.raw for path in ALL_RECORDINGS
               for frame in read_transcript(path).frames]
     assert len(frames) > 1000
     for raw in frames:
@@ -75,7 +74,7 @@ def test_the_event_name_the_adapter_reads_from_the_first_line_is_the_full_parse_
     """The AMI adapter reads an event's name to choose it, and hands it to FrameFields."""
     queue: asyncio.Queue[AmiItem] = asyncio.Queue()
     connection = AmiConnection(AmiConfig(name="pbx"), queue)
-    frames = [frame.raw for path in sorted(FIXTURES.glob("*.ami"))
+    frames = [frame.raw for path in ALL_RECORDINGS
               for frame in read_transcript(path).frames if frame.raw.startswith(b"Event: ")]
     frames += [b"Event: Hangup \r\nUniqueid: 1\r\n\r\n", b"Event: \xc3\xab\r\n\r\n"]
     for raw in frames:

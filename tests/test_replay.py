@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from recordings import recording_path
+
 MINIMAL_CONFIG = """\
 region: GB
 inbound:
@@ -28,8 +29,8 @@ def replay(tmp_path: Path, *files: str | Path) -> subprocess.CompletedProcess[st
 
 
 def test_replay_prints_one_json_line_per_inbound_call(tmp_path: Path) -> None:
-    files = [FIXTURES / "queue_abandon.ami", FIXTURES / "repeat_caller.ami",
-             FIXTURES / "after_hours.ami"]
+    files = [recording_path("queue_abandon"), recording_path("repeat_caller"),
+             recording_path("after_hours")]
     result = replay(tmp_path, *files)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -51,7 +52,7 @@ def test_replay_prints_one_json_line_per_inbound_call(tmp_path: Path) -> None:
 
 def test_replay_shows_a_call_cut_off_by_the_end_of_the_recording_as_evicted(
         tmp_path: Path) -> None:
-    source = (FIXTURES / "queue_abandon.ami").read_bytes()
+    source = (recording_path("queue_abandon")).read_bytes()
     cut = source[: source.index(b"Event: HangupRequest")]
     cut = cut[: cut.rindex(b"@")]
     truncated = tmp_path / "cut.ami"
@@ -69,7 +70,7 @@ def test_replay_of_an_unusable_file_fails_with_a_clear_message(
     path = tmp_path / "bad.ami"
     if content is not None:
         path.write_bytes(content)
-    result = replay(tmp_path, FIXTURES / "dead_end.ami", path)
+    result = replay(tmp_path, recording_path("dead_end"), path)
     assert result.returncode == 1
     assert str(path) in result.stderr
     assert "cannot read" in result.stderr or "not an AMI transcript" in result.stderr
@@ -84,7 +85,7 @@ def test_replay_files_merges_the_decision(tmp_path: Path) -> None:
     config = config_from_dict({"inbound": {"contexts": ["from-carrier"]}, "region": "GB",
                                "ami": {"name": "office", "username": "u", "secret": "s"}})
     out = io.StringIO()
-    code = replay_files(config, [str(FIXTURES / "dead_end.ami")], out,
+    code = replay_files(config, [str(recording_path("dead_end"))], out,
                         decider=lambda: lambda record: {"textable": record.missed,
                                                         "reason": "test"})
     assert code == 0
@@ -100,8 +101,8 @@ def test_replay_with_a_minimal_config_shows_the_policy_verdict_per_call(tmp_path
                            "  after_hours_contexts: [closed]\n")
     result = subprocess.run(
         [sys.executable, "-m", "mcdaemon", "replay", "-c", str(config_file),
-         str(FIXTURES / "repeat_caller.ami"), str(FIXTURES / "landline_abandon.ami"),
-         str(FIXTURES / "anonymous_caller_abandon.ami")],
+         str(recording_path("repeat_caller")), str(recording_path("landline_abandon")),
+         str(recording_path("anonymous_caller_abandon"))],
         capture_output=True, text=True, check=True)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     verdicts = [(line["outcome"], line["textable"], line["reason"]) for line in lines]

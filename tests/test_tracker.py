@@ -13,8 +13,9 @@ from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.core.transcript import read_transcript
 
-FIXTURES = Path(__file__).parent / "fixtures"
-RECORDINGS = sorted(FIXTURES.glob("*.ami"))
+from recordings import ALL_RECORDINGS, recording_path
+
+RECORDINGS = ALL_RECORDINGS
 INBOUND = InboundConfig(contexts=("from-carrier",), after_hours_contexts=("closed",))
 
 
@@ -94,7 +95,7 @@ def iax2_variant(event: Mapping[str, str]) -> dict[str, str]:
 @pytest.mark.parametrize("name", ["queue_abandon", "answered", "ring_no_answer_direct",
                                   "queue_timeout_voicemail", "repeat_caller"])
 def test_iax2_channels_give_the_same_outcomes(name: str) -> None:
-    path = FIXTURES / f"{name}.ami"
+    path = recording_path(name)
     records = run([(at, iax2_variant(event)) for at, event in recording(path)], expire=False)
     assert_matches_labels(path, records)
     assert all(record.channel and record.channel.startswith("IAX2/carrier-")
@@ -102,7 +103,7 @@ def test_iax2_channels_give_the_same_outcomes(name: str) -> None:
 
 
 def test_queue_abandon_record_carries_the_caller_wait_and_path() -> None:
-    [record] = run(recording(FIXTURES / "queue_abandon.ami"))
+    [record] = run(recording(recording_path("queue_abandon")))
     assert record.caller_e164 == "+447700900123"
     assert record.caller_name is None
     assert record.stages == ("queue:support:abandon",)
@@ -112,26 +113,26 @@ def test_queue_abandon_record_carries_the_caller_wait_and_path() -> None:
 
 
 def test_queue_timeout_then_voicemail_path_shows_both_stages() -> None:
-    [record] = run(recording(FIXTURES / "queue_timeout_voicemail.ami"))
+    [record] = run(recording(recording_path("queue_timeout_voicemail")))
     assert record.stages == ("queue:support:timeout", "voicemail:2000@default:left")
     assert record.caller_name == "Carol Jones"
     assert 19.5 < record.wait_seconds < 20.5
 
 
 def test_answered_call_names_the_agent_and_counts_only_the_wait_before_the_answer() -> None:
-    [record] = run(recording(FIXTURES / "answered.ami"))
+    [record] = run(recording(recording_path("answered")))
     assert record.extra["agent"] == "Agent 201"
     assert 2.5 < record.wait_seconds < 3.5
 
 
 def test_anonymous_caller_has_no_e164_number() -> None:
-    [record] = run(recording(FIXTURES / "anonymous_caller_abandon.ami"))
+    [record] = run(recording(recording_path("anonymous_caller_abandon")))
     assert record.caller == "anonymous"
     assert record.caller_e164 is None
 
 
 def test_replaying_a_stream_twice_never_gives_a_second_record() -> None:
-    events = recording(FIXTURES / "repeat_caller.ami")
+    events = recording(recording_path("repeat_caller"))
     call_tracker = tracker()
     first = run(events, call_tracker, expire=False)
     again = run(events, call_tracker, expire=False)
@@ -141,7 +142,7 @@ def test_replaying_a_stream_twice_never_gives_a_second_record() -> None:
 
 
 def test_events_after_the_last_hangup_are_ignored() -> None:
-    events = recording(FIXTURES / "queue_abandon.ami")
+    events = recording(recording_path("queue_abandon"))
     call_tracker = tracker()
     records = run(events, call_tracker, expire=False)
     late = dict(events[-1][1])

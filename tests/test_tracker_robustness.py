@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,12 +13,13 @@ from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.core.tracker import FINISHED_MEMORY, CallTracker
 from mcdaemon.core.transcript import parse_frame, read_transcript
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from recordings import recording_path
+
 INBOUND = InboundConfig(contexts=("from-carrier",), after_hours_contexts=("closed",))
-STORM = list(read_transcript(FIXTURES / "busy_storm.ami").events())
+STORM = list(read_transcript(recording_path("busy_storm")).events())
 OTHERS = [event for name in ("answered", "queue_timeout_voicemail", "ivr_abandon",
                              "ring_no_answer_direct", "after_hours")
-          for event in read_transcript(FIXTURES / f"{name}.ami").events()]
+          for event in read_transcript(recording_path(name)).events()]
 
 
 def feed_all(events: Iterable[tuple[float, Mapping[str, str]]],
@@ -52,11 +52,11 @@ def test_malformed_frames_and_missing_keys_are_ignored() -> None:
     tracker.expire(1e12)
     assert tracker.active_calls == 0
     # and it still tracks a real call afterwards
-    assert len(feed_all(read_transcript(FIXTURES / "queue_abandon.ami").events(), tracker)) == 1
+    assert len(feed_all(read_transcript(recording_path("queue_abandon")).events(), tracker)) == 1
 
 
 def test_non_utf8_caller_name_and_huge_header_values_stay_bounded() -> None:
-    events = list(read_transcript(FIXTURES / "answered.ami").events())
+    events = list(read_transcript(recording_path("answered")).events())
     at, first = events[0]
     raw = (b"Event: Newchannel\r\nChannel: PJSIP/carrier-00000017\r\nChannelStateDesc: Ring\r\n"
            b"CallerIDNum: +447700900777\r\nCallerIDName: Zo\xeb \xff\xfe\x1b[31m" + b"A" * 100_000

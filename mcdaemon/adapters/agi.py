@@ -36,7 +36,7 @@ from mcdaemon.core.listen import server_address
 from mcdaemon.core.phone import to_e164
 from mcdaemon.logs import mask_number
 
-log = structlog.get_logger("mcdaemon.adapters.agi")
+log = structlog.get_logger("mcdaemon.agi")
 
 #: the longest block of agi_* headers accepted (Asterisk sends about 1 kB)
 MAX_HEADERS = 16 * 1024

@@ -40,7 +40,7 @@ from mcdaemon.adapters.agi import HOOKS, HookContext, Marks, hook_marks, set_var
 from mcdaemon.config import Config, ConfigError, config_from_dict
 from mcdaemon.store import Store, StoreError
 
-log = structlog.get_logger("mcdaemon.adapters.agi")
+log = structlog.get_logger("mcdaemon.agi")
 
 DEFAULT_CONFIG = "/etc/mcdaemon/config.yaml"
 #: the keys `Section.secret` reads, in each of their forms

@@ -50,7 +50,7 @@ from mcdaemon.config import AmiConfig
 from mcdaemon.core.transcript import FrameFields, parse_frame
 from mcdaemon.logs import RepeatLimiter
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("mcdaemon.ami")  # the name log lines carried before the move
 
 #: ActionIDs of our own actions start with this (capture leaves those frames out).
 ACTION_ID_PREFIX: Final = "mcdaemon-"

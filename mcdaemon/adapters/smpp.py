@@ -77,7 +77,7 @@ from mcdaemon.core.receipts import DeliveryReceipt, _nothing, parse_receipt, rec
 from mcdaemon.core.sender_id import source_numbering
 
 # smpplib's own stdlib log records go through mcdaemon.logs (its per-PDU notes at DEBUG)
-log = structlog.get_logger("mcdaemon.adapters.smpp")
+log = structlog.get_logger("mcdaemon.smpp")
 
 ESME_RINVCMDID = 0x03
 ESME_RSYSERR = 0x08

@@ -2,7 +2,7 @@
 
 Nothing here stands in for the daemon: the demo writes an ordinary config file and runs the
 same `Service` that `mcdaemon run` runs. Around it, an AMI server replays real recordings of
-a real Asterisk 22 (bundled in `mcdaemon/demo_data/`) over TCP, and an SMSC simulator takes
+a real Asterisk 22 (bundled in `mcdaemon/sim/recordings/`) over TCP, and an SMSC simulator takes
 the binds, answers the submits and sends delivery receipts. A newcomer sees which calls were
 missed and the texts that went out, in seconds, with no PBX and no carrier.
 """
@@ -39,7 +39,7 @@ _SMPP_PASSWORD = "demopass"
 
 
 def demo_transcripts() -> list[Transcript]:
-    folder = resources.files("mcdaemon") / "demo_data"
+    folder = resources.files("mcdaemon.sim") / "recordings"
     transcripts = []
     for name in DEMO_RECORDINGS:
         with resources.as_file(folder / f"{name}.ami") as path:

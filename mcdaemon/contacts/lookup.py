@@ -40,7 +40,7 @@ from mcdaemon.store import Contact, Store
 if TYPE_CHECKING:
     import aiohttp
 
-log = structlog.get_logger("mcdaemon.contacts.lookup")
+log = structlog.get_logger("mcdaemon.contacts")
 
 Clock = Callable[[], float]
 

@@ -100,7 +100,7 @@ from mcdaemon.core.phone import to_e164
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
 from mcdaemon.logs import RepeatLimiter
 
-_log = structlog.get_logger(__name__)
+_log = structlog.get_logger("mcdaemon.tracker")  # the name log lines carry
 
 #: AMI events the tracker reads; the AMI adapter may ask Asterisk for only these.
 NEEDED_EVENTS: Final[frozenset[str]] = frozenset({

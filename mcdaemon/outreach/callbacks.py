@@ -42,7 +42,7 @@ from mcdaemon.outreach import campaigns
 from mcdaemon.outreach_config import CallbackConfig
 from mcdaemon.store import NewCall, Store
 
-log = structlog.get_logger("mcdaemon.outreach.callbacks")
+log = structlog.get_logger("mcdaemon.callbacks")
 
 #: the events this worker reads (all in the tracker's event filter already)
 EVENTS = frozenset({"OriginateResponse", "DialBegin", "DialEnd", "Hangup"})

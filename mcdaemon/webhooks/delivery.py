@@ -47,7 +47,7 @@ from mcdaemon.core.records import CallRecord, Decision
 from mcdaemon.store import OutboxMessage, Store, WebhookDelivery, WebhookIn, WebhookResult
 from mcdaemon.webhook_config import EVENTS, WebhookEndpoint
 
-log = structlog.get_logger("mcdaemon.webhooks.delivery")
+log = structlog.get_logger("mcdaemon.webhooks")
 
 #: requests in flight at once, over every endpoint
 CONCURRENCY = 4

@@ -18,7 +18,7 @@ from mcdaemon.config import Config
 from mcdaemon.store import NewCall, Store, StoreError
 from mcdaemon.webhooks import delivery as webhooks
 
-log = structlog.get_logger("mcdaemon.webhooks.notify")
+log = structlog.get_logger("mcdaemon.notify")
 
 _TEXT_EVENTS = ("text_sent", "text_delivered", "text_failed")
 
