@@ -32,7 +32,7 @@ from pathlib import Path
 from panoramisk.ami_protocol import AMIProtocol
 
 from mcdaemon.adapters.ami import AmiConnection, AmiEvents, AmiItem, FramedProtocol
-from mcdaemon.config import AmiConfig, InboundConfig
+from mcdaemon.config.model import AmiConfig, InboundConfig
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.core.transcript import read_transcript
 

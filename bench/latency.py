@@ -32,7 +32,7 @@ import yaml
 
 from mcdaemon.adapters.ami import event_filter
 from mcdaemon.adapters.smpp import SmppSender
-from mcdaemon.config import SmppConfig
+from mcdaemon.config.model import SmppConfig
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.core.transcript import Frame, FrameFields, Transcript, parse_frame, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer

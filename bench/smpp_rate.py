@@ -14,7 +14,7 @@ import asyncio
 import time
 
 from mcdaemon.adapters.smpp import SmppEvent, SmppSender
-from mcdaemon.config import SmppConfig
+from mcdaemon.config.model import SmppConfig
 from mcdaemon.sim.smsc import TestSmsc
 
 

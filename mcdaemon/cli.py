@@ -8,7 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mcdaemon import __version__, logs
-from mcdaemon.config import Config, ConfigError, load_config, log_warnings, runtime_problems
+from mcdaemon.config.load import load_config, log_warnings, runtime_problems
+from mcdaemon.config.model import Config
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.store import StoreError
 
 Handler = Callable[[argparse.Namespace], int]

@@ -45,7 +45,9 @@ from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, A
 from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.commands import control
-from mcdaemon.config import Config, ConfigError, GroupConfig, reload_config
+from mcdaemon.config.load import reload_config
+from mcdaemon.config.model import Config, GroupConfig
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.contacts.lookup import ContactNames
 from mcdaemon.core import keywords
 from mcdaemon.core.phone import to_e164

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mcdaemon.adapters.ami import AmiEvent
-from mcdaemon.config import Config, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import NewCall, Store
 

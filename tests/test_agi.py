@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from mcdaemon.adapters.agi import AgiError, AgiHooks, tag_marks
-from mcdaemon.agi_config import AgiConfig
-from mcdaemon.config import ConfigError, config_from_dict
+from mcdaemon.config.agi import AgiConfig
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.reader import ConfigError
 
 GROUPS = ("sales", "support")
 OPTED_OUT = {"+447700900123"}

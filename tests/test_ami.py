@@ -21,7 +21,7 @@ from mcdaemon.adapters.ami import (
     FramedProtocol,
     connection_failure,
 )
-from mcdaemon.config import AmiConfig, InboundConfig
+from mcdaemon.config.model import AmiConfig, InboundConfig
 from mcdaemon.core.records import CallRecord
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.core.transcript import Frame, Transcript, parse_frame, read_transcript

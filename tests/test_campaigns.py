@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from mcdaemon import outreach_store as ostore
-from mcdaemon.config import Config, ConfigError, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.core.records import Decision, Outcome
 from mcdaemon.outreach import campaigns
 from mcdaemon.outreach.callbacks import Outreach

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from mcdaemon.commands.capture import capture_async
-from mcdaemon.config import AmiConfig
+from mcdaemon.config.model import AmiConfig
 from mcdaemon.core.transcript import parse_frame, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 

@@ -114,7 +114,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path, command: list[str]) -> None:
 def test_runtime_problems_name_a_store_directory_this_user_may_not_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As the daemon's user sees it (tests run as root, who may write anywhere)."""
-    from mcdaemon.config import load_config, runtime_problems
+    from mcdaemon.config.load import load_config, runtime_problems
 
     config = load_config(write_config(tmp_path))
     monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)

@@ -13,7 +13,8 @@ from test_cli_errors import write_config
 
 from mcdaemon.cli import DEFAULT_CONFIG, build_parser
 from mcdaemon.commands.control import gather_status
-from mcdaemon.config import ConfigError, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.store import Store
 
 
@@ -72,7 +73,7 @@ async def test_status_says_not_running_as_soon_as_the_daemons_process_is_gone(
         tmp_path: Path, heartbeat: str, daemon: str) -> None:
     import os
 
-    from mcdaemon.config import load_config
+    from mcdaemon.config.load import load_config
 
     config = load_config(write_config(tmp_path))
     store = await Store.open(config.store.path)

@@ -13,14 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from mcdaemon.config import (
-    DEFAULT_TRIGGERS,
-    ConfigError,
-    config_from_dict,
-    known_keys,
-    load_config,
-    reload_config,
-)
+from mcdaemon.config.load import config_from_dict, known_keys, load_config, reload_config
+from mcdaemon.config.model import DEFAULT_TRIGGERS
+from mcdaemon.config.reader import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"

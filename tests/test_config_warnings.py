@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from mcdaemon import cli
-from mcdaemon.config import load_config, log_warnings, reload_config
+from mcdaemon.config.load import load_config, log_warnings, reload_config
 
 
 def lab_config(secret_line: str) -> str:

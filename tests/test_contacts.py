@@ -15,7 +15,9 @@ import structlog
 from aiohttp import web
 
 from mcdaemon.cli import main
-from mcdaemon.config import ConfigError, config_from_dict
+from mcdaemon.config.contacts import LookupConfig
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.contacts.lookup import (
     CircuitBreaker,
     ContactLookup,
@@ -28,7 +30,6 @@ from mcdaemon.contacts.lookup import (
     parse_csv,
     split_tags,
 )
-from mcdaemon.contacts_config import LookupConfig
 from mcdaemon.core import templates
 from mcdaemon.core.policy import decide
 from mcdaemon.core.records import CallRecord, Outcome, PolicyView

@@ -16,7 +16,8 @@ import pytest
 from test_cli_errors import write_config
 
 from mcdaemon.commands.capture import capture, capture_async
-from mcdaemon.config import AmiConfig, load_config
+from mcdaemon.config.load import load_config
+from mcdaemon.config.model import AmiConfig
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.store import Store
 

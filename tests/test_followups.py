@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mcdaemon import outreach_store as ostore
-from mcdaemon.config import ConfigError, InboundConfig
+from mcdaemon.config.model import InboundConfig
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.core import followups
 from mcdaemon.core.records import Decision, Outcome
 from mcdaemon.core.tracker import CallTracker

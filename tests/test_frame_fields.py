@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiItem
-from mcdaemon.config import AmiConfig
+from mcdaemon.config.model import AmiConfig
 from mcdaemon.core.transcript import FrameFields, parse_frame, read_transcript
 
 from recordings import ALL_RECORDINGS

@@ -23,7 +23,9 @@ from mcdaemon.adapters.metrics import (
     Metrics,
     MetricsError,
 )
-from mcdaemon.config import ConfigError, MetricsConfig, config_from_dict, load_config
+from mcdaemon.config.load import config_from_dict, load_config
+from mcdaemon.config.model import MetricsConfig
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.core.policy import REASONS
 from mcdaemon.core.receipts import _RECEIPT_STATES
 from mcdaemon.core.records import CallRecord, Decision, Outcome

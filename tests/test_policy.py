@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from mcdaemon.config import Config, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
 from mcdaemon.core.policy import (
     REASONS,
     assign_variant,

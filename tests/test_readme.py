@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from mcdaemon.cli import build_parser
-from mcdaemon.config import known_keys
+from mcdaemon.config.load import known_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -23,7 +23,8 @@ from structlog.testing import capture_logs
 
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
 from mcdaemon.commands.control import gather_status, show_status
-from mcdaemon.config import Config, SmppConfig, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config, SmppConfig
 from mcdaemon.core.receipts import (
     DeliveryReceipt,
     other_base_readings,

@@ -80,7 +80,7 @@ def test_replay_files_merges_the_decision(tmp_path: Path) -> None:
     import io
 
     from mcdaemon.commands.replay import replay_files
-    from mcdaemon.config import config_from_dict
+    from mcdaemon.config.load import config_from_dict
 
     config = config_from_dict({"inbound": {"contexts": ["from-carrier"]}, "region": "GB",
                                "ami": {"name": "office", "username": "u", "secret": "s"}})

@@ -31,7 +31,8 @@ import structlog
 import yaml
 
 from mcdaemon import cli
-from mcdaemon.config import Config, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.report.html import render
 from mcdaemon.report.kpis import (

@@ -26,7 +26,7 @@ from mcdaemon.adapters.smpp import (
     SubmitResult,
     status_name,
 )
-from mcdaemon.config import SmppConfig
+from mcdaemon.config.model import SmppConfig
 from mcdaemon.core.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
 from mcdaemon.core.sender_id import source_numbering
 from mcdaemon.sim.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
-from mcdaemon.config import SmppConfig
+from mcdaemon.config.model import SmppConfig
 from mcdaemon.core.receipts import DeliveryReceipt, receipt_id_candidates
 
 from jasmin_peer import JasminAccount, JasminPeer, UpstreamView, running_jasmin_with_upstream

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
-from mcdaemon.config import ConfigError, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.core import sms, templates
 from mcdaemon.core.records import CallRecord, Outcome
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.config import InboundConfig
+from mcdaemon.config.model import InboundConfig
 from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
 from mcdaemon.core.transcript import read_transcript

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcdaemon.config import InboundConfig
+from mcdaemon.config.model import InboundConfig
 from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.core.tracker import FINISHED_MEMORY, CallTracker
 from mcdaemon.core.transcript import parse_frame, read_transcript

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from mcdaemon.config import Config, ConfigError, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
+from mcdaemon.config.reader import ConfigError
+from mcdaemon.config.webhooks import EVENTS, WebhookEndpoint
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import CALLER_KINDS, NewCall, Store, WebhookIn
-from mcdaemon.webhook_config import EVENTS, WebhookEndpoint
 from mcdaemon.webhooks import delivery as webhooks
 from mcdaemon.webhooks.notify import Notifier
 

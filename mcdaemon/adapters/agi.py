@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 import structlog
 from panoramisk.fast_agi import Request
 
-from mcdaemon.agi_config import AgiConfig
+from mcdaemon.config.agi import AgiConfig
 from mcdaemon.core.listen import server_address
 from mcdaemon.core.phone import to_e164
 from mcdaemon.logs import mask_number

@@ -37,7 +37,9 @@ from asterisk.agi import AGI, AGIError, AGIHangup
 
 from mcdaemon import logs
 from mcdaemon.adapters.agi import HOOKS, HookContext, Marks, hook_marks, set_variable
-from mcdaemon.config import Config, ConfigError, config_from_dict
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
+from mcdaemon.config.reader import ConfigError
 from mcdaemon.store import Store, StoreError
 
 log = structlog.get_logger("mcdaemon.agi")

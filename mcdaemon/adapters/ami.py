@@ -46,7 +46,7 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from mcdaemon.config import AmiConfig
+from mcdaemon.config.model import AmiConfig
 from mcdaemon.core.transcript import FrameFields, parse_frame
 from mcdaemon.logs import RepeatLimiter
 

@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from mcdaemon import __version__
-from mcdaemon.config import Config, MetricsConfig
+from mcdaemon.config.model import Config, MetricsConfig
 from mcdaemon.core.listen import server_address
 from mcdaemon.core.policy import DEFERRED, FRAUD_SHIELD_TRIPS, REASONS, TEXT
 from mcdaemon.core.records import CallRecord, Decision, Outcome

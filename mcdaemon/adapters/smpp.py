@@ -71,7 +71,7 @@ from typing import Any
 import structlog
 from smpplib import consts, exceptions, smpp
 
-from mcdaemon.config import MAX_ADDRESS, SmppConfig
+from mcdaemon.config.model import MAX_ADDRESS, SmppConfig
 from mcdaemon.core import sms
 from mcdaemon.core.receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
 from mcdaemon.core.sender_id import source_numbering

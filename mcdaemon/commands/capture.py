@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mcdaemon.adapters.ami import ACTION_ID_PREFIX, AmiConnection, AmiItem, AmiStatus
-from mcdaemon.config import AmiConfig, Config
+from mcdaemon.config.model import AmiConfig, Config
 from mcdaemon.core.transcript import TranscriptWriter, parse_frame
 
 

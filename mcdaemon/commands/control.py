@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
 from mcdaemon.store import Store
 
 #: a heartbeat older than this means the daemon is not running (it writes one every second)

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import yaml
 
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
 from mcdaemon.core.records import CallRecord, Decision
 from mcdaemon.core.transcript import Transcript, read_transcript
 from mcdaemon.service import Service

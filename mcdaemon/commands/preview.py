@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from mcdaemon.config import TEMPLATE_KEYS, Config, GroupConfig
+from mcdaemon.config.model import TEMPLATE_KEYS, Config, GroupConfig
 from mcdaemon.core import sender_id, sms, templates
 from mcdaemon.core.policy import TEXT, classify_number
 from mcdaemon.core.records import CallRecord, Outcome

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
 from mcdaemon.core.policy import decide, destination_prefix
 from mcdaemon.core.records import CallRecord, PolicyView
 from mcdaemon.core.tracker import CallTracker

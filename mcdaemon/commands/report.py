@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TextIO
 
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
 from mcdaemon.core.phone import to_e164
 from mcdaemon.report.html import render
 from mcdaemon.report.kpis import (

@@ -13,7 +13,7 @@ import time
 from typing import TextIO
 
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
 from mcdaemon.core.phone import to_e164
 from mcdaemon.core.receipts import DeliveryReceipt, matches_submitted
 

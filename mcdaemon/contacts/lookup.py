@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import structlog
 
-from mcdaemon.contacts_config import NUMBER_FIELD, ContactsConfig, LookupConfig
+from mcdaemon.config.contacts import NUMBER_FIELD, ContactsConfig, LookupConfig
 from mcdaemon.core import templates
 from mcdaemon.core.phone import to_e164
 from mcdaemon.logs import mask_number

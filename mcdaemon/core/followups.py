@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mcdaemon.config import Config, GroupConfig
+from mcdaemon.config.model import Config, GroupConfig
 from mcdaemon.core import templates
 from mcdaemon.core.hours import BusinessHours
 from mcdaemon.core.records import CallRecord

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
-from mcdaemon.config import DEFAULT_GROUP, Config, GroupConfig
+from mcdaemon.config.model import DEFAULT_GROUP, Config, GroupConfig
 from mcdaemon.core import templates
 from mcdaemon.core.records import CallRecord, Decision, Outcome, PolicyView
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import phonenumbers
 
 if TYPE_CHECKING:
-    from mcdaemon.config import SmppConfig
+    from mcdaemon.config.model import SmppConfig
 
 INTERNATIONAL = "international"
 SHORT_CODE = "short code"

@@ -44,7 +44,7 @@ from mcdaemon.core import sms
 from mcdaemon.core.records import CallRecord
 
 if TYPE_CHECKING:
-    from mcdaemon.config import GroupConfig, PolicyConfig
+    from mcdaemon.config.model import GroupConfig, PolicyConfig
 
 BUILTIN_VARIABLES = ("caller_name", "caller", "did", "group", "date", "time", "weekday", "wait",
                      "company")

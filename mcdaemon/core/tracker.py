@@ -95,7 +95,7 @@ from typing import Final
 
 import structlog
 
-from mcdaemon.config import InboundConfig
+from mcdaemon.config.model import InboundConfig
 from mcdaemon.core.phone import to_e164
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
 from mcdaemon.logs import RepeatLimiter

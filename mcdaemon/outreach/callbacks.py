@@ -32,14 +32,14 @@ import structlog
 
 from mcdaemon import outreach_store as ostore
 from mcdaemon.adapters.ami import AmiEvent
-from mcdaemon.config import Config, GroupConfig
+from mcdaemon.config.model import Config, GroupConfig
+from mcdaemon.config.outreach import CallbackConfig
 from mcdaemon.core import followups
 from mcdaemon.core.outbound import OutboundWatch, Reached
 from mcdaemon.core.policy import match_group
 from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach import campaigns
-from mcdaemon.outreach_config import CallbackConfig
 from mcdaemon.store import NewCall, Store
 
 log = structlog.get_logger("mcdaemon.callbacks")

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
-from mcdaemon.config import Config, GroupConfig
+from mcdaemon.config.model import Config, GroupConfig
+from mcdaemon.config.outreach import CallbackConfig, fill
 from mcdaemon.core import templates
 from mcdaemon.core.followups import due_time
-from mcdaemon.outreach_config import CallbackConfig, fill
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _CALLABLE_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE,

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
 from mcdaemon.core import keywords
 from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome

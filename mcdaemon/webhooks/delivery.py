@@ -41,11 +41,11 @@ import aiohttp
 import structlog
 
 from mcdaemon import __version__
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
+from mcdaemon.config.webhooks import EVENTS, WebhookEndpoint
 from mcdaemon.core import templates
 from mcdaemon.core.records import CallRecord, Decision
 from mcdaemon.store import OutboxMessage, Store, WebhookDelivery, WebhookIn, WebhookResult
-from mcdaemon.webhook_config import EVENTS, WebhookEndpoint
 
 log = structlog.get_logger("mcdaemon.webhooks")
 

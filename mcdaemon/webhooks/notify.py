@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from mcdaemon.config import Config
+from mcdaemon.config.model import Config
 from mcdaemon.store import NewCall, Store, StoreError
 from mcdaemon.webhooks import delivery as webhooks
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
 from mcdaemon.service import Service
 
 AMI_SECRET = "mcdsecret"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
 from mcdaemon.sim.amiserver import AmiTestServer

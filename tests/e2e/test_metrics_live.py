@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
 from mcdaemon.sim.amiserver import AmiTestServer

@@ -16,7 +16,7 @@ from mcdaemon.core import templates
 from mcdaemon.core.records import MISSED_OUTCOMES, Outcome
 
 if TYPE_CHECKING:
-    from mcdaemon.config import Reader, Section
+    from mcdaemon.config.reader import Reader, Section
 
 #: the most follow-up texts after one first text
 MAX_FOLLOWUPS = 5
@@ -136,7 +136,7 @@ def read_callback(section: Section) -> CallbackConfig | None:
     if not isinstance(raw_attempts, list) or not raw_attempts:
         cb.error("attempts", "is required: the waits before each attempt, e.g. [1m, 15m, 1h]")
     else:
-        from mcdaemon.config import parse_duration
+        from mcdaemon.config.reader import parse_duration
         for item in raw_attempts:
             try:
                 attempts.append(parse_duration(item))

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from mcdaemon.core.listen import is_loopback
 
 if TYPE_CHECKING:
-    from mcdaemon.config import Reader
+    from mcdaemon.config.reader import Reader
 
 #: every event name of the schema, in the order of a call's life
 EVENTS = ("missed_call", "text_sent", "text_delivered", "text_failed", "reply", "opt_out",

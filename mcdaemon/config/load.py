@@ -1,9 +1,7 @@
-"""Load and validate the YAML configuration into frozen dataclasses.
+"""Load and validate the YAML configuration into the frozen dataclasses of `config.model`.
 
-Every problem is collected (not only the first) and names the file, the key path and the fix,
-e.g. ``config.yaml: smpp.password: 9 characters, smpplib sends at most 8``. Unknown keys are
-errors, so a typo never passes silently. The loaded `Config` is the only global state the
-daemon has; it is passed down explicitly. `config.example.yaml` documents every key; a test
+Every problem is collected (not only the first). The loaded `Config` is the only global state
+the daemon has; it is passed down explicitly. `config.example.yaml` documents every key; a test
 checks that every key the loader reads (`Reader.known`) appears there.
 """
 
@@ -14,514 +12,51 @@ import datetime as dt
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 import structlog
 import yaml
 
-from mcdaemon.agi_config import AgiConfig, read_agi
-from mcdaemon.contacts_config import ContactsConfig, read_contacts
-from mcdaemon.core import sender_id, sms, templates
-from mcdaemon.core.hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
-from mcdaemon.core.listen import is_loopback, listen_text, parse_listen
-from mcdaemon.core.records import MISSED_OUTCOMES, Outcome
-from mcdaemon.outreach_config import (
-    CallbackConfig,
-    CallbacksConfig,
-    FollowupStep,
+from mcdaemon.config.agi import read_agi
+from mcdaemon.config.contacts import read_contacts
+from mcdaemon.config.model import (
+    BUILTIN_TEMPLATE,
+    DEFAULT_GROUP,
+    DEFAULT_INBOUND_CONTEXTS,
+    DEFAULT_STORE_PATH,
+    DEFAULT_TRIGGERS,
+    TEMPLATE_KEYS,
+    TEST_MOBILE_RANGES,
+    TRIGGER_WORDS,
+    AmiConfig,
+    CapsConfig,
+    Config,
+    GroupConfig,
+    InboundConfig,
+    MetricsConfig,
+    OutboxConfig,
+    PolicyConfig,
+    SmppConfig,
+    StoreConfig,
+)
+from mcdaemon.config.outreach import (
     check_followup_texts,
     read_callback,
     read_callbacks,
     read_followups,
 )
-from mcdaemon.webhook_config import WebhookEndpoint, read_webhooks
-
-log = structlog.get_logger(__name__)
-
-T = TypeVar("T")
-N = TypeVar("N", int, float)
-
-# Builtin names, for annotations inside `Section`, whose getters are named after them.
-_Str = str
-_Int = int
-_Float = float
-_Bool = bool
-
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*"
-                       r"(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*"
-                       r"(?:(\d+(?:\.\d+)?)\s*ms)?\s*$")
-
-
-class ConfigError(Exception):
-    """One or more problems in a config file; `problems` lists each, path and fix included."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from `90`, `1.5`, `"15m"`, `"1h30m"`, `"2d"`, `"250ms"`; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError("a duration, not true/false")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str) and value.strip():
-        text = value.strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?", text):
-            return float(text)
-        if text.endswith("ms"):
-            number = text[:-2].strip()
-            if re.fullmatch(r"\d+(?:\.\d+)?", number):
-                return float(number) / 1000
-        match = _DURATION.match(text)
-        if match and any(match.groups()):
-            d, h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
-            return d * 86400 + h * 3600 + m * 60 + s + ms / 1000
-    raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 15m, 1h, 2d)")
-
-
-class Reader:
-    """Walks a YAML mapping, collecting problems with their key paths and spotting unknown keys.
-
-    `known` collects the schema path of every key the loader asks for (`ami[].host`,
-    `groups.*.hours`), present or not: the list of settings this version understands.
-    """
-
-    def __init__(self, source: str, problems: list[str], base_dir: Path | None = None) -> None:
-        self.source = source
-        self.problems = problems
-        self.base_dir = base_dir or Path.cwd()
-        self.warnings: list[str] = []
-        self.secret_files: list[tuple[str, Path]] = []  # (key path, file) of each *_file read
-        self.known: set[str] = set()
-
-    def error(self, path: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {path}: {message}" if path else
-                             f"{self.source}: {message}")
-
-    def mapping(self, value: Any, path: str, schema: str | None = None) -> Section:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            self.error(path, f"must be a mapping of keys to values, got {_kind(value)}")
-            value = {}
-        return Section(self, value, path, path if schema is None else schema)
-
-
-class Section:
-    """One mapping of the config. Read keys with the typed getters, then call `done()`."""
-
-    def __init__(self, reader: Reader, data: dict[Any, Any], path: _Str,
-                 schema: _Str | None = None) -> None:
-        self.reader = reader
-        self.data = data
-        self.path = path
-        self.schema = path if schema is None else schema
-        self._seen: set[_Str] = set()
-
-    def key_path(self, key: _Str) -> _Str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def _mark(self, key: _Str) -> None:
-        self._seen.add(key)
-        self.reader.known.add(f"{self.schema}.{key}" if self.schema else key)
-
-    def has(self, key: _Str) -> _Bool:
-        return key in self.data
-
-    def raw(self, key: _Str, default: Any = None) -> Any:
-        self._mark(key)
-        return self.data.get(key, default)
-
-    def has_any(self) -> _Bool:
-        return bool(self.data)
-
-    def items(self) -> list[tuple[_Str, Any]]:
-        """Every entry of a mapping whose keys are names the user chooses (groups, templates)."""
-        self._seen.update(str(key) for key in self.data)
-        return [(str(key), value) for key, value in self.data.items()]
-
-    def error(self, key: _Str, message: _Str) -> None:
-        self.reader.error(self.key_path(key), message)
-
-    def _typed(self, key: _Str, default: T, check: Callable[[Any], T], what: _Str) -> T:
-        self._mark(key)
-        if key not in self.data or self.data[key] is None:
-            return default
-        try:
-            return check(self.data[key])
-        except (TypeError, ValueError) as exc:
-            detail = str(exc) if str(exc) else f"must be {what}"
-            given = repr(self.data[key])
-            # said once: "'1 hour' is not a duration (...)", not "...; got '1 hour'" again
-            self.error(key, detail if given in detail else f"{detail}; got {given}")
-            return default
-
-    def str(self, key: _Str, default: _Str = "", *, required: _Bool = False) -> _Str:
-        if required and not self.data.get(key):
-            self._mark(key)
-            self.error(key, "is required")
-            return default
-        return self._typed(key, default, _as_str, "text")
-
-    def opt_str(self, key: _Str) -> _Str | None:
-        value = self._typed(key, "", _as_str, "text")
-        return value or None
-
-    def int(self, key: _Str, default: _Int, *, minimum: _Int | None = None,
-            maximum: _Int | None = None) -> _Int:
-        value = self._typed(key, default, _as_int, "a whole number")
-        return self._bounded(key, value, default, minimum, maximum)
-
-    def opt_int(self, key: _Str, *, minimum: _Int | None = None,
-                maximum: _Int | None = None) -> _Int | None:
-        value = self._typed(key, None, _as_int, "a whole number")
-        if value is None:
-            return None
-        return self._bounded(key, value, value, minimum, maximum)
-
-    def float(self, key: _Str, default: _Float, *, minimum: _Float | None = None,
-              maximum: _Float | None = None) -> _Float:
-        value = self._typed(key, default, _as_float, "a number")
-        return self._bounded(key, value, default, minimum, maximum)
-
-    def bool(self, key: _Str, default: _Bool) -> _Bool:
-        return self._typed(key, default, _as_bool, "true or false")
-
-    def duration(self, key: _Str, default: _Float, *, minimum: _Float = 0.0) -> _Float:
-        value = self._typed(key, default, parse_duration, "a duration")
-        return self._bounded(key, value, default, minimum, None)
-
-    def str_list(self, key: _Str, default: tuple[_Str, ...] = ()) -> tuple[_Str, ...]:
-        return self._typed(key, default, _as_str_list, "a list of text values")
-
-    def choice(self, key: _Str, default: _Str, choices: tuple[_Str, ...]) -> _Str:
-        value = self.str(key, default)
-        if value not in choices:
-            self.error(key, f"{value!r} is not one of {', '.join(choices)}")
-            return default
-        return value
-
-    def section(self, key: _Str) -> Section:
-        self._mark(key)
-        return self.reader.mapping(self.data.get(key), self.key_path(key),
-                                   f"{self.schema}.{key}" if self.schema else key)
-
-    def secret(self, key: _Str, *, required: _Bool = False) -> _Str:
-        """A secret given inline, as `KEY_env: VAR` or as `KEY_file: PATH`."""
-        sources = [k for k in (key, f"{key}_env", f"{key}_file") if self.data.get(k)]
-        for k in (key, f"{key}_env", f"{key}_file"):
-            self._mark(k)
-        if len(sources) > 1:
-            self.error(key, f"give only one of {', '.join(sources)}")
-        if not sources:
-            if required:
-                self.error(key, f"is required (inline, or {key}_env: VARIABLE, or "
-                                f"{key}_file: PATH)")
-            return ""
-        chosen = sources[0]
-        value = self.data[chosen]
-        if not isinstance(value, str | int):
-            self.error(chosen, "must be text")
-            return ""
-        value = str(value)
-        if chosen == key:
-            self.reader.warnings.append("inline-secret")
-            return value
-        if chosen.endswith("_env"):
-            if value not in os.environ:
-                self.error(chosen, f"environment variable {value} is not set")
-                return ""
-            return os.environ[value]
-        secret_path = Path(value)
-        if not secret_path.is_absolute():
-            secret_path = self.reader.base_dir / secret_path
-        try:
-            secret = secret_path.read_text(encoding="utf-8").strip()
-            self.reader.secret_files.append((self.key_path(chosen), secret_path))
-            return secret
-        except OSError as exc:
-            self.error(chosen, f"cannot read {secret_path}: {exc.strerror}")
-            return ""
-
-    def done(self) -> None:
-        """Report keys nobody read: they are typos or settings this version does not know."""
-        for key in self.data:
-            if str(key) not in self._seen:
-                self.reader.error(self.key_path(str(key)),
-                                  "unknown key (a typo? see config.example.yaml)")
-
-    def _bounded(self, key: _Str, value: N, default: N, minimum: N | None,
-                 maximum: N | None) -> N:
-        if minimum is not None and value < minimum:
-            self.error(key, f"{value} is below the minimum {minimum}")
-            return default
-        if maximum is not None and value > maximum:
-            self.error(key, f"{value} is above the maximum {maximum}")
-            return default
-        return value
-
-
-def _kind(value: Any) -> str:
-    return {list: "a list", str: "text", int: "a number", float: "a number",
-            bool: "true/false"}.get(type(value), type(value).__name__)
-
-
-def _as_str(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("must be text")
-    return str(value)
-
-
-def _as_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("must be a whole number")
-    return value
-
-
-def _as_float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number")
-    return float(value)
-
-
-def _as_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _as_str_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-        raise ValueError("must be a list of text values")
-    return tuple(str(v) for v in value)
-
-
-# --------------------------------------------------------------------------- sections
-
-DEFAULT_INBOUND_CONTEXTS = ("from-trunk", "from-pstn")
-DEFAULT_STORE_PATH = "/var/lib/mcdaemon/mcdaemon.db"
-
-#: Outcomes a group texts when it names no `triggers`: every missed call where the caller got
-#: nothing (a caller who left a voicemail or asked for a call-back has been served).
-DEFAULT_TRIGGERS = (Outcome.QUEUE_ABANDON, Outcome.QUEUE_TIMEOUT, Outcome.IVR_ABANDON,
-                    Outcome.RING_NO_ANSWER, Outcome.VOICEMAIL_NO_MESSAGE, Outcome.AFTER_HOURS)
-
-#: Words a contact centre uses for a set of outcomes, accepted in `triggers`.
-TRIGGER_WORDS: dict[str, tuple[Outcome, ...]] = {
-    "abandon": (Outcome.QUEUE_ABANDON, Outcome.QUEUE_TIMEOUT, Outcome.IVR_ABANDON),
-    "voicemail": (Outcome.VOICEMAIL_NO_MESSAGE, Outcome.VOICEMAIL_LEFT),
-    "missed": tuple(sorted(MISSED_OUTCOMES)),
-}
-
-#: Template keys: one per missed outcome, plus `default` (any outcome without its own).
-#: `after_hours` is also used for any triggered call that ends outside the group's hours.
-TEMPLATE_KEYS = ("default", *sorted(str(outcome) for outcome in MISSED_OUTCOMES))
-
-DEFAULT_GROUP = "default"
-#: Ofcom's mobile range reserved for drama and testing (07700 900000-900999). phonenumbers
-#: calls it invalid; no real subscriber has such a number, so taking it as a mobile costs
-#: nothing in production and lets test calls (and the demo) behave like mobile callers.
-TEST_MOBILE_RANGES = ("+447700900",)
-#: the text of the implicit `default` group when the config names no groups
-BUILTIN_TEMPLATE = ("Sorry we missed your call. We will call you back soon - or reply to "
-                    "this text.")
-
-
-@dataclass(frozen=True, slots=True)
-class AmiConfig:
-    """One PBX's manager interface."""
-
-    name: str
-    host: str = "127.0.0.1"
-    port: int = 5038
-    username: str = ""
-    secret: str = field(default="", repr=False)
-    ping_interval: float = 5.0  # seconds between Pings
-    ping_timeout: float = 3.0  # a Ping unanswered this long means the link is dead
-    connect_timeout: float = 5.0
-    reconnect_min: float = 0.5
-    reconnect_max: float = 30.0
-    event_filter: bool = True  # ask Asterisk to send only what the tracker reads
-
-
-@dataclass(frozen=True, slots=True)
-class InboundConfig:
-    """Which channels are inbound calls and which branches mean what."""
-
-    contexts: tuple[str, ...] = DEFAULT_INBOUND_CONTEXTS
-    after_hours_contexts: tuple[str, ...] = ()
-    ignore_contexts: tuple[str, ...] = ()
-    ignore_dids: tuple[str, ...] = ()  # digits only, as groups.*.dids
-    voicemail_contexts: tuple[str, ...] = ()
-    call_ttl: float = 4 * 3600.0  # calls with no Hangup after this are evicted
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    path: str = DEFAULT_STORE_PATH
-
-
-#: the longest SMPP 3.4 address (source_addr, destination_addr), in characters: a C-octet
-#: string of at most 21 octets, its NUL included. Here rather than in smpp.py, which imports
-#: this module.
-MAX_ADDRESS = 20
-
-
-@dataclass(frozen=True, slots=True)
-class SmppConfig:
-    """The bind to the carrier's SMSC."""
-
-    host: str = "127.0.0.1"
-    port: int = 2775
-    system_id: str = ""
-    password: str = field(default="", repr=False)
-    system_type: str = ""
-    bind_mode: str = "transceiver"  # or "transmitter_receiver" (two binds)
-    source_addr: str = ""
-    source_ton: int | None = None  # None: derived from source_addr (alphanumeric/international)
-    source_npi: int | None = None
-    window: int = 10  # submits outstanding at once
-    throughput: float = 10.0  # submits per second at most
-    enquire_link: float = 30.0
-    response_timeout: float = 10.0  # a submit unanswered this long is retried
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
-    registered_delivery: bool = True
-    receipt_timeout: float = 48 * 3600.0
-    data_coding_gsm: int = 0  # data_coding sent with GSM-7 texts (0 = SMSC default alphabet)
-    max_parts: int = 3  # a text longer than this many SMS is refused
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxConfig:
-    max_age: float = 15 * 60.0  # texts not submitted this long after the call ended expire
-    max_attempts: int = 8
-    retry_min: float = 2.0
-    retry_max: float = 120.0
-    after_crash: str = "resend"  # what to do with a text found in `sending`: resend | drop
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    """Prometheus metrics over HTTP (`mcdaemon.adapters.metrics`); off unless `enabled`."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"  # the address to listen on (an IP address or a host name)
-    port: int = 9464  # 0 (tests only, not accepted in a config file): any free port
-
-    @property
-    def listen(self) -> str:
-        """`host:port` as written in the config (IPv6 addresses in brackets)."""
-        return listen_text(self.host, self.port)
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
-
-@dataclass(frozen=True, slots=True)
-class CapsConfig:
-    """The fraud shield's counters (SMS pumping: bots calling to make us text premium ranges)."""
-
-    per_prefix_hour: int = 20  # texts per hour to numbers sharing the first `prefix_digits`
-    prefix_digits: int = 7  # digits of the E.164 number (country code included)
-    per_hour: int = 200  # texts per hour, every destination
-    per_day: int = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyConfig:
-    """Rules shared by every group, and how template values are written."""
-
-    enabled: bool = True  # the switch at load; `mcdaemon disable` overrides it at run time
-    cooldown: float = 3600.0  # at most one text per caller per this long
-    allowed_countries: tuple[str, ...] = ()  # ISO codes; empty means the `region` only
-    fixed_line_or_mobile: str = "text"  # numbers that may be either (US, CA…): text | refuse
-    treat_as_mobile: tuple[str, ...] = TEST_MOBILE_RANGES  # E.164 prefixes taken as mobiles
-    caps: CapsConfig = field(default_factory=CapsConfig)
-    max_parts: int = 1  # SMS per text; the worst case of every template must fit
-    name_fallback: str = "there"  # {caller_name} when the call has no usable name
-    caller_name_max: int = 20
-    number_format: str = "national"  # {caller} and {did}: national | international
-    date_format: str = "%d %b"
-    time_format: str = "%H:%M"
-    weekday_format: str = "%A"
-    opt_out_confirmation: str = ""  # texted once to a number that opts out ("" = none)
-
-
-@dataclass(frozen=True, slots=True)
-class GroupConfig:
-    """A distribution group: which calls it takes, what it texts and when."""
-
-    name: str
-    display_name: str
-    timezone: str
-    enabled: bool = True
-    queues: tuple[str, ...] = ()
-    dids: tuple[str, ...] = ()  # digits only, as Asterisk shows DIDs (E.164 without '+')
-    triggers: frozenset[Outcome] = frozenset(DEFAULT_TRIGGERS)
-    templates: dict[str, str] = field(default_factory=dict)
-    variants: dict[str, dict[str, str]] = field(default_factory=dict)
-    variables: dict[str, str] = field(default_factory=dict)
-    hours: BusinessHours | None = None
-    outside_hours: str = "defer"  # defer | drop | send
-    max_parts: int = 1
-    notify_staff: tuple[str, ...] = ()  # E.164 numbers texted a note about each missed call
-    followups: tuple[FollowupStep, ...] = ()  # texts after the first (mcdaemon.core.followups)
-    callback: CallbackConfig | None = None  # call-back campaign (mcdaemon.outreach.campaigns)
-
-    def template_key(self, outcome: Outcome, after_hours: bool) -> str | None:
-        """Which template a call gets: after-hours, its outcome's, or the group default."""
-        keys = ([str(Outcome.AFTER_HOURS)] if after_hours else []) + [str(outcome), "default"]
-        return next((key for key in keys if key in self.templates or key in self.variants),
-                    None)
-
-    def texts(self, key: str) -> dict[str | None, str]:
-        """Variant name -> text for a template key (one entry named None without variants)."""
-        if key in self.variants:
-            return {name: text for name, text in self.variants[key].items()}
-        return {None: self.templates[key]}
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    source: str
-    region: str = "GB"
-    timezone: str = "UTC"
-    ami: tuple[AmiConfig, ...] = ()
-    inbound: InboundConfig = field(default_factory=InboundConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    smpp: SmppConfig = field(default_factory=SmppConfig)
-    outbox: OutboxConfig = field(default_factory=OutboxConfig)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    warnings: tuple[str, ...] = ()
-    company: str = ""
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    groups: tuple[GroupConfig, ...] = ()
-    log_full_numbers: bool = False  # logs show phone numbers whole instead of ****123
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    webhooks: tuple[WebhookEndpoint, ...] = ()  # event receivers (mcdaemon.webhooks.delivery)
-    contacts: ContactsConfig = field(default_factory=ContactsConfig)  # the name lookup
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)  # call-backs
-    agi: AgiConfig = field(default_factory=AgiConfig)  # FastAGI hooks (mcdaemon.adapters.agi)
-
-    def group(self, name: str) -> GroupConfig | None:
-        return next((group for group in self.groups if group.name == name), None)
-
-    @property
-    def allowed_countries(self) -> tuple[str, ...]:
-        return self.policy.allowed_countries or (self.region,)
+from mcdaemon.config.reader import ConfigError, Reader, Section
+from mcdaemon.config.webhooks import read_webhooks
+from mcdaemon.core import sender_id, sms, templates
+from mcdaemon.core.hours import DAY_NAMES, BusinessHours, Interval, parse_days, parse_intervals
+from mcdaemon.core.listen import parse_listen
+from mcdaemon.core.records import MISSED_OUTCOMES, Outcome
+
+log = structlog.get_logger("mcdaemon.config")
 
 
 def _read_ami(reader: Reader, value: Any) -> tuple[AmiConfig, ...]:

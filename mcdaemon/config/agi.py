@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from mcdaemon.core.listen import is_loopback, listen_text, parse_listen
 
 if TYPE_CHECKING:
-    from mcdaemon.config import Section
+    from mcdaemon.config.reader import Section
 
 DEFAULT_PORT = 4573  # Asterisk's default for agi:// URLs
 

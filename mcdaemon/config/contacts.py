@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from mcdaemon.config import Section
+    from mcdaemon.config.reader import Section
 
 NUMBER_FIELD = "{number}"
 
