@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_send_test(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mcdaemon.commands.send_test import send_test
+    from mcdaemon.commands.sendtest import send_test
 
     return asyncio.run(send_test(_load(args), args.number, args.text, args.timeout))
 
