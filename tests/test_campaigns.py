@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from mcdaemon import outreach_store as ostore
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import Config
 from mcdaemon.config.reader import ConfigError
@@ -17,6 +16,7 @@ from mcdaemon.core.records import Decision, Outcome
 from mcdaemon.outreach import campaigns
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
+from mcdaemon.store import outreach as ostore
 
 from outreach_helpers import (
     CALLER,

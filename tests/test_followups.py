@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon import outreach_store as ostore
 from mcdaemon.config.model import InboundConfig
 from mcdaemon.config.reader import ConfigError
 from mcdaemon.core import followups
@@ -16,6 +15,7 @@ from mcdaemon.core.tracker import CallTracker
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
+from mcdaemon.store import outreach as ostore
 
 from outreach_helpers import (
     CALLER,

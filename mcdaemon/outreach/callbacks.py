@@ -30,7 +30,6 @@ from typing import Protocol
 
 import structlog
 
-from mcdaemon import outreach_store as ostore
 from mcdaemon.adapters.ami import AmiEvent
 from mcdaemon.config.model import Config, GroupConfig
 from mcdaemon.config.outreach import CallbackConfig
@@ -41,6 +40,7 @@ from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach import campaigns
 from mcdaemon.store import NewCall, Store
+from mcdaemon.store import outreach as ostore
 
 log = structlog.get_logger("mcdaemon.callbacks")
 

@@ -7,11 +7,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from mcdaemon import outreach_store as ostore
 from mcdaemon.core.transcript import Transcript, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
+from mcdaemon.store import outreach as ostore
 
 from e2e.harness import (
     AMI_SECRET,

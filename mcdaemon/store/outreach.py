@@ -1,7 +1,8 @@
 """The store's side of follow-ups and call-back campaigns (tables of migration 7).
 
-Functions on a `Store`, kept out of `store.py` so this feature owns its SQL; each runs as one
-transaction through the store's own lock (`Store._transaction`), like the store's methods.
+Functions on the store's `Connection`, a module of the store so that all SQL stays in the
+package; each runs as one transaction through the store's own lock (`_transaction`), like
+the store's methods.
 
 Idempotency: follow-ups are messages (`UNIQUE (pbx, call_id, kind, seq)`), a call starts or
 joins at most one campaign (`campaign_calls`' primary key), a number has at most one open
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcdaemon.core.followups import STOP_KINDS, PlannedText, cancel_detail
-from mcdaemon.store import Store
+from mcdaemon.store.connection import Connection
 
 #: contact_events kinds that cancel an open campaign (a reply is not a conversation)
 CAMPAIGN_STOPS = frozenset({"answered_call", "agent_call"})
@@ -98,7 +99,7 @@ def _campaign(row: Sequence[Any]) -> Campaign:
 # ---------------------------------------------------------------------- stops
 
 
-async def record_stop(store: Store, e164: str, kind: str, at: float,
+async def record_stop(store: Connection, e164: str, kind: str, at: float,
                       detail: str = "", *, campaign_done: int | None = None) -> Stopped:
     """The caller was reached (or answered): remember it, cancel the number's queued
     follow-ups and, for an answered call or an agent's call, its open campaign.
@@ -126,7 +127,7 @@ async def record_stop(store: Store, e164: str, kind: str, at: float,
     return await store._transaction(work)
 
 
-async def close_campaign(store: Store, campaign_id: int, state: str, reason: str,
+async def close_campaign(store: Connection, campaign_id: int, state: str, reason: str,
                          at: float) -> bool:
     """Close an open campaign (its scheduled attempts are cancelled); False if not open."""
     async def work() -> list[tuple[int, str]]:
@@ -135,7 +136,7 @@ async def close_campaign(store: Store, campaign_id: int, state: str, reason: str
     return bool(await store._transaction(work))
 
 
-async def _close_campaign(store: Store, campaign_id: int, state: str, reason: str,
+async def _close_campaign(store: Connection, campaign_id: int, state: str, reason: str,
                           at: float) -> list[tuple[int, str]]:
     changed, _ = await store._change(
         "UPDATE campaigns SET state = ?, reason = ?, updated_at = ?, closed_at = ?"
@@ -149,7 +150,7 @@ async def _close_campaign(store: Store, campaign_id: int, state: str, reason: st
     return [(campaign_id, state)]
 
 
-async def stop_since(store: Store, e164: str, since: float) -> str | None:
+async def stop_since(store: Connection, e164: str, since: float) -> str | None:
     """The kind of the first stop event for the number at or after `since`, or None."""
     async def work() -> Any:
         return await store._scalar(
@@ -163,7 +164,7 @@ async def stop_since(store: Store, e164: str, since: float) -> str | None:
 # ---------------------------------------------------------------------- follow-ups
 
 
-async def firsts_without_followups(store: Store, since: float) -> list[FirstText]:
+async def firsts_without_followups(store: Connection, since: float) -> list[FirstText]:
     """First texts submitted at or after `since` (and not undeliverable) whose follow-ups
     are not in the outbox yet: what a crash between a submit and its planning left."""
     async def work() -> list[Any]:
@@ -178,7 +179,7 @@ async def firsts_without_followups(store: Store, since: float) -> list[FirstText
                       float(row[5]), row[6]) for row in await store._read(work)]
 
 
-async def firsts_by_ids(store: Store, ids: Sequence[int]) -> list[FirstText]:
+async def firsts_by_ids(store: Connection, ids: Sequence[int]) -> list[FirstText]:
     """These messages, when they are submitted first texts without follow-ups yet."""
     wanted = sorted(set(ids))
     if not wanted:
@@ -196,7 +197,7 @@ async def firsts_by_ids(store: Store, ids: Sequence[int]) -> list[FirstText]:
                       float(row[5]), row[6]) for row in await store._read(work)]
 
 
-async def plan_followups(store: Store, first: FirstText, planned: Sequence[PlannedText],
+async def plan_followups(store: Connection, first: FirstText, planned: Sequence[PlannedText],
                          now: float) -> tuple[list[int], str | None]:
     """Queue the follow-ups of one first text (idempotent). If the caller was reached since
     the call ended, they are cancelled in the same transaction. Returns (ids, stop kind)."""
@@ -231,7 +232,7 @@ async def plan_followups(store: Store, first: FirstText, planned: Sequence[Plann
     return await store._transaction(work)
 
 
-async def cancel_after_undeliverable(store: Store, now: float) -> list[int]:
+async def cancel_after_undeliverable(store: Connection, now: float) -> list[int]:
     """Queued follow-ups whose first text came back undeliverable: the number cannot get
     texts (or not now); the sequence stops."""
     async def work() -> list[Any]:
@@ -248,7 +249,7 @@ async def cancel_after_undeliverable(store: Store, now: float) -> list[int]:
 # ---------------------------------------------------------------------- campaigns
 
 
-async def start_or_merge(store: Store, *, pbx: str, call_id: str, e164: str, group: str,
+async def start_or_merge(store: Connection, *, pbx: str, call_id: str, e164: str, group: str,
                          campaign_pbx: str, first_due: float,
                          now: float) -> tuple[int, bool] | None:
     """A call asks for a call-back: open a campaign (attempt 1 due at `first_due`) or merge
@@ -284,7 +285,7 @@ async def start_or_merge(store: Store, *, pbx: str, call_id: str, e164: str, gro
     return await store._transaction(work)
 
 
-async def due_attempts(store: Store, now: float, limit: int = 100) -> list[Attempt]:
+async def due_attempts(store: Connection, now: float, limit: int = 100) -> list[Attempt]:
     """Scheduled attempts of open campaigns due by `now`, earliest first."""
     async def work() -> list[Any]:
         return await store._rows(
@@ -294,7 +295,7 @@ async def due_attempts(store: Store, now: float, limit: int = 100) -> list[Attem
     return [_attempt(row) for row in await store._read(work)]
 
 
-async def defer_attempt(store: Store, attempt_id: int, due_at: float, detail: str) -> bool:
+async def defer_attempt(store: Connection, attempt_id: int, due_at: float, detail: str) -> bool:
     async def work() -> int:
         return (await store._change(
             "UPDATE campaign_attempts SET due_at = ?, detail = ? WHERE id = ?"
@@ -303,7 +304,7 @@ async def defer_attempt(store: Store, attempt_id: int, due_at: float, detail: st
     return bool(await store._transaction(work))
 
 
-async def claim_attempt(store: Store, attempt_id: int, action_id: str, now: float,
+async def claim_attempt(store: Connection, attempt_id: int, action_id: str, now: float,
                         max_live: int) -> bool:
     """scheduled -> dialing with its ActionID, if fewer than `max_live` attempts are in
     progress and no other attempt to the same number is (one transaction)."""
@@ -329,7 +330,7 @@ async def claim_attempt(store: Store, attempt_id: int, action_id: str, now: floa
     return await store._transaction(work)
 
 
-async def live_count(store: Store) -> int:
+async def live_count(store: Connection) -> int:
     async def work() -> Any:
         return await store._scalar(
             f"SELECT COUNT(*) FROM campaign_attempts WHERE state IN {_LIVE}")
@@ -337,7 +338,7 @@ async def live_count(store: Store) -> int:
     return int(await store._read(work) or 0)
 
 
-async def attempt_by_action(store: Store, action_id: str) -> Attempt | None:
+async def attempt_by_action(store: Connection, action_id: str) -> Attempt | None:
     async def work() -> list[Any]:
         return await store._rows(f"{_ATTEMPT_SELECT} WHERE a.action_id = ?", (action_id,))
 
@@ -345,14 +346,14 @@ async def attempt_by_action(store: Store, action_id: str) -> Attempt | None:
     return _attempt(rows[0]) if rows else None
 
 
-async def live_attempts(store: Store) -> list[Attempt]:
+async def live_attempts(store: Connection) -> list[Attempt]:
     async def work() -> list[Any]:
         return await store._rows(f"{_ATTEMPT_SELECT} WHERE a.state IN {_LIVE} ORDER BY a.id")
 
     return [_attempt(row) for row in await store._read(work)]
 
 
-async def attempts(store: Store, campaign_id: int | None = None) -> list[Attempt]:
+async def attempts(store: Connection, campaign_id: int | None = None) -> list[Attempt]:
     where = "" if campaign_id is None else " WHERE a.campaign_id = ?"
 
     async def work() -> list[Any]:
@@ -362,14 +363,14 @@ async def attempts(store: Store, campaign_id: int | None = None) -> list[Attempt
     return [_attempt(row) for row in await store._read(work)]
 
 
-async def campaigns(store: Store) -> list[Campaign]:
+async def campaigns(store: Connection) -> list[Campaign]:
     async def work() -> list[Any]:
         return await store._rows(f"{_CAMPAIGN_SELECT} ORDER BY id")
 
     return [_campaign(row) for row in await store._read(work)]
 
 
-async def mark_connected(store: Store, attempt_id: int, uniqueid: str | None,
+async def mark_connected(store: Connection, attempt_id: int, uniqueid: str | None,
                          detail: str) -> bool:
     async def work() -> int:
         return (await store._change(
@@ -379,7 +380,7 @@ async def mark_connected(store: Store, attempt_id: int, uniqueid: str | None,
     return bool(await store._transaction(work))
 
 
-async def finish_attempt(store: Store, attempt_id: int, result: str, now: float, detail: str,
+async def finish_attempt(store: Connection, attempt_id: int, result: str, now: float, detail: str,
                          next_due: float | None) -> str | None:
     """End a live attempt with `result`. `answered`: the campaign is done; otherwise the next
     attempt is scheduled at `next_due`, or (None) the campaign is exhausted. Returns what
