@@ -43,13 +43,14 @@ from mcdaemon.adapters import sdnotify
 from mcdaemon.adapters.agi import AgiError, AgiHooks
 from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
 from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
-from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
+from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
 from mcdaemon.commands import control
 from mcdaemon.config.load import reload_config
 from mcdaemon.config.model import Config, GroupConfig
 from mcdaemon.config.reader import ConfigError
 from mcdaemon.contacts.lookup import ContactNames
 from mcdaemon.core import keywords
+from mcdaemon.core.outbox import SubmitResult, submit_outcome
 from mcdaemon.core.phone import to_e164
 from mcdaemon.core.policy import (
     decide,
@@ -68,6 +69,10 @@ from mcdaemon.webhooks import delivery as webhooks
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")
+
+
+def _retry_jitter() -> float:
+    return random.uniform(0.8, 1.2)
 
 Clock = Callable[[], float]
 DecisionObserver = Callable[[CallRecord, Decision], None]
@@ -563,31 +568,10 @@ class Service:
         batch, self._results = self._results, []
         if not batch:
             return
-        outbox = self.config.outbox
-        outcomes: list[SubmitOutcome] = []
-        for message, result, _ in batch:
-            if result.outcome == "submitted":
-                outcomes.append(SubmitOutcome(message.id, "submitted",
-                                              smsc_ids=result.smsc_ids))
-            elif result.outcome == "unbound" and not result.in_doubt:
-                # never went out (the bind dropped or the daemon stops): not an attempt;
-                # sent as soon as a bind is up again
-                outcomes.append(SubmitOutcome(message.id, "queued", not_before=batch[-1][2],
-                                              detail=result.detail, refund_attempt=True))
-            elif result.outcome == "permanent" or message.attempts >= outbox.max_attempts:
-                detail = result.detail if result.outcome == "permanent" else (
-                    f"gave up after {message.attempts} attempts: {result.detail}")
-                outcomes.append(SubmitOutcome(message.id, "failed", error_code=result.status,
-                                              detail=detail))
-            else:
-                delay = min(outbox.retry_max, outbox.retry_min * 2 ** (message.attempts - 1))
-                delay *= random.uniform(0.8, 1.2)
-                # a submit that went out unanswered may have reached the SMSC: its resend
-                # is a duplicate risk
-                outcomes.append(SubmitOutcome(
-                    message.id, "queued", not_before=batch[-1][2] + delay,
-                    error_code=result.status, detail=result.detail,
-                    duplicate_risk=result.in_doubt))
+        now = batch[-1][2]
+        outcomes = [submit_outcome(message.id, message.attempts, result, now=now,
+                                   outbox=self.config.outbox, jitter=_retry_jitter)
+                    for message, result, _ in batch]
         async with self.store.atomic():
             moved = await self.store.record_submit_outcomes(outcomes, batch[-1][2])
             await self._notify.texts_moved([

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender, SubmitResult
+from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
 from mcdaemon.commands.control import gather_status, show_status
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import Config, SmppConfig
+from mcdaemon.core.outbox import SubmitResult
 from mcdaemon.core.receipts import (
     DeliveryReceipt,
     other_base_readings,

@@ -23,10 +23,10 @@ from mcdaemon.adapters.smpp import (
     BindState,
     MobileOriginated,
     SmppSender,
-    SubmitResult,
     status_name,
 )
 from mcdaemon.config.model import SmppConfig
+from mcdaemon.core.outbox import SubmitResult
 from mcdaemon.core.receipts import DeliveryReceipt, parse_receipt, receipt_id_candidates
 from mcdaemon.core.sender_id import source_numbering
 from mcdaemon.sim.smsc import DELIVER_SM, ESME_RTHROTTLED, GENERIC_NACK, TestSmsc, pdu

@@ -73,6 +73,7 @@ from smpplib import consts, exceptions, smpp
 
 from mcdaemon.config.model import MAX_ADDRESS, SmppConfig
 from mcdaemon.core import sms
+from mcdaemon.core.outbox import SubmitResult
 from mcdaemon.core.receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
 from mcdaemon.core.sender_id import source_numbering
 
@@ -110,15 +111,6 @@ _RESPONSE = 0x80000000  # command_id bit of every response
 _DELIVER_SM = 0x00000005
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    outcome: str
-    smsc_ids: tuple[str, ...] = ()
-    status: int | None = None
-    detail: str = ""
-    #: the submit_sm went out and no answer came back: the SMSC may have taken it, so a
-    #: resend may reach the caller twice (a timeout, or a link that dropped mid-window)
-    in_doubt: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,10 @@ not keep.
 
 from __future__ import annotations
 
+from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.store.connection import Connection, StoreError
 from mcdaemon.store.contacts import Contact, Contacts
-from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage, SubmitOutcome
+from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, ReportQueries

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import CALLER_KINDS, TRANSITIONS, _may_become, _quoted
@@ -19,20 +20,6 @@ from mcdaemon.store.schema import CALLER_KINDS, TRANSITIONS, _may_become, _quote
 log = structlog.get_logger("mcdaemon.store")
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitOutcome:
-    """What became of one submit: `submitted` (with the SMSC's id per part), `queued` again
-    (a temporary failure, retried at `not_before`) or `failed` for good."""
-
-    message_id: int
-    state: str
-    smsc_ids: tuple[str, ...] = ()
-    not_before: float | None = None
-    error_code: int | None = None
-    detail: str = ""
-    duplicate_risk: bool = False
-    #: the text never went out (handed back unsent): its claim does not count as an attempt
-    refund_attempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
