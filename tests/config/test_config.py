@@ -17,7 +17,7 @@ from mcdaemon.config.load import config_from_dict, known_keys, load_config, relo
 from mcdaemon.config.model import DEFAULT_TRIGGERS
 from mcdaemon.config.reader import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.yaml"
 
 

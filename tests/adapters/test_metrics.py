@@ -31,7 +31,7 @@ from mcdaemon.core.receipts import _RECEIPT_STATES
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import TRANSITIONS, Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CALLER = "+447700900123"
 T0 = 1_736_157_600.0
 
@@ -213,7 +213,7 @@ async def test_outbox_gauges_come_from_the_real_store_snapshot(tmp_path: Path) -
 
 
 def test_the_state_lists_match_the_code_that_produces_the_states() -> None:
-    source = {name: (ROOT / "mcdaemon" / f"{name}.py").read_text(encoding="utf-8")
+    source = {name: (ROOT / "mcdaemon" / "adapters" / f"{name}.py").read_text(encoding="utf-8")
               for name in ("smpp", "ami")}
     assert set(re.findall(r'_set_state\("(\w+)"', source["smpp"])) == set(SMPP_STATES)
     assert set(re.findall(r'_set_state\("(\w+)"', source["ami"])) == set(AMI_STATES)

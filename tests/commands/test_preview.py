@@ -9,7 +9,7 @@ from pathlib import Path
 from mcdaemon.commands.preview import preview
 from mcdaemon.config.load import config_from_dict, load_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 NOW = dt.datetime(2025, 1, 6, 10, 0, tzinfo=dt.UTC).timestamp()
 
 
