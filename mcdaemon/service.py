@@ -25,7 +25,6 @@ in flight then may be sent twice; the restart marks them `duplicate_risk`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -53,7 +52,7 @@ from mcdaemon.core import keywords
 from mcdaemon.core.outbox import SubmitResult, submit_outcome
 from mcdaemon.core.phone import to_e164
 from mcdaemon.core.policy import (
-    decide,
+    decide_batch,
     destination_prefix,
     is_fraud_shield_trip,
     match_group,
@@ -409,11 +408,6 @@ class Service:
         costs one commit). Texts decided earlier in the same batch count for later ones."""
         config = self.config
         now = self._clock()
-        decided: list[NewCall] = []
-        destinations: list[str | None] = []
-        batch_last: dict[str, float] = {}
-        batch_texts = 0
-        batch_prefixes: collections.Counter[str] = collections.Counter()
         groups = [match_group(record, config) for record in records]
         prefixes = [destination_prefix(record.caller_e164, config) if record.caller_e164
                     else None for record in records]
@@ -423,28 +417,13 @@ class Service:
         names = await self._contacts.names(self.store, [
             record.caller_e164 for record, group, view in zip(records, groups, views, strict=True)
             if record.caller_e164 and _may_text(record, group, view)])
-        for record, prefix, view in zip(records, prefixes, views, strict=True):
-            number = record.caller_e164
-            if number in names:
-                view = dataclasses.replace(view, contact_name=names[number])
-            if batch_texts:
-                view = dataclasses.replace(
-                    view,
-                    last_text_at=batch_last.get(number or "", view.last_text_at),
-                    texts_last_hour=view.texts_last_hour + batch_texts,
-                    texts_last_day=view.texts_last_day + batch_texts,
-                    prefix_texts_last_hour=view.prefix_texts_last_hour + (
-                        batch_prefixes[prefix] if prefix else 0))
-            decision = decide(record, config, view, now)
-            if decision.text and decision.expires_at is None:
-                decision = dataclasses.replace(
-                    decision, expires_at=record.ended + config.outbox.max_age)
-            if decision.text and decision.destination:
-                batch_last[decision.destination] = now
-                batch_texts += 1
-                batch_prefixes[destination_prefix(decision.destination, config)] += 1
-            decided.append(NewCall(record, decision))
-            destinations.append(decision.destination)
+        views = [dataclasses.replace(view, contact_name=names[record.caller_e164])
+                 if record.caller_e164 in names else view
+                 for record, view in zip(records, views, strict=True)]
+        decisions = decide_batch(records, views, config, now)
+        decided = [NewCall(record, decision)
+                   for record, decision in zip(records, decisions, strict=True)]
+        destinations = [decision.destination for decision in decisions]
         # texts due now are claimed in the same commit while the window has room: the
         # sender has them as soon as the decision is on disk. What the decisions cause
         # (webhook events, staff notes, call-back campaigns) is written with them.

@@ -1,7 +1,7 @@
 """The `agi:` section of the config: the FastAGI hooks server (`mcdaemon.adapters.agi`).
 
-Kept apart from `config.py` (which calls `read_agi`) so the hooks own their settings; it
-imports nothing from `config` at run time (the `Section` is passed in).
+Kept apart from `config.load` (which calls `read_agi`) so the hooks own their settings; it
+imports nothing of the loader (the `Section` is passed in).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The `contacts:` section of the config: the optional name lookup over HTTP.
 
-Kept apart from `config.py` (which calls `read_contacts`) so the contact code owns its
-settings; it imports nothing from `config` at run time (the `Section` is passed in).
+Kept apart from `config.load` (which calls `read_contacts`) so the contact code owns its
+settings; it imports nothing of the loader (the `Section` is passed in).
 """
 
 from __future__ import annotations

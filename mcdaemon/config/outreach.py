@@ -1,8 +1,8 @@
 """The settings of follow-up texts and call-back campaigns (`groups.*.followups`,
 `groups.*.callback`, and the global `callbacks:`).
 
-Kept apart from `config.py` (which calls the readers here) so the follow-up and call-back
-code owns its settings; it imports nothing from `config` at run time (the `Section` and the
+Kept apart from `config.load` (which calls the readers here) so the follow-up and call-back
+code owns its settings; it imports nothing of the loader (the `Section` and the
 `Reader` are passed in).
 """
 

@@ -1,7 +1,7 @@
 """The `webhooks:` section of the config: endpoints that receive the daemon's events.
 
-Kept apart from `config.py` (which calls `read_webhooks`) so the webhook code owns its
-settings; it imports nothing from `config` at run time (`Reader` is passed in).
+Kept apart from `config.load` (which calls `read_webhooks`) so the webhook code owns its
+settings; it imports nothing of the loader (`Reader` is passed in).
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ once and counts them. Texts are sent only while `now <= expires_at`: `ended + ma
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Sequence
@@ -228,3 +230,36 @@ def _type_name(number_type: int) -> str:
         if not name.startswith("_") and getattr(PhoneNumberType, name) == number_type:
             return name
     return str(number_type)
+
+
+def decide_batch(records: Sequence[CallRecord], views: Sequence[PolicyView], config: Config,
+                 now: float) -> list[Decision]:
+    """Decide the calls of one batch in order. The store's views were read before the batch,
+    so the texts decided earlier in it are counted here for the later ones (cooldown, caps,
+    the fraud shield). A text gets its expiry (`outbox.max_age` after the call) if the
+    decision set none."""
+    decisions: list[Decision] = []
+    batch_last: dict[str, float] = {}
+    batch_texts = 0
+    batch_prefixes: collections.Counter[str] = collections.Counter()
+    for record, view in zip(records, views, strict=True):
+        number = record.caller_e164
+        prefix = destination_prefix(number, config) if number else None
+        if batch_texts:
+            view = dataclasses.replace(
+                view,
+                last_text_at=batch_last.get(number or "", view.last_text_at),
+                texts_last_hour=view.texts_last_hour + batch_texts,
+                texts_last_day=view.texts_last_day + batch_texts,
+                prefix_texts_last_hour=view.prefix_texts_last_hour + (
+                    batch_prefixes[prefix] if prefix else 0))
+        decision = decide(record, config, view, now)
+        if decision.text and decision.expires_at is None:
+            decision = dataclasses.replace(
+                decision, expires_at=record.ended + config.outbox.max_age)
+        if decision.text and decision.destination:
+            batch_last[decision.destination] = now
+            batch_texts += 1
+            batch_prefixes[destination_prefix(decision.destination, config)] += 1
+        decisions.append(decision)
+    return decisions

@@ -2,7 +2,7 @@
 
 `compute` is the sans-IO core: the store's rows (`Store.report_rows`, read through a read-only
 connection) and the config in, a `Report` out; `as_json`, `as_csv` and `as_table` print it and
-`report_html` draws it. The README's "KPI report" section is the user's version of these
+`report.html` draws it. The README's "KPI report" section is the user's version of these
 definitions; keep both in step.
 
 Calls are those that *ended* in the window `[since, until]`; everything else hangs off them:
