@@ -44,7 +44,7 @@ from mcdaemon.config.model import (
     StoreConfig,
 )
 from mcdaemon.config.outreach import (
-    check_followup_texts,
+    FollowupStep,
     read_callback,
     read_callbacks,
     read_followups,
@@ -457,6 +457,20 @@ def _read_variants(reader: Reader, value: Any, path: str) -> dict[str, str]:
     if len(section.data) < 2:
         reader.error(path, "an A/B test needs at least two variants (name: text)")
     return texts
+
+
+def check_followup_texts(section: Section, steps: tuple[FollowupStep, ...],
+                         known: set[str], worst: dict[str, str], max_parts: int,
+                         group: str) -> None:
+    """Follow-up templates (`config.outreach`) are checked here as the others: variables
+    and worst-case length."""
+    for index, step in enumerate(steps):
+        where = f"followups[{index}].template"
+        if not step.template:
+            continue
+        problem = templates.template_problem(step.template, known, worst, max_parts, group)
+        if problem:
+            section.error(where, problem)
 
 
 def _check_group_texts(section: Section, group: GroupConfig, defaults: Config) -> None:

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mcdaemon.core import templates
 from mcdaemon.core.records import MISSED_OUTCOMES, Outcome
 
 if TYPE_CHECKING:
@@ -110,17 +109,6 @@ def read_followups(section: Section) -> tuple[FollowupStep, ...]:
     return tuple(steps)
 
 
-def check_followup_texts(section: Section, steps: tuple[FollowupStep, ...],
-                         known: set[str], worst: dict[str, str], max_parts: int,
-                         group: str) -> None:
-    """Follow-up templates are checked as the others: variables and worst-case length."""
-    for index, step in enumerate(steps):
-        where = f"followups[{index}].template"
-        if not step.template:
-            continue
-        problem = templates.template_problem(step.template, known, worst, max_parts, group)
-        if problem:
-            section.error(where, problem)
 
 
 def read_callback(section: Section) -> CallbackConfig | None:
