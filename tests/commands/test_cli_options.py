@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli_errors import write_config
 
 from mcdaemon.cli import DEFAULT_CONFIG, build_parser
 from mcdaemon.commands.control import gather_status
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.reader import ConfigError
 from mcdaemon.store import Store
+
+from commands.test_cli_errors import write_config
 
 
 @pytest.mark.parametrize("argv", [

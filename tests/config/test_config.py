@@ -355,9 +355,9 @@ def test_staff_numbers_are_kept_as_e164_mobiles() -> None:
 
 @pytest.mark.parametrize("shown_by_the_pbx", ["442071230009", "+442071230009"])
 def test_ignored_dids_match_however_they_are_written(shown_by_the_pbx: str) -> None:
-    from test_tracker import Call, only, tracker
-
     from mcdaemon.core.records import Outcome
+
+    from core.test_tracker import Call, only, tracker
 
     config = config_from_dict({"inbound": {"contexts": ["from-carrier"],
                                            "ignore_dids": ["+44 20 7123 0009"]}})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from test_policy import CONFIG, MONDAY_10, call, make_config
-
 from mcdaemon.core.policy import decide_batch
 from mcdaemon.core.records import PolicyView
+
+from core.test_policy import CONFIG, MONDAY_10, call, make_config
 
 
 def test_a_caller_twice_in_one_batch_gets_one_text() -> None:
