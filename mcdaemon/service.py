@@ -29,8 +29,10 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import random
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -43,7 +45,6 @@ from mcdaemon.adapters.agi import AgiError, AgiHooks
 from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
 from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
 from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
-from mcdaemon.commands import control
 from mcdaemon.config.load import reload_config
 from mcdaemon.config.model import Config, GroupConfig
 from mcdaemon.config.reader import ConfigError
@@ -68,6 +69,12 @@ from mcdaemon.webhooks import delivery as webhooks
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")
+
+
+def heartbeat_value() -> str:
+    """What the daemon writes in its heartbeat row: `PID@HOST`, so `status` on the same host
+    (not from another container or machine sharing the file) can ask whether it still runs."""
+    return f"{os.getpid()}@{socket.gethostname()}"
 
 
 def _retry_jitter() -> float:
@@ -699,7 +706,7 @@ class Service:
                                     receipt_timeout=self.config.smpp.receipt_timeout)
                 self.metrics.observe_outbox(await self.store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
-            await self.store.set_status("heartbeat", control.heartbeat_value(), now)
+            await self.store.set_status("heartbeat", heartbeat_value(), now)
             records: list[CallRecord] = []
             for tracker in self._trackers.values():
                 records += tracker.expire(now)

@@ -40,14 +40,11 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
     return 0
 
 
-def heartbeat_value() -> str:
-    """What the daemon writes in its heartbeat row: `PID@HOST`, so `status` on the same host
-    (not from another container or machine sharing the file) can ask whether it still runs."""
-    return f"{os.getpid()}@{socket.gethostname()}"
 
 
 def gone_pid(heartbeat: str) -> int | None:
-    """The heartbeat's pid when it was written on this host and that process is gone."""
+    """The heartbeat's pid (`service.heartbeat_value`) when it was written on this host and
+    that process is gone."""
     pid_text, _, host = heartbeat.partition("@")
     if host != socket.gethostname() or not pid_text.isdigit():
         return None  # another host or PID namespace, or an older daemon: the age decides
