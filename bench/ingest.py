@@ -31,10 +31,10 @@ from pathlib import Path
 
 from panoramisk.ami_protocol import AMIProtocol
 
-from mcdaemon.ami import AmiConnection, AmiEvents, AmiItem, FramedProtocol
-from mcdaemon.config import AmiConfig, InboundConfig
-from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
-from mcdaemon.transcript import read_transcript
+from mcdaemon.adapters.ami import AmiConnection, AmiEvents, AmiItem, FramedProtocol
+from mcdaemon.config.model import AmiConfig, InboundConfig
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon.core.transcript import read_transcript
 
 STORM = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "busy_storm.ami"
 CHUNK = 65536

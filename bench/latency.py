@@ -49,9 +49,9 @@ from pathlib import Path
 
 import yaml
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import Submit, TestSmsc
-from mcdaemon.transcript import Frame, FrameFields, Transcript, read_transcript
+from mcdaemon.core.transcript import Frame, FrameFields, Transcript, read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import Submit, TestSmsc
 
 ROOT = Path(__file__).resolve().parent.parent
 STORM = ROOT / "tests" / "fixtures" / "busy_storm.ami"

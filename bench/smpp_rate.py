@@ -13,9 +13,9 @@ import argparse
 import asyncio
 import time
 
-from mcdaemon.config import SmppConfig
-from mcdaemon.smpp import SmppEvent, SmppSender
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.adapters.smpp import SmppEvent, SmppSender
+from mcdaemon.config.model import SmppConfig
+from mcdaemon.sim.smsc import TestSmsc
 
 
 async def sustained_rate(window: int, texts: int, response_delay: float) -> float:

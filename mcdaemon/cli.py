@@ -7,9 +7,11 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__, logs
-from .config import Config, ConfigError, load_config, log_warnings, runtime_problems
-from .store import StoreError
+from mcdaemon import __version__, logs
+from mcdaemon.config.load import load_config, log_warnings, runtime_problems
+from mcdaemon.config.model import Config
+from mcdaemon.config.reader import ConfigError
+from mcdaemon.store import StoreError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -31,7 +33,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
-    from .sender_id import describe
+    from mcdaemon.core.sender_id import describe
 
     print(f"{config.source}: OK ({len(config.ami)} PBX(s), inbound contexts: "
           f"{', '.join(config.inbound.contexts)})")
@@ -40,7 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import DryRunPolicy, replay_files
+    from mcdaemon.commands.replay import DryRunPolicy, replay_files
 
     config = _load(args)
     return replay_files(config, args.files, sys.stdout, decider=lambda: DryRunPolicy(config))
@@ -49,13 +51,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     import time
 
-    from .preview import preview
+    from mcdaemon.commands.preview import preview
 
     return preview(_load(args), sys.stdout, args.group, args.outcome, args.caller, time.time())
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from .capture import capture
+    from mcdaemon.commands.capture import capture
 
     return capture(_load(args), args.out, pbx=args.pbx, duration=args.duration,
                    force=args.force)
@@ -64,7 +66,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .service import Service
+    from mcdaemon.service import Service
 
     config = _load(args)
     problems = runtime_problems(config)
@@ -76,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_send_test(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .sendtest import send_test
+    from mcdaemon.commands.sendtest import send_test
 
     return asyncio.run(send_test(_load(args), args.number, args.text, args.timeout))
 
@@ -84,7 +86,7 @@ def cmd_send_test(args: argparse.Namespace) -> int:
 def cmd_enable(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .control import set_switch
+    from mcdaemon.commands.control import set_switch
 
     return asyncio.run(set_switch(_load(args), args.group, True, sys.stdout))
 
@@ -92,7 +94,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
 def cmd_disable(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .control import set_switch
+    from mcdaemon.commands.control import set_switch
 
     return asyncio.run(set_switch(_load(args), args.group, False, sys.stdout))
 
@@ -100,7 +102,7 @@ def cmd_disable(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .control import show_status
+    from mcdaemon.commands.control import show_status
 
     return asyncio.run(show_status(_load(args), sys.stdout, as_json=args.json,
                                    health=args.health))
@@ -109,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _since(text: str) -> object:
     """`--since`: checked while parsing (a bad value exits 2 with usage), resolved later in
     the config's time zone."""
-    from .report import parse_since
+    from mcdaemon.report.kpis import parse_since
 
     try:
         return parse_since(text)
@@ -121,7 +123,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from .report import run_report
+    from mcdaemon.commands.report import run_report
 
     return asyncio.run(run_report(_load(args), sys.stdout, since=args.since, now=time.time(),
                                   group=args.group, output=args.format, html=args.html))
@@ -131,7 +133,7 @@ def cmd_record_booking(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from .report import record_booking
+    from mcdaemon.commands.report import record_booking
 
     return asyncio.run(record_booking(_load(args), sys.stdout, number=args.number,
                                       value=args.value, at=args.at, now=time.time(),
@@ -141,7 +143,7 @@ def cmd_record_booking(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .demo import run_demo
+    from mcdaemon.commands.demo import run_demo
 
     if args.log_level == "info":  # the demo prints what happens; the daemon's log stays quiet
         logs.configure(args.log_format, "warning")
@@ -152,8 +154,7 @@ def cmd_contacts(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from . import contacts
-
+    from mcdaemon.contacts import lookup as contacts
     config = _load(args)
     if args.contacts_command == "import":
         return asyncio.run(contacts.cli_import(config.region, config.store.path, args.file,

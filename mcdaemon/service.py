@@ -25,13 +25,14 @@ in flight then may be sent twice; the restart marks them `duplicate_risk`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import functools
 import math
+import os
 import random
 import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -39,24 +40,45 @@ from pathlib import Path
 
 import structlog
 
-from . import control, keywords, sdnotify, webhooks
-from .agi import AgiError, AgiHooks
-from .ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
-from .callbacks import Outreach
-from .config import Config, ConfigError, GroupConfig, reload_config
-from .contacts import ContactNames
-from .logs import mask_number
-from .metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
-from .notify import Notifier
-from .phone import to_e164
-from .policy import decide, destination_prefix, is_fraud_shield_trip, match_group, prepare_caller
-from .receipts import DeliveryReceipt
-from .records import CallRecord, Decision, PolicyView
-from .smpp import BindState, MobileOriginated, SmppSender, SubmitResult
-from .store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
-from .tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon.adapters import sdnotify
+from mcdaemon.adapters.agi import AgiError, AgiHooks
+from mcdaemon.adapters.ami import AmiConnection, AmiEvent, AmiEvents, AmiItem, AmiStatus
+from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics, MetricsError
+from mcdaemon.adapters.smpp import BindState, MobileOriginated, SmppSender
+from mcdaemon.config.load import reload_config
+from mcdaemon.config.model import Config, GroupConfig
+from mcdaemon.config.reader import ConfigError
+from mcdaemon.contacts.lookup import ContactNames
+from mcdaemon.core import keywords
+from mcdaemon.core.outbox import SubmitResult, submit_outcome
+from mcdaemon.core.phone import to_e164
+from mcdaemon.core.policy import (
+    decide_batch,
+    destination_prefix,
+    is_fraud_shield_trip,
+    match_group,
+    prepare_caller,
+)
+from mcdaemon.core.receipts import DeliveryReceipt
+from mcdaemon.core.records import CallRecord, Decision, PolicyView
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES, CallTracker
+from mcdaemon.logs import mask_number
+from mcdaemon.outreach.callbacks import Outreach
+from mcdaemon.store import NewCall, OutboxMessage, ReceiptIn, Store, StoreError, SubmitOutcome
+from mcdaemon.webhooks import delivery as webhooks
+from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")
+
+
+def heartbeat_value() -> str:
+    """What the daemon writes in its heartbeat row: `PID@HOST`, so `status` on the same host
+    (not from another container or machine sharing the file) can ask whether it still runs."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _retry_jitter() -> float:
+    return random.uniform(0.8, 1.2)
 
 Clock = Callable[[], float]
 DecisionObserver = Callable[[CallRecord, Decision], None]
@@ -124,7 +146,7 @@ class Service:
         self._webhooks = webhooks.WebhookWorker(lambda: self.config.webhooks, clock=clock)
         self._notify = Notifier(lambda: self.store, lambda: self.config, self._webhooks, clock,
                                 self._staff_notes_queued)
-        # follow-up texts and call-back campaigns (mcdaemon.callbacks)
+        # follow-up texts and call-back campaigns (mcdaemon.outreach.callbacks)
         self._outreach = Outreach(lambda: self.config,
                                   {conn.pbx: conn for conn in self._connections}, clock,
                                   notify=self._notify)
@@ -393,11 +415,6 @@ class Service:
         costs one commit). Texts decided earlier in the same batch count for later ones."""
         config = self.config
         now = self._clock()
-        decided: list[NewCall] = []
-        destinations: list[str | None] = []
-        batch_last: dict[str, float] = {}
-        batch_texts = 0
-        batch_prefixes: collections.Counter[str] = collections.Counter()
         groups = [match_group(record, config) for record in records]
         prefixes = [destination_prefix(record.caller_e164, config) if record.caller_e164
                     else None for record in records]
@@ -407,28 +424,13 @@ class Service:
         names = await self._contacts.names(self.store, [
             record.caller_e164 for record, group, view in zip(records, groups, views, strict=True)
             if record.caller_e164 and _may_text(record, group, view)])
-        for record, prefix, view in zip(records, prefixes, views, strict=True):
-            number = record.caller_e164
-            if number in names:
-                view = dataclasses.replace(view, contact_name=names[number])
-            if batch_texts:
-                view = dataclasses.replace(
-                    view,
-                    last_text_at=batch_last.get(number or "", view.last_text_at),
-                    texts_last_hour=view.texts_last_hour + batch_texts,
-                    texts_last_day=view.texts_last_day + batch_texts,
-                    prefix_texts_last_hour=view.prefix_texts_last_hour + (
-                        batch_prefixes[prefix] if prefix else 0))
-            decision = decide(record, config, view, now)
-            if decision.text and decision.expires_at is None:
-                decision = dataclasses.replace(
-                    decision, expires_at=record.ended + config.outbox.max_age)
-            if decision.text and decision.destination:
-                batch_last[decision.destination] = now
-                batch_texts += 1
-                batch_prefixes[destination_prefix(decision.destination, config)] += 1
-            decided.append(NewCall(record, decision))
-            destinations.append(decision.destination)
+        views = [dataclasses.replace(view, contact_name=names[record.caller_e164])
+                 if record.caller_e164 in names else view
+                 for record, view in zip(records, views, strict=True)]
+        decisions = decide_batch(records, views, config, now)
+        decided = [NewCall(record, decision)
+                   for record, decision in zip(records, decisions, strict=True)]
+        destinations = [decision.destination for decision in decisions]
         # texts due now are claimed in the same commit while the window has room: the
         # sender has them as soon as the decision is on disk. What the decisions cause
         # (webhook events, staff notes, call-back campaigns) is written with them.
@@ -552,31 +554,10 @@ class Service:
         batch, self._results = self._results, []
         if not batch:
             return
-        outbox = self.config.outbox
-        outcomes: list[SubmitOutcome] = []
-        for message, result, _ in batch:
-            if result.outcome == "submitted":
-                outcomes.append(SubmitOutcome(message.id, "submitted",
-                                              smsc_ids=result.smsc_ids))
-            elif result.outcome == "unbound" and not result.in_doubt:
-                # never went out (the bind dropped or the daemon stops): not an attempt;
-                # sent as soon as a bind is up again
-                outcomes.append(SubmitOutcome(message.id, "queued", not_before=batch[-1][2],
-                                              detail=result.detail, refund_attempt=True))
-            elif result.outcome == "permanent" or message.attempts >= outbox.max_attempts:
-                detail = result.detail if result.outcome == "permanent" else (
-                    f"gave up after {message.attempts} attempts: {result.detail}")
-                outcomes.append(SubmitOutcome(message.id, "failed", error_code=result.status,
-                                              detail=detail))
-            else:
-                delay = min(outbox.retry_max, outbox.retry_min * 2 ** (message.attempts - 1))
-                delay *= random.uniform(0.8, 1.2)
-                # a submit that went out unanswered may have reached the SMSC: its resend
-                # is a duplicate risk
-                outcomes.append(SubmitOutcome(
-                    message.id, "queued", not_before=batch[-1][2] + delay,
-                    error_code=result.status, detail=result.detail,
-                    duplicate_risk=result.in_doubt))
+        now = batch[-1][2]
+        outcomes = [submit_outcome(message.id, message.attempts, result, now=now,
+                                   outbox=self.config.outbox, jitter=_retry_jitter)
+                    for message, result, _ in batch]
         async with self.store.atomic():
             moved = await self.store.record_submit_outcomes(outcomes, batch[-1][2])
             await self._notify.texts_moved([
@@ -725,7 +706,7 @@ class Service:
                                     receipt_timeout=self.config.smpp.receipt_timeout)
                 self.metrics.observe_outbox(await self.store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
-            await self.store.set_status("heartbeat", control.heartbeat_value(), now)
+            await self.store.set_status("heartbeat", heartbeat_value(), now)
             records: list[CallRecord] = []
             for tracker in self._trackers.values():
                 records += tracker.expire(now)

@@ -5,7 +5,7 @@
     python scripts/config_reference.py --check    # exit 1 if docs/configuration.md is stale
     python scripts/config_reference.py --stdout   # print it instead
 
-Only settings the loader knows (`mcdaemon.config.known_keys`) are listed, each with the
+Only settings the loader knows (`mcdaemon.config.load.known_keys`) are listed, each with the
 example's value and the example's comment, so the reference, the example and the code cannot
 drift apart: tests/test_readme.py runs the check.
 """
@@ -28,7 +28,7 @@ _LINE = re.compile(r"^(?P<indent>\s*)(?P<dash>- )?(?P<key>[A-Za-z0-9_*-]+):\s*"
 
 def rows(example: Path) -> list[tuple[str, str, str]]:
     sys.path.insert(0, str(ROOT))
-    from mcdaemon.config import known_keys
+    from mcdaemon.config.load import known_keys
 
     known = known_keys(yaml.safe_load(example.read_text(encoding="utf-8")), base_dir=ROOT)
     stack: list[tuple[int, str]] = []

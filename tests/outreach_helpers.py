@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mcdaemon.ami import AmiEvent
-from mcdaemon.config import Config, config_from_dict
-from mcdaemon.records import CallRecord, Decision, Outcome
+from mcdaemon.adapters.ami import AmiEvent
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
+from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import NewCall, Store
 
 #: Tuesday 2025-01-07 10:00:00 UTC (Europe/London: 10:00, inside Mon-Fri 09:00-17:30)

@@ -9,10 +9,10 @@ from urllib.parse import parse_qs, urlencode
 
 import yaml
 
-from mcdaemon.agi import HOOKS, tag_marks
-from mcdaemon.agi_script import hook_params
-from mcdaemon.ami import event_filter
-from mcdaemon.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
+from mcdaemon.adapters.agi import HOOKS, tag_marks
+from mcdaemon.adapters.agi_script import hook_params
+from mcdaemon.adapters.ami import event_filter
+from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / "asterisk-conf"

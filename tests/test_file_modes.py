@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli_errors import write_config
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.capture import capture, capture_async
-from mcdaemon.config import AmiConfig, load_config
+from mcdaemon.commands.capture import capture, capture_async
+from mcdaemon.config.load import load_config
+from mcdaemon.config.model import AmiConfig
+from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.store import Store
+
+from commands.test_cli_errors import write_config
 
 
 @pytest.fixture(autouse=True)

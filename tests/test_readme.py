@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from mcdaemon.cli import build_parser
-from mcdaemon.config import DEFAULT_TRIGGERS, ConfigError, known_keys, load_config, runtime_problems
-from mcdaemon.records import Outcome
+from mcdaemon.config.load import known_keys, load_config, runtime_problems
+from mcdaemon.config.model import DEFAULT_TRIGGERS
+from mcdaemon.config.reader import ConfigError
+from mcdaemon.core.records import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from mcdaemon.cli import build_parser
-from mcdaemon.config import known_keys
+from mcdaemon.config.load import known_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the administrator's documents whose commands, settings and links are checked
@@ -119,7 +119,7 @@ def fenced_commands(text: str | None = None) -> list[tuple[str, list[str]]]:
 def log_events() -> set[str]:
     """The daemon's log event names: `mcdaemon started` in the prose is a log line."""
     events = set()
-    for path in (ROOT / "mcdaemon").glob("*.py"):
+    for path in (ROOT / "mcdaemon").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         events.update(re.findall(r"""log\.[a-z]+\(\s*f?["']([^"'{]+)["']""", text))
     return events
@@ -217,7 +217,7 @@ def test_every_inline_command_names_a_real_command_and_real_options(span: str,
 
 def _corpus() -> dict[Path, str]:
     files = [path for path in sorted((ROOT / "tests").rglob("*.py")) if path.resolve() != THIS]
-    files.append(ROOT / "mcdaemon" / "demo.py")
+    files.append(ROOT / "mcdaemon" / "commands" / "demo.py")
     return {path: path.read_text(encoding="utf-8") for path in files}
 
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import yaml
 
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
 from mcdaemon.service import Service
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 AMI_SECRET = "mcdsecret"
 SMPP_PASSWORD = "secret"
 

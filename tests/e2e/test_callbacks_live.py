@@ -7,15 +7,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from mcdaemon import outreach_store as ostore
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.core.transcript import Transcript, read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import Transcript, read_transcript
+from mcdaemon.store import outreach as ostore
 
 from e2e.harness import (
     AMI_SECRET,
-    FIXTURES,
     SMPP_PASSWORD,
     run_service,
     stop,
@@ -23,6 +22,7 @@ from e2e.harness import (
     write_config,
 )
 from e2e.webhook_receiver import Receiver
+from recordings import recording_path
 
 CALLBACK = {"attempts": ["0s", "1s", "1s"], "caller_id": "Acme <+442071230000>"}
 
@@ -33,7 +33,7 @@ def group(**extra: Any) -> dict[str, Any]:
 
 
 def transcript(name: str) -> Transcript:
-    return read_transcript(FIXTURES / f"{name}.ami")
+    return read_transcript(recording_path(name))
 
 
 def originates(ami: AmiTestServer) -> list[dict[str, str]]:

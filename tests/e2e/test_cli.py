@@ -6,7 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.smsc import TestSmsc
 
 from e2e.harness import SMPP_PASSWORD, free_port, write_config
 

@@ -9,10 +9,11 @@ import re
 import sys
 from pathlib import Path
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.transcript import read_transcript
+from mcdaemon.core.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
 
-from e2e.harness import FIXTURES, free_port, write_config
+from e2e.harness import free_port, write_config
+from recordings import recording_path
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "config.example.yaml"
 
@@ -46,7 +47,7 @@ async def test_preview_of_one_group_outcome_and_caller() -> None:
 
 async def test_capture_then_replay_shows_what_would_have_been_texted(tmp_path: Path) -> None:
     recording = tmp_path / "today.ami"
-    async with AmiTestServer([read_transcript(FIXTURES / "queue_abandon.ami")],
+    async with AmiTestServer([read_transcript(recording_path("queue_abandon"))],
                              speed=0) as server:
         config = write_config(tmp_path, ami_port=server.port, smsc_port=free_port())
         code, _out, err = await mcdaemon("capture", "-c", str(config), "--out", str(recording),
@@ -54,7 +55,7 @@ async def test_capture_then_replay_shows_what_would_have_been_texted(tmp_path: P
         assert code == 0, err
         assert server.connections == 1
     captured = read_transcript(recording)
-    assert len(captured.frames) > len(read_transcript(FIXTURES / "queue_abandon.ami").frames) / 2
+    assert len(captured.frames) > len(read_transcript(recording_path("queue_abandon")).frames) / 2
 
     code, out, err = await mcdaemon("replay", "-c", str(config), str(recording))
     assert code == 0, err

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
+from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
-from mcdaemon.smsc import TestSmsc
-from mcdaemon.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 
-from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, write_config
+from e2e.harness import AMI_SECRET, SMPP_PASSWORD, write_config
+from recordings import recording_path
 
 CALLER = "+447700900123"  # queue_abandon.ami's caller (caller ID name <unknown>)
 GROUPS = {"default": {"triggers": ["missed"],
@@ -89,7 +90,7 @@ class Crm:
 @pytest.fixture
 async def peers() -> AsyncIterator[tuple[TestSmsc, AmiTestServer]]:
     async with TestSmsc(password=SMPP_PASSWORD) as smsc, \
-            AmiTestServer([read_transcript(FIXTURES / "queue_abandon.ami")], secret=AMI_SECRET,
+            AmiTestServer([read_transcript(recording_path("queue_abandon"))], secret=AMI_SECRET,
                           speed=0) as ami:
         yield smsc, ami
 

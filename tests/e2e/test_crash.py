@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.core.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import read_transcript
 
-from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, wait_until, write_config
+from e2e.harness import AMI_SECRET, SMPP_PASSWORD, wait_until, write_config
+from recordings import recording_path
 
 KILLS = 3
 
@@ -38,7 +39,7 @@ async def start_daemon(config: Path, log: Path) -> asyncio.subprocess.Process:
 @pytest.mark.slow
 async def test_kill_9_during_a_storm_loses_nothing_and_marks_every_possible_duplicate(
         tmp_path: Path) -> None:
-    storm = read_transcript(FIXTURES / "busy_storm.ami")
+    storm = read_transcript(recording_path("busy_storm"))
     mobiles = {label["callerid"].lstrip("+") for label in storm.labels}
     rng = random.Random(20261123)
     log = tmp_path / "daemon.log"

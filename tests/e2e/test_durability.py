@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.core.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import read_transcript
 
-from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, wait_until, write_config
+from e2e.harness import AMI_SECRET, SMPP_PASSWORD, wait_until, write_config
+from recordings import recording_path
 
 STOPPERS = [f"+4477009{number:05d}" for number in range(90001, 90006)]  # not in the storm
 WINDOW = 5
@@ -61,7 +62,7 @@ async def start_daemon(config: Path, log: Path, *,
 @pytest.mark.parametrize("kill_after", [0.0, 0.05, 0.2])
 async def test_stop_replies_answered_to_the_smsc_survive_a_kill_9(tmp_path: Path,
                                                                   kill_after: float) -> None:
-    storm = read_transcript(FIXTURES / "busy_storm.ami")
+    storm = read_transcript(recording_path("busy_storm"))
     log = tmp_path / "daemon.log"
     # receipts off: every deliver_sm the SMSC sends is one of the STOP replies
     async with TestSmsc(password=SMPP_PASSWORD, response_delay=0.05, receipts=False,
@@ -100,7 +101,7 @@ async def test_stop_replies_answered_to_the_smsc_survive_a_kill_9(tmp_path: Path
 @pytest.mark.slow
 async def test_a_store_that_cannot_grow_stops_the_daemon_and_the_restart_doubles_nothing_recorded(
         tmp_path: Path) -> None:
-    storm = read_transcript(FIXTURES / "busy_storm.ami")
+    storm = read_transcript(recording_path("busy_storm"))
     mobiles = {label["callerid"].lstrip("+") for label in storm.labels}
     log = tmp_path / "daemon.log"
     async with TestSmsc(password=SMPP_PASSWORD, response_delay=0.02) as smsc, \

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.config import load_config
+from mcdaemon.config.load import load_config
+from mcdaemon.core.transcript import read_transcript
 from mcdaemon.service import Service
-from mcdaemon.smsc import TestSmsc
-from mcdaemon.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 
-from e2e.harness import AMI_SECRET, FIXTURES, SMPP_PASSWORD, free_port, write_config
+from e2e.harness import AMI_SECRET, SMPP_PASSWORD, free_port, write_config
+from recordings import recording_path
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -34,7 +35,7 @@ async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 async def test_a_replayed_abandon_and_an_answered_call_show_up_in_the_metrics(
         tmp_path: Path) -> None:
     port = free_port()
-    calls = [read_transcript(FIXTURES / f"{name}.ami")
+    calls = [read_transcript(recording_path(name))
              for name in ("queue_abandon", "answered", "landline_abandon")]
     async with TestSmsc(password=SMPP_PASSWORD) as smsc, \
             AmiTestServer(calls, secret=AMI_SECRET, speed=0) as ami:

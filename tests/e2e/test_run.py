@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.core.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import read_transcript
 
 from e2e.harness import (
     AMI_SECRET,
-    FIXTURES,
     SMPP_PASSWORD,
     free_port,
     run_service,
@@ -20,6 +19,7 @@ from e2e.harness import (
     wait_until,
     write_config,
 )
+from recordings import recording_path
 
 CALLS = ["queue_abandon", "answered", "landline_abandon", "anonymous_caller_abandon",
          "repeat_caller", "dead_end"]
@@ -28,7 +28,7 @@ TEXTED = {"447700900123", "447700900321"}
 
 
 def transcripts(names: list[str]) -> list:  # type: ignore[type-arg]
-    return [read_transcript(FIXTURES / f"{name}.ami") for name in names]
+    return [read_transcript(recording_path(name)) for name in names]
 
 
 async def test_each_missed_mobile_caller_gets_one_text_and_its_receipt_is_recorded(

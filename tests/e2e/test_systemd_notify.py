@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 
 from e2e.harness import AMI_SECRET, SMPP_PASSWORD, free_port, write_config
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from mcdaemon.amiserver import AmiTestServer
-from mcdaemon.smsc import TestSmsc
+from mcdaemon.core.transcript import read_transcript
+from mcdaemon.sim.amiserver import AmiTestServer
+from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.transcript import read_transcript
 
 from e2e.harness import (
     AMI_SECRET,
-    FIXTURES,
     SMPP_PASSWORD,
     free_port,
     run_service,
@@ -22,6 +21,7 @@ from e2e.harness import (
     write_config,
 )
 from e2e.webhook_receiver import Receiver
+from recordings import recording_path
 
 SECRET = "live-webhook-secret-42"
 CALLER = "+447700900123"
@@ -35,7 +35,7 @@ def hooks(url: str) -> list[dict[str, object]]:
 async def test_a_missed_call_gives_missed_call_text_sent_and_text_delivered_in_order(
         tmp_path: Path) -> None:
     async with TestSmsc(password=SMPP_PASSWORD) as smsc, Receiver(SECRET) as crm, \
-            AmiTestServer([read_transcript(FIXTURES / "queue_abandon.ami")],
+            AmiTestServer([read_transcript(recording_path("queue_abandon"))],
                           secret=AMI_SECRET, speed=0) as ami:
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               webhooks=hooks(crm.url))
@@ -64,7 +64,7 @@ async def test_webhooks_wait_in_the_store_while_the_receiver_is_down_even_over_a
     port = free_port()
     url = f"http://127.0.0.1:{port}/hooks/crm"
     async with TestSmsc(password=SMPP_PASSWORD) as smsc:
-        async with AmiTestServer([read_transcript(FIXTURES / "queue_abandon.ami")],
+        async with AmiTestServer([read_transcript(recording_path("queue_abandon"))],
                                  secret=AMI_SECRET, speed=0) as ami:
             config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                                   webhooks=hooks(url))
@@ -80,7 +80,7 @@ async def test_webhooks_wait_in_the_store_while_the_receiver_is_down_even_over_a
         assert [row["event"] for row in pending] == ["missed_call", "text_sent",
                                                      "text_delivered"]
         async with Receiver(SECRET, port=port) as crm, \
-                AmiTestServer([read_transcript(FIXTURES / "queue_abandon.ami")],
+                AmiTestServer([read_transcript(recording_path("queue_abandon"))],
                               secret=AMI_SECRET, speed=0) as ami:
             # the daemon starts again on the same store (and the PBX replays the same call:
             # no second text, no second webhook)

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mcdaemon.webhooks import verify
+from mcdaemon.webhooks.delivery import verify
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""`mcdaemon report` and `mcdaemon record-booking`: the store's rows through `report.kpis`,
+printed as a table, CSV or JSON, and drawn by `report.html`."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import TextIO
+
+from mcdaemon.config.model import Config
+from mcdaemon.core.phone import to_e164
+from mcdaemon.report.html import render
+from mcdaemon.report.kpis import (
+    BOOKING_WINDOW,
+    DAY,
+    Since,
+    as_csv,
+    as_json,
+    as_table,
+    call_group,
+    compute,
+    local_iso,
+    parse_moment,
+)
+from mcdaemon.store import Store, StoreError
+
+
+async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
+                     group: str | None, output: str, html: str | None) -> int:
+    """`mcdaemon report`: 0, 1 if the store cannot be read, 2 for a bad argument."""
+    try:
+        start = since.start(now, config.timezone)
+    except ValueError as exc:
+        print(f"mcdaemon report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = await Store.open_readonly(config.store.path)
+    except StoreError as exc:
+        print(f"mcdaemon report: {exc}", file=sys.stderr)
+        return 1
+    try:
+        rows = await store.report_rows(start, now)
+    finally:
+        await store.close()
+    if group is not None and config.group(group) is None and not any(
+            call_group(row, config) == group for row in rows["calls"]):
+        names = ", ".join(g.name for g in config.groups) or "none"
+        print(f"mcdaemon report: no group {group!r} in {config.source} or in the store "
+              f"(groups: {names})", file=sys.stderr)
+        return 2
+    report = compute(rows, config, since=start, until=now, group=group)
+    {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
+    if html is not None:
+        try:
+            # per-call rows hold callers' numbers: readable by the owner only (0600)
+            descriptor = os.open(html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(descriptor, "w", encoding="utf-8") as page:
+                page.write(render(report))
+        except OSError as exc:
+            print(f"mcdaemon report: cannot write {html}: {exc}", file=sys.stderr)
+            return 1
+        print(f"HTML report written to {html}", file=sys.stderr)
+    return 0
+
+
+async def record_booking(config: Config, out: TextIO, *, number: str, value: float,
+                         at: str | None, now: float, currency: str | None,
+                         note: str | None) -> int:
+    """`mcdaemon record-booking`: 0, 1 if the store cannot be written, 2 for a bad argument."""
+    e164 = to_e164(number, config.region)
+    if e164 is None:
+        print(f"mcdaemon record-booking: {number!r} is not a phone number (give it as "
+              f"+447700900123, or national for region {config.region})", file=sys.stderr)
+        return 2
+    if not math.isfinite(value) or value < 0:
+        print(f"mcdaemon record-booking: --value {value}: must be a number, 0 or more",
+              file=sys.stderr)
+        return 2
+    try:
+        when = now if at is None else parse_moment(at, config.timezone)
+    except ValueError as exc:
+        print(f"mcdaemon record-booking: --at: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = await Store.open(config.store.path)
+    except StoreError as exc:
+        print(f"mcdaemon record-booking: {exc}", file=sys.stderr)
+        return 1
+    try:
+        booking = await store.add_booking(e164, value, when, currency=currency, note=note,
+                                          window=BOOKING_WINDOW, now=now)
+    finally:
+        await store.close()
+    shown = f"{value:,.2f}" + (f" {currency}" if currency else "")
+    print(f"booking {booking.id}: {e164}, {shown}, at {local_iso(when, config.timezone)}", file=out)
+    if booking.call_id is None:
+        print(f"not attributed: no texted missed call from {e164} in the "
+              f"{BOOKING_WINDOW / DAY:g} days before it", file=out)
+    else:
+        print(f"attributed to the texted missed call {booking.pbx}/{booking.call_id}",
+              file=out)
+    return 0

@@ -1,0 +1,1 @@
+"""Follow-up texts and call-back campaigns at run time: the I/O around `core.followups`."""

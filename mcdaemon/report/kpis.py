@@ -1,0 +1,835 @@
+"""`mcdaemon report` and `mcdaemon record-booking`: what texting back missed calls achieves.
+
+`compute` is the sans-IO core: the store's rows (`Store.report_rows`, read through a read-only
+connection) and the config in, a `Report` out; `as_json`, `as_csv` and `as_table` print it and
+`report.html` draws it. The README's "KPI report" section is the user's version of these
+definitions; keep both in step.
+
+Calls are those that *ended* in the window `[since, until]`; everything else hangs off them:
+
+- inbound calls: every recorded call. Missed: outcomes in `records.MISSED_OUTCOMES` (not
+  `answered`, not `dead_end`; a dead end counts as inbound, never as missed).
+- missed-call rate = missed / inbound calls.
+- contactability = mobile missed calls / missed calls. Mobile: the call has an E.164 caller
+  number and its stored policy reason is not `withheld`, `invalid_number` or `not_mobile`
+  (a call refused earlier, e.g. `not_triggered`, never had its number judged: it counts as
+  mobile when it has a number).
+- auto-text send rate = sent texts / textable missed calls (the policy said text: `textable`).
+  Sent: the call's first text reached `submitted`, `delivered` or `undeliverable`.
+- delivery rate = delivered / sent texts (sent texts still awaiting a receipt count against).
+- time to first text: `submitted_at - ended` of sent texts, nearest-rank p50 and p90 (deferred
+  texts, sent at the next opening, included).
+- texted callers: distinct numbers with a sent text. Reply rate = texted callers with an
+  inbound text (not an opt-out/opt-in keyword) within `REPLY_WINDOW` after one of their sent
+  texts / texted callers. Opt-out rate: the same with an opt-out (a STOP-like reply or an
+  `opt_outs` row) within `REPLY_WINDOW` after a sent text.
+- call-back reach rate: call-back campaigns opened in the period that reached the caller
+  (`done`: an attempt was answered) / those that ended, reached or `exhausted`. Campaigns
+  still open, and those `cancelled` because the caller got through by calling in (or an agent
+  called them), are left out of both. n/a when no campaign ended.
+- bookings (`record-booking`) are attributed when recorded to the most recent texted missed
+  call from the number that ended within `BOOKING_WINDOW` before the booking. Revenue per
+  missed call = value of bookings attributed to the window's calls / missed calls; booking
+  rate = texted callers with an attributed booking / texted callers.
+- A/B tests, per group and template with variants: texted callers per variant, reply rate and
+  booking rate, lift against the control (the variant named `control`, else the first in the
+  config), a two-sided two-proportion z-test (pooled) on each rate, and a verdict on the reply
+  rate: "not enough data yet" below `MIN_SAMPLE` texted callers in either variant, else
+  "X beats control (p=…)", "X does worse than control (p=…)" or "no significant difference"
+  at `ALPHA`.
+A rate whose denominator is zero is n/a (None), never 0 %.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import datetime as dt
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from mcdaemon.config.model import Config
+from mcdaemon.core import keywords
+from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
+from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
+from mcdaemon.logs import mask_number
+
+DAY = 86400.0
+#: a reply or an opt-out counts for a text if it comes within this long after it
+REPLY_WINDOW = 7 * DAY
+#: a booking is attributed to a texted missed call that ended at most this long before it
+BOOKING_WINDOW = 30 * DAY
+#: texted callers each A/B variant needs before the test says anything
+MIN_SAMPLE = 100
+#: significance level of the A/B verdict (two-sided)
+ALPHA = 0.05
+#: states of a text the SMSC took ("sent")
+SENT_STATES = frozenset({"submitted", "delivered", "undeliverable", "unknown"})
+PENDING_STATES = frozenset({"queued", "sending"})
+#: stored policy reasons that mean the caller cannot get a text whatever the policy
+NOT_CONTACTABLE = frozenset({WITHHELD, INVALID_NUMBER, NOT_MOBILE})
+NO_GROUP = "(no group)"
+_MISSED = frozenset(str(outcome) for outcome in MISSED_OUTCOMES)
+_RELATIVE = re.compile(r"(\d+)\s*([dhm])")
+_UNITS = {"d": DAY, "h": 3600.0, "m": 60.0}
+
+
+# ---------------------------------------------------------------------- --since
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    """A parsed `--since`: seconds back from now, or a date/time (naive: the config's zone)."""
+
+    text: str
+    seconds: float | None = None
+    moment: dt.datetime | None = None
+
+    def start(self, now: float, timezone: str) -> float:
+        """The epoch the window starts at; ValueError if it is not before `now`."""
+        if self.seconds is not None:
+            return now - self.seconds
+        assert self.moment is not None
+        moment = self.moment
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=ZoneInfo(timezone))
+        start = moment.timestamp()
+        if start >= now:
+            raise ValueError(f"--since {self.text}: that is not in the past")
+        return start
+
+
+def parse_since(text: str) -> Since:
+    """`7d`, `24h`, `30m`, or an ISO date (`2025-01-06`) or date-time
+    (`2025-01-06T09:00`, `2025-01-06T09:00+01:00`); ValueError with the fix otherwise."""
+    value = text.strip()
+    match = _RELATIVE.fullmatch(value)
+    if match:
+        amount = int(match.group(1))
+        if amount <= 0:
+            raise ValueError(f"--since {text!r}: must be more than zero")
+        return Since(text, seconds=amount * _UNITS[match.group(2)])
+    moment = _iso_moment(value)
+    if moment is None:
+        raise ValueError(f"--since {text!r}: use a duration back from now (7d, 24h, 30m) or "
+                         "an ISO date or date-time (2025-01-06, 2025-01-06T09:00)")
+    return Since(text, moment=moment)
+
+
+def _iso_moment(value: str) -> dt.datetime | None:
+    """`2025-01-06` (its midnight) or an ISO date-time, with or without an offset."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            day = dt.date.fromisoformat(value)
+            return dt.datetime(day.year, day.month, day.day)
+        if re.match(r"\d{4}-\d{2}-\d{2}[T ]\d", value):
+            return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return None
+
+
+def parse_moment(text: str, timezone: str) -> float:
+    """An ISO date-time or date (its midnight) as an epoch; naive ones are in `timezone`."""
+    moment = _iso_moment(text.strip())
+    if moment is None:
+        raise ValueError(f"{text!r} is not an ISO date or date-time (e.g. 2025-01-06T14:30)")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(timezone))
+    return moment.timestamp()
+
+
+# ---------------------------------------------------------------------- the numbers
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """numerator / denominator, shown with both; None (n/a) when the denominator is zero."""
+
+    numerator: float
+    denominator: int
+
+    @property
+    def value(self) -> float | None:
+        return None if self.denominator == 0 else self.numerator / self.denominator
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "numerator": self.numerator,
+                "denominator": self.denominator}
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """Nearest-rank percentiles of some durations (seconds); None when there are none."""
+
+    count: int
+    p50: float | None
+    p90: float | None
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest rank: the smallest value with at least p % of the values at or below it."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Kpis:
+    inbound_calls: int
+    missed_calls: int
+    missed_call_rate: Ratio
+    contactability: Ratio
+    send_rate: Ratio
+    texts_pending: int  # queued or in flight: neither sent nor given up
+    texts_not_sent: int  # failed or expired
+    delivery_rate: Ratio
+    time_to_first_text: Spread
+    texted_callers: int
+    reply_rate: Ratio
+    opt_out_rate: Ratio
+    callback_reach_rate: Ratio | None  # None (n/a): no group has call-backs configured
+    bookings: int
+    revenue: float
+    revenue_per_missed_call: Ratio
+    booking_rate: Ratio
+
+    def as_dict(self) -> dict[str, Any]:
+        spread = self.time_to_first_text
+        return {
+            "inbound_calls": self.inbound_calls,
+            "missed_calls": self.missed_calls,
+            "missed_call_rate": self.missed_call_rate.as_dict(),
+            "contactability": self.contactability.as_dict(),
+            "auto_text_send_rate": self.send_rate.as_dict(),
+            "texts_pending": self.texts_pending,
+            "texts_not_sent": self.texts_not_sent,
+            "delivery_rate": self.delivery_rate.as_dict(),
+            "time_to_first_text": {"count": spread.count, "p50_seconds": spread.p50,
+                                   "p90_seconds": spread.p90},
+            "texted_callers": self.texted_callers,
+            "reply_rate": self.reply_rate.as_dict(),
+            "opt_out_rate": self.opt_out_rate.as_dict(),
+            "callback_reach_rate": (None if self.callback_reach_rate is None
+                                    else self.callback_reach_rate.as_dict()),
+            "bookings": self.bookings,
+            "revenue": self.revenue,
+            "revenue_per_missed_call": self.revenue_per_missed_call.as_dict(),
+            "booking_rate": self.booking_rate.as_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ZTest:
+    z: float
+    p_value: float
+
+
+def two_proportion_z_test(x1: int, n1: int, x2: int, n2: int) -> ZTest | None:
+    """Two-sided pooled z-test of x2/n2 against x1/n1; None when it cannot be computed (an
+    empty group, or both rates 0 % or both 100 %)."""
+    if n1 <= 0 or n2 <= 0:
+        return None
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return None
+    z = (x2 / n2 - x1 / n1) / se
+    return ZTest(z, math.erfc(abs(z) / math.sqrt(2)))
+
+
+def format_p(p_value: float) -> str:
+    return "p<0.001" if p_value < 0.001 else f"p={p_value:.2g}"
+
+
+def lift(control: Ratio, other: Ratio) -> float | None:
+    """Relative change of `other`'s rate against the control's; None if not computable."""
+    if control.value is None or other.value is None or control.value == 0:
+        return None
+    return other.value / control.value - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    variant: str
+    texts: int
+    texted_callers: int
+    reply_rate: Ratio
+    booking_rate: Ratio
+    reply_lift: float | None = None
+    reply_test: ZTest | None = None
+    booking_lift: float | None = None
+    booking_test: ZTest | None = None
+    verdict: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "texts": self.texts,
+                "texted_callers": self.texted_callers,
+                "reply_rate": self.reply_rate.as_dict(),
+                "booking_rate": self.booking_rate.as_dict(),
+                "reply_lift": self.reply_lift,
+                "reply_p_value": None if self.reply_test is None else self.reply_test.p_value,
+                "booking_lift": self.booking_lift,
+                "booking_p_value": (None if self.booking_test is None
+                                    else self.booking_test.p_value),
+                "verdict": self.verdict}
+
+
+@dataclass(frozen=True, slots=True)
+class AbTest:
+    group: str
+    template: str
+    control: str
+    arms: tuple[Arm, ...]  # the control first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "template": self.template, "control": self.control,
+                "arms": [arm.as_dict() for arm in self.arms]}
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    date: dt.date
+    missed_calls: int
+    texts: int  # sent that day
+    replies: int  # texted callers whose first counted reply came that day
+
+
+@dataclass(frozen=True, slots=True)
+class RecentCall:
+    """One missed call for the HTML page's list (raw strings: escape them to show them)."""
+
+    ended: str
+    group: str
+    caller: str
+    caller_name: str
+    outcome: str
+    reason: str
+    text: str
+    replied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    since: float
+    until: float
+    timezone: str
+    group: str | None
+    overall: Kpis
+    groups: dict[str, Kpis]
+    ab_tests: tuple[AbTest, ...]
+    currencies: tuple[str, ...]
+    unattributed_bookings: int
+    days: tuple[Day, ...] = ()
+    times_to_first_text: tuple[float, ...] = ()
+    recent: tuple[RecentCall, ...] = field(default=())
+    #: delivery receipts of the period matched to no text, of those naming several texts:
+    #: the delivery rate misses what they would say (docs/receipts.md)
+    unmatched_receipts: int = 0
+    ambiguous_receipts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": local_iso(self.since, self.timezone),
+            "until": local_iso(self.until, self.timezone),
+            "timezone": self.timezone, "group": self.group,
+            "definitions": {"reply_window_days": REPLY_WINDOW / DAY,
+                            "booking_window_days": BOOKING_WINDOW / DAY,
+                            "min_sample_per_variant": MIN_SAMPLE, "alpha": ALPHA},
+            "overall": self.overall.as_dict(),
+            "groups": {name: kpis.as_dict() for name, kpis in self.groups.items()},
+            "ab_tests": [test.as_dict() for test in self.ab_tests],
+            "currencies": list(self.currencies),
+            "unattributed_bookings": self.unattributed_bookings,
+            "unmatched_receipts": {"unmatched": self.unmatched_receipts,
+                                   "ambiguous": self.ambiguous_receipts},
+        }
+
+
+def local_iso(epoch: float, timezone: str) -> str:
+    return dt.datetime.fromtimestamp(epoch, ZoneInfo(timezone)).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------- compute
+
+@dataclass(slots=True)
+class _Text:
+    pbx: str
+    call_id: str
+    destination: str
+    variant: str | None
+    state: str
+    submitted_at: float | None
+    ended: float | None
+
+    @property
+    def sent(self) -> bool:
+        return self.state in SENT_STATES and self.submitted_at is not None
+
+
+def call_group(row: dict[str, Any], config: Config) -> str:
+    """The group a stored call counts in: its decision's, else the one the current config
+    matches (answered calls are decided without a group), else `NO_GROUP`."""
+    if row.get("decision_group"):
+        return str(row["decision_group"])
+    stub = CallRecord(pbx=str(row["pbx"]), call_id=str(row["call_id"]), caller="",
+                      caller_name=None, caller_e164=None, did=row.get("did"),
+                      group=row.get("grp"), outcome=Outcome.ANSWERED, stages=(), started=0.0,
+                      ended=0.0, wait_seconds=0.0)
+    matched = match_group(stub, config)
+    return matched.name if matched else NO_GROUP
+
+
+def _within(times: Sequence[float], starts: Iterable[float], window: float) -> float | None:
+    """The earliest of the sorted `times` that falls in some [start, start + window]."""
+    best: float | None = None
+    for start in starts:
+        index = bisect.bisect_left(times, start)
+        if index < len(times) and times[index] <= start + window and (
+                best is None or times[index] < best):
+            best = times[index]
+    return best
+
+
+class _Facts:
+    """What each texted caller did after their texts, shared by every scope."""
+
+    def __init__(self, rows: dict[str, list[dict[str, Any]]]) -> None:
+        replies: dict[str, list[float]] = defaultdict(list)
+        opt_outs: dict[str, list[float]] = defaultdict(list)
+        for row in rows.get("inbound", []):
+            kind = keywords.classify_reply(str(row["text"] or ""))
+            if kind is None:
+                replies[str(row["source"])].append(float(row["at"]))
+            elif kind == "opt_out":
+                opt_outs[str(row["source"])].append(float(row["at"]))
+        for row in rows.get("opt_outs", []):
+            opt_outs[str(row["e164"])].append(float(row["at"]))
+        self.replies = {number: sorted(times) for number, times in replies.items()}
+        self.opt_outs = {number: sorted(times) for number, times in opt_outs.items()}
+        self.bookings: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.currencies: set[str] = set()
+        for row in rows.get("bookings", []):
+            if row["pbx"] is not None and row["call_id"] is not None:
+                self.bookings[(str(row["pbx"]), str(row["call_id"]))].append(float(row["value"]))
+                if row["currency"]:
+                    self.currencies.add(str(row["currency"]))
+
+    def first_reply(self, number: str, sent_at: Iterable[float]) -> float | None:
+        return _within(self.replies.get(number, []), sent_at, REPLY_WINDOW)
+
+    def opted_out(self, number: str, sent_at: Iterable[float]) -> bool:
+        return _within(self.opt_outs.get(number, []), sent_at, REPLY_WINDOW) is not None
+
+
+def _reach(campaigns: Sequence[dict[str, Any]] | None) -> Ratio | None:
+    if campaigns is None:
+        return None
+    reached = sum(1 for campaign in campaigns if campaign["state"] == "done")
+    ended = sum(1 for campaign in campaigns if campaign["state"] in ("done", "exhausted"))
+    return Ratio(reached, ended)
+
+
+def _kpis(calls: Sequence[dict[str, Any]], texts: Sequence[_Text], facts: _Facts,
+          campaigns: Sequence[dict[str, Any]] | None = None) -> Kpis:
+    missed = [call for call in calls if call["outcome"] in _MISSED]
+    mobile = [call for call in missed
+              if call["caller_e164"] and call["reason"] not in NOT_CONTACTABLE]
+    textable = [call for call in missed if call["textable"]]
+    sent = [text for text in texts if text.sent]
+    delivered = [text for text in sent if text.state == "delivered"]
+    waits = [max(0.0, text.submitted_at - text.ended) for text in sent
+             if text.submitted_at is not None and text.ended is not None]
+    sent_at: dict[str, list[float]] = defaultdict(list)
+    booked_calls: dict[str, bool] = defaultdict(bool)
+    revenue = 0.0
+    bookings = 0
+    for text in sent:
+        assert text.submitted_at is not None
+        sent_at[text.destination].append(text.submitted_at)
+        values = facts.bookings.get((text.pbx, text.call_id), [])
+        booked_calls[text.destination] |= bool(values)
+    missed_keys = {(str(call["pbx"]), str(call["call_id"])) for call in missed}
+    for key in missed_keys:
+        values = facts.bookings.get(key, [])
+        bookings += len(values)
+        revenue += sum(values)
+    replied = sum(1 for number, times in sent_at.items()
+                  if facts.first_reply(number, times) is not None)
+    opted = sum(1 for number, times in sent_at.items() if facts.opted_out(number, times))
+    callers = len(sent_at)
+    return Kpis(
+        inbound_calls=len(calls), missed_calls=len(missed),
+        missed_call_rate=Ratio(len(missed), len(calls)),
+        contactability=Ratio(len(mobile), len(missed)),
+        send_rate=Ratio(len(sent), len(textable)),
+        texts_pending=sum(1 for text in texts if text.state in PENDING_STATES),
+        texts_not_sent=sum(1 for text in texts if text.state in ("failed", "expired")),
+        delivery_rate=Ratio(len(delivered), len(sent)),
+        time_to_first_text=Spread(len(waits), percentile(waits, 50), percentile(waits, 90)),
+        texted_callers=callers,
+        reply_rate=Ratio(replied, callers),
+        opt_out_rate=Ratio(opted, callers),
+        callback_reach_rate=_reach(campaigns),
+        bookings=bookings, revenue=revenue,
+        revenue_per_missed_call=Ratio(revenue, len(missed)),
+        booking_rate=Ratio(sum(booked_calls.values()), callers),
+    )
+
+
+def _control_of(config: Config, group: str, template: str, names: Iterable[str]) -> str:
+    """`control` if a variant has that name, else the first in the config, else the first
+    by name (a variant since removed from the config)."""
+    present = sorted(names)
+    if "control" in present:
+        return "control"
+    configured = config.group(group)
+    order = list(configured.variants.get(template, {})) if configured else []
+    return next((name for name in order if name in present), present[0])
+
+
+def _ab_tests(config: Config, calls: dict[tuple[str, str], dict[str, Any]],
+              groups: dict[tuple[str, str], str], texts: Sequence[_Text],
+              facts: _Facts) -> list[AbTest]:
+    experiments: dict[tuple[str, str], dict[str, list[_Text]]] = defaultdict(
+        lambda: defaultdict(list))
+    for text in texts:
+        call = calls.get((text.pbx, text.call_id))
+        if not text.sent or text.variant is None or call is None:
+            continue
+        template = str(call["template"] or "-")
+        experiments[(groups[(text.pbx, text.call_id)], template)][text.variant].append(text)
+    tests: list[AbTest] = []
+    for (group, template), by_variant in sorted(experiments.items()):
+        control = _control_of(config, group, template, by_variant)
+        configured = config.group(group)
+        order = list(configured.variants.get(template, {})) if configured else []
+        names = sorted(by_variant, key=lambda name: (
+            name != control, order.index(name) if name in order else len(order), name))
+        base: Arm | None = None
+        arms: list[Arm] = []
+        for name in names:
+            arm = _arm(name, by_variant[name], facts)
+            if base is None:
+                base = arm
+            else:
+                arm = _compare(base, arm)
+            arms.append(arm)
+        tests.append(AbTest(group, template, control, tuple(arms)))
+    return tests
+
+
+def _arm(name: str, texts: Sequence[_Text], facts: _Facts) -> Arm:
+    sent_at: dict[str, list[float]] = defaultdict(list)
+    booked: dict[str, bool] = defaultdict(bool)
+    for text in texts:
+        assert text.submitted_at is not None
+        sent_at[text.destination].append(text.submitted_at)
+        booked[text.destination] |= bool(facts.bookings.get((text.pbx, text.call_id)))
+    callers = len(sent_at)
+    replied = sum(1 for number, times in sent_at.items()
+                  if facts.first_reply(number, times) is not None)
+    return Arm(name, len(texts), callers, Ratio(replied, callers),
+               Ratio(sum(booked.values()), callers))
+
+
+def _compare(control: Arm, arm: Arm) -> Arm:
+    reply_test = two_proportion_z_test(
+        int(control.reply_rate.numerator), control.texted_callers,
+        int(arm.reply_rate.numerator), arm.texted_callers)
+    booking_test = two_proportion_z_test(
+        int(control.booking_rate.numerator), control.texted_callers,
+        int(arm.booking_rate.numerator), arm.texted_callers)
+    smallest = min(control.texted_callers, arm.texted_callers)
+    if smallest < MIN_SAMPLE:
+        verdict = (f"not enough data yet ({arm.texted_callers} vs {control.texted_callers} "
+                   f"texted callers; {MIN_SAMPLE} per variant needed)")
+    elif reply_test is None or reply_test.p_value >= ALPHA:
+        verdict = "no significant difference" + (
+            f" ({format_p(reply_test.p_value)})" if reply_test else "")
+    elif reply_test.z > 0:
+        verdict = f"{arm.variant} beats {control.variant} ({format_p(reply_test.p_value)})"
+    else:
+        verdict = (f"{arm.variant} does worse than {control.variant} "
+                   f"({format_p(reply_test.p_value)})")
+    return Arm(arm.variant, arm.texts, arm.texted_callers, arm.reply_rate, arm.booking_rate,
+               reply_lift=lift(control.reply_rate, arm.reply_rate), reply_test=reply_test,
+               booking_lift=lift(control.booking_rate, arm.booking_rate),
+               booking_test=booking_test, verdict=verdict)
+
+
+def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: float,
+            until: float, group: str | None = None,
+            recent: int = 25) -> Report:
+    """The report from the store's rows (`Store.report_rows(since, until)`)."""
+    facts = _Facts(rows)
+    groups: dict[tuple[str, str], str] = {}
+    calls: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows.get("calls", []):
+        key = (str(row["pbx"]), str(row["call_id"]))
+        groups[key] = call_group(row, config)
+        if group is None or groups[key] == group:
+            calls[key] = row
+    texts = [_Text(str(row["pbx"]), str(row["call_id"]), str(row["destination"]),
+                   row["variant"], str(row["state"]), row["submitted_at"],
+                   calls[(str(row["pbx"]), str(row["call_id"]))]["ended"])
+             for row in rows.get("texts", []) if (str(row["pbx"]), str(row["call_id"])) in calls]
+    names = [configured.name for configured in config.groups] if group is None else [group]
+    names += sorted({groups[key] for key in calls} - set(names))
+    # call-backs: counted where some group has them configured, or campaigns exist
+    campaigns: list[dict[str, Any]] | None = list(rows.get("campaigns", []))
+    if not campaigns and not any(configured.callback for configured in config.groups):
+        campaigns = None
+    if campaigns is not None and group is not None:
+        campaigns = [campaign for campaign in campaigns if campaign["grp"] == group]
+    per_group = {name: _kpis([call for key, call in calls.items() if groups[key] == name],
+                             [text for text in texts
+                              if groups[(text.pbx, text.call_id)] == name],
+                             facts,
+                             None if campaigns is None else
+                             [campaign for campaign in campaigns if campaign["grp"] == name])
+                 for name in names}
+    overall = _kpis(list(calls.values()), texts, facts, campaigns)
+    unattributed = sum(1 for row in rows.get("bookings", [])
+                       if row["call_id"] is None and since <= float(row["at"]) <= until)
+    [receipts] = rows.get("receipts_unmatched") or [{}]
+    sent = [text for text in texts if text.sent]
+    waits = tuple(max(0.0, text.submitted_at - text.ended) for text in sent
+                  if text.submitted_at is not None and text.ended is not None)
+    return Report(
+        since=since, until=until, timezone=config.timezone, group=group, overall=overall,
+        groups=per_group, ab_tests=tuple(_ab_tests(config, calls, groups, texts, facts)),
+        currencies=tuple(sorted(facts.currencies)), unattributed_bookings=unattributed,
+        days=_days(calls.values(), sent, facts, since, until, config.timezone),
+        times_to_first_text=waits,
+        recent=_recent(calls, groups, texts, facts, config, recent),
+        unmatched_receipts=int(receipts.get("unmatched", 0)),
+        ambiguous_receipts=int(receipts.get("ambiguous", 0)))
+
+
+def _days(calls: Iterable[dict[str, Any]], sent: Sequence[_Text], facts: _Facts,
+          since: float, until: float, timezone: str) -> tuple[Day, ...]:
+    zone = ZoneInfo(timezone)
+
+    def day(epoch: float) -> dt.date:
+        return dt.datetime.fromtimestamp(epoch, zone).date()
+
+    first, last = day(since), day(until)
+    missed: dict[dt.date, int] = defaultdict(int)
+    texts: dict[dt.date, int] = defaultdict(int)
+    replies: dict[dt.date, int] = defaultdict(int)
+    for call in calls:
+        if call["outcome"] in _MISSED and call["ended"] is not None:
+            missed[day(float(call["ended"]))] += 1
+    sent_at: dict[str, list[float]] = defaultdict(list)
+    for text in sent:
+        assert text.submitted_at is not None
+        texts[day(text.submitted_at)] += 1
+        sent_at[text.destination].append(text.submitted_at)
+    for number, times in sent_at.items():
+        reply = facts.first_reply(number, times)
+        if reply is not None:
+            replies[day(reply)] += 1
+    last = max([last, *texts, *replies])
+    result: list[Day] = []
+    current = first
+    while current <= last:
+        result.append(Day(current, missed[current], texts[current], replies[current]))
+        current += dt.timedelta(days=1)
+    return tuple(result)
+
+
+def _recent(calls: dict[tuple[str, str], dict[str, Any]], groups: dict[tuple[str, str], str],
+            texts: Sequence[_Text], facts: _Facts, config: Config,
+            limit: int) -> tuple[RecentCall, ...]:
+    zone = ZoneInfo(config.timezone)
+    by_call = {(text.pbx, text.call_id): text for text in texts}
+    missed = [(key, call) for key, call in calls.items() if call["outcome"] in _MISSED]
+    missed.sort(key=lambda item: float(item[1]["ended"] or 0), reverse=True)
+    result: list[RecentCall] = []
+    for key, call in missed[:limit]:
+        text = by_call.get(key)
+        number = call["caller_e164"] or call["caller"]
+        replied = bool(text and text.sent and text.submitted_at is not None and
+                       facts.first_reply(text.destination, [text.submitted_at]) is not None)
+        ended = dt.datetime.fromtimestamp(float(call["ended"] or 0), zone)
+        result.append(RecentCall(
+            ended=ended.strftime("%Y-%m-%d %H:%M"), group=groups[key],
+            caller=mask_number(str(number) if number else None, config.log_full_numbers),
+            caller_name=str(call["caller_name"] or ""), outcome=str(call["outcome"]),
+            reason=str(call["reason"]), text=text.state if text else "-", replied=replied))
+    return tuple(result)
+
+
+# ---------------------------------------------------------------------- output
+
+def _percent(ratio: Ratio) -> str:
+    value = ratio.value
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _count(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _money(value: float, currencies: Sequence[str]) -> str:
+    unit = f" {currencies[0]}" if len(currencies) == 1 else ""
+    return f"{value:,.2f}{unit}"
+
+
+def kpi_lines(kpis: Kpis, currencies: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(name, value, counts) rows, as the table and the HTML page show them."""
+    spread = kpis.time_to_first_text
+    per_missed = kpis.revenue_per_missed_call.value
+    return [
+        ("inbound calls", str(kpis.inbound_calls), ""),
+        ("missed calls", str(kpis.missed_calls), ""),
+        ("missed-call rate", _percent(kpis.missed_call_rate),
+         f"{kpis.missed_calls} missed / {kpis.inbound_calls} inbound calls"),
+        ("contactability", _percent(kpis.contactability),
+         f"{_count(kpis.contactability.numerator)} mobile / {kpis.missed_calls} missed calls"),
+        ("auto-text send rate", _percent(kpis.send_rate),
+         f"{_count(kpis.send_rate.numerator)} sent / {kpis.send_rate.denominator} textable "
+         f"missed calls ({kpis.texts_pending} pending, {kpis.texts_not_sent} failed or "
+         "expired)"),
+        ("delivery rate", _percent(kpis.delivery_rate),
+         f"{_count(kpis.delivery_rate.numerator)} delivered / "
+         f"{kpis.delivery_rate.denominator} sent texts"),
+        ("time to first text", f"p50 {_seconds(spread.p50)}",
+         f"p90 {_seconds(spread.p90)} ({spread.count} sent texts)"),
+        ("reply rate", _percent(kpis.reply_rate),
+         f"{_count(kpis.reply_rate.numerator)} replied / {kpis.texted_callers} texted callers"),
+        ("opt-out rate", _percent(kpis.opt_out_rate),
+         f"{_count(kpis.opt_out_rate.numerator)} opted out / {kpis.texted_callers} texted "
+         "callers"),
+        ("call-back reach rate", "n/a" if kpis.callback_reach_rate is None
+         else _percent(kpis.callback_reach_rate),
+         f"{_count(kpis.callback_reach_rate.numerator)} reached / "
+         f"{kpis.callback_reach_rate.denominator} campaigns ended"
+         if kpis.callback_reach_rate is not None else "no group has call-backs"),
+        ("bookings", str(kpis.bookings), f"worth {_money(kpis.revenue, currencies)}"),
+        ("revenue per missed call", "n/a" if per_missed is None
+         else _money(per_missed, currencies),
+         f"{_money(kpis.revenue, currencies)} / {kpis.missed_calls} missed calls"),
+        ("booking rate", _percent(kpis.booking_rate),
+         f"{_count(kpis.booking_rate.numerator)} booked / {kpis.texted_callers} texted "
+         "callers"),
+    ]
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:+.1f}%"
+
+
+def arm_lines(test: AbTest) -> list[tuple[str, ...]]:
+    """The A/B table: a header and one row per variant (the control first)."""
+    rows: list[tuple[str, ...]] = [("variant", "texts", "texted callers", "reply rate",
+                                    "lift", "p", "booking rate", "lift", "p", "verdict")]
+    for arm in test.arms:
+        control = arm.variant == test.control
+        name = arm.variant if arm.variant == "control" or not control else (
+            f"{arm.variant} (control)")
+        rows.append((
+            name, str(arm.texts), str(arm.texted_callers),
+            f"{_percent(arm.reply_rate)} ({_count(arm.reply_rate.numerator)}/"
+            f"{arm.reply_rate.denominator})",
+            "" if control else _signed(arm.reply_lift),
+            "" if control else _p_cell(arm.reply_test),
+            f"{_percent(arm.booking_rate)} ({_count(arm.booking_rate.numerator)}/"
+            f"{arm.booking_rate.denominator})",
+            "" if control else _signed(arm.booking_lift),
+            "" if control else _p_cell(arm.booking_test),
+            arm.verdict))
+    return rows
+
+
+def _p_cell(test: ZTest | None) -> str:
+    return "n/a" if test is None else format_p(test.p_value).removeprefix("p=")
+
+
+def as_table(report: Report, out: TextIO) -> None:
+    scope = f" (group {report.group})" if report.group else ""
+    print(f"mcdaemon report{scope}: calls ended {local_iso(report.since, report.timezone)} to "
+          f"{local_iso(report.until, report.timezone)} ({report.timezone})", file=out)
+    sections = [("overall", report.overall)] if report.group is None else []
+    sections += [(f"group {name}", kpis) for name, kpis in report.groups.items()]
+    for title, kpis in sections:
+        print(f"\n== {title}", file=out)
+        for name, value, counts in kpi_lines(kpis, report.currencies):
+            print(f"   {name:<24} {value:>9}   {counts}".rstrip(), file=out)
+    if len(report.currencies) > 1:
+        print(f"\nnote: bookings in several currencies ({', '.join(report.currencies)}) are "
+              "summed as they are", file=out)
+    if report.unattributed_bookings:
+        print(f"\n{report.unattributed_bookings} booking(s) in this period could not be "
+              "attributed to a texted missed call", file=out)
+    if report.unmatched_receipts:
+        print(f"\n{report.unmatched_receipts} delivery receipt(s) in this period matched no "
+              f"text ({report.ambiguous_receipts} named more than one); see docs/receipts.md",
+              file=out)
+    for test in report.ab_tests:
+        print(f"\n== A/B test: group {test.group}, template {test.template}", file=out)
+        rows = arm_lines(test)
+        widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]) - 1)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            print("   " + "  ".join([*cells, row[-1]]).rstrip(), file=out)
+
+
+def _csv_value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def as_csv(report: Report, out: TextIO) -> None:
+    """One row per number: scope, kpi, value, numerator, denominator, note. Rates are
+    fractions (0.25), times seconds, n/a where a denominator is zero."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(("scope", "kpi", "value", "numerator", "denominator", "note"))
+    scopes = [("overall", report.overall), *report.groups.items()]
+    for scope, kpis in scopes:
+        for name, data in kpis.as_dict().items():
+            if isinstance(data, dict) and "value" in data:
+                writer.writerow((scope, name, _csv_value(data["value"]),
+                                 _count(data["numerator"]), data["denominator"], ""))
+            elif name == "time_to_first_text":
+                for key in ("p50_seconds", "p90_seconds"):
+                    writer.writerow((scope, f"time_to_first_text_{key}",
+                                     _csv_value(data[key]), "", data["count"], ""))
+            elif data is None:
+                writer.writerow((scope, name, "n/a", "", "", "no group has call-backs"))
+            else:
+                writer.writerow((scope, name, _csv_value(data), "", "", ""))
+    for test in report.ab_tests:
+        for arm in test.arms:
+            scope = f"ab:{test.group}/{test.template}/{arm.variant}"
+            note = "control" if arm.variant == test.control else arm.verdict
+            for name, ratio, test_result, change in (
+                    ("reply_rate", arm.reply_rate, arm.reply_test, arm.reply_lift),
+                    ("booking_rate", arm.booking_rate, arm.booking_test, arm.booking_lift)):
+                writer.writerow((scope, name, _csv_value(ratio.value), _count(ratio.numerator),
+                                 ratio.denominator, note))
+                if arm.variant != test.control:
+                    writer.writerow((scope, f"{name}_lift", _csv_value(change), "", "", ""))
+                    writer.writerow((scope, f"{name}_p_value", _csv_value(
+                        None if test_result is None else test_result.p_value), "", "", ""))
+
+
+def as_json(report: Report, out: TextIO) -> None:
+    json.dump(report.as_dict(), out, indent=2)
+    out.write("\n")

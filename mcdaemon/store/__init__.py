@@ -1,0 +1,80 @@
+"""The durable store: calls, decisions, the outbox, receipts, replies, opt-outs (SQLite).
+
+All SQL lives in this package: `connection` (the file, its transactions, `atomic()`),
+`schema` (the life cycle and the migrations), then one module per owner of tables, each a
+class of queries that `Store` composes. Everything outside the package calls `Store`'s
+methods (and `store.outreach`'s functions), never SQL.
+
+What keeps a caller from getting two texts is the database, not process memory: a call is
+`(pbx, call_id)` (the PRIMARY KEY of `calls`) and a message is
+`(pbx, call_id, kind, seq)` (UNIQUE in `messages`), so a replayed event stream, an AMI
+reconnect or a restart writes the same rows again and creates nothing new.
+
+Message states move forward only. `TRANSITIONS` is the one table of allowed moves: every
+UPDATE names the states it may leave (`_may_become`), so a late or repeated result never moves
+a message back, and a trigger built from the same table makes the database itself refuse any
+other move (a hand-written `UPDATE` included):
+
+    queued ──claim──► sending ──► submitted ──► delivered | undeliverable
+      ▲                 │  │
+      └──── retry ──────┘  └──► failed          queued ──► expired | failed
+
+"Claim the next messages to send" is one `UPDATE … RETURNING`, so several daemons could share
+one outbox (PostgreSQL has the same statement).
+
+Durability: WAL with `synchronous=FULL`. NORMAL would be enough against a daemon crash, but
+after a power cut it may lose the last commits, and the last commit is often a claim: the text
+went to the SMSC, the disk forgets the `sending` state, and the restart would send it again
+without the `duplicate_risk` mark (or forget a decided call whose AMI events are gone for
+good). FULL costs one fsync of the WAL per commit, which a call centre's rate of calls never
+notices. WAL lets the CLI's `status` and `report` read while the daemon writes.
+
+Concurrency inside one process: the daemon's tasks share one connection (aiosqlite runs
+it in a thread of its own), so every transaction holds an asyncio lock (two tasks must not
+interleave `BEGIN`s on it) and runs shielded from cancellation: a cancelled caller never leaves
+the connection inside a half-done transaction.
+
+`atomic()` makes one transaction of several store calls: a state change and what follows from
+it (a decided call, its webhook events and follow-ups; a receipt and its webhook event) are
+committed together or not at all. Inside it, the task's store calls join the open transaction
+instead of starting their own.
+
+A write that fails (disk full, I/O error, a read-only or corrupt file) raises `StoreError`
+naming the file and the cause: the daemon stops on it rather than acknowledge what it could
+not keep.
+"""
+
+from __future__ import annotations
+
+from mcdaemon.core.outbox import SubmitOutcome
+from mcdaemon.store.connection import Connection, StoreError
+from mcdaemon.store.contacts import Contact, Contacts
+from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
+from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
+from mcdaemon.store.replies import RepliesAndOptOuts
+from mcdaemon.store.report import Booking, ReportQueries
+from mcdaemon.store.schema import (
+    _MIGRATIONS,
+    CALLER_KINDS,
+    FINAL_STATES,
+    MIN_SQLITE,
+    SCHEMA_VERSION,
+    TRANSITIONS,
+)
+from mcdaemon.store.status import Status
+from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookQueue, WebhookResult
+
+
+class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status):
+    """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
+
+    A second backend (PostgreSQL) is a `Connection` of its own with the same plumbing, under
+    the same owners' queries; nothing outside this package changes."""
+
+
+__all__ = [
+    "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "MIN_SQLITE", "SCHEMA_VERSION", "TRANSITIONS",
+    "_MIGRATIONS", "AppliedReceipts", "Booking", "Connection", "Contact", "NewCall",
+    "OutboxMessage", "ReceiptIn", "Store", "StoreError", "SubmitOutcome", "WebhookDelivery",
+    "WebhookIn", "WebhookResult",
+]

@@ -1,0 +1,303 @@
+"""One SQLite connection and its transactions: open (create, migrate), read-only open,
+`atomic()`, and the plumbing every owner's queries run through. A write that fails
+(disk full, I/O error, read-only or corrupt file) raises `StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import aiosqlite
+import structlog
+
+from mcdaemon.store.schema import _MIGRATIONS, BUSY_TIMEOUT_MS, MIN_SQLITE, SCHEMA_VERSION
+
+log = structlog.get_logger("mcdaemon.store")
+
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says what to fix."""
+
+
+def _means_unusable(exc: sqlite3.Error) -> bool:
+    """Disk full, I/O error, read-only, locked for too long, corrupt: the file cannot keep
+    what the daemon would acknowledge. (A constraint or a programming error is a bug, not
+    the store's state: it stays what it is.)"""
+    return isinstance(exc, sqlite3.OperationalError | sqlite3.InternalError) or (
+        type(exc) is sqlite3.DatabaseError)
+
+
+#: the store whose transaction the current task has open (`Store.atomic`)
+_open_transaction: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "mcdaemon_store_transaction", default=None)
+
+
+class Connection:
+    """One SQLite file; every write is one short transaction."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str) -> Self:
+        """Open (creating the file and its directory) and migrate the store at `path`."""
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old for the store (it "
+                             "needs 3.35 or newer for UPDATE … RETURNING); use a newer Python "
+                             "or operating system")
+        file = Path(path)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of the store {path}: {exc} (check "
+                             "store.path and the daemon user's rights)") from exc
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            raise StoreError(f"the store {path} is not readable and writable by this user "
+                             "(check its owner and mode)")
+        if not os.access(file.parent, os.W_OK | os.X_OK):
+            raise StoreError(f"the directory {file.parent} of the store is not writable by "
+                             "this user; SQLite needs to create its -wal and -shm files there")
+        try:
+            # Calls, numbers and texts are personal data: a new store is created for its owner
+            # only (0600; SQLite gives the -wal and -shm files the mode of the database).
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            # check_same_thread: the loop's thread uses it too, never at the same time
+            db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store {path}: {exc} (check store.path and that "
+                             "the daemon's user may write its directory)") from exc
+        store = cls(db, path)
+        try:
+            await store._prepare()
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(f"cannot use the store {path}: {exc} (is it an mcdaemon "
+                             "database? is the disk full or read-only?)") from exc
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _prepare(self) -> None:
+        db = self._db
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # a newer mcdaemon's file is refused before anything (even the journal mode) changes
+        version = int(await self._scalar("PRAGMA user_version"))
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer mcdaemon (schema {version}, "
+                             f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon or use "
+                             "another store.path")
+        mode = await self._scalar("PRAGMA journal_mode = WAL")
+        if str(mode).lower() != "wal":
+            log.warning("the store is not in WAL mode; readers may block the daemon",
+                        path=self.path, journal_mode=mode)
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        for number in range(version, SCHEMA_VERSION):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                # another process may have migrated while this one waited for the lock
+                if int(await self._scalar("PRAGMA user_version")) == number:
+                    for statement in _MIGRATIONS[number]:
+                        await db.execute(statement)
+                    await db.execute(f"PRAGMA user_version = {number + 1}")
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        if version < SCHEMA_VERSION:  # one line, not one per step
+            log.info("store created" if version == 0 else f"store migrated from schema "
+                     f"{version} to {SCHEMA_VERSION}", path=self.path)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._db.execute_fetchall(sql, params)
+        return next(iter(rows))[0] if rows else None
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, params))
+
+    async def _change(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
+        """Run one statement; the rows it changed and the id it inserted (None if none).
+
+        `total_changes` is read from the connection between trips, under the store's lock;
+        no trigger of the schema writes rows, so the difference is this statement's."""
+        before = self._db.total_changes
+        row = await self._db.execute_insert(sql, params)
+        changed = self._db.total_changes - before
+        return changed, int(row[0]) if row is not None and changed else None
+
+    async def _read(self, work: Callable[[], Awaitable[T]]) -> T:
+        if _open_transaction.get() is self:  # inside this task's atomic(): the lock is ours
+            return await work()
+
+        async def locked() -> T:
+            async with self._lock:
+                return await work()
+
+        # shielded like a transaction: a cancelled reader must not leave a statement running
+        # on the connection after the lock is released
+        return await asyncio.shield(self._failing_loudly(locked()))
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: readers are not waited for): the daemon
+        calls it every second, so the WAL stays small and a commit seldom checkpoints."""
+        await self._read(lambda: self._scalar("PRAGMA wal_checkpoint(PASSIVE)"))
+
+    async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` in one IMMEDIATE transaction, whole or not at all; inside `atomic()`,
+        as part of its transaction."""
+        if _open_transaction.get() is self:
+            return await work()
+        return await asyncio.shield(self._failing_loudly(self._locked_transaction(work)))
+
+    async def _locked_transaction(self, work: Callable[[], Awaitable[T]]) -> T:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            token = _open_transaction.set(self)
+            try:
+                result = await work()
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("ROLLBACK")
+                raise
+            finally:
+                _open_transaction.reset(token)
+            return result
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[None]:
+        """One transaction for every store call the task makes inside the block: committed
+        when the block ends, rolled back if it raises. Not re-entrant across tasks: another
+        task's store calls wait for the commit."""
+        if _open_transaction.get() is self:
+            yield
+            return
+        async with self._lock:
+            token = None
+            try:
+                # a cancellation may come while BEGIN runs in aiosqlite's thread: the ROLLBACK
+                # below is queued after it, so the connection is never left in a transaction
+                await self._failing_loudly(self._db.execute("BEGIN IMMEDIATE"))
+                token = _open_transaction.set(self)
+                yield
+                await asyncio.shield(self._commit())
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error, asyncio.CancelledError):
+                    await asyncio.shield(self._db.execute("ROLLBACK"))
+                raise
+            finally:
+                if token is not None:
+                    _open_transaction.reset(token)
+
+    async def _commit(self) -> None:
+        await self._failing_loudly(self._db.execute("COMMIT"))
+
+    async def _failing_loudly(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except sqlite3.Error as exc:
+            if _means_unusable(exc):
+                raise self._failure(exc) from exc
+            raise
+
+    def _failure(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"the store {self.path} cannot be used: {exc} (check the disk's free "
+                          "space, the file's owner and mode, and the system log for I/O "
+                          "errors)")
+
+    async def _move(self, sql: str, params: Sequence[Any]) -> bool:
+        async def work() -> int:
+            return (await self._change(sql, params))[0]
+
+        return await self._transaction(work) == 1
+
+    async def _ids_of(self, sql: str, params: Sequence[Any]) -> list[int]:
+        async def work() -> list[Any]:
+            return await self._rows(sql, params)
+
+        return sorted(int(row[0]) for row in await self._transaction(work))
+
+    @classmethod
+    async def open_readonly(cls, path: str) -> Self:
+        """Open an existing store for reading only (`mcdaemon report` and `status`).
+
+        Nothing is created, migrated or changed, so no write access is needed: it reads beside
+        the running daemon (WAL) and from a read-only file in a read-only directory. A store of
+        an older schema is read as it is (what it lacks reads as empty); one written by a newer
+        mcdaemon is refused. Writing through it fails.
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise StoreError(f"there is no store at {path} (check store.path; the daemon "
+                             "creates it when it first runs)")
+        if not os.access(file, os.R_OK):
+            raise StoreError(f"the store {path} is not readable by this user (check its owner "
+                             "and mode, or run as the daemon's user)")
+        uri = file.resolve().as_uri()
+        # While the daemon has the store open there is a -wal file, and reading goes through
+        # its -shm index. Without one nobody has the file open: it is read as it is
+        # (immutable), creating nothing beside it; a -wal/-shm made by another user here
+        # could keep the daemon from opening its store at the next start.
+        live = Path(path + "-wal").exists()
+        try:
+            return await cls._connect_readonly(f"{uri}?{'mode=ro' if live else 'immutable=1'}",
+                                               path)
+        except sqlite3.Error as exc:
+            hint = (" (its -wal and -shm files must be readable by this user while the daemon "
+                    "runs)" if live else "")
+            raise StoreError(f"cannot read the store {path}: {exc}{hint}") from exc
+
+    @classmethod
+    async def _connect_readonly(cls, uri: str, path: str) -> Self:
+        try:
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {path}: {exc}") from exc
+        store = cls(db, path)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = int(await store._scalar("PRAGMA user_version"))
+            tables = {name for name, in await store._rows(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError:
+            await db.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(f"cannot use the store {path}: {exc} (is it an mcdaemon "
+                             "database?)") from exc
+        except BaseException:
+            await db.close()
+            raise
+        if version > SCHEMA_VERSION or version < 1 or "calls" not in tables:
+            await db.close()
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer mcdaemon (schema {version}, "
+                                 f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon")
+            raise StoreError(f"{path} is not an mcdaemon store (no schema; check store.path)")
+        return store
+
+    async def tables(self) -> set[str]:
+        """The names of the store's tables (a store of an older schema lacks the newer ones)."""
+        return {name for name, in await self._read(lambda: self._rows(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"))}
