@@ -111,8 +111,8 @@ async def show_status(config: Config, out: TextIO, *, as_json: bool, health: boo
         print(f"receipts: {receipts['unmatched']} unmatched in the last 24 h"
               + (f" ({receipts['ambiguous']} named more than one text: see docs/receipts.md)"
                  if receipts["ambiguous"] else ""), file=out)
-    if health:
-        healthy = status["daemon"] == "running" and all(
+    if health:  # running, every link up: a link down is retried, but someone should know
+        healthy = status["daemon"] == "running" and status["smsc"] == "bound" and all(
             state == "connected" for state in status["ami"].values())
         return 0 if healthy else 1
     return 0
