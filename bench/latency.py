@@ -257,7 +257,8 @@ def ms(values: list[float], fraction: float) -> str:
 
 def describe(daemon_python: str) -> str:
     """Where the daemon's mcdaemon is, and whether its hot path is compiled."""
-    probe = ("import importlib.util as u, mcdaemon; t = u.find_spec('mcdaemon.tracker').origin;"
+    probe = ("import importlib.util as u, mcdaemon; s = u.find_spec('mcdaemon.core.tracker')"
+             " or u.find_spec('mcdaemon.tracker'); t = s.origin if s else '';"
              " print(mcdaemon.__file__.rsplit('/', 2)[0], 'compiled (mypyc)' "
              "if t.endswith('.so') else 'plain Python')")
     result = subprocess.run([daemon_python, "-c", probe], capture_output=True, text=True,
