@@ -133,12 +133,12 @@ def _log_message_starts() -> set[str]:
     """What each of the daemon's log lines starts with: its event name, or the fixed start of
     one built with an f-string (`SMSC {exc}`, `stopping: {error}`)."""
     starts = set()
-    for path in (ROOT / "mcdaemon").glob("*.py"):
+    for path in (ROOT / "mcdaemon").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         starts.update(re.findall(r"""log\.[a-z]+\(\s*f?["']([^"'{]+)""", text))
     for message in EXCEPTION_MESSAGES:
         assert any(f'f"{message} ' in path.read_text(encoding="utf-8")
-                   for path in (ROOT / "mcdaemon").glob("*.py")), message
+                   for path in (ROOT / "mcdaemon").rglob("*.py")), message
     return starts | EXCEPTION_MESSAGES
 
 
