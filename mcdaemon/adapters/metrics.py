@@ -175,7 +175,7 @@ class Metrics:
         """One finished call and its decision: `mcdaemon_calls_total`,
         `mcdaemon_decisions_total` and, for a cap reason, `mcdaemon_fraud_shield_trips_total`.
 
-        Call site: `Service._decide_and_store`, for each call after `store.record_calls` (the
+        Call site: `Intake._decide_and_store`, for each call after `store.record_calls` (the
         loop that logs "call decided"). Reads only the PBX, the group, the outcome and the
         reason: never the caller.
         """
@@ -189,11 +189,11 @@ class Metrics:
     def text_transition(self, state: TextState, count: int = 1) -> None:
         """`count` texts moved into `state` (`mcdaemon_texts_total{state}`).
 
-        Call sites: `queued` in `Service._decide_and_store` (each message id `record_calls`
-        returned) and `Service._handle_reply` (an opt-out confirmation `enqueue_message`
-        created); `retry` / `failed` in `Service._count_outcome`, for the submit results
-        `Service._flush_results` stored; `expired` in `Service._housekeeping` with
-        `len(expire_due(now))`; `delivered` / `undeliverable` in `Service._consume_smpp` when
+        Call sites: `queued` in `Intake._decide_and_store` (each message id `record_calls`
+        returned) and `Receiver._handle_reply` (an opt-out confirmation `enqueue_message`
+        created); `retry` / `failed` in `Dispatcher._count_outcome`, for the submit results
+        `Dispatcher.store_results` stored; `expired` in `Housekeeping.run` with
+        `len(expire_due(now))`; `delivered` / `undeliverable` in `Receiver._apply_receipts` when
         a receipt settled a message. For `submitted` call `text_submitted`, which also times
         the text.
         """
@@ -206,7 +206,7 @@ class Metrics:
         """The SMSC accepted a text: `mcdaemon_texts_total{state="submitted"}`, and its
         `after_hangup` seconds into `mcdaemon_hangup_to_submit_seconds`.
 
-        Call site: `Service._count_outcome`, once the store recorded the submit, with
+        Call site: `Dispatcher._count_outcome`, once the store recorded the submit, with
         `now - message.call_ended_at`; None for a text that waited on purpose (deferred to
         opening hours) or has no call (an opt-out confirmation): it is counted, not timed.
         """
@@ -218,7 +218,7 @@ class Metrics:
         """A delivery receipt arrived (`mcdaemon_delivery_receipts_total{status}`), matched
         to a text or not.
 
-        Call site: `Service._consume_smpp`, for each `DeliveryReceipt`, with `item.state`
+        Call site: `Receiver._apply_receipts`, for each `DeliveryReceipt`, with `item.state`
         (DELIVRD, UNDELIV, …); any other word is counted as `(unknown)`.
         """
         status = status.upper()
@@ -227,7 +227,7 @@ class Metrics:
     def smpp_bind_state(self, state: str) -> None:
         """The SMSC bind's state: 1 on `mcdaemon_smpp_bind_state{state}`, 0 on the others.
 
-        Call site: `Service._consume_smpp`, for each `BindState`, with `item.state`.
+        Call site: `Receiver.consume`, for each `BindState`, with `item.state`.
         """
         current = state if state in SMPP_STATES else OTHER_STATE
         for name in (*SMPP_STATES, OTHER_STATE):
@@ -237,7 +237,7 @@ class Metrics:
         """Submits in flight and the window they share (`mcdaemon_smpp_window_in_use`,
         `mcdaemon_smpp_window_size`).
 
-        Call sites: `Service._start_sending`, and `Service._send_finished`,
+        Call sites: `Dispatcher.start_sending`, and `Dispatcher._send_finished`,
         with `len(self._in_flight)` and `self.config.smpp.window`.
         """
         self._window.set(in_use)
@@ -247,7 +247,7 @@ class Metrics:
         """A PBX's AMI connection state: 1 on `mcdaemon_ami_connection_state{pbx,state}`, 0
         on its other states.
 
-        Call site: `Service._take` (or `_track`), for each `AmiStatus`, with `item.pbx` and
+        Call site: `Intake._take`, for each `AmiStatus`, with `item.pbx` and
         `item.state`.
         """
         name = self._pbx(pbx)
@@ -259,7 +259,7 @@ class Metrics:
         """The outbox as `Store.outbox_stats(now)` returns it: `by_state` counts,
         `oldest_queued_age` (seconds or None), `deferred` and `duplicate_risk` counts.
 
-        Call site: `Service._housekeeping`, every `OUTBOX_SNAPSHOT_INTERVAL` seconds:
+        Call site: `Housekeeping.run`, every `OUTBOX_SNAPSHOT_INTERVAL` seconds:
         `metrics.observe_outbox(await self.store.outbox_stats(now))` (one cheap query; no
         need to run it every tick).
         """

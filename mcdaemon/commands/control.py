@@ -43,8 +43,8 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
 
 
 def gone_pid(heartbeat: str) -> int | None:
-    """The heartbeat's pid (`service.heartbeat_value`) when it was written on this host and
-    that process is gone."""
+    """The heartbeat's pid (`pipeline.housekeeping.heartbeat_value`) when it was written on
+    this host and that process is gone."""
     pid_text, _, host = heartbeat.partition("@")
     if host != socket.gethostname() or not pid_text.isdigit():
         return None  # another host or PID namespace, or an older daemon: the age decides
