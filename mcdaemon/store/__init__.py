@@ -50,6 +50,17 @@ from __future__ import annotations
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.store.connection import Connection, StoreError
 from mcdaemon.store.contacts import Contact, Contacts
+from mcdaemon.store.interface import (
+    ContactsStore,
+    OutboxStore,
+    OutreachStore,
+    ReceiptsStore,
+    RepliesStore,
+    ReportStore,
+    StatusStore,
+    StoreInterface,
+    WebhooksStore,
+)
 from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
@@ -71,13 +82,21 @@ class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQue
             Outreach):
     """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
 
-    A second backend (PostgreSQL) is a `Connection` of its own with the same plumbing, under
-    the same owners' queries; nothing outside this package changes."""
+    It satisfies `StoreInterface` (`store/interface.py`), which is what code outside this
+    package is given. A second backend (PostgreSQL) is a `Connection` of its own with the same
+    plumbing, under the same owners' queries; nothing outside this package changes."""
+
+
+#: mypy checks here that the SQLite backend has every method of the interface, with
+#: compatible signatures (a backend that lacks one, or differs, fails `mypy mcdaemon`)
+_SQLITE_BACKEND: type[StoreInterface] = Store
 
 
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "MIN_SQLITE", "SCHEMA_VERSION", "TRANSITIONS",
     "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking", "Campaign", "Connection", "Contact",
-    "FirstText", "NewCall", "OutboxMessage", "ReceiptIn", "Stopped", "Store", "StoreError",
-    "SubmitOutcome", "WebhookDelivery", "WebhookIn", "WebhookResult",
+    "ContactsStore", "FirstText", "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore",
+    "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "StatusStore", "Stopped",
+    "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
+    "WebhookResult", "WebhooksStore",
 ]
