@@ -39,7 +39,7 @@ from mcdaemon.core.policy import match_group
 from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach import campaigns
-from mcdaemon.store import Attempt, FirstText, NewCall, Store
+from mcdaemon.store import Attempt, FirstText, NewCall, StoreInterface
 
 log = structlog.get_logger("mcdaemon.callbacks")
 
@@ -109,7 +109,7 @@ class Outreach:
         if event.fields.get("Event") in EVENTS and self._active(self._config()):
             self._events.put_nowait(event)
 
-    async def calls_decided(self, store: Store, calls: Sequence[NewCall]) -> None:
+    async def calls_decided(self, store: StoreInterface, calls: Sequence[NewCall]) -> None:
         config = self._config()
         if not self._active(config):
             return
@@ -124,14 +124,14 @@ class Outreach:
                         and record.outcome in group.callback.triggers and group.enabled:
                     await self._open_campaign(store, config, group, record)
 
-    async def texts_submitted(self, store: Store, message_ids: Sequence[int]) -> None:
+    async def texts_submitted(self, store: StoreInterface, message_ids: Sequence[int]) -> None:
         config = self._config()
         if not any(group.followups for group in config.groups) or not message_ids:
             return
         for first in await store.firsts_by_ids(message_ids):
             await self._plan(store, config, first)
 
-    async def reply(self, store: Store, number: str, kind: str | None, at: float) -> None:
+    async def reply(self, store: StoreInterface, number: str, kind: str | None, at: float) -> None:
         """A text from `number`: any reply (an opt-out too) stops its follow-ups."""
         if not self._active(self._config()) or kind == "opt_in":
             return
@@ -139,19 +139,19 @@ class Outreach:
 
     # ------------------------------------------------------------------ the worker
 
-    async def handle(self, store: Store, event: AmiEvent) -> None:
+    async def handle(self, store: StoreInterface, event: AmiEvent) -> None:
         """Handle one observed AMI event now (what the worker's consumer does; for tests)."""
         await self._on_event(store, event)
 
-    async def tick(self, store: Store) -> None:
+    async def tick(self, store: StoreInterface) -> None:
         """One look at due call-backs (and a sweep when one is due); the worker's loop body."""
         await self._tick(store)
 
-    async def recover(self, store: Store) -> None:
+    async def recover(self, store: StoreInterface) -> None:
         """What `run` does first: attempts left in progress become unknown."""
         await self._recover(store)
 
-    async def run(self, store: Store) -> None:
+    async def run(self, store: StoreInterface) -> None:
         await self._recover(store)
         consumer = asyncio.create_task(self._consume(store), name="outreach-events")
         try:
@@ -166,7 +166,7 @@ class Outreach:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await consumer
 
-    async def _consume(self, store: Store) -> None:
+    async def _consume(self, store: StoreInterface) -> None:
         while True:
             event = await self._events.get()
             try:
@@ -175,7 +175,7 @@ class Outreach:
                 log.exception("a call-back event could not be handled",
                               ami_event=event.fields.get("Event"))
 
-    async def _recover(self, store: Store) -> None:
+    async def _recover(self, store: StoreInterface) -> None:
         now = self._clock()
         for attempt in await store.live_attempts():
             await self._end_attempt(
@@ -185,7 +185,7 @@ class Outreach:
                         "campaign goes on", campaign=attempt.campaign_id, attempt=attempt.seq,
                         to=self._mask(attempt.e164))
 
-    async def _tick(self, store: Store) -> None:
+    async def _tick(self, store: StoreInterface) -> None:
         config = self._config()
         now = self._clock()
         if now >= self._sweep_due:
@@ -194,7 +194,7 @@ class Outreach:
         if any(group.callback for group in config.groups):
             await self._place_due(store, config, now)
 
-    async def _sweep(self, store: Store, config: Config, now: float) -> None:
+    async def _sweep(self, store: StoreInterface, config: Config, now: float) -> None:
         horizon = max((step.after for group in config.groups for step in group.followups),
                       default=0.0)
         if horizon:
@@ -213,7 +213,7 @@ class Outreach:
 
     # ------------------------------------------------------------------ follow-ups
 
-    async def _plan(self, store: Store, config: Config, first: FirstText) -> None:
+    async def _plan(self, store: StoreInterface, config: Config, first: FirstText) -> None:
         group = config.group(first.group) if first.group else None
         if group is None or not group.followups:
             return
@@ -238,8 +238,8 @@ class Outreach:
             log.info("follow-ups scheduled", **fields)
         self._wake.set()
 
-    async def _stop(self, store: Store, number: str, kind: str, at: float, detail: str = "",
-                    campaign_done: int | None = None) -> None:
+    async def _stop(self, store: StoreInterface, number: str, kind: str, at: float,
+                    detail: str = "", campaign_done: int | None = None) -> None:
         stopped = await store.record_stop(number, kind, at, detail,
                                           campaign_done=campaign_done)
         reason = followups.STOP_KINDS[kind]
@@ -252,7 +252,7 @@ class Outreach:
 
     # ------------------------------------------------------------------ campaigns
 
-    async def _open_campaign(self, store: Store, config: Config, group: GroupConfig,
+    async def _open_campaign(self, store: StoreInterface, config: Config, group: GroupConfig,
                              record: CallRecord) -> None:
         callback = group.callback
         assert callback is not None
@@ -281,7 +281,7 @@ class Outreach:
                      call_id=record.call_id, to=self._mask(number))
         self._wake.set()
 
-    async def _place_due(self, store: Store, config: Config, now: float) -> None:
+    async def _place_due(self, store: StoreInterface, config: Config, now: float) -> None:
         limit = config.callbacks.max_concurrent
         if await store.live_count() >= limit:
             return
@@ -309,7 +309,7 @@ class Outreach:
                 continue  # this number has a call-back in progress
             await self._originate(store, connection, attempt, callback, action_id)
 
-    async def _originate(self, store: Store, connection: Originator, attempt: Attempt,
+    async def _originate(self, store: StoreInterface, connection: Originator, attempt: Attempt,
                          callback: CallbackConfig, action_id: str) -> None:
         fields = campaigns.originate_fields(callback, number=attempt.e164,
                                             group=attempt.group, campaign=attempt.campaign_id,
@@ -334,7 +334,7 @@ class Outreach:
                                                 attempt.e164, attempt.group, attempt.pbx,
                                                 self._clock())
 
-    async def _end_attempt(self, store: Store, attempt: Attempt, result: str,
+    async def _end_attempt(self, store: StoreInterface, attempt: Attempt, result: str,
                            now: float, detail: str, *, scheduled: bool = False) -> None:
         """End an attempt and plan the campaign's next (or close it)."""
         if scheduled:
@@ -366,7 +366,7 @@ class Outreach:
 
     # ------------------------------------------------------------------ AMI events
 
-    async def _on_event(self, store: Store, event: AmiEvent) -> None:
+    async def _on_event(self, store: StoreInterface, event: AmiEvent) -> None:
         fields = event.fields
         name = fields.get("Event", "")
         if name == "OriginateResponse":
@@ -380,7 +380,7 @@ class Outreach:
         if name == "Hangup":
             await self._on_hangup(store, fields.get("Uniqueid", ""), event.at)
 
-    async def _on_originate_response(self, store: Store, fields: Mapping[str, str],
+    async def _on_originate_response(self, store: StoreInterface, fields: Mapping[str, str],
                                      at: float) -> None:
         action_id = fields.get("ActionID", "")
         attempt = await store.attempt_by_action(action_id) if action_id else None
@@ -406,7 +406,7 @@ class Outreach:
             return
         await self._end_attempt(store, attempt, result.result, at, detail)
 
-    async def _on_reached(self, store: Store, reached: Reached) -> None:
+    async def _on_reached(self, store: StoreInterface, reached: Reached) -> None:
         live = [attempt for attempt in await store.live_attempts()
                 if attempt.e164 == reached.number]
         if live:
@@ -419,7 +419,7 @@ class Outreach:
             await self._stop(store, reached.number, "agent_call", reached.at,
                              reached.linkedid)
 
-    async def _on_hangup(self, store: Store, uniqueid: str, at: float) -> None:
+    async def _on_hangup(self, store: StoreInterface, uniqueid: str, at: float) -> None:
         if uniqueid not in self._connected_uids:
             return
         self._connected_uids.discard(uniqueid)
