@@ -40,7 +40,7 @@ from mcdaemon.adapters.agi import HOOKS, HookContext, Marks, hook_marks, set_var
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import Config
 from mcdaemon.config.reader import ConfigError
-from mcdaemon.store import Store, StoreError
+from mcdaemon.store import Store, StoreError, StoreInterface
 
 log = structlog.get_logger("mcdaemon.agi")
 
@@ -103,7 +103,7 @@ def _without_secrets(data: Any) -> Any:
 
 
 async def _is_opted_out(store_path: str, number: str) -> bool:
-    store = await Store.open_readonly(store_path)
+    store: StoreInterface = await Store.open_readonly(store_path)
     try:
         return await store.is_opted_out(number)
     finally:

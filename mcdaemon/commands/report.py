@@ -23,7 +23,7 @@ from mcdaemon.report.kpis import (
     local_iso,
     parse_moment,
 )
-from mcdaemon.store import Store, StoreError
+from mcdaemon.store import Store, StoreError, StoreInterface
 
 
 async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
@@ -35,7 +35,7 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 2
     try:
-        store = await Store.open_readonly(config.store.path)
+        store: StoreInterface = await Store.open_readonly(config.store.path)
     except StoreError as exc:
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 1
@@ -83,7 +83,7 @@ async def record_booking(config: Config, out: TextIO, *, number: str, value: flo
         print(f"mcdaemon record-booking: --at: {exc}", file=sys.stderr)
         return 2
     try:
-        store = await Store.open(config.store.path)
+        store: StoreInterface = await Store.open(config.store.path)
     except StoreError as exc:
         print(f"mcdaemon record-booking: {exc}", file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ from mcdaemon.config.contacts import NUMBER_FIELD, ContactsConfig, LookupConfig
 from mcdaemon.core import templates
 from mcdaemon.core.phone import to_e164
 from mcdaemon.logs import mask_number
-from mcdaemon.store import Contact, Store
+from mcdaemon.store import Contact, ContactsStore, Store, StoreInterface
 
 if TYPE_CHECKING:
     import aiohttp
@@ -156,7 +156,7 @@ def _looks_like_address(name: str) -> bool:
         ch.isalpha() for ch in name)
 
 
-async def import_csv(config_region: str, store: Store, path: Path, *,
+async def import_csv(config_region: str, store: ContactsStore, path: Path, *,
                      now: float) -> tuple[ParsedCsv, int, int]:
     """Parse `path` and store its good rows in one transaction: (parsed, added, updated)."""
     try:
@@ -183,7 +183,7 @@ async def cli_import(config_region: str, store_path: str, file: str, out: IO[str
         print(f"{file}: no such file", file=err)
         return 2
     try:
-        store = await Store.open(store_path)
+        store: StoreInterface = await Store.open(store_path)
     except StoreError as exc:
         print(f"mcdaemon contacts import: {exc}", file=err)
         return 2
@@ -211,7 +211,7 @@ async def cli_show(region: str, store_path: str, number: str, out: IO[str],
         print(f"{number!r} is not a phone number", file=err)
         return 2
     try:
-        store = await Store.open_readonly(store_path)
+        store: StoreInterface = await Store.open_readonly(store_path)
     except StoreError as exc:
         print(f"mcdaemon contacts show: {exc}", file=err)
         return 1
@@ -233,7 +233,7 @@ async def cli_list(store_path: str, out: IO[str], err: IO[str], *, full: bool) -
     from mcdaemon.store import StoreError
 
     try:
-        store = await Store.open_readonly(store_path)
+        store: StoreInterface = await Store.open_readonly(store_path)
     except StoreError as exc:
         print(f"mcdaemon contacts list: {exc}", file=err)
         return 1
@@ -492,7 +492,7 @@ class ContactNames:
     def update(self, config: ContactsConfig) -> None:
         self.lookup.update(config.lookup)
 
-    async def names(self, store: Store, numbers: Sequence[str]) -> dict[str, str]:
+    async def names(self, store: ContactsStore, numbers: Sequence[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(numbers))
         if not wanted:
             return {}

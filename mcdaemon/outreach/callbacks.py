@@ -39,8 +39,7 @@ from mcdaemon.core.policy import match_group
 from mcdaemon.core.records import CallRecord, Outcome
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach import campaigns
-from mcdaemon.store import NewCall, Store
-from mcdaemon.store import outreach as ostore
+from mcdaemon.store import Attempt, FirstText, NewCall, StoreInterface
 
 log = structlog.get_logger("mcdaemon.callbacks")
 
@@ -110,7 +109,7 @@ class Outreach:
         if event.fields.get("Event") in EVENTS and self._active(self._config()):
             self._events.put_nowait(event)
 
-    async def calls_decided(self, store: Store, calls: Sequence[NewCall]) -> None:
+    async def calls_decided(self, store: StoreInterface, calls: Sequence[NewCall]) -> None:
         config = self._config()
         if not self._active(config):
             return
@@ -125,14 +124,14 @@ class Outreach:
                         and record.outcome in group.callback.triggers and group.enabled:
                     await self._open_campaign(store, config, group, record)
 
-    async def texts_submitted(self, store: Store, message_ids: Sequence[int]) -> None:
+    async def texts_submitted(self, store: StoreInterface, message_ids: Sequence[int]) -> None:
         config = self._config()
         if not any(group.followups for group in config.groups) or not message_ids:
             return
-        for first in await ostore.firsts_by_ids(store, message_ids):
+        for first in await store.firsts_by_ids(message_ids):
             await self._plan(store, config, first)
 
-    async def reply(self, store: Store, number: str, kind: str | None, at: float) -> None:
+    async def reply(self, store: StoreInterface, number: str, kind: str | None, at: float) -> None:
         """A text from `number`: any reply (an opt-out too) stops its follow-ups."""
         if not self._active(self._config()) or kind == "opt_in":
             return
@@ -140,19 +139,19 @@ class Outreach:
 
     # ------------------------------------------------------------------ the worker
 
-    async def handle(self, store: Store, event: AmiEvent) -> None:
+    async def handle(self, store: StoreInterface, event: AmiEvent) -> None:
         """Handle one observed AMI event now (what the worker's consumer does; for tests)."""
         await self._on_event(store, event)
 
-    async def tick(self, store: Store) -> None:
+    async def tick(self, store: StoreInterface) -> None:
         """One look at due call-backs (and a sweep when one is due); the worker's loop body."""
         await self._tick(store)
 
-    async def recover(self, store: Store) -> None:
+    async def recover(self, store: StoreInterface) -> None:
         """What `run` does first: attempts left in progress become unknown."""
         await self._recover(store)
 
-    async def run(self, store: Store) -> None:
+    async def run(self, store: StoreInterface) -> None:
         await self._recover(store)
         consumer = asyncio.create_task(self._consume(store), name="outreach-events")
         try:
@@ -167,7 +166,7 @@ class Outreach:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await consumer
 
-    async def _consume(self, store: Store) -> None:
+    async def _consume(self, store: StoreInterface) -> None:
         while True:
             event = await self._events.get()
             try:
@@ -176,9 +175,9 @@ class Outreach:
                 log.exception("a call-back event could not be handled",
                               ami_event=event.fields.get("Event"))
 
-    async def _recover(self, store: Store) -> None:
+    async def _recover(self, store: StoreInterface) -> None:
         now = self._clock()
-        for attempt in await ostore.live_attempts(store):
+        for attempt in await store.live_attempts():
             await self._end_attempt(
                 store, attempt, "unknown", now,
                 "in progress when the daemon stopped: the call may or may not have been made")
@@ -186,7 +185,7 @@ class Outreach:
                         "campaign goes on", campaign=attempt.campaign_id, attempt=attempt.seq,
                         to=self._mask(attempt.e164))
 
-    async def _tick(self, store: Store) -> None:
+    async def _tick(self, store: StoreInterface) -> None:
         config = self._config()
         now = self._clock()
         if now >= self._sweep_due:
@@ -195,18 +194,18 @@ class Outreach:
         if any(group.callback for group in config.groups):
             await self._place_due(store, config, now)
 
-    async def _sweep(self, store: Store, config: Config, now: float) -> None:
+    async def _sweep(self, store: StoreInterface, config: Config, now: float) -> None:
         horizon = max((step.after for group in config.groups for step in group.followups),
                       default=0.0)
         if horizon:
             since = now - horizon - config.outbox.max_age - 86400.0
-            for first in await ostore.firsts_without_followups(store, since):
+            for first in await store.firsts_without_followups(since):
                 await self._plan(store, config, first)
-            cancelled = await ostore.cancel_after_undeliverable(store, now)
+            cancelled = await store.cancel_after_undeliverable(now)
             if cancelled:
                 log.info("follow-ups cancelled", count=len(cancelled), message_ids=cancelled,
                          reason="the first text was undeliverable")
-        for attempt in await ostore.live_attempts(store):
+        for attempt in await store.live_attempts():
             if attempt.started_at is not None and \
                     now - attempt.started_at > config.callbacks.attempt_timeout:
                 await self._end_attempt(store, attempt, "unknown", now,
@@ -214,7 +213,7 @@ class Outreach:
 
     # ------------------------------------------------------------------ follow-ups
 
-    async def _plan(self, store: Store, config: Config, first: ostore.FirstText) -> None:
+    async def _plan(self, store: StoreInterface, config: Config, first: FirstText) -> None:
         group = config.group(first.group) if first.group else None
         if group is None or not group.followups:
             return
@@ -227,7 +226,7 @@ class Outreach:
             found = await store.contact(first.destination)
             contact = found.name if found else None
         planned = followups.plan(group, config, record, first.submitted_at, contact)
-        ids, stopped = await ostore.plan_followups(store, first, planned, self._clock())
+        ids, stopped = await store.plan_followups(first, planned, self._clock())
         if not ids:
             return
         fields = dict(call_id=first.call_id, to=self._mask(first.destination),
@@ -239,10 +238,10 @@ class Outreach:
             log.info("follow-ups scheduled", **fields)
         self._wake.set()
 
-    async def _stop(self, store: Store, number: str, kind: str, at: float, detail: str = "",
-                    campaign_done: int | None = None) -> None:
-        stopped = await ostore.record_stop(store, number, kind, at, detail,
-                                           campaign_done=campaign_done)
+    async def _stop(self, store: StoreInterface, number: str, kind: str, at: float,
+                    detail: str = "", campaign_done: int | None = None) -> None:
+        stopped = await store.record_stop(number, kind, at, detail,
+                                          campaign_done=campaign_done)
         reason = followups.STOP_KINDS[kind]
         if stopped.followups:
             log.info("follow-ups cancelled", to=self._mask(number), reason=reason,
@@ -253,7 +252,7 @@ class Outreach:
 
     # ------------------------------------------------------------------ campaigns
 
-    async def _open_campaign(self, store: Store, config: Config, group: GroupConfig,
+    async def _open_campaign(self, store: StoreInterface, config: Config, group: GroupConfig,
                              record: CallRecord) -> None:
         callback = group.callback
         assert callback is not None
@@ -267,8 +266,8 @@ class Outreach:
         if first_due is None:
             return
         pbx = config.callbacks.pbx or record.pbx
-        opened = await ostore.start_or_merge(
-            store, pbx=record.pbx, call_id=record.call_id, e164=number, group=group.name,
+        opened = await store.start_or_merge(
+            pbx=record.pbx, call_id=record.call_id, e164=number, group=group.name,
             campaign_pbx=pbx, first_due=first_due, now=self._clock())
         if opened is None:
             return
@@ -282,11 +281,11 @@ class Outreach:
                      call_id=record.call_id, to=self._mask(number))
         self._wake.set()
 
-    async def _place_due(self, store: Store, config: Config, now: float) -> None:
+    async def _place_due(self, store: StoreInterface, config: Config, now: float) -> None:
         limit = config.callbacks.max_concurrent
-        if await ostore.live_count(store) >= limit:
+        if await store.live_count() >= limit:
             return
-        for attempt in await ostore.due_attempts(store, now):
+        for attempt in await store.due_attempts(now):
             group = config.group(attempt.group)
             callback = group.callback if group else None
             if group is None or callback is None:
@@ -295,8 +294,8 @@ class Outreach:
                 continue
             opening = campaigns.defer_to_hours(callback, group, now)
             if opening > now:
-                await ostore.defer_attempt(store, attempt.id, opening,
-                                           "deferred to the group's opening hours")
+                await store.defer_attempt(attempt.id, opening,
+                                          "deferred to the group's opening hours")
                 log.info("call-back deferred to opening hours", campaign=attempt.campaign_id,
                          attempt=attempt.seq, due=round(opening))
                 continue
@@ -304,13 +303,13 @@ class Outreach:
             if connection is None or not connection.connected:
                 continue  # tried again at the next tick
             action_id = connection.action_id(f"cb{attempt.id}")
-            if not await ostore.claim_attempt(store, attempt.id, action_id, now, limit):
-                if await ostore.live_count(store) >= limit:
+            if not await store.claim_attempt(attempt.id, action_id, now, limit):
+                if await store.live_count() >= limit:
                     return
                 continue  # this number has a call-back in progress
             await self._originate(store, connection, attempt, callback, action_id)
 
-    async def _originate(self, store: Store, connection: Originator, attempt: ostore.Attempt,
+    async def _originate(self, store: StoreInterface, connection: Originator, attempt: Attempt,
                          callback: CallbackConfig, action_id: str) -> None:
         fields = campaigns.originate_fields(callback, number=attempt.e164,
                                             group=attempt.group, campaign=attempt.campaign_id,
@@ -335,18 +334,18 @@ class Outreach:
                                                 attempt.e164, attempt.group, attempt.pbx,
                                                 self._clock())
 
-    async def _end_attempt(self, store: Store, attempt: ostore.Attempt, result: str,
+    async def _end_attempt(self, store: StoreInterface, attempt: Attempt, result: str,
                            now: float, detail: str, *, scheduled: bool = False) -> None:
         """End an attempt and plan the campaign's next (or close it)."""
         if scheduled:
-            await ostore.close_campaign(store, attempt.campaign_id, "cancelled", detail, now)
+            await store.close_campaign(attempt.campaign_id, "cancelled", detail, now)
             return
         config = self._config()
         group = config.group(attempt.group)
         next_due = None
         if result != "answered" and group is not None and group.callback is not None:
             next_due = campaigns.attempt_due(group.callback, group, attempt.seq + 1, now)
-        outcome = await ostore.finish_attempt(store, attempt.id, result, now, detail, next_due)
+        outcome = await store.finish_attempt(attempt.id, result, now, detail, next_due)
         if outcome is None:
             return
         fields = dict(campaign=attempt.campaign_id, attempt=attempt.seq, result=result,
@@ -367,7 +366,7 @@ class Outreach:
 
     # ------------------------------------------------------------------ AMI events
 
-    async def _on_event(self, store: Store, event: AmiEvent) -> None:
+    async def _on_event(self, store: StoreInterface, event: AmiEvent) -> None:
         fields = event.fields
         name = fields.get("Event", "")
         if name == "OriginateResponse":
@@ -381,10 +380,10 @@ class Outreach:
         if name == "Hangup":
             await self._on_hangup(store, fields.get("Uniqueid", ""), event.at)
 
-    async def _on_originate_response(self, store: Store, fields: Mapping[str, str],
+    async def _on_originate_response(self, store: StoreInterface, fields: Mapping[str, str],
                                      at: float) -> None:
         action_id = fields.get("ActionID", "")
-        attempt = await ostore.attempt_by_action(store, action_id) if action_id else None
+        attempt = await store.attempt_by_action(action_id) if action_id else None
         if attempt is None or attempt.state != "dialing":
             return  # not ours, or settled already (the dial was seen answered first)
         group = self._config().group(attempt.group)
@@ -394,7 +393,7 @@ class Outreach:
         result = campaigns.originate_result(fields, callback)
         detail = f"OriginateResponse {fields.get('Response', '')} reason {result.reason_code}"
         if result.result == "connected":
-            await ostore.mark_connected(store, attempt.id, result.uniqueid, detail)
+            await store.mark_connected(attempt.id, result.uniqueid, detail)
             if result.uniqueid:
                 self._connected_uids.add(result.uniqueid)
             log.info("call-back connected; waiting for the customer to answer",
@@ -407,8 +406,8 @@ class Outreach:
             return
         await self._end_attempt(store, attempt, result.result, at, detail)
 
-    async def _on_reached(self, store: Store, reached: Reached) -> None:
-        live = [attempt for attempt in await ostore.live_attempts(store)
+    async def _on_reached(self, store: StoreInterface, reached: Reached) -> None:
+        live = [attempt for attempt in await store.live_attempts()
                 if attempt.e164 == reached.number]
         if live:
             for attempt in live:
@@ -420,11 +419,11 @@ class Outreach:
             await self._stop(store, reached.number, "agent_call", reached.at,
                              reached.linkedid)
 
-    async def _on_hangup(self, store: Store, uniqueid: str, at: float) -> None:
+    async def _on_hangup(self, store: StoreInterface, uniqueid: str, at: float) -> None:
         if uniqueid not in self._connected_uids:
             return
         self._connected_uids.discard(uniqueid)
-        for attempt in await ostore.live_attempts(store):
+        for attempt in await store.live_attempts():
             if attempt.state == "connected" and attempt.uniqueid == uniqueid:
                 await self._end_attempt(store, attempt, "not_reached", at,
                                         "the call-back ended before the customer answered")

@@ -3,7 +3,8 @@
 All SQL lives in this package: `connection` (the file, its transactions, `atomic()`),
 `schema` (the life cycle and the migrations), then one module per owner of tables, each a
 class of queries that `Store` composes. Everything outside the package calls `Store`'s
-methods (and `store.outreach`'s functions), never SQL.
+methods, never SQL; `store/interface.py` declares them (`StoreInterface`, one Protocol per
+owner), and code outside the package annotates the store it is given with those Protocols.
 
 What keeps a caller from getting two texts is the database, not process memory: a call is
 `(pbx, call_id)` (the PRIMARY KEY of `calls`) and a message is
@@ -49,7 +50,19 @@ from __future__ import annotations
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.store.connection import Connection, StoreError
 from mcdaemon.store.contacts import Contact, Contacts
+from mcdaemon.store.interface import (
+    ContactsStore,
+    OutboxStore,
+    OutreachStore,
+    ReceiptsStore,
+    RepliesStore,
+    ReportStore,
+    StatusStore,
+    StoreInterface,
+    WebhooksStore,
+)
 from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
+from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, ReportQueries
@@ -65,16 +78,25 @@ from mcdaemon.store.status import Status
 from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookQueue, WebhookResult
 
 
-class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status):
+class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,
+            Outreach):
     """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
 
-    A second backend (PostgreSQL) is a `Connection` of its own with the same plumbing, under
-    the same owners' queries; nothing outside this package changes."""
+    It satisfies `StoreInterface` (`store/interface.py`), which is what code outside this
+    package is given. A second backend (PostgreSQL) is a `Connection` of its own with the same
+    plumbing, under the same owners' queries; nothing outside this package changes."""
+
+
+#: mypy checks here that the SQLite backend has every method of the interface, with
+#: compatible signatures (a backend that lacks one, or differs, fails `mypy mcdaemon`)
+_SQLITE_BACKEND: type[StoreInterface] = Store
 
 
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "MIN_SQLITE", "SCHEMA_VERSION", "TRANSITIONS",
-    "_MIGRATIONS", "AppliedReceipts", "Booking", "Connection", "Contact", "NewCall",
-    "OutboxMessage", "ReceiptIn", "Store", "StoreError", "SubmitOutcome", "WebhookDelivery",
-    "WebhookIn", "WebhookResult",
+    "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking", "Campaign", "Connection", "Contact",
+    "ContactsStore", "FirstText", "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore",
+    "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "StatusStore", "Stopped",
+    "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
+    "WebhookResult", "WebhooksStore",
 ]

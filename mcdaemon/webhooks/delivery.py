@@ -45,7 +45,13 @@ from mcdaemon.config.model import Config
 from mcdaemon.config.webhooks import EVENTS, WebhookEndpoint
 from mcdaemon.core import templates
 from mcdaemon.core.records import CallRecord, Decision
-from mcdaemon.store import OutboxMessage, Store, WebhookDelivery, WebhookIn, WebhookResult
+from mcdaemon.store import (
+    OutboxMessage,
+    WebhookDelivery,
+    WebhookIn,
+    WebhookResult,
+    WebhooksStore,
+)
 
 log = structlog.get_logger("mcdaemon.webhooks")
 
@@ -377,14 +383,14 @@ class WebhookWorker:
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._results: list[WebhookResult] = []
         self._stopping = False
-        self._store: Store | None = None
+        self._store: WebhooksStore | None = None
         self._session: aiohttp.ClientSession | None = None
 
     def wake(self) -> None:
         """New rows are queued: look now rather than at the next timer."""
         self._wake.set()
 
-    async def run(self, store: Store) -> None:
+    async def run(self, store: WebhooksStore) -> None:
         self._store = store
         connector = aiohttp.TCPConnector(limit=self._concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:

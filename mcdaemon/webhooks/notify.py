@@ -1,5 +1,5 @@
 """The service's side of webhooks and staff texts: turn what the pipeline stores into queued
-webhook rows (and staff notes in the outbox), in the same transaction (`Store.atomic`).
+webhook rows (and staff notes in the outbox), in the same transaction (`StoreInterface.atomic`).
 
 Every method here is called by `Service` inside the transaction of its own write, so a crash
 loses neither the change nor what it causes. A notification that cannot be built is logged
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from mcdaemon.config.model import Config
-from mcdaemon.store import NewCall, Store, StoreError
+from mcdaemon.store import NewCall, StoreError, StoreInterface
 from mcdaemon.webhooks import delivery as webhooks
 
 log = structlog.get_logger("mcdaemon.notify")
@@ -24,7 +24,7 @@ _TEXT_EVENTS = ("text_sent", "text_delivered", "text_failed")
 
 
 class Notifier:
-    def __init__(self, store: Callable[[], Store], config: Callable[[], Config],
+    def __init__(self, store: Callable[[], StoreInterface], config: Callable[[], Config],
                  worker: webhooks.WebhookWorker, clock: Callable[[], float],
                  staff_queued: Callable[[int], None]) -> None:
         self._store = store

@@ -11,7 +11,6 @@ from mcdaemon.core.transcript import Transcript, read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.store import Store
-from mcdaemon.store import outreach as ostore
 
 from e2e.harness import (
     AMI_SECRET,
@@ -43,8 +42,8 @@ def originates(ami: AmiTestServer) -> list[dict[str, str]]:
 async def campaign_states(path: Path) -> tuple[list[str], list[str]]:
     store = await Store.open(str(path))
     try:
-        return ([c.state for c in await ostore.campaigns(store)],
-                [a.state for a in await ostore.attempts(store)])
+        return ([c.state for c in await store.campaigns()],
+                [a.state for a in await store.attempts()])
     finally:
         await store.close()
 

@@ -16,7 +16,6 @@ from mcdaemon.core.records import Decision, Outcome
 from mcdaemon.outreach import campaigns
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
-from mcdaemon.store import outreach as ostore
 
 from outreach_helpers import (
     CALLER,
@@ -66,7 +65,7 @@ async def missed(worker: Outreach, store: Store, call_id: str = "c1", caller: st
 
 
 async def states(store: Store) -> list[tuple[int, str]]:
-    return [(attempt.seq, attempt.state) for attempt in await ostore.attempts(store)]
+    return [(attempt.seq, attempt.state) for attempt in await store.attempts()]
 
 
 async def test_a_call_back_request_starts_a_campaign_whose_first_attempt_waits_its_delay(
@@ -107,10 +106,10 @@ async def test_no_answer_busy_or_failure_lead_to_the_next_attempt_then_exhaustio
         assert len(ami.originates) == seq
         action_id = str(ami.originates[-1]["ActionID"])
         await worker.handle(store, originate_response(action_id, response, reason, clock.now))
-        attempt = (await ostore.attempts(store))[seq - 1]
+        attempt = (await store.attempts())[seq - 1]
         assert attempt.state == result
     assert await states(store) == [(1, "no_answer"), (2, "busy"), (3, "congestion")]
-    campaign = (await ostore.campaigns(store))[0]
+    campaign = (await store.campaigns())[0]
     assert campaign.state == "exhausted"
     clock.now += 86400
     await worker.tick(store)
@@ -129,7 +128,7 @@ async def test_a_success_ends_the_campaign_and_stops_the_follow_ups(store: Store
     await worker.handle(store, originate_response(str(ami.originates[0]["ActionID"]),
                                                   "Success", "4", T0 + 75))
     assert await states(store) == [(1, "answered")]
-    campaign = (await ostore.campaigns(store))[0]
+    campaign = (await store.campaigns())[0]
     assert (campaign.state, campaign.reason) == ("done", "callback_answered")
     followup = next(m for m in await store.messages() if m.kind == "followup")
     assert (followup.state, followup.error_detail) == (
@@ -158,7 +157,7 @@ async def test_customer_dial_mode_needs_the_customers_dial_answered(store: Store
     for item in outbound_dial("+447700900123", clock.now + 5, dest="7.7"):
         await worker.handle(store, item)  # the dialplan's Dial to the customer answered
     assert await states(store) == [(1, "not_reached"), (2, "answered")]
-    assert (await ostore.campaigns(store))[0].state == "done"
+    assert (await store.campaigns())[0].state == "done"
 
 
 @pytest.mark.parametrize("how", ["answered_call", "agent_call"])
@@ -173,7 +172,7 @@ async def test_the_customer_calling_in_or_an_agent_calling_out_cancels_what_is_l
     else:
         for item in outbound_dial("07700 900123", T0 + 30):
             await worker.handle(store, item)
-    campaign = (await ostore.campaigns(store))[0]
+    campaign = (await store.campaigns())[0]
     assert (campaign.state, campaign.reason) == ("cancelled", how)
     assert await states(store) == [(1, "cancelled")]
     clock.now = T0 + 3600
@@ -188,7 +187,7 @@ async def test_one_campaign_per_number_more_calls_merge_and_a_replay_starts_noth
     await missed(worker, store, "c1")
     await missed(worker, store, "c2", outcome=Outcome.QUEUE_ABANDON, ended=T0 + 20)
     await missed(worker, store, "c1")  # the same call again (a replayed stream)
-    [campaign] = await ostore.campaigns(store)
+    [campaign] = await store.campaigns()
     assert campaign.contacts == 2
     assert await states(store) == [(1, "scheduled")]
     clock.now = T0 + 60
@@ -217,7 +216,7 @@ async def test_an_attempt_due_while_closed_waits_for_the_opening(store: Store) -
     worker, _ = setup(clock, ami, hours=HOURS)
     await missed(worker, store, ended=clock.now)
     next_morning = T0 + 23 * 3600
-    [attempt] = await ostore.attempts(store)
+    [attempt] = await store.attempts()
     assert attempt.due_at == next_morning  # planned at the opening already
     clock.now = next_morning - 1
     await worker.tick(store)
@@ -237,7 +236,7 @@ async def test_hours_changed_by_a_reload_defer_a_due_attempt_at_claim_time(
     await reloaded.tick(store)
     assert ami.originates == []
     saturday = T0 + 4 * 86400  # Saturday 10:00 London
-    [attempt] = await ostore.attempts(store)
+    [attempt] = await store.attempts()
     assert (attempt.state, attempt.due_at) == ("scheduled", saturday)
     assert attempt.detail == "deferred to the group's opening hours"
 
@@ -254,14 +253,14 @@ async def test_a_restart_mid_attempt_marks_it_unknown_and_goes_on(store: Store) 
     fresh_ami = FakeAmi()
     fresh, _ = setup(clock, fresh_ami)
     await fresh.recover(store)
-    attempts = await ostore.attempts(store)
+    attempts = await store.attempts()
     assert [(a.seq, a.state) for a in attempts] == [(1, "unknown"), (2, "scheduled")]
     assert attempts[0].detail is not None and "may or may not" in attempts[0].detail
     assert attempts[1].due_at == T0 + 100 + 900
     # a late OriginateResponse of the old attempt changes nothing
     await fresh.handle(store, originate_response("mcdaemon-lab-test-cb1", "Success", "4",
                                                  T0 + 110))
-    assert [a.state for a in await ostore.attempts(store)] == ["unknown", "scheduled"]
+    assert [a.state for a in await store.attempts()] == ["unknown", "scheduled"]
     clock.now = T0 + 100 + 900
     await fresh.tick(store)
     assert len(fresh_ami.originates) == 1
@@ -274,7 +273,7 @@ async def test_an_originate_the_pbx_refuses_is_recorded_and_the_next_attempt_pla
     await missed(worker, store)
     clock.now = T0 + 60
     await worker.tick(store)
-    attempt = (await ostore.attempts(store))[0]
+    attempt = (await store.attempts())[0]
     assert attempt.state == "refused" and "Permission denied" in (attempt.detail or "")
     assert await states(store) == [(1, "refused"), (2, "scheduled")]
 
@@ -309,7 +308,7 @@ async def test_a_withheld_or_premium_caller_gets_no_campaign(store: Store) -> No
     worker, _ = setup(clock, ami)
     await missed(worker, store, "c1", "anonymous")
     await missed(worker, store, "c2", "+449098790000")
-    assert await ostore.campaigns(store) == []
+    assert await store.campaigns() == []
 
 
 def test_the_originate_never_carries_line_breaks_or_unvalidated_numbers() -> None:

@@ -15,7 +15,6 @@ from mcdaemon.core.tracker import CallTracker
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.store import NewCall, Store
-from mcdaemon.store import outreach as ostore
 
 from outreach_helpers import (
     CALLER,
@@ -173,7 +172,7 @@ async def test_a_stop_before_the_first_text_was_submitted_cancels_them_at_birth(
     worker = outreach(Clock(T0 + 3))
     record = call()
     # the caller replied before the first text's submit was recorded (a slow SMSC)
-    await ostore.record_stop(store, CALLER, "reply", T0 + 1)
+    await store.record_stop(CALLER, "reply", T0 + 1)
     await worker.texts_submitted(store, [await first_text_submitted(store, record, T0 + 3)])
     assert {state for _, state, _, _, _ in await followup_rows(store)} == {"failed"}
 
