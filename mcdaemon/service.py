@@ -53,7 +53,7 @@ from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, DecisionObserver, Intake
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
 from mcdaemon.pipeline.sending import Dispatcher
-from mcdaemon.store import Store, StoreError
+from mcdaemon.store import Store, StoreError, StoreInterface
 from mcdaemon.webhooks import delivery as webhooks
 from mcdaemon.webhooks.notify import Notifier
 
@@ -81,7 +81,7 @@ class Service:
                              region=lambda: self.config.region,
                              opted_out=lambda number: self.store.is_opted_out(number),
                              log_full_numbers=lambda: self.config.log_full_numbers)
-        self._store: Store | None = None
+        self._store: StoreInterface | None = None
         self._stop = asyncio.Event()
         self._store_failed = False
         self._link_status = ""  # what systemd was last told (STATUS=)
@@ -97,7 +97,7 @@ class Service:
         def current_config() -> Config:
             return self.config
 
-        def current_store() -> Store:
+        def current_store() -> StoreInterface:
             return self.store
 
         self._dispatcher = Dispatcher(current_config, current_store, sender=self._sender,
@@ -120,7 +120,7 @@ class Service:
     # ------------------------------------------------------------------ lifecycle
 
     @property
-    def store(self) -> Store:
+    def store(self) -> StoreInterface:
         assert self._store is not None, "the store is opened by run()"
         return self._store
 

@@ -17,7 +17,7 @@ import structlog
 from mcdaemon.adapters import sdnotify
 from mcdaemon.adapters.metrics import OUTBOX_SNAPSHOT_INTERVAL, Metrics
 from mcdaemon.config.model import Config
-from mcdaemon.store import Store
+from mcdaemon.store import StoreInterface
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")  # the name log lines carried before the move
@@ -38,7 +38,7 @@ class Housekeeping:
     """Runs as one task: `run()`. `expire_calls(now)` closes the calls the trackers held too
     long and hands them to the decider."""
 
-    def __init__(self, config: Callable[[], Config], store: Callable[[], Store], *,
+    def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  metrics: Metrics, clock: Clock, notify: Notifier,
                  expire_calls: Callable[[float], None]) -> None:
         self._config = config

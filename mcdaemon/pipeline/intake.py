@@ -32,7 +32,7 @@ from mcdaemon.core.tracker import CallTracker
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.pipeline.sending import Dispatcher
-from mcdaemon.store import NewCall, Store
+from mcdaemon.store import NewCall, StoreInterface
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")  # the name log lines carried before the move
@@ -55,7 +55,7 @@ class Intake:
     """The trackers (one per PBX), the calls they closed and not yet decided, and the
     decider. Runs as two tasks: `consume()` and `decide()`."""
 
-    def __init__(self, config: Callable[[], Config], store: Callable[[], Store], *,
+    def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  queue: asyncio.Queue[AmiItem], metrics: Metrics, clock: Clock,
                  contacts: ContactNames, notify: Notifier, outreach: Outreach,
                  dispatcher: Dispatcher, report_links: Callable[[], None],

@@ -21,7 +21,7 @@ from mcdaemon.core.phone import to_e164
 from mcdaemon.core.receipts import DeliveryReceipt
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach.callbacks import Outreach
-from mcdaemon.store import ReceiptIn, Store
+from mcdaemon.store import ReceiptIn, StoreInterface
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")  # the name log lines carried before the move
@@ -34,7 +34,7 @@ class Receiver:
     """Consumes what the SMPP sender receives, in arrival order. Runs as one task:
     `consume()`."""
 
-    def __init__(self, config: Callable[[], Config], store: Callable[[], Store], *,
+    def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  events: asyncio.Queue[SmppEvent], metrics: Metrics, clock: Clock,
                  notify: Notifier, outreach: Outreach, texts_queued: Callable[[], None],
                  report_links: Callable[[], None]) -> None:

@@ -25,7 +25,7 @@ from mcdaemon.config.model import Config
 from mcdaemon.core.outbox import SubmitResult, submit_outcome
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach.callbacks import Outreach
-from mcdaemon.store import OutboxMessage, Store, SubmitOutcome
+from mcdaemon.store import OutboxMessage, StoreInterface, SubmitOutcome
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")  # the name log lines carried before the move
@@ -46,7 +46,7 @@ class Dispatcher:
     """Claims due texts, hands them to the sender, commits their results. Runs as two tasks:
     `dispatch()` and `record_results()`."""
 
-    def __init__(self, config: Callable[[], Config], store: Callable[[], Store], *,
+    def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  sender: SmppSender, metrics: Metrics, clock: Clock, stop: asyncio.Event,
                  notify: Notifier, outreach: Outreach) -> None:
         self._config = config
