@@ -11,7 +11,7 @@ import pytest
 
 from mcdaemon.commands.control import show_status
 from mcdaemon.config.load import config_from_dict
-from mcdaemon.service import heartbeat_value
+from mcdaemon.pipeline.housekeeping import heartbeat_value
 from mcdaemon.store import Store
 
 
