@@ -129,6 +129,27 @@ def cmd_report(args: argparse.Namespace) -> int:
                                   group=args.group, output=args.format, html=args.html))
 
 
+def _when(text: str) -> object:
+    """`backfill --since/--until`: epoch seconds, `now`, or what `report --since` takes."""
+    from mcdaemon.commands.backfill import parse_when
+
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--since ")) from exc
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from mcdaemon.commands.backfill import backfill
+
+    return asyncio.run(backfill(_load(args), sys.stdout, sys.stderr, files=args.queue_log,
+                                since=args.since, until=args.until, now=time.time(),
+                                dry_run=args.dry_run, queues=args.queue))
+
+
 def cmd_record_booking(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -250,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output on stdout (default table)")
     report.add_argument("--html", metavar="FILE",
                         help="also write a self-contained HTML page with charts")
+    backfill = command("backfill", cmd_backfill,
+                       "decide the queue calls the daemon missed while away (AMI down, "
+                       "daemon stopped) from Asterisk's queue_log; one JSON line per call")
+    backfill.add_argument("--queue-log", action="append", metavar="FILE",
+                          help="a queue_log file, oldest first if several (queue_log.1 "
+                               "queue_log); default: inbound.queue_log and its .1")
+    backfill.add_argument("--since", type=_when, required=True, metavar="WHEN",
+                          help="calls that ended since: 7d, 24h, 30m, an ISO date or "
+                               "date-time in the config's time zone, or epoch seconds")
+    backfill.add_argument("--until", type=_when, default="now", metavar="WHEN",
+                          help="the window's end, as --since, or now (default); calls "
+                               "still in a queue then are not decided")
+    backfill.add_argument("--queue", action="append", metavar="Q",
+                          help="only this queue (repeatable; default: every queue)")
+    backfill.add_argument("--dry-run", action="store_true",
+                          help="print what would be decided; change nothing")
     booking = command("record-booking", cmd_record_booking,
                       "record a booking (a sale, an appointment) from a caller; it is "
                       "attributed to their latest texted missed call of the 30 days before")

@@ -108,7 +108,11 @@ def _read_inbound(section: Section) -> InboundConfig:
         ignore_dids=read_dids(section, "ignore_dids"),
         voicemail_contexts=section.str_list("voicemail_contexts"),
         call_ttl=section.duration("call_ttl", 4 * 3600.0, minimum=60),
+        queue_log=section.opt_str("queue_log") or None,
     )
+    if inbound.queue_log is not None and not inbound.queue_log.startswith("/"):
+        section.error("queue_log", f"{inbound.queue_log!r}: give an absolute path (e.g. "
+                                   "/var/log/asterisk/queue_log)")
     if not inbound.contexts:
         section.error("contexts", "name at least one dialplan context where inbound calls "
                                   "arrive (e.g. from-trunk)")

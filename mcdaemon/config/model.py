@@ -78,6 +78,7 @@ class InboundConfig:
     ignore_dids: tuple[str, ...] = ()  # digits only, as groups.*.dids
     voicemail_contexts: tuple[str, ...] = ()
     call_ttl: float = 4 * 3600.0  # calls with no Hangup after this are evicted
+    queue_log: str | None = None  # Asterisk's queue_log, `mcdaemon backfill`'s default file
 
 
 @dataclass(frozen=True, slots=True)
