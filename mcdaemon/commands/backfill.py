@@ -135,7 +135,8 @@ async def _decide(config: Config, store: StoreInterface | None, calls: list[Queu
         known = await store.call(pbx, call.callid) if store is not None else None
         if known is not None:
             line.update(textable=False, reason="already_recorded",
-                        detail=f"decided before: {known.get('reason')}", recorded=False)
+                        detail=f"decided before: {known.get('reason')}", recorded=False,
+                        queued=False)
             continue
         fresh.append(record)
     if fresh:
@@ -170,7 +171,7 @@ def _undecided(call: QueueCall, pbx: str) -> dict[str, Any]:
             call.queue, "outcome": None, "started": call.entered, "ended": call.ended,
             "extra": {"backfilled": "true", "queue": call.queue, "source": "queue_log"},
             "textable": False, "reason": call.reason, "detail": detail.get(call.reason),
-            "recorded": False}
+            "recorded": False, "queued": False}
 
 
 __all__ = ["backfill", "parse_when", "queue_log_files", "resolve_when"]
