@@ -6,11 +6,12 @@ import asyncio
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from mcdaemon.cli import main
 from mcdaemon.commands import backfill as backfill_module
 from mcdaemon.commands.backfill import backfill
 from mcdaemon.commands.replay import replay_files
@@ -62,15 +63,19 @@ def test_the_fixture_labels_eight_unseen_callers() -> None:
     assert len(unseen_callers()) == 8
 
 
-def test_dry_run_prints_the_outage_calls_and_changes_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def mcdaemon(*args: str) -> subprocess.CompletedProcess[str]:
+    """A process of its own: `main()` in-process would point the log at pytest's capture."""
+    return subprocess.run([sys.executable, "-m", "mcdaemon", "--log-level", "warning", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_dry_run_prints_the_outage_calls_and_changes_nothing(tmp_path: Path) -> None:
     path = config_file(tmp_path)
-    status = main(["--log-level", "warning", "backfill", "-c", str(path), "--queue-log",
-                   str(QUEUE_LOG), "--since", str(int(LAST - 3600)), "--until",
-                   str(int(LAST + 60)), "--dry-run"])
-    captured = capsys.readouterr()
-    assert status == 0, captured.err
-    lines = [json.loads(line) for line in captured.out.splitlines()]
+    result = mcdaemon("backfill", "-c", str(path), "--queue-log", str(QUEUE_LOG),
+                      "--since", str(int(LAST - 3600)), "--until", str(int(LAST + 60)),
+                      "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 11
     assert unseen_callers() <= {line["caller"] for line in lines}
     for line in lines:
@@ -144,8 +149,7 @@ def test_a_backfill_decides_only_what_the_store_has_not_seen(tmp_path: Path) -> 
 
 
 def test_a_file_it_cannot_read_names_the_path_and_the_group(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "queue_log"
     log.write_text("")
 
@@ -153,15 +157,18 @@ def test_a_file_it_cannot_read_names_the_path_and_the_group(
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(backfill_module, "_read", refuse)
-    path = config_file(tmp_path)
-    status = main(["backfill", "-c", str(path), "--queue-log", str(log), "--since", "1h"])
-    err = capsys.readouterr().err
-    assert status == 1
+    status, lines, err = run(load_config(config_file(tmp_path)), dry_run=True,
+                             files=[str(log)])
+    assert status == 1 and not lines
     assert len(err.splitlines()) == 1 and str(log) in err and "'asterisk' group" in err
-    monkeypatch.undo()
-    missing = main(["backfill", "-c", str(path), "--queue-log", str(tmp_path / "nope"),
-                    "--since", "1h", "--queue", "support"])
-    assert missing == 1 and str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_a_missing_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    path = config_file(tmp_path)
+    result = mcdaemon("backfill", "-c", str(path), "--queue-log", str(tmp_path / "nope"),
+                      "--since", "1h", "--queue", "support")
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and str(tmp_path / "nope") in result.stderr
 
 
 def test_the_config_names_the_default_file(tmp_path: Path) -> None:
