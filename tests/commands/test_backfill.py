@@ -21,7 +21,7 @@ from mcdaemon.core.policy import decide
 from mcdaemon.core.records import CallRecord, PolicyView
 from mcdaemon.store import NewCall, Store
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "outage"
 QUEUE_LOG = FIXTURES / "outage_dev.queue_log"
 AMI = FIXTURES / "outage_dev.ami"
 #: the recording's last line: the window ends a little after it

@@ -14,7 +14,8 @@ from mcdaemon.core.queue_log import (
 )
 from mcdaemon.core.records import Outcome
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "outage_dev.queue_log"
+FIXTURE = (Path(__file__).resolve().parent.parent / "fixtures" / "outage"
+           / "outage_dev.queue_log")
 
 
 def log(*lines: str) -> str:
