@@ -41,8 +41,9 @@ there, whole (not `partial`) and marked `adopted`, with the stage its applicatio
 The call's other live channels (agents' legs) join it, so it ends with its last channel; its
 start is the listing's time less the channel's `Duration`. Channels of other calls (internal
 calls, agents calling out: not their Linkedid's own channel, or in no inbound context or
-trunk) are never adopted, nor is a call the tracker already knows. Between connects, a call
-first seen by a `Newexten` in an inbound context is still tracked, as `partial` (no text).
+trunk) are never adopted, nor is a call the tracker already knows, but for one first seen
+by a `Newexten` in an inbound context (tracked as `partial`, no text) just before the list
+came: that one is made whole and marked adopted.
 
 The path of a call: stages
 --------------------------
@@ -385,6 +386,16 @@ class CallTracker:
         adopted = 0
         for linkedid, legs in by_call.items():
             first = next((leg for leg in legs if leg.get("Uniqueid") == linkedid), None)
+            known = self._calls.get(linkedid)
+            if known is not None and known.partial and first is not None \
+                    and self._is_inbound_channel(first):
+                # first seen by a Newexten while the list was being read: seen from its
+                # start on as much as an adopted call, and so whole
+                known.partial, known.adopted = False, True
+                known.started = min(known.started, at - _duration(first.get("Duration", "")))
+                known.extra.setdefault("adopted_in", _clean(first.get("Context", ""), 120))
+                adopted += 1
+                continue
             if (first is None or linkedid in self._calls or linkedid in self._finished
                     or any(leg.get("Uniqueid") in self._channels for leg in legs)
                     or not self._is_inbound_channel(first)):

@@ -109,6 +109,13 @@ class AmiTestServer:
             if session.logged_in and not session.writer.is_closing():
                 await session.send_event(raw)
 
+    def skip(self, frames: int) -> None:
+        """Let the first `frames` frames happen on the PBX before any client listens: the
+        replay starts after them, and CoreShowChannels lists the channels they left alive
+        (a daemon started, or reconnected, mid-call)."""
+        for _ in range(min(frames, len(self.frames) - self._next)):
+            self._advance()
+
     async def finished(self) -> None:
         """Resolves when every frame has been sent (or lost in a gap)."""
         assert self._done is not None, "start() the server first"

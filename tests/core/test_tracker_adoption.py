@@ -194,3 +194,17 @@ def test_reconcile_then_adopt_after_a_gap() -> None:
     ("nan", 0.0)])
 def test_duration(text: str, seconds: float) -> None:
     assert _duration(text) == seconds
+
+
+def test_a_partial_call_seen_just_before_the_list_is_made_whole() -> None:
+    call_tracker = CallTracker("lab", InboundConfig(contexts=("from-carrier",)), "GB")
+    trunk = {"Channel": "PJSIP/carrier-0000000a", "Uniqueid": "9.1", "Linkedid": "9.1"}
+    call_tracker.feed({"Event": "Newexten", **trunk, "Context": "from-carrier",
+                       "Exten": "442071230000", "Application": "BackGround",
+                       "AppData": "custom/menu"}, 100.0)
+    assert call_tracker.adopt([channel(Context="from-carrier", Exten="442071230000",
+                                       Application="BackGround", Duration="00:00:30")],
+                              100.5) == 1
+    [record] = call_tracker.feed({"Event": "Hangup", **trunk}, 105.0)
+    assert record.outcome == Outcome.IVR_ABANDON
+    assert record.adopted and not record.partial and record.started == 70.5
