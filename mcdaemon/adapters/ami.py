@@ -20,9 +20,10 @@ tracker sees the same dicts live and in a replay.
 
 Connection life: connect, read the banner, Login, Filter (Asterisk sends only the events the
 tracker reads), CoreShowChannels (the channels alive now: an AmiStatus "connected" carries
-them, at its place in the event stream, so the tracker can close the calls that ended while
-we were away), then read while Pings go out. Any failure closes the socket and retries with
-exponential backoff and jitter until `stop()`; a refused login waits longer between tries.
+them, their uniqueids and their fields, at its place in the event stream, so the tracker can
+close the calls that ended while we were away and adopt the calls in progress), then read
+while Pings go out. Any failure closes the socket and retries with exponential backoff and
+jitter until `stop()`; a refused login waits longer between tries.
 
 The log has one line per state change (`AMI connected`, `AMI connection failed`, `AMI
 connection lost`, `AMI login refused`), each failure naming the setting to check; warnings a
@@ -153,6 +154,9 @@ class AmiStatus:
     state: str  # "connecting" | "connected" | "disconnected" | "auth_failed"
     detail: str
     live_uniqueids: frozenset[str] | None = None  # on "connected": channels alive on the PBX
+    #: on "connected": the listed channels' CoreShowChannel fields (Channel, Context,
+    #: Application, ApplicationData, Uniqueid, Linkedid, CallerIDNum, Duration, BridgeId...)
+    live_channels: tuple[Mapping[str, str], ...] | None = None
 
 
 #: what an AmiConnection puts on its queue, in arrival order
@@ -590,19 +594,24 @@ class AmiConnection:
         self._out.put_nowait(AmiEvents(self.pbx, at, frames, self._wanted, self._variables))
 
     def _listing_done(self, listing: Any, at: float) -> None:
-        listed = {message.get("Uniqueid", "") for message in listing.responses
-                  if message.get("Event") == "CoreShowChannel"}
+        channels = tuple({key: value for key, value in message.items()
+                          if isinstance(value, str)}
+                         for message in listing.responses
+                         if message.get("Event") == "CoreShowChannel")
+        listed = {channel.get("Uniqueid", "") for channel in channels}
         live = frozenset((listed | self._born_while_listing) - {""})
         self._listing = None
-        self._set_state("connected", f"logged in, {len(live)} live channels", live, at)
+        self._set_state("connected", f"logged in, {len(live)} live channels", live, at,
+                        channels)
         log.info("AMI connected", pbx=self.pbx, host=self.config.host, port=self.config.port,
                  banner=self.banner, live_channels=len(live))
 
     def _set_state(self, state: str, detail: str, live: frozenset[str] | None = None,
-                   at: float | None = None) -> None:
+                   at: float | None = None,
+                   channels: tuple[Mapping[str, str], ...] | None = None) -> None:
         self._state = state
         self._out.put_nowait(AmiStatus(self.pbx, time.time() if at is None else at, state,
-                                       detail, live))
+                                       detail, live, channels))
 
 
 def connection_failure(config: AmiConfig, error: BaseException) -> str:

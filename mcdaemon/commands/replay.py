@@ -29,7 +29,9 @@ def replay_files(config: Config, files: Sequence[str], out: TextIO,
 
     Each file gets a fresh tracker (recordings are independent) and a fresh `decider()`, the
     policy's dry run when given; calls still open at the end
-    of a file are evicted and shown with `"evicted": true` when they look missed.
+    of a file are evicted and shown with `"evicted": true` when they look missed. A channel
+    list (`CoreShowChannel` events, then `CoreShowChannelsComplete`) in a transcript is read
+    as at a connect: the calls in progress it shows are adopted (`"adopted": true`).
     """
     pbx = config.ami[0].name if config.ami else "pbx"
     for path in files:
@@ -45,8 +47,17 @@ def replay_files(config: Config, files: Sequence[str], out: TextIO,
         tracker = CallTracker(pbx, config.inbound, config.region)
         decide = decider() if decider is not None else None
         records: list[CallRecord] = []
+        listed: list[dict[str, str]] = []  # a CoreShowChannels answer in the transcript
         for at, event in transcript.events():
-            records.extend(tracker.feed(event, at))
+            name = event.get("Event")
+            if name == "CoreShowChannel":
+                listed.append(event)
+            elif name == "CoreShowChannelsComplete":  # as at a connect: adopt the calls
+                records.extend(tracker.reconcile({c.get("Uniqueid", "") for c in listed}, at))
+                tracker.adopt(listed, at)
+                listed = []
+            else:
+                records.extend(tracker.feed(event, at))
         records.extend(tracker.expire(_FAR_FUTURE))
         for record in records:
             line = record.as_dict()

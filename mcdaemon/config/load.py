@@ -107,6 +107,7 @@ def _read_inbound(section: Section) -> InboundConfig:
         ignore_contexts=section.str_list("ignore_contexts"),
         ignore_dids=read_dids(section, "ignore_dids"),
         voicemail_contexts=section.str_list("voicemail_contexts"),
+        trunks=section.str_list("trunks"),
         call_ttl=section.duration("call_ttl", 4 * 3600.0, minimum=60),
         queue_log=section.opt_str("queue_log") or None,
     )

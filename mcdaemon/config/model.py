@@ -77,6 +77,9 @@ class InboundConfig:
     ignore_contexts: tuple[str, ...] = ()
     ignore_dids: tuple[str, ...] = ()  # digits only, as groups.*.dids
     voicemail_contexts: tuple[str, ...] = ()
+    #: channel name prefixes of the inbound trunks (PJSIP/carrier): a call in progress at an
+    #: AMI connect is adopted when its first channel is on one, wherever its dialplan now is
+    trunks: tuple[str, ...] = ()
     call_ttl: float = 4 * 3600.0  # calls with no Hangup after this are evicted
     queue_log: str | None = None  # Asterisk's queue_log, `mcdaemon backfill`'s default file
 

@@ -45,6 +45,7 @@ class CallRecord:
     partial: bool = False
     evicted: bool = False
     channel: str | None = None
+    adopted: bool = False  # already in progress at an AMI connect: its start was not seen
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

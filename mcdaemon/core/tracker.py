@@ -22,10 +22,28 @@ other Linkedids are dropped after one dictionary lookup. The caller's number is 
 when the call starts, and `take_new_callers` offers it to the service, which classifies it
 then: when the call ends and the caller waits for the text, nothing costly is left to do.
 
-Calls already in progress when the daemon connected show no `Newchannel`. Such a call is
-tracked, as `partial`, only when its first channel is seen running dialplan (`Newexten`) in an
-inbound context; a call first seen elsewhere (e.g. already waiting in a queue) cannot be told
-from an internal call and gives no record. Asterisk's `queue_log` is the place to recover those.
+Calls already in progress when the daemon connected show no `Newchannel`. At every AMI
+connect the adapter lists the live channels (`CoreShowChannels`) and `adopt()` takes them
+over: a channel that began its own call (`Uniqueid == Linkedid`) and sits in an inbound
+context, or on an inbound trunk (`inbound.trunks`: a prefix of the channel's name, needed once
+the call has moved on to e.g. `queue-support`), is an inbound caller. Its call is tracked from
+there, whole (not `partial`) and marked `adopted`, with the stage its application shows:
+
+    Application         adopted stage                   the rest of the call
+    Queue (data Q,...)  queue:Q waiting (in the queue)  QueueCallerAbandon / Hangup ->
+                                                         queue_abandon, AgentConnect -> answered
+    Dial / FollowMe     dial ringing                    DialEnd, Hangup -> ring_no_answer
+    BackGround / Read   ivr menu                        Newexten -> chose, Hangup -> ivr_abandon
+    VoiceMail           voicemail:BOX greeting          MessageWaiting -> voicemail_left
+    any, bridged        (answered: BridgeId set on a Queue or Dial)
+    anything else       none yet: later Newexten events add them
+
+The call's other live channels (agents' legs) join it, so it ends with its last channel; its
+start is the listing's time less the channel's `Duration`. Channels of other calls (internal
+calls, agents calling out: not their Linkedid's own channel, or in no inbound context or
+trunk) are never adopted, nor is a call the tracker already knows, but for one first seen
+by a `Newexten` in an inbound context (tracked as `partial`, no text) just before the list
+came: that one is made whole and marked adopted.
 
 The path of a call: stages
 --------------------------
@@ -83,7 +101,8 @@ Memory
 A finished call's state is dropped at once; its Linkedid goes into a bounded memory of
 finished calls, so a duplicated or replayed stream never yields a second record (the store's
 uniqueness on (pbx, Linkedid) is the final guard). Calls whose Hangup never comes are dropped
-by `expire()`; after an AMI reconnect `reconcile()` ends the calls whose channels are gone.
+by `expire()`; after an AMI reconnect `reconcile()` ends the calls whose channels are gone, then
+`adopt()` takes over the inbound calls that began while the daemon was away.
 """
 
 from __future__ import annotations
@@ -229,6 +248,7 @@ class _Call:
     last_seen: float
     caller_e164: str | None = None  # found at the start: nothing costly is left for the end
     partial: bool = False
+    adopted: bool = False  # in progress at an AMI connect (`adopt`)
     confirmed: bool = False  # ran dialplan in an inbound context
     did: str | None = None
     did_override: str | None = None
@@ -295,6 +315,7 @@ class CallTracker:
         self._ignore_contexts = frozenset(inbound.ignore_contexts)
         self._ignore_dids = frozenset(inbound.ignore_dids)
         self._voicemail_contexts = frozenset(inbound.voicemail_contexts)
+        self._trunks = tuple(inbound.trunks)
 
     @property
     def active_calls(self) -> int:
@@ -353,6 +374,110 @@ class CallTracker:
             if record is not None:
                 records.append(record)
         return records
+
+    def adopt(self, channels: Sequence[Mapping[str, str]], at: float) -> int:
+        """At an AMI connect: track the inbound calls in progress among the live channels
+        (`CoreShowChannel` fields, listed at `at`); how many calls were adopted."""
+        by_call: dict[str, list[Mapping[str, str]]] = {}
+        for fields in channels:
+            uid = fields.get("Uniqueid", "")
+            if uid:
+                by_call.setdefault(fields.get("Linkedid") or uid, []).append(fields)
+        adopted = 0
+        for linkedid, legs in by_call.items():
+            first = next((leg for leg in legs if leg.get("Uniqueid") == linkedid), None)
+            known = self._calls.get(linkedid)
+            if known is not None and known.partial and first is not None \
+                    and self._is_inbound_channel(first):
+                # first seen by a Newexten while the list was being read: seen from its
+                # start on as much as an adopted call, and so whole
+                known.partial, known.adopted = False, True
+                known.started = min(known.started, at - _duration(first.get("Duration", "")))
+                known.extra.setdefault("adopted_in", _clean(first.get("Context", ""), 120))
+                adopted += 1
+                continue
+            if (first is None or linkedid in self._calls or linkedid in self._finished
+                    or any(leg.get("Uniqueid") in self._channels for leg in legs)
+                    or not self._is_inbound_channel(first)):
+                continue
+            try:
+                self._adopt_call(first, legs, at)
+            except Exception:  # one odd channel must never stop the others
+                self._repeats.warning(
+                    "adopt failed", "call in progress could not be adopted: skipped",
+                    pbx=self.pbx, linkedid=linkedid, exc_info=True,
+                    hint="a defect or an unusual dialplan: report it with the channel's "
+                         "CoreShowChannel fields")
+                self._calls.pop(linkedid, None)
+                for leg in legs:
+                    self._channels.pop(leg.get("Uniqueid", ""), None)
+                continue
+            adopted += 1
+        return adopted
+
+    def _is_inbound_channel(self, fields: Mapping[str, str]) -> bool:
+        """A channel that began its own call: in an inbound context, or on an inbound trunk."""
+        if fields.get("Context") in self._inbound:
+            return True
+        name = fields.get("Channel", "")
+        return any(name.startswith(trunk) and (len(name) == len(trunk)
+                                               or name[len(trunk)] in "-/@;")
+                   for trunk in self._trunks if trunk)
+
+    def _adopt_call(self, first: Mapping[str, str], legs: Sequence[Mapping[str, str]],
+                    at: float) -> None:
+        call = self._start_call(first, at, partial=False)
+        call.started = at - _duration(first.get("Duration", ""))
+        call.adopted = call.confirmed = True
+        context = first.get("Context", "")
+        exten = first.get("Exten", "")
+        if context in self._inbound and exten and exten not in _SPECIAL_EXTENS:
+            call.did = _clean(exten)
+        channel = self._add_channel(call, call.inbound_uid, first.get("Channel", ""))
+        for leg in legs:  # the agents' legs: the call ends with its last channel
+            uid = leg.get("Uniqueid", "")
+            if uid and uid not in self._channels:
+                self._add_channel(call, uid, leg.get("Channel", ""))
+        if context in self._after_hours:
+            call.after_hours = True
+            call.stages.append(_Stage("after_hours"))
+        if context in self._ignore_contexts:
+            call.ignored = True
+        app = first.get("Application", "")
+        kind = _APP_KINDS.get(app.lower())
+        channel.app = kind or app.lower()
+        data = first.get("ApplicationData", "")
+        bridged = bool(first.get("BridgeId", "").strip())
+        if kind == QUEUE:
+            name = _clean(data.split(",", 1)[0].strip()) or None
+            call.stages.append(_Stage(QUEUE, name, "waiting"))
+            call.group = name or call.group
+            call.in_queue = True
+            if bridged:
+                call.stages[-1].status = "answered"
+                self._mark_answered(call, at)
+        elif kind == DIAL:
+            call.stages.append(_Stage(DIAL, None, "answer" if bridged else "ringing"))
+            if bridged:
+                self._mark_answered(call, at)
+            else:
+                call.dialing.update(uid for uid in call.live if uid != call.inbound_uid)
+        elif kind == IVR:
+            call.stages.append(_Stage(IVR, None, "menu"))
+            channel.ivr_position = (context, exten)
+        elif kind == VOICEMAIL or (context in self._voicemail_contexts and kind is None):
+            mailbox = _clean(data.split(",", 1)[0].split("&", 1)[0].strip()) \
+                if kind == VOICEMAIL else ""
+            call.stages.append(_Stage(VOICEMAIL, mailbox or None, "greeting"))
+        elif kind == AGI and _is_callback_script(data.split(",", 1)[0]):
+            self._mark_callback(call)
+        elif kind == DEAD:
+            call.stages.append(_Stage(DEAD, app))
+        self._update_wait(call, at)
+        call.extra["adopted_in"] = _clean(f"{context}/{app}" if app else context, 120)
+        _log.info("call in progress adopted", pbx=self.pbx, linkedid=call.linkedid,
+                  channel=call.channel_name, application=app or None,
+                  stages=[stage.label() for stage in call.stages])
 
     # ------------------------------------------------------------ lookup
 
@@ -790,7 +915,8 @@ class CallTracker:
             did=did, group=call.group_override or call.group, outcome=_decide(call),
             stages=tuple(stage.label() for stage in call.stages), started=call.started,
             ended=at, wait_seconds=round(call.waited, 3), partial=call.partial,
-            evicted=evicted, channel=call.channel_name or None, extra=extra)
+            evicted=evicted, channel=call.channel_name or None, adopted=call.adopted,
+            extra=extra)
 
 
 # ---------------------------------------------------------------- pure functions
@@ -820,6 +946,17 @@ def _decide(call: _Call) -> Outcome:
     if outcome is None:
         outcome = _OUTCOME_OF[(best.kind, None)]
     return outcome
+
+
+def _duration(text: str) -> float:
+    """CoreShowChannel's Duration ("HH:MM:SS", or seconds) in seconds; 0 if unreadable."""
+    seconds = 0.0
+    try:
+        for part in text.strip().split(":"):
+            seconds = seconds * 60 + float(part)
+    except ValueError:
+        return 0.0
+    return seconds if 0 <= seconds < 86400 * 7 else 0.0
 
 
 def _is_callback_script(script: str) -> bool:

@@ -163,9 +163,15 @@ class Intake:
         else:
             self.connected.discard(item.pbx)
         self._report_links()
-        if item.state == "connected" and item.live_uniqueids is not None:
-            return self.trackers[item.pbx].reconcile(set(item.live_uniqueids), item.at)
-        return []
+        if item.state != "connected" or item.live_uniqueids is None:
+            return []
+        tracker = self.trackers[item.pbx]
+        records = tracker.reconcile(set(item.live_uniqueids), item.at)
+        if item.live_channels:  # then the inbound calls in progress are tracked from here
+            tracker.adopt(item.live_channels, item.at)
+            for caller in tracker.take_new_callers():
+                prepare_caller(caller, self._config())
+        return records
 
     async def _decide_and_store(self, records: list[CallRecord]) -> None:
         """Decide every record, then write them all in one transaction (a storm of hangups
@@ -218,6 +224,9 @@ class Intake:
                       decision="text" if decision.text else "no_text", reason=decision.reason)
         if decision.detail:
             fields["detail"] = decision.detail
+        if record.adopted:  # in progress at an AMI connect: the stages seen from there
+            fields["adopted"] = True
+            fields["stages"] = list(record.stages)
         if message_id is not None:
             fields["message_id"] = message_id
         if decision.text and message_id is None:

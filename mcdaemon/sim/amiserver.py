@@ -3,7 +3,8 @@
 It speaks the protocol as Asterisk does: the banner, Login (Success or "Authentication
 failed"), ActionID echo, Ping, Filter (include and `!` exclude regexes applied to the events
 it sends, as Asterisk's legacy filters),
-CoreShowChannels (the channels the replay has created and not hung up yet), Originate with
+CoreShowChannels (the channels the replay has created and not hung up yet, each with the
+fields Asterisk lists: context, application, caller, duration…, `sim.channels`), Originate with
 an OriginateResponse, Logoff. The replay starts when a client has logged in and is paced by
 the frames' offsets divided by `speed`, the frames due at one moment in one write, as a
 burst of events from Asterisk comes (0: as fast as possible, one frame per turn of the event
@@ -22,7 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from mcdaemon.core.transcript import Frame, FrameFields, Transcript, parse_frame
+from mcdaemon.core.transcript import Frame, Transcript, parse_frame
+from mcdaemon.sim.channels import LiveChannels
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 _GAP_BETWEEN_RECORDINGS = 1.0
@@ -70,7 +72,7 @@ class AmiTestServer:
         # restart of both ends), instead of going on where the last one stopped
         self.replay_each_connection = False
         self._next = 0
-        self._live: dict[str, tuple[str, str]] = {}  # Uniqueid -> (Channel, Linkedid)
+        self._live = LiveChannels()  # what CoreShowChannels lists
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._live_sessions: set[_Session] = set()
@@ -107,6 +109,13 @@ class AmiTestServer:
             if session.logged_in and not session.writer.is_closing():
                 await session.send_event(raw)
 
+    def skip(self, frames: int) -> None:
+        """Let the first `frames` frames happen on the PBX before any client listens: the
+        replay starts after them, and CoreShowChannels lists the channels they left alive
+        (a daemon started, or reconnected, mid-call)."""
+        for _ in range(min(frames, len(self.frames) - self._next)):
+            self._advance()
+
     async def finished(self) -> None:
         """Resolves when every frame has been sent (or lost in a gap)."""
         assert self._done is not None, "start() the server first"
@@ -136,20 +145,10 @@ class AmiTestServer:
             self._live_sessions.discard(session)
             self._sessions.discard(task)
 
-    def _track(self, raw: bytes) -> None:
-        if not raw.startswith((b"Event: Newchannel\r\n", b"Event: Hangup\r\n")):
-            return  # parsing every frame would make the server slower than the daemon
-        fields = FrameFields(raw)
-        event, uid = fields.get("Event"), fields.get("Uniqueid", "")
-        if event == "Newchannel":
-            self._live[uid] = (fields.get("Channel", ""), fields.get("Linkedid", uid))
-        elif event == "Hangup":
-            self._live.pop(uid, None)
-
     def _advance(self) -> None:
         if self.on_frame is not None:
             self.on_frame(self.frames[self._next])
-        self._track(self.frames[self._next].raw)
+        self._live.feed(self.frames[self._next].raw, time.monotonic())
         self._next += 1
         if self._next >= len(self.frames) and self._done is not None:
             self._done.set()
@@ -214,11 +213,10 @@ class _Session:
         elif name == "coreshowchannels":
             await self.send(_frame(("Response", "Success"), aid, ("EventList", "start"),
                                    ("Message", "Channels will follow")))
-            live = dict(self.server._live)
-            for uid, (channel, linkedid) in live.items():
+            live = self.server._live.listing(time.monotonic())
+            for fields in live:
                 await self.send(_frame(("Event", "CoreShowChannel"), aid,
-                                       ("Channel", channel), ("Uniqueid", uid),
-                                       ("Linkedid", linkedid)))
+                                       *fields.items()))
             await self.send(_frame(("Event", "CoreShowChannelsComplete"), aid,
                                    ("EventList", "Complete"), ("ListItems", str(len(live)))))
         elif name == "originate":

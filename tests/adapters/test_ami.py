@@ -248,6 +248,14 @@ async def test_reconnect_after_a_drop_reports_the_channels_still_alive() -> None
     assert "disconnected" in states(items)
     assert connected[1].live_uniqueids is not None
     assert caller in connected[1].live_uniqueids
+    # and their fields, for the tracker to adopt the calls in progress
+    assert connected[1].live_channels is not None
+    [listed] = [fields for fields in connected[1].live_channels
+                if fields["Uniqueid"] == caller]
+    assert listed["Channel"] == "PJSIP/carrier-00000000"
+    assert listed["Linkedid"] == caller and listed["CallerIDNum"] == "+447700900123"
+    assert listed["Context"] == "queue-support"
+    assert listed["Application"] == "Queue" and listed["ApplicationData"].startswith("support,")
 
 
 async def test_a_name_split_across_two_tcp_writes_arrives_intact() -> None:

@@ -114,3 +114,33 @@ def test_replay_with_a_minimal_config_shows_the_policy_verdict_per_call(tmp_path
         ("queue_abandon", False, "withheld"),  # anonymous: nobody to text
     ]
     assert lines[0]["text"] and "missed your call" in lines[0]["text"]
+
+
+def test_replay_adopts_the_calls_a_channel_list_shows_in_progress(tmp_path: Path) -> None:
+    from mcdaemon.core.transcript import read_transcript
+    from mcdaemon.sim.channels import LiveChannels
+
+    frames = read_transcript(recording_path("queue_abandon")).frames
+    cut = next(index for index, frame in enumerate(frames)
+               if frame.raw.startswith(b"Event: QueueCallerJoin\r\n")) + 1
+    live = LiveChannels()
+    for frame in frames[:cut]:
+        live.feed(frame.raw, frame.offset)
+    at = frames[cut - 1].offset
+    listing = [b"".join(f"{key}: {value}\r\n".encode() for key, value in
+                        {"Event": "CoreShowChannel", **fields}.items()) + b"\r\n"
+               for fields in live.listing(at)]
+    listing.append(b"Event: CoreShowChannelsComplete\r\nEventList: Complete\r\n\r\n")
+    path = tmp_path / "mid_call.ami"
+    path.write_bytes(b"".join([f"@{at:.6f}\n".encode() + raw for raw in listing]
+                              + [f"@{frame.offset:.6f}\n".encode() + frame.raw
+                                 for frame in frames[cut:]]))
+    config = tmp_path / "mcdaemon.yaml"
+    config.write_text(MINIMAL_CONFIG + "  trunks: [PJSIP/carrier]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mcdaemon", "--log-level", "warning", "replay", "-c",
+         str(config), str(path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    [line] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert line["outcome"] == "queue_abandon" and line["adopted"] is True
+    assert line["stages"] == ["queue:support:abandon"] and line["partial"] is False
