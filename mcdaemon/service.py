@@ -49,6 +49,7 @@ from mcdaemon.config.reader import ConfigError
 from mcdaemon.contacts.lookup import ContactNames
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.outreach.callbacks import Outreach
+from mcdaemon.pipeline.backfill import Backfill
 from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, DecisionObserver, Intake
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
@@ -107,7 +108,12 @@ class Service:
                               metrics=self.metrics, clock=clock, contacts=self._contacts,
                               notify=self._notify, outreach=self._outreach,
                               dispatcher=self._dispatcher, report_links=self._report_links,
-                              on_decision=on_decision)
+                              on_decision=on_decision,
+                              link_moved=lambda *moved: self._backfill.link_moved(*moved))
+        # the queue calls finished while no AMI link watched: from the queue_log, at a connect
+        self._backfill = Backfill(current_config, current_store, clock=clock,
+                                  lock=self._intake.deciding, on_decided=self._intake.decided,
+                                  texts_queued=self._staff_notes_queued)
         self._receiver = Receiver(current_config, current_store, events=self._smpp_events,
                                   metrics=self.metrics, clock=clock, notify=self._notify,
                                   outreach=self._outreach,
@@ -115,7 +121,8 @@ class Service:
                                   report_links=self._report_links)
         self._housekeeping = Housekeeping(current_config, current_store, metrics=self.metrics,
                                           clock=clock, notify=self._notify,
-                                          expire_calls=self._intake.expire)
+                                          expire_calls=self._intake.expire,
+                                          watched=self._watch_connected)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,6 +150,7 @@ class Service:
             log.warning("texts found in flight after an unclean stop",
                         count=len(recovered), action=self.config.outbox.after_crash,
                         message_ids=recovered)
+        await self._backfill.load()  # the last moments watched, before this start
         await self.store.set_status("daemon", "running", now)
         await self.store.set_status("smpp", "binding", now)
         if self._install_signals:
@@ -195,6 +203,7 @@ class Service:
         sdnotify.notify("STOPPING=1")
         log.info("stopping")
         await self._agi.stop()
+        await self._watch_connected(self._clock())
         await self._close_ami()
         # the calls already decided are in the store; decide what the tracker has queued
         await self._intake.drain()
@@ -211,6 +220,7 @@ class Service:
         log.debug("shutdown: in-flight submits settled", left=len(self._dispatcher.in_flight))
         # webhook requests in flight get a moment; the rest stay queued for the next start
         await self._webhooks.stop(timeout=2.0)
+        await self._backfill.stop()
         await self._cancel(workers)
         await self.store.set_status("daemon", "stopped", self._clock())
         await self.store.set_status("smpp", "down", self._clock())
@@ -230,6 +240,8 @@ class Service:
         await self._agi.stop()
         await self._close_ami()
         await self._webhooks.stop(timeout=0.5)
+        with contextlib.suppress(Exception):
+            await self._backfill.stop()
         await self._cancel(workers)
         if undecided:
             log.error("calls that ended were not decided: the store could not record them",
@@ -289,6 +301,10 @@ class Service:
     def _notify_ready(self) -> None:
         sdnotify.notify("READY=1")
         self._report_links()
+
+    async def _watch_connected(self, now: float) -> None:
+        """The PBXs connected are watched at `now` (the backfill's window starts there)."""
+        await self._backfill.tick(sorted(self._intake.connected), now)
 
     def _staff_notes_queued(self, count: int) -> None:
         self.metrics.text_transition("queued", count)

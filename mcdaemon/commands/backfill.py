@@ -15,20 +15,22 @@ not recoverable from it.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from mcdaemon.config.model import Config
-from mcdaemon.core.policy import decide_batch, destination_prefix, match_group
-from mcdaemon.core.queue_log import QueueCall, read_queue_log, to_record
-from mcdaemon.core.records import CallRecord, PolicyView
+from mcdaemon.core.queue_log import read_queue_log
+from mcdaemon.pipeline.backfill import (
+    READER_GROUP,
+    decide_queue_calls,
+    in_window,
+    queue_log_files,
+    read_text,
+    unreadable_hint,
+)
 from mcdaemon.report.kpis import Since, parse_since
-from mcdaemon.store import NewCall, Store, StoreInterface
-
-#: the group that may read /var/log/asterisk on Debian, Ubuntu, RHEL (and FreePBX)
-READER_GROUP = "asterisk"
+from mcdaemon.store import Store, StoreInterface
 
 
 def parse_when(text: str) -> float | Since | None:
@@ -50,22 +52,6 @@ def resolve_when(when: float | Since | None, now: float, timezone: str) -> float
     return when
 
 
-def queue_log_files(config: Config, given: Sequence[str] | None) -> list[str]:
-    """The files to read, oldest first: those given, or `inbound.queue_log` after its `.1`."""
-    if given:
-        return list(given)
-    path = config.inbound.queue_log
-    if path is None:
-        return []
-    rotated = f"{path}.1"
-    return [rotated, path] if os.path.exists(rotated) else [path]
-
-
-def _read(path: str) -> str:
-    with open(path, "rb") as file:
-        return file.read().decode("utf-8", errors="replace")
-
-
 async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[str] | None,
                    since: float | Since | None, until: float | Since | None, now: float,
                    dry_run: bool = False, queues: Sequence[str] | None = None) -> int:
@@ -78,14 +64,10 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
     texts: list[str] = []
     for path in paths:
         try:
-            texts.append(_read(path))
+            texts.append(read_text(path))
         except OSError as exc:
-            hint = (f"; the user running mcdaemon needs to read it: add it to the "
-                    f"'{READER_GROUP}' group (usermod -aG {READER_GROUP} USER, or "
-                    f"SupplementaryGroups={READER_GROUP} in the systemd unit)"
-                    if isinstance(exc, PermissionError) else "")
-            print(f"mcdaemon backfill: cannot read {path}: {exc.strerror or exc}{hint}",
-                  file=err)
+            print(f"mcdaemon backfill: cannot read {path}: {exc.strerror or exc}"
+                  f"{unreadable_hint(exc)}", file=err)
             return 1
     try:
         start = resolve_when(since, now, config.timezone)
@@ -97,8 +79,7 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
         print("mcdaemon backfill: --since must be before --until", file=err)
         return 1
     log = read_queue_log(texts, queues=set(queues) if queues else None, until=end)
-    calls = [call for call in log.calls
-             if (call.ended if call.ended is not None else call.entered or end) >= start]
+    calls = in_window(log.calls, start, end)
     pbx = config.ami[0].name if config.ami else "pbx"
     store: StoreInterface | None = None
     if not dry_run:
@@ -106,7 +87,7 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
     elif Path(config.store.path).is_file():
         store = await Store.open_readonly(config.store.path)
     try:
-        lines = await _decide(config, store, calls, pbx, now, dry_run)
+        lines = (await decide_queue_calls(config, store, calls, pbx, now, dry_run)).lines
     finally:
         if store is not None:
             await store.close()
@@ -121,57 +102,4 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
     return 0
 
 
-async def _decide(config: Config, store: StoreInterface | None, calls: list[QueueCall],
-                  pbx: str, now: float, dry_run: bool) -> list[dict[str, Any]]:
-    lines: dict[str, dict[str, Any]] = {}
-    fresh: list[CallRecord] = []
-    for call in calls:
-        if call.outcome is None or call.ended is None:
-            lines[call.callid] = _undecided(call, pbx)
-            continue
-        record = to_record(call, pbx, config.region)
-        line = record.as_dict()
-        lines[call.callid] = line
-        known = await store.call(pbx, call.callid) if store is not None else None
-        if known is not None:
-            line.update(textable=False, reason="already_recorded",
-                        detail=f"decided before: {known.get('reason')}", recorded=False,
-                        queued=False)
-            continue
-        fresh.append(record)
-    if fresh:
-        groups = [match_group(record, config) for record in fresh]
-        callers = [(record.caller_e164, group.name if group else None,
-                    destination_prefix(record.caller_e164, config) if record.caller_e164
-                    else None) for record, group in zip(fresh, groups, strict=True)]
-        views = (await store.policy_views(callers, now) if store is not None
-                 else [PolicyView() for _ in fresh])
-        decisions = decide_batch(fresh, views, config, now)
-        message_ids: list[int | None] = [None] * len(fresh)
-        if store is not None and not dry_run:
-            decided = [NewCall(record, decision)
-                       for record, decision in zip(fresh, decisions, strict=True)]
-            message_ids = await store.record_calls(
-                decided, now=now, destinations=[decision.destination for decision in decisions])
-        for record, decision, message_id in zip(fresh, decisions, message_ids, strict=True):
-            lines[record.call_id].update(
-                textable=decision.text, reason=decision.reason, decision_group=decision.group,
-                text=decision.body, variant=decision.variant, send_after=decision.send_after,
-                expires_at=decision.expires_at, detail=decision.detail or None,
-                recorded=not dry_run, queued=message_id is not None)
-    return list(lines.values())
-
-
-def _undecided(call: QueueCall, pbx: str) -> dict[str, Any]:
-    """A queue call the queue_log cannot settle: shown, neither decided nor stored."""
-    detail = {"exit_with_key": f"left the queue with key {call.key or '?'}: the dialplan after "
-                               "the queue decides; not known from the queue_log",
-              "still_open": "still in the queue or with an agent at the window's end"}
-    return {"pbx": pbx, "call_id": call.callid, "caller": call.caller or "", "group":
-            call.queue, "outcome": None, "started": call.entered, "ended": call.ended,
-            "extra": {"backfilled": "true", "queue": call.queue, "source": "queue_log"},
-            "textable": False, "reason": call.reason, "detail": detail.get(call.reason),
-            "recorded": False, "queued": False}
-
-
-__all__ = ["backfill", "parse_when", "queue_log_files", "resolve_when"]
+__all__ = ["READER_GROUP", "backfill", "parse_when", "queue_log_files", "resolve_when"]

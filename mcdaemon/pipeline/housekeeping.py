@@ -1,6 +1,6 @@
-"""The once-a-second work: the watchdog and the heartbeat, the calls the trackers held too
-long, the texts too old to send, and (every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on
-and the outbox's gauges.
+"""The once-a-second work: the watchdog and the heartbeat, the PBXs watched (the backfill's
+window starts there), the calls the trackers held too long, the texts too old to send, and
+(every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
 
 Expired texts are marked with their webhook events in one transaction (`Store.atomic`).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -40,13 +40,15 @@ class Housekeeping:
 
     def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  metrics: Metrics, clock: Clock, notify: Notifier,
-                 expire_calls: Callable[[float], None]) -> None:
+                 expire_calls: Callable[[float], None],
+                 watched: Callable[[float], Awaitable[None]] | None = None) -> None:
         self._config = config
         self._store = store
         self._metrics = metrics
         self._clock = clock
         self._notify = notify
         self._expire_calls = expire_calls
+        self._watched = watched  # records that the connected PBXs are watched at `now`
 
     async def run(self) -> None:
         snapshot_due = 0.0
@@ -67,6 +69,8 @@ class Housekeeping:
                 self._metrics.observe_outbox(await store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
             await store.set_status("heartbeat", heartbeat_value(), now)
+            if self._watched is not None:
+                await self._watched(now)
             self._expire_calls(now)
             async with store.atomic():
                 expired = await store.expire_due(now)

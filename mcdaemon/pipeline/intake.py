@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -59,7 +59,9 @@ class Intake:
                  queue: asyncio.Queue[AmiItem], metrics: Metrics, clock: Clock,
                  contacts: ContactNames, notify: Notifier, outreach: Outreach,
                  dispatcher: Dispatcher, report_links: Callable[[], None],
-                 on_decision: DecisionObserver | None = None) -> None:
+                 on_decision: DecisionObserver | None = None,
+                 link_moved: Callable[[str, str, float], Awaitable[None]] | None = None
+                 ) -> None:
         self._config = config
         self._store = store
         self._queue = queue
@@ -71,6 +73,7 @@ class Intake:
         self._dispatcher = dispatcher
         self._report_links = report_links
         self._on_decision = on_decision
+        self._link_moved = link_moved  # (pbx, state, at): the backfill's watched moments
         initial = config()
         self.trackers = {pbx.name: CallTracker(pbx.name, initial.inbound, initial.region)
                          for pbx in initial.ami}
@@ -143,6 +146,9 @@ class Intake:
         if isinstance(item, AmiStatus):
             self._metrics.ami_connection_state(item.pbx, item.state)
             await self._store().set_status(f"ami:{item.pbx}", item.state, item.at)
+            if self._link_moved is not None and (item.state == "connected"
+                                                 or item.pbx in self.connected):
+                await self._link_moved(item.pbx, item.state, item.at)
             return self._track_status(item)
         if isinstance(item, AmiEvents):
             return [record for event in item for record in self._track_event(event)]
@@ -208,12 +214,16 @@ class Intake:
         self._metrics.text_transition("queued", sum(1 for message_id in message_ids
                                                     if message_id is not None))
         for call, message_id in zip(decided, message_ids, strict=True):
-            self._log_decision(call.record, call.decision, message_id)
-            self._metrics.call_decided(call.record, call.decision)
-            if self._on_decision is not None:
-                self._on_decision(call.record, call.decision)
+            self.decided(call.record, call.decision, message_id)
         if sum(message_id is not None for message_id in message_ids) > len(claimed):
             self._dispatcher.texts_queued()  # texts deferred, or beyond the window: queued
+
+    def decided(self, record: CallRecord, decision: Decision, message_id: int | None) -> None:
+        """A call decided (live, or backfilled from the queue_log): logged, counted, observed."""
+        self._log_decision(record, decision, message_id)
+        self._metrics.call_decided(record, decision)
+        if self._on_decision is not None:
+            self._on_decision(record, decision)
 
     def _log_decision(self, record: CallRecord, decision: Decision,
                       message_id: int | None) -> None:
@@ -224,6 +234,8 @@ class Intake:
                       decision="text" if decision.text else "no_text", reason=decision.reason)
         if decision.detail:
             fields["detail"] = decision.detail
+        if record.extra.get("backfilled"):  # from the queue_log (pipeline/backfill)
+            fields["backfilled"] = True
         if record.adopted:  # in progress at an AMI connect: the stages seen from there
             fields["adopted"] = True
             fields["stages"] = list(record.stages)

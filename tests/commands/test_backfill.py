@@ -156,7 +156,7 @@ def test_a_file_it_cannot_read_names_the_path_and_the_group(
     def refuse(path: str) -> str:  # as root, chmod 0 would not stop the read
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(backfill_module, "_read", refuse)
+    monkeypatch.setattr(backfill_module, "read_text", refuse)
     status, lines, err = run(load_config(config_file(tmp_path)), dry_run=True,
                              files=[str(log)])
     assert status == 1 and not lines
