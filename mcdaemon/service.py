@@ -215,8 +215,7 @@ class Service:
             await self._sender.stop(timeout=2.0)
         log.debug("shutdown: SMSC unbound")
         await self._dispatcher.settle(timeout=1.0)
-        async with self._intake.deciding:  # the results task may be writing a batch
-            await self._dispatcher.store_results()
+        await self._dispatcher.store_results()
         log.debug("shutdown: in-flight submits settled", left=len(self._dispatcher.in_flight))
         # webhook requests in flight get a moment; the rest stay queued for the next start
         await self._webhooks.stop(timeout=2.0)

@@ -65,6 +65,9 @@ class Dispatcher:
         #: submit results not yet stored: the next batch `record_results` commits
         self._results: list[tuple[OutboxMessage, SubmitResult, float]] = []
         self._results_ready = asyncio.Event()
+        #: one batch of results written at a time (the results task and the shutdown), so
+        #: batches are committed and logged in the order they were taken
+        self._storing = asyncio.Lock()
 
     def texts_queued(self) -> None:
         """Texts are due that nobody claimed: the dispatcher claims them (and, while it
@@ -74,7 +77,7 @@ class Dispatcher:
 
     def _claim_limit(self) -> int:
         """How many texts may be claimed and not yet settled: the window plus what the
-        throughput sends in CLAIM_AHEAD seconds, so the sender's thread always has the next
+        throughput sends in CLAIM_AHEAD seconds, so the sender always has the next
         text at hand when an answer frees a slot of the window (a claim per answer would set
         the pace), while a crash leaves few texts in `sending`."""
         smpp = self._config().smpp
@@ -88,8 +91,8 @@ class Dispatcher:
 
     async def dispatch(self) -> None:
         while not self._stop.is_set():
-            free = self._claim_limit() - len(self.in_flight)
-            if self._sender.state != "bound" or free <= 0:
+            free = self.claim_room()
+            if free <= 0:
                 await self._sleep_until_woken(DISPATCH_IDLE)
                 continue
             messages = await self._store().claim_due(self._clock(), free)
@@ -151,9 +154,13 @@ class Dispatcher:
 
     async def store_results(self) -> None:
         """Store every submit result gathered so far in one transaction, then log each."""
-        batch, self._results = self._results, []
-        if not batch:
-            return
+        async with self._storing:
+            batch, self._results = self._results, []
+            if batch:
+                await self._store_batch(batch)
+
+    async def _store_batch(self, batch: list[tuple[OutboxMessage, SubmitResult, float]]
+                           ) -> None:
         config = self._config()
         store = self._store()
         now = batch[-1][2]
@@ -161,7 +168,7 @@ class Dispatcher:
                                    outbox=config.outbox, jitter=_retry_jitter)
                     for message, result, _ in batch]
         async with store.atomic():
-            moved = await store.record_submit_outcomes(outcomes, batch[-1][2])
+            moved = await store.record_submit_outcomes(outcomes, now)
             await self._notify.texts_moved([
                 (message.id, outcome.state, at) for (message, _, at), outcome, ok
                 in zip(batch, outcomes, moved, strict=True)
@@ -169,7 +176,7 @@ class Dispatcher:
             await self._outreach.texts_submitted(store, [
                 outcome.message_id for outcome, ok in zip(outcomes, moved, strict=True)
                 if ok and outcome.state == "submitted"])
-        full = self._config().log_full_numbers
+        full = config.log_full_numbers
         for (message, result, at), outcome, ok in zip(batch, outcomes, moved, strict=True):
             fields = dict(message_id=message.id, call_id=message.call_id,
                           to=mask_number(message.destination, full))
