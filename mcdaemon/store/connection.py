@@ -73,8 +73,7 @@ class Connection:
             # Calls, numbers and texts are personal data: a new store is created for its owner
             # only (0600; SQLite gives the -wal and -shm files the mode of the database).
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-            # check_same_thread: the loop's thread uses it too, never at the same time
-            db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
+            db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store {path}: {exc} (check store.path and that "
                              "the daemon's user may write its directory)") from exc
@@ -269,8 +268,7 @@ class Connection:
     @classmethod
     async def _connect_readonly(cls, uri: str, path: str) -> Self:
         try:
-            db = await aiosqlite.connect(uri, uri=True, isolation_level=None,
-                                         check_same_thread=False)
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store {path}: {exc}") from exc
         store = cls(db, path)
