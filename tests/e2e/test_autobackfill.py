@@ -44,10 +44,14 @@ async def seed(tmp_path: Path, config_path: Path, watched: float,
         await store.close()
 
 
-async def run_once(config_path: Path) -> list[dict[str, Any]]:
-    """Start the daemon, wait for its backfill, stop it."""
+async def run_once(config_path: Path, smsc: TestSmsc | None = None,
+                   texts: int = 0) -> list[dict[str, Any]]:
+    """Start the daemon, wait for its backfill (and for `texts` texts at the SMSC), stop it;
+    its log lines."""
     with capture_logs() as logged:
         service, task = await run_service(config_path)
+        if smsc is not None:
+            await smsc.wait_for_submits(texts, 15)
         await wait_until(lambda: any(entry["event"] == "queue_log backfilled"
                                      for entry in logged), 15, "the backfill")
         assert await stop(service, task) == 0
@@ -63,12 +67,7 @@ async def test_a_restart_texts_the_queue_caller_missed_while_down_once(tmp_path:
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               inbound={"queue_log": str(queue_log)})
         await seed(tmp_path, config, watched=now - 60)
-        with capture_logs() as logged:
-            service, task = await run_service(config)
-            await smsc.wait_for_submits(1, 15)
-            await wait_until(lambda: any(entry["event"] == "queue_log backfilled"
-                                         for entry in logged), 15, "the backfill")
-            assert await stop(service, task) == 0
+        logged = await run_once(config, smsc, texts=1)
         assert [submit.destination for submit in smsc.submits] == ["447700900123"]
         [line] = [entry for entry in logged if entry["event"] == "queue_log backfilled"]
         assert (line["calls"], line["decided"], line["texted"]) == (1, 1, 1)
@@ -102,12 +101,7 @@ async def test_a_call_the_store_has_is_not_texted_again(tmp_path: Path) -> None:
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               inbound={"queue_log": str(queue_log)})
         await seed(tmp_path, config, watched=now - 60, recorded=[known])
-        with capture_logs() as logged:
-            service, task = await run_service(config)
-            await smsc.wait_for_submits(1, 15)
-            await wait_until(lambda: any(entry["event"] == "queue_log backfilled"
-                                         for entry in logged), 15, "the backfill")
-            assert await stop(service, task) == 0
+        logged = await run_once(config, smsc, texts=1)
         assert [submit.destination for submit in smsc.submits] == ["447700900123"]
         [line] = [entry for entry in logged if entry["event"] == "queue_log backfilled"]
         assert (line["calls"], line["decided"], line["texted"]) == (2, 1, 1)
