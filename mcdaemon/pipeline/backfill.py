@@ -109,7 +109,7 @@ async def decide_queue_calls(config: Config, store: StoreInterface | None,
         decisions = decide_batch(fresh, views, config, now)
         message_ids: list[int | None] = [None] * len(fresh)
         recorded = store is not None and not dry_run
-        if store is not None and not dry_run:
+        if store is not None and recorded:  # (both, for mypy's narrowing)
             decided = [NewCall(record, decision)
                        for record, decision in zip(fresh, decisions, strict=True)]
             message_ids = await store.record_calls(
@@ -119,7 +119,7 @@ async def decide_queue_calls(config: Config, store: StoreInterface | None,
                 textable=decision.text, reason=decision.reason, decision_group=decision.group,
                 text=decision.body, variant=decision.variant, send_after=decision.send_after,
                 expires_at=decision.expires_at, detail=decision.detail or None,
-                recorded=not dry_run, queued=message_id is not None)
+                recorded=recorded, queued=message_id is not None)
             if recorded:
                 result.decided.append((record, decision, message_id))
     result.lines = list(lines.values())
@@ -176,8 +176,10 @@ class Backfill:
         await self._store().set_status(WATCHED + pbx, "up", at)
 
     async def tick(self, pbxs: Sequence[str], now: float) -> None:
-        for pbx in pbxs:
-            await self.mark(pbx, now)
+        """Every second: one commit for all the PBXs connected, not one each."""
+        async with self._store().atomic():
+            for pbx in pbxs:
+                await self.mark(pbx, now)
 
     async def dropped(self, pbx: str, at: float) -> None:
         await self.mark(pbx, at)
