@@ -74,7 +74,12 @@ from smpplib import consts, exceptions, smpp
 from mcdaemon.config.model import MAX_ADDRESS, SmppConfig
 from mcdaemon.core import sms
 from mcdaemon.core.outbox import SubmitResult
-from mcdaemon.core.receipts import DeliveryReceipt, _nothing, parse_receipt, receipt_text
+from mcdaemon.core.receipts import (
+    DeliveryReceipt,
+    no_acknowledgement,
+    parse_receipt,
+    receipt_text,
+)
 from mcdaemon.core.sender_id import source_numbering
 
 # smpplib's own stdlib log records go through mcdaemon.logs (its per-PDU notes at DEBUG)
@@ -120,7 +125,7 @@ class MobileOriginated:
     text: str
     at: float
     #: answers the deliver_sm(s) that carried it: called once the reply is stored
-    acknowledge: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+    acknowledge: Callable[[], None] = field(default=no_acknowledgement, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

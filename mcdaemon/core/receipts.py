@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _nothing() -> None:
+def no_acknowledgement() -> None:
+    """The `acknowledge` of an event that came over no link (a test's, a replay's)."""
     return None
 
 
@@ -44,7 +45,7 @@ class DeliveryReceipt:
     at: float
     raw: dict[str, str]
     #: answers the deliver_sm that carried it: called once the receipt is stored
-    acknowledge: Callable[[], None] = field(default=_nothing, compare=False, repr=False)
+    acknowledge: Callable[[], None] = field(default=no_acknowledgement, compare=False, repr=False)
 
     @property
     def smsc_id(self) -> str:
