@@ -121,7 +121,8 @@ class Metrics:
             "1 for each PBX's current AMI connection state, 0 for the others.",
             ("pbx", "state"), registry=r)
         self._outbox = Gauge(
-            "mcdaemon_outbox_messages", "Messages in the outbox, by state.", ("state",),
+            "mcdaemon_outbox_messages", "Texts by state: all queued, sending or submitted;"
+            " of the others, those settled in the last 24 h.", ("state",),
             registry=r)
         self._oldest = Gauge(
             "mcdaemon_outbox_oldest_queued_age_seconds",
@@ -131,7 +132,8 @@ class Metrics:
             "Queued texts waiting for a later time (opening hours, a retry).", registry=r)
         self._at_risk = Gauge(
             "mcdaemon_outbox_duplicate_risk_messages",
-            "Texts that may have reached the SMSC twice (resent after a crash or a timeout).",
+            "Texts of the last 24 h that may have reached the SMSC twice (resent after a crash"
+            " or a timeout).",
             registry=r)
         # every bounded series exists from the start, at 0, so rates and alerts see it
         for reason in REASONS:

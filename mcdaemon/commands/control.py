@@ -15,7 +15,7 @@ import time
 from typing import Any, TextIO
 
 from mcdaemon.config.model import Config
-from mcdaemon.store import Store, StoreInterface
+from mcdaemon.store import LIVE_STATES, Store, StoreInterface
 
 #: a heartbeat older than this means the daemon is not running (it writes one every second)
 HEARTBEAT_STALE = 10.0
@@ -102,8 +102,12 @@ async def show_status(config: Config, out: TextIO, *, as_json: bool, health: boo
         for name, state in status["ami"].items():
             print(f"ami {name}: {state}", file=out)
         outbox = status["outbox"]
-        counts = ", ".join(f"{state} {count}" for state, count in outbox["by_state"].items())
-        print(f"outbox:   {counts}; deferred {outbox['deferred']}", file=out)
+        by_state = outbox["by_state"]
+        live = ", ".join(f"{state} {by_state[state]}" for state in LIVE_STATES)
+        settled = ", ".join(f"{state} {count}" for state, count in by_state.items()
+                            if state not in LIVE_STATES)
+        print(f"outbox:   {live}; deferred {outbox['deferred']}", file=out)
+        print(f"          settled in the last 24 h: {settled}", file=out)
         age = outbox["oldest_queued_age"]
         if age is not None:
             print(f"          oldest queued text waits for {age:.0f} s", file=out)

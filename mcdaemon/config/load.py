@@ -40,6 +40,7 @@ from mcdaemon.config.model import (
     MetricsConfig,
     OutboxConfig,
     PolicyConfig,
+    RetentionConfig,
     SmppConfig,
     StoreConfig,
 )
@@ -165,6 +166,22 @@ def _read_smpp(section: Section, region: str) -> SmppConfig:
             smpp = dataclasses.replace(smpp, source_addr=sender.address)
     section.done()
     return smpp
+
+
+def _read_retention(section: Section) -> RetentionConfig:
+    """Each kind at least a week (a reply counts for the report within a week of its text),
+    the webhooks' deliveries at least a day."""
+    defaults = RetentionConfig()
+    week = 7 * 86400.0
+    retention = RetentionConfig(
+        calls=section.duration("calls", defaults.calls, minimum=week),
+        receipts=section.duration("receipts", defaults.receipts, minimum=week),
+        replies=section.duration("replies", defaults.replies, minimum=week),
+        webhooks=section.duration("webhooks", defaults.webhooks, minimum=86400.0),
+        outreach=section.duration("outreach", defaults.outreach, minimum=week),
+    )
+    section.done()
+    return retention
 
 
 def _read_outbox(section: Section) -> OutboxConfig:
@@ -591,13 +608,18 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     ami = _read_ami(reader, top.raw("ami"))
     inbound = _read_inbound(top.section("inbound"))
     store_section = top.section("store")
-    store = StoreConfig(path=store_section.str("path", DEFAULT_STORE_PATH))
+    store = StoreConfig(path=store_section.str("path", DEFAULT_STORE_PATH),
+                        retention=_read_retention(store_section.section("retention")))
     store_section.done()
     smpp = _read_smpp(top.section("smpp"), region)
     outbox = _read_outbox(top.section("outbox"))
     company = top.str("company", "")
     log_full_numbers = top.bool("log_full_numbers", False)
     policy = _read_policy(top.section("policy"), smpp)
+    if store.retention.calls < policy.cooldown:
+        reader.error("store.retention.calls", f"{store.retention.calls / 86400:g} days is "
+                     f"shorter than policy.cooldown ({policy.cooldown / 86400:g} days): a "
+                     "caller's last text would be forgotten before the cooldown ends")
     metrics = _read_metrics(top.section("metrics"))
     contacts = read_contacts(top.section("contacts"))
     agi, agi_warnings = read_agi(top.section("agi"))

@@ -84,9 +84,28 @@ class InboundConfig:
     queue_log: str | None = None  # Asterisk's queue_log, `mcdaemon backfill`'s default file
 
 
+#: how long history is kept by default (store.retention): a year and a month, so a report
+#: can compare a month with the same month a year before
+DEFAULT_RETENTION = 400 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """How long each kind of history is kept (seconds), oldest removed first. Opt-outs are
+    kept for ever; nothing still pending (a queued text, an undelivered webhook, an open
+    call-back campaign) is removed."""
+
+    calls: float = DEFAULT_RETENTION  # calls, their texts (parts, receipts), bookings
+    receipts: float = DEFAULT_RETENTION  # delivery receipts, matched or not
+    replies: float = DEFAULT_RETENTION  # texts from callers (not opt-outs: kept for ever)
+    webhooks: float = 7 * 86400.0  # webhook deliveries made (dead ones: at least 30 days)
+    outreach: float = DEFAULT_RETENTION  # follow-up stops, closed call-back campaigns
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     path: str = DEFAULT_STORE_PATH
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 #: the longest SMPP 3.4 address (source_addr, destination_addr), in characters: a C-octet

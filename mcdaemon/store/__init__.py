@@ -57,6 +57,7 @@ from mcdaemon.store.interface import (
     ReceiptsStore,
     RepliesStore,
     ReportStore,
+    RetentionStore,
     StatusStore,
     StoreInterface,
     WebhooksStore,
@@ -66,6 +67,7 @@ from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stop
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, ReportQueries
+from mcdaemon.store.retention import Retention
 from mcdaemon.store.schema import (
     _MIGRATIONS,
     CALLER_KINDS,
@@ -74,12 +76,12 @@ from mcdaemon.store.schema import (
     SCHEMA_VERSION,
     TRANSITIONS,
 )
-from mcdaemon.store.status import Status
+from mcdaemon.store.status import LIVE_STATES, SETTLED_WINDOW, Status
 from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookQueue, WebhookResult
 
 
 class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,
-            Outreach):
+            Outreach, Retention):
     """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
 
     It satisfies `StoreInterface` (`store/interface.py`), which is what code outside this
@@ -93,10 +95,11 @@ _SQLITE_BACKEND: type[StoreInterface] = Store
 
 
 __all__ = [
-    "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "MIN_SQLITE", "SCHEMA_VERSION", "TRANSITIONS",
-    "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking", "Campaign", "Connection", "Contact",
-    "ContactsStore", "FirstText", "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore",
-    "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "StatusStore", "Stopped",
-    "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
+    "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIN_SQLITE", "SCHEMA_VERSION",
+    "SETTLED_WINDOW", "TRANSITIONS", "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking",
+    "Campaign", "Connection", "Contact", "ContactsStore", "FirstText", "NewCall",
+    "OutboxMessage", "OutboxStore", "OutreachStore", "ReceiptIn", "ReceiptsStore",
+    "RepliesStore", "ReportStore", "RetentionStore", "StatusStore", "Stopped", "Store",
+    "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
     "WebhookResult", "WebhooksStore",
 ]

@@ -10,9 +10,10 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 import structlog
@@ -20,6 +21,12 @@ import structlog
 from mcdaemon.store.schema import _MIGRATIONS, BUSY_TIMEOUT_MS, MIN_SQLITE, SCHEMA_VERSION
 
 log = structlog.get_logger("mcdaemon.store")
+
+#: what a migration that indexes every table takes per GB of store (bench/history.py,
+#: docs/performance.md), for the start-up's "expect about" line
+MIGRATION_SECONDS_PER_GB = 20.0
+#: while a migration runs, a line this often says it still does (seconds)
+MIGRATION_NOTE_EVERY = 10.0
 
 
 T = TypeVar("T")
@@ -98,12 +105,24 @@ class Connection:
             raise StoreError(f"{self.path} was written by a newer mcdaemon (schema {version}, "
                              f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon or use "
                              "another store.path")
+        if version == 0:  # before the first table: only an empty file can take it
+            await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = await self._scalar("PRAGMA journal_mode = WAL")
         if str(mode).lower() != "wal":
             log.warning("the store is not in WAL mode; readers may block the daemon",
                         path=self.path, journal_mode=mode)
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA foreign_keys = ON")
+        if 0 < version < SCHEMA_VERSION:
+            await self._migrate_loudly(version)
+        else:
+            await self._migrate(version)
+        if version < SCHEMA_VERSION:  # one line, not one per step
+            log.info("store created" if version == 0 else f"store migrated from schema "
+                     f"{version} to {SCHEMA_VERSION}", path=self.path)
+
+    async def _migrate(self, version: int) -> None:
+        db = self._db
         for number in range(version, SCHEMA_VERSION):
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -117,9 +136,32 @@ class Connection:
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise
-        if version < SCHEMA_VERSION:  # one line, not one per step
-            log.info("store created" if version == 0 else f"store migrated from schema "
-                     f"{version} to {SCHEMA_VERSION}", path=self.path)
+
+    async def _migrate_loudly(self, version: int) -> None:
+        """Migrate an existing store, saying how long to expect and, while it runs, that it
+        still does: an index added to a year of history reads every row of its table."""
+        size = Path(self.path).stat().st_size
+        log.info("migrating the store: the daemon starts when it is done", path=self.path,
+                 schema_from=version, schema_to=SCHEMA_VERSION, size_mb=round(size / 1e6),
+                 expected_seconds=round(MIGRATION_SECONDS_PER_GB * size / 1e9, 1))
+        started = time.monotonic()
+        next_note = [started + MIGRATION_NOTE_EVERY]
+
+        def progress() -> int:  # in aiosqlite's thread, between SQLite's VM steps
+            now = time.monotonic()
+            if now >= next_note[0]:
+                next_note[0] = now + MIGRATION_NOTE_EVERY
+                log.info("store migration still running", path=self.path,
+                         elapsed_seconds=round(now - started))
+            return 0
+
+        await self._db.set_progress_handler(progress, 1_000_000)
+        try:
+            await self._migrate(version)
+        finally:
+            await self._db.set_progress_handler(cast(Any, None), 0)  # removes it
+        log.info("store migration done", path=self.path,
+                 seconds=round(time.monotonic() - started, 1))
 
     async def close(self) -> None:
         async with self._lock:
@@ -158,6 +200,44 @@ class Connection:
         """Copy the WAL into the database (PASSIVE: readers are not waited for): the daemon
         calls it every second, so the WAL stays small and a commit seldom checkpoints."""
         await self._read(lambda: self._scalar("PRAGMA wal_checkpoint(PASSIVE)"))
+
+    async def release_space(self, pages: int) -> int:
+        """Give back to the file system up to `pages` pages that deletions freed (SQLite's
+        `incremental_vacuum`, one short write); how many were released. A store created
+        before retention (auto_vacuum off) releases nothing: `mcdaemon store compact`."""
+        async def work() -> int:
+            before = int(await self._scalar("PRAGMA freelist_count"))
+            if before == 0 or int(await self._scalar("PRAGMA auto_vacuum")) != 2:
+                return 0
+            await self._rows(f"PRAGMA incremental_vacuum({max(1, int(pages))})")
+            return before - int(await self._scalar("PRAGMA freelist_count"))
+
+        return await self._read(work)
+
+    async def compact(self) -> None:
+        """Rewrite the whole file without its free pages, and from then on release space
+        as it is freed (auto_vacuum INCREMENTAL). Needs the store to itself: it waits for
+        no writer and makes every other connection wait until it is done."""
+        async def work() -> None:
+            await self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            await self._db.execute("VACUUM")
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self._read(work)
+
+    async def space(self) -> dict[str, int | bool]:
+        """The store's size on disk: `bytes` (the file and its WAL), `free_bytes` (freed by
+        deletions, not yet released), and whether freed space is released as it goes."""
+        async def work() -> dict[str, int | bool]:
+            page = int(await self._scalar("PRAGMA page_size"))
+            free = int(await self._scalar("PRAGMA freelist_count"))
+            incremental = int(await self._scalar("PRAGMA auto_vacuum")) == 2
+            return {"free_bytes": free * page, "releases_space": incremental}
+
+        found = await self._read(work)
+        wal = Path(self.path + "-wal")
+        size = Path(self.path).stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        return {"bytes": size, **found}
 
     async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` in one IMMEDIATE transaction, whole or not at all; inside `atomic()`,

@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.followups import PlannedText
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
@@ -222,10 +223,6 @@ class WebhooksStore(Protocol):
         """`settle_webhooks` of one delivery given up."""
         ...
 
-    async def prune_webhooks(self, *, delivered_before: float, dead_before: float) -> int:
-        """Delete settled rows older than these times; how many."""
-        ...
-
     async def webhooks(self, *, state: str | None = None) -> list[dict[str, Any]]:
         """The queue's rows (columns by name), oldest first: for tests and inspection."""
         ...
@@ -381,8 +378,26 @@ class OutreachStore(Protocol):
         ...
 
 
+class RetentionStore(Protocol):
+    """Removing history past `store.retention` (`retention.Retention`)."""
+
+    async def prune_step(self, retention: RetentionConfig, now: float,
+                         limit: int = 500) -> dict[str, int]:
+        """Up to `limit` rows of each kind past its retention, one short transaction per
+        kind, never a pending row nor one still referenced; rows removed per table."""
+        ...
+
+    async def retention_due(self, retention: RetentionConfig, now: float) -> dict[str, int]:
+        """Rows past their retention per table: what `prune_step` removes next."""
+        ...
+
+    async def history(self) -> dict[str, dict[str, Any]]:
+        """Per table: `rows`, `oldest` and `newest` (epoch seconds or None); counts every row."""
+        ...
+
+
 class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, ContactsStore,
-                     ReportStore, StatusStore, OutreachStore, Protocol):
+                     ReportStore, StatusStore, OutreachStore, RetentionStore, Protocol):
     """The whole store: every owner's queries, and the connection's own calls."""
 
     @property
@@ -406,4 +421,19 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
 
     async def tables(self) -> set[str]:
         """The names of the store's tables (an older schema lacks the newer ones)."""
+        ...
+
+    async def release_space(self, pages: int) -> int:
+        """Give back to the file system up to `pages` pages freed by deletions, in one short
+        step; how many (SQLite: `incremental_vacuum`; a backend that reclaims space itself
+        returns 0)."""
+        ...
+
+    async def compact(self) -> None:
+        """Rewrite the store without its free space, and release space as it is freed from
+        then on; needs the store to itself (SQLite: VACUUM)."""
+        ...
+
+    async def space(self) -> dict[str, int | bool]:
+        """`bytes` on disk, `free_bytes` freed but not released, `releases_space`."""
         ...

@@ -254,10 +254,12 @@ class Receipts(Connection):
         flight. `sent` maps each message just submitted to its SMSC ids and its claim time.
         An ambiguous receipt stays as it is: more texts cannot make it less ambiguous."""
         since = min(at for _, at in sent.values()) - _RECEIPT_REPLAY_SLACK
-        rows = await self._rows(
+        # sorted here, not by ORDER BY id: that would walk every receipt ever kept by id
+        # instead of searching the recent unmatched ones (`receipts_unmatched`)
+        rows = sorted(await self._rows(
             "SELECT id, receipted_id, text_id, smsc_id, state, error, at FROM receipts"
             " WHERE message_id IS NULL AND at >= ?"
-            f" AND COALESCE(matched_by, '') <> '{AMBIGUOUS}' ORDER BY id", (since,))
+            f" AND COALESCE(matched_by, '') <> '{AMBIGUOUS}'", (since,)))
         if not rows:
             return
         # a receipt stored before its ids were kept apart: its first id as the exact one

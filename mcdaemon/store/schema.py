@@ -194,6 +194,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE receipts ADD COLUMN text_id TEXT",
         "ALTER TABLE receipts ADD COLUMN matched_by TEXT",
     ),
+    # 9: retention (mcdaemon.store.retention) and bounded periodic reads: what retention
+    # removes oldest first is found through an index on its time; a receipt by its text
+    # (removed with it); the settled texts of the last day (`outbox_stats`) by `final_at`;
+    # the few texts at risk of a duplicate by a partial index
+    (
+        "CREATE INDEX receipts_at ON receipts (at)",
+        "CREATE INDEX receipts_message ON receipts (message_id) WHERE message_id IS NOT NULL",
+        "CREATE INDEX inbound_at ON inbound (at)",
+        "CREATE INDEX messages_final ON messages (final_at) WHERE final_at IS NOT NULL",
+        "CREATE INDEX messages_duplicate_risk ON messages (created_at) WHERE duplicate_risk = 1",
+        "CREATE INDEX contact_events_at ON contact_events (at)",
+        "CREATE INDEX campaigns_closed ON campaigns (closed_at) WHERE state <> 'open'",
+        "CREATE INDEX campaign_calls_campaign ON campaign_calls (campaign_id)",
+    ),
 )
 
 

@@ -10,9 +10,15 @@ from typing import Any
 import structlog
 
 from mcdaemon.store.connection import Connection
-from mcdaemon.store.schema import TRANSITIONS
+from mcdaemon.store.schema import TRANSITIONS, _quoted
 
 log = structlog.get_logger("mcdaemon.store")
+
+#: states of a text still waiting or in flight: `outbox_stats` counts all of them
+LIVE_STATES = ("queued", "sending", "submitted")
+#: the other states are counted over this last stretch (seconds): a count over every text
+#: ever sent would grow with the history and cost a scan of it
+SETTLED_WINDOW = 86_400.0
 
 
 class Status(Connection):
@@ -46,17 +52,37 @@ class Status(Connection):
         return {name: (value, at) for name, value, at in rows}
 
     async def outbox_stats(self, now: float) -> dict[str, Any]:
-        """Counts by state, the age of the oldest due queued text, deferred and at-risk counts."""
+        """Counts by state (texts waiting or in flight; the others: those settled in the
+        last `SETTLED_WINDOW`), the age of the oldest due queued text, deferred texts, and
+        texts of the last `SETTLED_WINDOW` at risk of a duplicate.
+
+        Read every few seconds (metrics, `status`): each count is an index search bounded by
+        a state or by time, never by the whole history (tests/store/test_query_plans.py)."""
+        recent = now - SETTLED_WINDOW
+        live = _quoted(LIVE_STATES)
+        settled = [state for state in TRANSITIONS if state not in LIVE_STATES]
+
         async def work() -> dict[str, Any]:
-            rows = await self._rows("SELECT state, COUNT(*) FROM messages GROUP BY state")
+            # one search of the state index per live state, one of `final_at` for the rest
+            # (a GROUP BY state would walk the whole state index instead)
+            live_counts = (await self._rows(", ".join(
+                f"(SELECT COUNT(*) FROM messages WHERE state = '{state}')"
+                for state in LIVE_STATES).join(("SELECT ", ""))))[0]
+            settled_counts = (await self._rows(
+                "SELECT " + ", ".join(f"SUM(CASE WHEN state = '{state}' THEN 1 ELSE 0 END)"
+                                      for state in settled)
+                + f" FROM messages WHERE final_at > ? AND state NOT IN ({live})",
+                (recent,)))[0]
             by_state = {state: 0 for state in TRANSITIONS}
-            by_state.update({state: count for state, count in rows})
+            by_state.update(zip(LIVE_STATES, live_counts, strict=True))
+            by_state.update((state, int(count or 0))
+                            for state, count in zip(settled, settled_counts, strict=True))
             oldest = await self._scalar("SELECT MIN(created_at) FROM messages WHERE state ="
                                         " 'queued' AND not_before <= ?", (now,))
             deferred = await self._scalar("SELECT COUNT(*) FROM messages WHERE state ="
                                           " 'queued' AND not_before > ?", (now,))
             at_risk = await self._scalar("SELECT COUNT(*) FROM messages WHERE"
-                                         " duplicate_risk = 1")
+                                         " duplicate_risk = 1 AND created_at > ?", (recent,))
             return {"by_state": by_state,
                     "oldest_queued_age": None if oldest is None else max(0.0, now - oldest),
                     "deferred": int(deferred or 0),

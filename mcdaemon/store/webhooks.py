@@ -119,16 +119,6 @@ class WebhookQueue(Connection):
     async def mark_webhook_dead(self, webhook_id: int, *, error: str, now: float) -> None:
         await self.settle_webhooks([WebhookResult(webhook_id, "dead", None, error)], now)
 
-    async def prune_webhooks(self, *, delivered_before: float, dead_before: float) -> int:
-        """Forget delivered rows settled before `delivered_before`, dead ones before
-        `dead_before`; returns how many were deleted."""
-        async def work() -> int:
-            return (await self._change(
-                "DELETE FROM webhooks WHERE (state = 'delivered' AND final_at < ?)"
-                " OR (state = 'dead' AND final_at < ?)", (delivered_before, dead_before)))[0]
-
-        return await self._transaction(work)
-
     async def webhooks(self, *, state: str | None = None) -> list[dict[str, Any]]:
         """The queue's rows (columns by name), oldest first: for tests and inspection."""
         where = "" if state is None else " WHERE state = ?"

@@ -59,9 +59,6 @@ log = structlog.get_logger("mcdaemon.webhooks")
 CONCURRENCY = 4
 #: the longest the worker sleeps when nothing wakes it
 IDLE = 5.0
-#: delivered rows are forgotten after this, dead ones after DEAD_RETENTION
-DELIVERED_RETENTION = 7 * 86400.0
-DEAD_RETENTION = 30 * 86400.0
 #: the version of the JSON envelope (`schema` in every body)
 SCHEMA = 1
 #: outbox kinds whose texts make text_* events (a staff note is not the caller's text)
@@ -395,14 +392,9 @@ class WebhookWorker:
         connector = aiohttp.TCPConnector(limit=self._concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
             self._session = session
-            prune_due = 0.0
             while True:
                 await self._flush()
                 now = self._clock()
-                if now >= prune_due:
-                    prune_due = now + 3600.0
-                    await store.prune_webhooks(delivered_before=now - DELIVERED_RETENTION,
-                                               dead_before=now - DEAD_RETENTION)
                 self._wake.clear()
                 free = self._concurrency - len(self._in_flight)
                 timeout = IDLE

@@ -221,7 +221,6 @@ async def test_enqueueing_is_idempotent_and_one_calls_events_stay_in_order(
     rows = {item["delivery_id"]: item for item in await store.webhooks()}
     assert rows["d-crm-1"]["state"] == "delivered" and rows["d-crm-1"]["attempts"] == 2
     assert rows["d-crm-3"]["state"] == "dead" and rows["d-crm-3"]["last_error"] == "HTTP 400"
-    assert await store.prune_webhooks(delivered_before=T0 + 6, dead_before=T0) == 1
 
 
 async def test_staff_notes_do_not_count_against_callers_and_ignore_opt_outs(

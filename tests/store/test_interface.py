@@ -23,6 +23,7 @@ from mcdaemon.store.interface import (
     ReceiptsStore,
     RepliesStore,
     ReportStore,
+    RetentionStore,
     StatusStore,
     StoreInterface,
     WebhooksStore,
@@ -32,6 +33,7 @@ from mcdaemon.store.outreach import Outreach
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import ReportQueries
+from mcdaemon.store.retention import Retention
 from mcdaemon.store.status import Status
 from mcdaemon.store.webhooks import WebhookQueue
 
@@ -43,7 +45,7 @@ INSTANCE_ATTRIBUTES = {"path"}
 OWNERS: list[tuple[type[Any], type[Any]]] = [
     (OutboxStore, CallsAndOutbox), (ReceiptsStore, Receipts), (RepliesStore, RepliesAndOptOuts),
     (WebhooksStore, WebhookQueue), (ContactsStore, Contacts), (ReportStore, ReportQueries),
-    (StatusStore, Status), (OutreachStore, Outreach),
+    (StatusStore, Status), (OutreachStore, Outreach), (RetentionStore, Retention),
 ]
 
 

@@ -1,0 +1,152 @@
+"""What runs every second or on every decision reads an index bounded by time or state,
+never a scan of the history (calls, texts, receipts, replies, webhooks, outreach).
+
+Each store call below is run against a real store while SQLite's trace records every
+statement it executes; each statement's `EXPLAIN QUERY PLAN` must not SCAN a table that
+grows with the history. Plans do not depend on timing, so these assertions hold on any
+machine; `bench/history.py` measures the same calls on a year of history.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from mcdaemon.config.model import RetentionConfig
+from mcdaemon.core.records import CallRecord, Decision, Outcome
+from mcdaemon.store import NewCall, ReceiptIn, Store, SubmitOutcome, WebhookResult
+
+T0 = 1_736_157_600.0
+CALLER = "+447700900123"
+
+#: tables whose rows accumulate with every call: a periodic query may only search them
+HISTORY_TABLES = ("calls", "messages", "message_parts", "receipts", "inbound", "webhooks",
+                  "contact_events", "campaigns", "campaign_attempts", "campaign_calls",
+                  "bookings")
+
+
+def missed_call(call_id: str, caller: str = CALLER) -> CallRecord:
+    return CallRecord(pbx="lab", call_id=call_id, caller=caller.lstrip("+"), caller_name=None,
+                      caller_e164=caller, did="442071230000", group="sales",
+                      outcome=Outcome.QUEUE_ABANDON, stages=("queue",), started=T0 - 40,
+                      ended=T0, wait_seconds=35.0)
+
+
+def text(caller: str = CALLER) -> Decision:
+    return Decision(text=True, reason="sent", group="sales", body="Sorry we missed you.",
+                    template="queue_abandon", variant="A", send_after=None,
+                    expires_at=T0 + 900, destination=caller)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(str(tmp_path / "mcdaemon.db"))
+    # a little of everything, so that no statement is planned against an empty table alone
+    await opened.record_calls([NewCall(missed_call(f"c{n}", f"+4477009001{n:02d}"),
+                                       text(f"+4477009001{n:02d}")) for n in range(20)],
+                              now=T0, destinations=[None] * 20)
+    for message in await opened.claim_due(T0, 10):
+        await opened.mark_submitted(message.id, [f"id-{message.id}"], T0 + 1)
+    await opened.apply_receipt("id-1", "DELIVRD", None, T0 + 2)
+    await opened.add_inbound(CALLER, "lab", "thanks", T0 + 3)
+    yield opened
+    await opened.close()
+
+
+async def plans_of(store: Store, call: Callable[[], Awaitable[object]]) -> dict[str, str]:
+    """Each statement `call` runs, and its query plan (one line per step)."""
+    statements: list[str] = []
+    await store._db.set_trace_callback(statements.append)
+    try:
+        await call()
+    finally:
+        await store._db.set_trace_callback(None)
+    plans: dict[str, str] = {}
+    for sql in statements:
+        if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT",
+                                                "WITH")):
+            continue
+        # the trace shows the values bound; infinity is written back as SQLite reads it
+        rows = await store._db.execute_fetchall(
+            "EXPLAIN QUERY PLAN " + re.sub(r"\b(-?)Inf\b", r"\g<1>1e999", sql))
+        plans[sql] = "\n".join(str(row[3]) for row in rows)
+    return plans
+
+
+def scans_of_history(plans: dict[str, str]) -> list[str]:
+    found = []
+    for sql, plan in plans.items():
+        for line in plan.splitlines():
+            words = line.split()
+            if words[:1] == ["SCAN"] and _table_of(sql, words[1]) in HISTORY_TABLES:
+                found.append(f"{line}  <-  {sql}")
+    return found
+
+
+def _table_of(sql: str, name: str) -> str:
+    """The table an alias in a plan line stands for (`messages AS due` -> messages)."""
+    words = sql.replace("(", " ").replace(")", " ").replace(",", " ").split()
+    for index, word in enumerate(words):
+        if word.upper() == "AS" and index + 1 < len(words) and words[index + 1] == name:
+            return words[index - 1]
+    return name
+
+
+PERIODIC = {
+    "policy_view": lambda s: s.policy_view(CALLER, "sales", T0 + 10, prefix="+447700"),
+    "policy_views": lambda s: s.policy_views(
+        [(CALLER, "sales", "+447700"), ("+447700900999", "sales", "+447700"),
+         (None, "sales", None)], T0 + 10),
+    "record_calls_and_claim": lambda s: s.record_calls_and_claim(
+        [NewCall(missed_call("new", "+447700900777"), text("+447700900777"))], now=T0 + 10,
+        destinations=[None], claim=5),
+    "claim_due": lambda s: s.claim_due(T0 + 10, 10),
+    "record_submit_outcomes": lambda s: s.record_submit_outcomes(
+        [SubmitOutcome(11, "submitted", smsc_ids=("id-11",)),
+         SubmitOutcome(12, "queued", not_before=T0 + 60, detail="throttled")], T0 + 11),
+    "apply_receipts": lambda s: s.apply_receipts(
+        [ReceiptIn("id-2", None, "DELIVRD", None, T0 + 12),
+         ReceiptIn("nobody", None, "DELIVRD", None, T0 + 12)]),
+    "give_up_receipts": lambda s: s.give_up_receipts(T0 + 90_000, 3600),
+    "expire_due": lambda s: s.expire_due(T0 + 1000),
+    "outbox_stats": lambda s: s.outbox_stats(T0 + 20),
+    "unmatched_receipts (status)": lambda s: s.unmatched_receipts(T0 - 86_400),
+    "switches and statuses": lambda s: s.switches(),
+    "set_status (heartbeat)": lambda s: s.set_status("heartbeat", "1@host", T0),
+    "claim_due_webhooks": lambda s: s.claim_due_webhooks(T0, 10, busy=[3]),
+    "next_webhook_at": lambda s: s.next_webhook_at(T0),
+    "settle_webhooks": lambda s: s.settle_webhooks([WebhookResult(1, "delivered")], T0),
+    "latest_message_to (a reply)": lambda s: s.latest_message_to(CALLER),
+    "opt_out": lambda s: s.opt_out("+447700900105", "STOP", T0 + 30),
+    "record_stop": lambda s: s.record_stop(CALLER, "reply", T0 + 30),
+    "firsts_without_followups": lambda s: s.firsts_without_followups(T0 - 3600),
+    "cancel_after_undeliverable": lambda s: s.cancel_after_undeliverable(T0 + 40),
+    "due_attempts and live_count": lambda s: s.due_attempts(T0 + 40),
+    "prune_step (retention)": lambda s: s.prune_step(RetentionConfig(), T0 + 500 * 86_400.0,
+                                                     limit=100),
+    "retention_due": lambda s: s.retention_due(RetentionConfig(), T0 + 500 * 86_400.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PERIODIC))
+async def test_periodic_and_per_decision_queries_search_indexes(store: Store,
+                                                                name: str) -> None:
+    plans = await plans_of(store, lambda: PERIODIC[name](store))
+
+    assert plans, f"{name} ran no statement"
+    assert scans_of_history(plans) == []
+
+
+async def test_the_check_finds_a_scan_of_the_history(store: Store) -> None:
+    """The assertion above could fail: a count over every text ever sent is a scan."""
+    async def count_everything() -> None:
+        await store._db.execute_fetchall("SELECT state, COUNT(*) FROM messages GROUP BY state")
+        await store._db.execute_fetchall("SELECT COUNT(*) FROM messages WHERE"
+                                         " duplicate_risk = 1")
+
+    found = scans_of_history(await plans_of(store, count_everything))
+
+    assert len(found) == 2 and all(line.startswith("SCAN messages") for line in found)
