@@ -187,6 +187,17 @@ def cmd_contacts(args: argparse.Namespace) -> int:
                                          full=args.full))
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mcdaemon.commands import store
+
+    config = _load(args)
+    if args.store_command == "info":
+        return asyncio.run(store.show_info(config, sys.stdout, as_json=args.json))
+    return asyncio.run(store.compact(config, sys.stdout))
+
+
 #: where `-c` looks when it is not given (the README's and the systemd unit's path)
 DEFAULT_CONFIG = "/etc/mcdaemon/config.yaml"
 
@@ -323,6 +334,23 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("number", help="e.g. +447700900123 or 07700 900123")
         else:
             sub.add_argument("--full", action="store_true", help="whole phone numbers")
+    store = commands.add_parser(
+        "store", help="the store: its size, its history and retention, compacting it",
+        description="the store: its size, its history and retention (store.retention), "
+                    "compacting it")
+    store_commands = store.add_subparsers(dest="store_command", required=True,
+                                          metavar="ACTION")
+    for name, help_text in (
+            ("info", "size on disk, rows and the oldest and newest of each table, what "
+                     "retention removes next; reads the store only"),
+            ("compact", "give the space retention freed back to the file system (a store "
+                        "made before retention: once, with the daemon stopped)")):
+        sub = store_commands.add_parser(name, help=help_text, description=help_text)
+        _config_option(sub)
+        _log_options(sub)
+        sub.set_defaults(handler=cmd_store)
+        if name == "info":
+            sub.add_argument("--json", action="store_true", help="machine-readable output")
     command("run", cmd_run, "run the daemon: watch the PBXs, text the callers they missed")
     send_test = command("send-test", cmd_send_test,
                         "send one text through the configured SMSC bind and report the submit "

@@ -23,7 +23,8 @@ in flight then may be sent twice; the restart marks them `duplicate_risk`.
 
 The stages live in `mcdaemon.pipeline`, one module each: `intake` (AMI → tracker → policy →
 store), `sending` (the dispatcher and the submit results), `receiving` (receipts and replies)
-and `housekeeping` (the once-a-second work). This module only builds them, connects them
+`housekeeping` (the once-a-second work) and `retention` (history past store.retention
+removed in small batches). This module only builds them, connects them
 (queues, events, callbacks) and runs and stops them, with signals, sd_notify and reload.
 """
 
@@ -53,6 +54,7 @@ from mcdaemon.pipeline.backfill import Backfill
 from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, DecisionObserver, Intake
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
+from mcdaemon.pipeline.retention import Retention
 from mcdaemon.pipeline.sending import Dispatcher
 from mcdaemon.store import Store, StoreError, StoreInterface
 from mcdaemon.webhooks import delivery as webhooks
@@ -123,6 +125,7 @@ class Service:
                                           clock=clock, notify=self._notify,
                                           expire_calls=self._intake.expire,
                                           watched=self._watch_connected)
+        self._retention = Retention(current_config, current_store, clock=clock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,6 +168,7 @@ class Service:
             asyncio.create_task(self._dispatcher.record_results(), name="submit results"),
             asyncio.create_task(self._receiver.consume(), name="receipts"),
             asyncio.create_task(self._housekeeping.run(), name="housekeeping"),
+            asyncio.create_task(self._retention.run(), name="retention"),
             asyncio.create_task(self._webhooks.run(self.store), name="webhooks"),
             asyncio.create_task(self._outreach.run(self.store), name="outreach"),
         ]

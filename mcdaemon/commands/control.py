@@ -57,6 +57,17 @@ def gone_pid(heartbeat: str) -> int | None:
     return None
 
 
+def daemon_running(statuses: dict[str, tuple[str, float]],
+                   now: float) -> tuple[bool, int | None]:
+    """Whether a daemon runs on the store (its status rows: `Store.statuses()`), and the pid
+    of one that said it ran but is gone (killed by SIGKILL or the OOM killer)."""
+    heartbeat = statuses.get("heartbeat")
+    running = (statuses.get("daemon", ("stopped", 0))[0] == "running" and heartbeat is not None
+               and now - heartbeat[1] < HEARTBEAT_STALE)
+    gone = gone_pid(heartbeat[0]) if running and heartbeat is not None else None
+    return running and gone is None, gone
+
+
 async def gather_status(config: Config, now: float) -> dict[str, Any]:
     """What `status` shows; read through a read-only connection (no write access needed)."""
     store: StoreInterface = await Store.open_readonly(config.store.path)
@@ -67,12 +78,7 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
         receipts = await store.unmatched_receipts(now - RECEIPTS_WINDOW)
     finally:
         await store.close()
-    heartbeat = statuses.get("heartbeat")
-    running = (statuses.get("daemon", ("stopped", 0))[0] == "running" and heartbeat is not None
-               and now - heartbeat[1] < HEARTBEAT_STALE)
-    gone = gone_pid(heartbeat[0]) if running and heartbeat is not None else None
-    if gone is not None:  # killed (SIGKILL, OOM) since its last heartbeat
-        running = False
+    running, gone = daemon_running(statuses, now)
     return {
         "daemon": "running" if running else "not running",
         "daemon_detail": f"pid {gone} is gone" if gone is not None else "",

@@ -1,0 +1,103 @@
+"""`mcdaemon store info|compact`: what the store holds and how big it is, and giving the space
+that retention freed back to the file system."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from mcdaemon.commands.control import daemon_running
+from mcdaemon.config.model import Config
+from mcdaemon.pipeline.retention import RELEASE_PAGES
+from mcdaemon.store import Store, StoreInterface
+
+DAY = 86400.0
+
+
+async def gather_info(config: Config, now: float) -> dict[str, Any]:
+    """What `store info` shows; read through a read-only connection."""
+    store: StoreInterface = await Store.open_readonly(config.store.path)
+    try:
+        space = await store.space()
+        history = await store.history()
+        due = await store.retention_due(config.store.retention, now)
+    finally:
+        await store.close()
+    retention = config.store.retention
+    return {
+        "path": config.store.path, **space,
+        "retention_days": {kind: getattr(retention, kind) / DAY
+                           for kind in ("calls", "receipts", "replies", "webhooks", "outreach")},
+        "tables": {table: {**facts, "past_retention": due.get(table)}
+                   for table, facts in history.items()},
+    }
+
+
+def _when(epoch: Any, zone: ZoneInfo) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(float(epoch), zone).strftime("%Y-%m-%d %H:%M")
+
+
+async def show_info(config: Config, out: TextIO, *, as_json: bool) -> int:
+    info = await gather_info(config, time.time())
+    if as_json:
+        print(json.dumps(info, indent=2), file=out)
+        return 0
+    released = ("freed space is given back as retention removes history" if
+                info["releases_space"] else "freed space is NOT given back: run `mcdaemon "
+                "store compact` once, with the daemon stopped")
+    print(f"store:     {info['path']}", file=out)
+    print(f"size:      {info['bytes'] / 1e6:,.1f} MB on disk, {info['free_bytes'] / 1e6:,.1f} "
+          f"MB of it free ({released})", file=out)
+    print("retention: " + ", ".join(f"{kind} {days:g} d" for kind, days
+                                    in info["retention_days"].items())
+          + " (opt-outs and contacts are kept)", file=out)
+    zone = ZoneInfo(config.timezone)
+    rows = [("table", "rows", "oldest", "newest", "past retention")]
+    rows += [(table, f"{facts['rows']:,}", _when(facts["oldest"], zone),
+              _when(facts["newest"], zone),
+              "-" if facts["past_retention"] is None else f"{facts['past_retention']:,}")
+             for table, facts in info["tables"].items()]
+    widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) if index == 0 else cell.rjust(width)
+                        for index, (cell, width) in enumerate(zip(row, widths, strict=True))),
+              file=out)
+    print(f"(times in {config.timezone}; 'past retention': what the running daemon removes "
+          "next, a few thousand rows a second)", file=out)
+    return 0
+
+
+async def compact(config: Config, out: TextIO) -> int:
+    """Give the free space back: in steps beside the running daemon when the store releases
+    space as it goes, else by rewriting the file once (the daemon stopped)."""
+    store: StoreInterface = await Store.open(config.store.path)
+    try:
+        space = await store.space()
+        if space["releases_space"]:
+            released = 0
+            while (step := await store.release_space(RELEASE_PAGES)) > 0:
+                released += step
+        else:
+            running, _ = daemon_running(await store.statuses(), time.time())
+            if running:
+                print(f"mcdaemon store compact: the daemon is running on {config.store.path}; "
+                      "compacting rewrites the whole file once and would make it wait: stop "
+                      "it first (systemctl stop mcdaemon), then run this again",
+                      file=sys.stderr)
+                return 1
+            print(f"rewriting {config.store.path} ({int(space['bytes']) / 1e6:,.1f} MB; "
+                  "it needs as much free disk space while it runs)…", file=out)
+            await store.compact()
+        after = await store.space()
+    finally:
+        await store.close()
+    print(f"store compacted: {int(space['bytes']) / 1e6:,.1f} MB -> "
+          f"{int(after['bytes']) / 1e6:,.1f} MB; from now on freed space is given back as "
+          "retention removes history", file=out)
+    return 0

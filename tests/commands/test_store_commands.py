@@ -1,0 +1,164 @@
+"""`mcdaemon store info` and `mcdaemon store compact`, and the migration of a store made
+before retention: what an administrator sees of the store's size and history."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from mcdaemon.cli import main
+from mcdaemon.commands.store import compact, show_info
+from mcdaemon.config.load import config_from_dict
+from mcdaemon.config.model import Config
+from mcdaemon.core.records import CallRecord, Decision, Outcome
+from mcdaemon.pipeline.housekeeping import heartbeat_value
+from mcdaemon.store import _MIGRATIONS, SCHEMA_VERSION, Store
+
+DAY = 86400.0
+
+
+def config_for(path: Path, **retention: str) -> Config:
+    return config_from_dict({
+        "region": "GB", "timezone": "UTC", "inbound": {"contexts": ["from-carrier"]},
+        "store": {"path": str(path), "retention": retention},
+        "ami": [{"name": "lab", "username": "mcd", "secret": "s"}]})
+
+
+async def add_calls(store: Store, count: int, ended: float) -> None:
+    for number in range(count):
+        caller = f"+4477009{number:05d}"
+        record = CallRecord(pbx="lab", call_id=f"{ended}-{number}", caller=caller,
+                            caller_name=None, caller_e164=caller, did=None, group="sales",
+                            outcome=Outcome.QUEUE_ABANDON, stages=("queue",),
+                            started=ended - 30, ended=ended, wait_seconds=20.0)
+        await store.record_call(record, Decision(
+            text=True, reason="sent", group="sales", body="Sorry we missed you " * 20,
+            template="queue_abandon", destination=caller), now=ended, destination=caller)
+
+
+async def test_info_shows_each_tables_rows_their_ages_and_what_retention_removes_next(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mcdaemon.db"
+    now = time.time()
+    store = await Store.open(str(path))
+    try:
+        await add_calls(store, 3, now - 20 * DAY)
+        await add_calls(store, 2, now - 2 * DAY)
+    finally:
+        await store.close()
+    out = io.StringIO()
+
+    assert await show_info(config_for(path, calls="10d"), out, as_json=True) == 0
+
+    info = json.loads(out.getvalue())
+    assert info["tables"]["calls"]["rows"] == 5
+    assert info["tables"]["calls"]["past_retention"] == 3
+    assert info["tables"]["messages"]["past_retention"] == 0  # queued: not sent, kept
+    assert abs(info["tables"]["calls"]["oldest"] - (now - 20 * DAY)) < 1
+    assert info["retention_days"]["calls"] == 10 and info["retention_days"]["replies"] == 400
+    assert info["releases_space"] is True and info["bytes"] == path.stat().st_size
+    table = io.StringIO()
+    assert await show_info(config_for(path, calls="10d"), table, as_json=False) == 0
+    assert "calls" in table.getvalue() and "past retention" in table.getvalue()
+
+
+def old_store(path: Path, calls: int) -> None:
+    """A store of schema 8 (before retention), with calls, as an older mcdaemon left it."""
+    raw = sqlite3.connect(path)
+    for migration in _MIGRATIONS[:8]:
+        for statement in migration:
+            raw.execute(statement)
+    raw.execute("PRAGMA user_version = 8")
+    raw.executemany(
+        "INSERT INTO calls (pbx, call_id, outcome, ended, record, textable, reason,"
+        " decided_at) VALUES ('lab', ?, 'queue_abandon', ?, '{}', 0, 'not_mobile', ?)",
+        [(f"c{number}", 1_700_000_000.0 + number, 1_700_000_000.0 + number)
+         for number in range(calls)])
+    raw.commit()
+    raw.close()
+
+
+async def test_a_store_made_before_retention_is_migrated_saying_how_long_to_expect(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mcdaemon.db"
+    old_store(path, 2000)
+
+    with capture_logs() as logged:
+        store = await Store.open(str(path))
+    try:
+        assert await store.count_calls() == 2000
+        assert (await store.space())["releases_space"] is False  # only compact converts it
+    finally:
+        await store.close()
+
+    events = [entry["event"] for entry in logged]
+    assert events[:1] == ["migrating the store: the daemon starts when it is done"]
+    assert logged[0]["schema_from"] == 8 and logged[0]["schema_to"] == SCHEMA_VERSION
+    assert "expected_seconds" in logged[0] and "store migration done" in events
+    raw = sqlite3.connect(path)
+    try:
+        indexes = {name for name, in raw.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        raw.close()
+    assert {"receipts_at", "inbound_at", "messages_final"} <= indexes
+
+
+async def test_compact_converts_an_old_store_only_while_the_daemon_is_stopped(
+        tmp_path: Path) -> None:
+    path = tmp_path / "mcdaemon.db"
+    old_store(path, 0)
+    store = await Store.open(str(path))
+    try:
+        await add_calls(store, 400, time.time() - DAY)
+        await store._db.execute("DELETE FROM messages")  # as retention would, long after
+        await store.checkpoint()
+        await store.set_status("daemon", "running", time.time())
+        await store.set_status("heartbeat", heartbeat_value(), time.time())
+        assert (await store.space())["free_bytes"] > 0
+    finally:
+        await store.close()
+    config = config_for(path)
+
+    refused = await compact(config, io.StringIO())
+
+    async def stop_daemon() -> None:
+        stopped = await Store.open(str(path))
+        try:
+            await stopped.set_status("daemon", "stopped", time.time())
+        finally:
+            await stopped.close()
+
+    await stop_daemon()
+    before = path.stat().st_size
+    out = io.StringIO()
+    done = await compact(config, out)
+
+    assert (refused, done) == (1, 0)
+    assert path.stat().st_size < before
+    assert "store compacted" in out.getvalue()
+    again = await Store.open(str(path))
+    try:
+        space = await again.space()
+        assert space["releases_space"] is True and space["free_bytes"] == 0
+        assert await again.count_calls() == 400
+    finally:
+        await again.close()
+
+
+def test_the_store_commands_run_from_the_command_line(tmp_path: Path, capsys: object) -> None:
+    path = tmp_path / "mcdaemon.db"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"region: GB\ninbound: {{contexts: [from-carrier]}}\n"
+                      f"store: {{path: {path}}}\n"
+                      "ami: [{name: lab, username: mcd, secret: s}]\n")
+    config.chmod(0o600)
+    old_store(path, 3)
+
+    assert main(["store", "compact", "-c", str(config)]) == 0
+    assert main(["store", "info", "-c", str(config), "--json"]) == 0
