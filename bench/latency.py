@@ -90,7 +90,8 @@ def expected_texts(transcript: Transcript) -> int:
                and label.get("callerid", "").startswith("+447"))
 
 
-def config_file(folder: Path, ami_port: int, smsc_port: int, throughput: float) -> Path:
+def config_file(folder: Path, ami_port: int, smsc_port: int, throughput: float,
+                store: Path | None = None) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump({
         "region": "GB",
@@ -98,7 +99,7 @@ def config_file(folder: Path, ami_port: int, smsc_port: int, throughput: float) 
         "ami": [{"name": "bench", "host": "127.0.0.1", "port": ami_port, "username": "mcd",
                  "secret": "s"}],
         "inbound": {"contexts": ["from-carrier"]},
-        "store": {"path": str(folder / "bench.db")},
+        "store": {"path": str(store or folder / "bench.db")},
         "smpp": {"host": "127.0.0.1", "port": smsc_port, "system_id": "mcdaemon",
                  "password": "secret", "source_addr": "Acme", "throughput": throughput},
         # the recording's 50 callers share one number prefix: the fraud shield's per-prefix
@@ -163,7 +164,9 @@ def read_log(path: Path) -> dict[str, float]:
 
 async def replay(daemon_python: str, label: str, speed: float, throughput: float,
                  keep_log: Path | None, store_dir: str | None,
-                 profile: Path | None = None) -> Run:
+                 profile: Path | None = None, store: Path | None = None) -> Run:
+    """One replay of the storm to a daemon of its own; `store`: an existing store file to
+    run it on (bench/history.py's year of history), else a new one in a temporary folder."""
     transcript = read_transcript(STORM)
     run = Run(label, speed, expected_texts(transcript), calls=len(transcript.labels))
     hangup_perf: dict[str, float] = {}
@@ -204,7 +207,7 @@ async def replay(daemon_python: str, label: str, speed: float, throughput: float
             log_path = Path(tmp) / "daemon.log"
             async with AmiTestServer([transcript], secret="s", speed=speed,
                                      on_frame=on_frame) as ami:
-                path = config_file(Path(tmp), ami.port, smsc_port, throughput)
+                path = config_file(Path(tmp), ami.port, smsc_port, throughput, store)
                 with open(log_path, "wb") as log:
                     profiling = ["-m", "cProfile", "-o", str(profile)] if profile else []
                     daemon = await asyncio.create_subprocess_exec(

@@ -1,5 +1,6 @@
-"""`mcdaemon report` and `mcdaemon record-booking`: the store's rows through `report.kpis`,
-printed as a table, CSV or JSON, and drawn by `report.html`."""
+"""`mcdaemon report` and `mcdaemon record-booking`: the store's aggregates and texted callers
+through `report.kpis.ReportBuilder`, printed as a table, CSV or JSON, and drawn by
+`report.html`."""
 
 from __future__ import annotations
 
@@ -14,16 +15,36 @@ from mcdaemon.report.html import render
 from mcdaemon.report.kpis import (
     BOOKING_WINDOW,
     DAY,
+    Report,
+    ReportBuilder,
     Since,
     as_csv,
     as_json,
     as_table,
-    call_group,
-    compute,
     local_iso,
     parse_moment,
 )
-from mcdaemon.store import Store, StoreError, StoreInterface
+from mcdaemon.store import ReportStore, Store, StoreError, StoreInterface
+
+#: missed calls the HTML page lists
+RECENT_CALLS = 25
+
+
+async def read_report(store: ReportStore, config: Config, *, since: float, until: float,
+                      group: str | None = None, recent: int = RECENT_CALLS) -> Report:
+    """The report of calls that ended in [since, until]: the store's aggregates, then its
+    texted callers one at a time, through `ReportBuilder` (memory: counts, not rows)."""
+    builder = ReportBuilder(config, since=since, until=until, group=group)
+    builder.add_counts(await store.report_counts(since, until))
+    offset = 0
+    while True:
+        page = await store.report_recent(since, until, 200, offset)
+        if not builder.add_recent(page, recent) or len(page) < 200:
+            break
+        offset += len(page)
+    async for caller in store.report_callers(since, until):
+        builder.add_caller(caller)
+    return builder.report()
 
 
 async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
@@ -40,16 +61,17 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 1
     try:
-        rows = await store.report_rows(start, now)
+        if group is not None and config.group(group) is None:
+            everything = ReportBuilder(config, since=start, until=now)
+            everything.add_counts(await store.report_counts(start, now))
+            if group not in everything.groups_seen():
+                names = ", ".join(g.name for g in config.groups) or "none"
+                print(f"mcdaemon report: no group {group!r} in {config.source} or in the "
+                      f"store (groups: {names})", file=sys.stderr)
+                return 2
+        report = await read_report(store, config, since=start, until=now, group=group)
     finally:
         await store.close()
-    if group is not None and config.group(group) is None and not any(
-            call_group(row, config) == group for row in rows["calls"]):
-        names = ", ".join(g.name for g in config.groups) or "none"
-        print(f"mcdaemon report: no group {group!r} in {config.source} or in the store "
-              f"(groups: {names})", file=sys.stderr)
-        return 2
-    report = compute(rows, config, since=start, until=now, group=group)
     {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
     if html is not None:
         try:

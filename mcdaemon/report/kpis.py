@@ -48,6 +48,7 @@ import datetime as dt
 import json
 import math
 import re
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from mcdaemon.core import keywords
 from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
 from mcdaemon.logs import mask_number
+from mcdaemon.store.report import BUCKET, CallerHistory, SentText
 
 DAY = 86400.0
 #: a reply or an opt-out counts for a text if it comes within this long after it
@@ -327,7 +329,7 @@ class Report:
     currencies: tuple[str, ...]
     unattributed_bookings: int
     days: tuple[Day, ...] = ()
-    times_to_first_text: tuple[float, ...] = ()
+    times_to_first_text: Sequence[float] = ()
     recent: tuple[RecentCall, ...] = field(default=())
     #: delivery receipts of the period matched to no text, of those naming several texts:
     #: the delivery rate misses what they would say (docs/receipts.md)
@@ -358,29 +360,15 @@ def local_iso(epoch: float, timezone: str) -> str:
 
 # ---------------------------------------------------------------------- compute
 
-@dataclass(slots=True)
-class _Text:
-    pbx: str
-    call_id: str
-    destination: str
-    variant: str | None
-    state: str
-    submitted_at: float | None
-    ended: float | None
-
-    @property
-    def sent(self) -> bool:
-        return self.state in SENT_STATES and self.submitted_at is not None
-
-
-def call_group(row: dict[str, Any], config: Config) -> str:
+def call_group(decision_group: str | None, did: str | None, grp: str | None,
+               config: Config) -> str:
     """The group a stored call counts in: its decision's, else the one the current config
-    matches (answered calls are decided without a group), else `NO_GROUP`."""
-    if row.get("decision_group"):
-        return str(row["decision_group"])
-    stub = CallRecord(pbx=str(row["pbx"]), call_id=str(row["call_id"]), caller="",
-                      caller_name=None, caller_e164=None, did=row.get("did"),
-                      group=row.get("grp"), outcome=Outcome.ANSWERED, stages=(), started=0.0,
+    matches by its queue or DID (answered calls are decided without a group), else
+    `NO_GROUP`."""
+    if decision_group:
+        return str(decision_group)
+    stub = CallRecord(pbx="", call_id="", caller="", caller_name=None, caller_e164=None,
+                      did=did, group=grp, outcome=Outcome.ANSWERED, stages=(), started=0.0,
                       ended=0.0, wait_seconds=0.0)
     matched = match_group(stub, config)
     return matched.name if matched else NO_GROUP
@@ -397,90 +385,285 @@ def _within(times: Sequence[float], starts: Iterable[float], window: float) -> f
     return best
 
 
-class _Facts:
-    """What each texted caller did after their texts, shared by every scope."""
-
-    def __init__(self, rows: dict[str, list[dict[str, Any]]]) -> None:
-        replies: dict[str, list[float]] = defaultdict(list)
-        opt_outs: dict[str, list[float]] = defaultdict(list)
-        for row in rows.get("inbound", []):
-            kind = keywords.classify_reply(str(row["text"] or ""))
-            if kind is None:
-                replies[str(row["source"])].append(float(row["at"]))
-            elif kind == "opt_out":
-                opt_outs[str(row["source"])].append(float(row["at"]))
-        for row in rows.get("opt_outs", []):
-            opt_outs[str(row["e164"])].append(float(row["at"]))
-        self.replies = {number: sorted(times) for number, times in replies.items()}
-        self.opt_outs = {number: sorted(times) for number, times in opt_outs.items()}
-        self.bookings: dict[tuple[str, str], list[float]] = defaultdict(list)
-        self.currencies: set[str] = set()
-        for row in rows.get("bookings", []):
-            if row["pbx"] is not None and row["call_id"] is not None:
-                self.bookings[(str(row["pbx"]), str(row["call_id"]))].append(float(row["value"]))
-                if row["currency"]:
-                    self.currencies.add(str(row["currency"]))
-
-    def first_reply(self, number: str, sent_at: Iterable[float]) -> float | None:
-        return _within(self.replies.get(number, []), sent_at, REPLY_WINDOW)
-
-    def opted_out(self, number: str, sent_at: Iterable[float]) -> bool:
-        return _within(self.opt_outs.get(number, []), sent_at, REPLY_WINDOW) is not None
-
-
-def _reach(campaigns: Sequence[dict[str, Any]] | None) -> Ratio | None:
+def _reach(campaigns: Sequence[tuple[Any, ...]] | None) -> Ratio | None:
+    """Campaign rows (id, e164, grp, state, reason, created_at, closed_at)."""
     if campaigns is None:
         return None
-    reached = sum(1 for campaign in campaigns if campaign["state"] == "done")
-    ended = sum(1 for campaign in campaigns if campaign["state"] in ("done", "exhausted"))
+    reached = sum(1 for campaign in campaigns if campaign[3] == "done")
+    ended = sum(1 for campaign in campaigns if campaign[3] in ("done", "exhausted"))
     return Ratio(reached, ended)
 
 
-def _kpis(calls: Sequence[dict[str, Any]], texts: Sequence[_Text], facts: _Facts,
-          campaigns: Sequence[dict[str, Any]] | None = None) -> Kpis:
-    missed = [call for call in calls if call["outcome"] in _MISSED]
-    mobile = [call for call in missed
-              if call["caller_e164"] and call["reason"] not in NOT_CONTACTABLE]
-    textable = [call for call in missed if call["textable"]]
-    sent = [text for text in texts if text.sent]
-    delivered = [text for text in sent if text.state == "delivered"]
-    waits = [max(0.0, text.submitted_at - text.ended) for text in sent
-             if text.submitted_at is not None and text.ended is not None]
-    sent_at: dict[str, list[float]] = defaultdict(list)
-    booked_calls: dict[str, bool] = defaultdict(bool)
-    revenue = 0.0
-    bookings = 0
-    for text in sent:
-        assert text.submitted_at is not None
-        sent_at[text.destination].append(text.submitted_at)
-        values = facts.bookings.get((text.pbx, text.call_id), [])
-        booked_calls[text.destination] |= bool(values)
-    missed_keys = {(str(call["pbx"]), str(call["call_id"])) for call in missed}
-    for key in missed_keys:
-        values = facts.bookings.get(key, [])
-        bookings += len(values)
-        revenue += sum(values)
-    replied = sum(1 for number, times in sent_at.items()
-                  if facts.first_reply(number, times) is not None)
-    opted = sum(1 for number, times in sent_at.items() if facts.opted_out(number, times))
-    callers = len(sent_at)
-    return Kpis(
-        inbound_calls=len(calls), missed_calls=len(missed),
-        missed_call_rate=Ratio(len(missed), len(calls)),
-        contactability=Ratio(len(mobile), len(missed)),
-        send_rate=Ratio(len(sent), len(textable)),
-        texts_pending=sum(1 for text in texts if text.state in PENDING_STATES),
-        texts_not_sent=sum(1 for text in texts if text.state in ("failed", "expired")),
-        delivery_rate=Ratio(len(delivered), len(sent)),
-        time_to_first_text=Spread(len(waits), percentile(waits, 50), percentile(waits, 90)),
-        texted_callers=callers,
-        reply_rate=Ratio(replied, callers),
-        opt_out_rate=Ratio(opted, callers),
-        callback_reach_rate=_reach(campaigns),
-        bookings=bookings, revenue=revenue,
-        revenue_per_missed_call=Ratio(revenue, len(missed)),
-        booking_rate=Ratio(sum(booked_calls.values()), callers),
-    )
+@dataclass(slots=True)
+class _Scope:
+    """The counts of one scope (overall, or a group) as the window is read."""
+
+    inbound: int = 0
+    missed: int = 0
+    mobile: int = 0
+    textable: int = 0
+    sent: int = 0
+    delivered: int = 0
+    pending: int = 0
+    not_sent: int = 0
+    waits: array[float] = field(default_factory=lambda: array("d"))
+    callers: int = 0
+    replied: int = 0
+    opted: int = 0
+    booked: int = 0
+    bookings: int = 0
+    revenue: float = 0.0
+
+    def kpis(self, reach: Ratio | None) -> Kpis:
+        return Kpis(
+            inbound_calls=self.inbound, missed_calls=self.missed,
+            missed_call_rate=Ratio(self.missed, self.inbound),
+            contactability=Ratio(self.mobile, self.missed),
+            send_rate=Ratio(self.sent, self.textable),
+            texts_pending=self.pending, texts_not_sent=self.not_sent,
+            delivery_rate=Ratio(self.delivered, self.sent),
+            time_to_first_text=Spread(len(self.waits), percentile(self.waits, 50),
+                                      percentile(self.waits, 90)),
+            texted_callers=self.callers,
+            reply_rate=Ratio(self.replied, self.callers),
+            opt_out_rate=Ratio(self.opted, self.callers),
+            callback_reach_rate=reach,
+            bookings=self.bookings, revenue=self.revenue,
+            revenue_per_missed_call=Ratio(self.revenue, self.missed),
+            booking_rate=Ratio(self.booked, self.callers))
+
+
+@dataclass(slots=True)
+class _ArmCounts:
+    texts: int = 0
+    callers: int = 0
+    replied: int = 0
+    booked: int = 0
+
+
+class ReportBuilder:
+    """The report, built from the store's aggregates and one texted caller at a time
+    (`Store.report_counts`, `report_recent`, `report_callers`): what it holds is counts per
+    scope, day and A/B arm, and the times to first text (one float each).
+
+    Feed it `add_counts`, then `add_recent`, then every `add_caller`; `report()` is the
+    result. `commands/report.read_report` does that from a store."""
+
+    def __init__(self, config: Config, *, since: float, until: float,
+                 group: str | None = None) -> None:
+        self._config = config
+        self._since, self._until, self._group = since, until, group
+        self._zone = ZoneInfo(config.timezone)
+        self._groups: dict[tuple[Any, Any, Any], str] = {}
+        self._seen: set[str] = set()  # groups of the calls in scope
+        self._overall = _Scope()
+        self._scopes: dict[str, _Scope] = defaultdict(_Scope)
+        self._arms: dict[tuple[str, str, str], _ArmCounts] = defaultdict(_ArmCounts)
+        self._missed_days: dict[dt.date, int] = defaultdict(int)
+        self._text_days: dict[dt.date, int] = defaultdict(int)
+        self._reply_days: dict[dt.date, int] = defaultdict(int)
+        self._bucket_days: dict[int, dt.date] = {}
+        self._counts: dict[str, list[Any]] = {}
+        self._recent: list[dict[str, Any]] = []
+        self._recent_replied: dict[tuple[str, str], bool] = {}
+        self._recent_numbers: set[str] = set()
+
+    def group_of(self, decision_group: Any, did: Any, grp: Any) -> str:
+        key = (decision_group, did, grp)
+        found = self._groups.get(key)
+        if found is None:
+            found = self._groups[key] = call_group(decision_group, did, grp, self._config)
+        return found
+
+    def _in_scope(self, group: str) -> bool:
+        return self._group is None or group == self._group
+
+    def _day(self, epoch: float) -> dt.date:
+        bucket = int(epoch // BUCKET)
+        day = self._bucket_days.get(bucket)
+        if day is None:
+            day = self._bucket_days[bucket] = dt.datetime.fromtimestamp(
+                bucket * BUCKET, self._zone).date()
+        return day
+
+    def groups_seen(self) -> set[str]:
+        """The groups of the window's calls (before a --group filter)."""
+        return {self.group_of(*row[:3]) for row in self._counts.get("calls", [])}
+
+    def add_counts(self, counts: dict[str, list[Any]]) -> None:
+        """`Store.report_counts(since, until)`."""
+        self._counts = counts
+        for *key, outcome, has_number, reason, textable, count in counts.get("calls", []):
+            group = self.group_of(*key)
+            if not self._in_scope(group):
+                continue
+            self._seen.add(group)
+            for scope in (self._overall, self._scopes[group]):
+                scope.inbound += count
+                if outcome in _MISSED:
+                    scope.missed += count
+                    scope.mobile += count if has_number and reason not in NOT_CONTACTABLE \
+                        else 0
+                    scope.textable += count if textable else 0
+        for *key, state, submitted, count in counts.get("texts", []):
+            group = self.group_of(*key)
+            if not self._in_scope(group):
+                continue
+            sent = state in SENT_STATES and bool(submitted)
+            for scope in (self._overall, self._scopes[group]):
+                scope.sent += count if sent else 0
+                scope.delivered += count if sent and state == "delivered" else 0
+                scope.pending += count if state in PENDING_STATES else 0
+                scope.not_sent += count if state in ("failed", "expired") else 0
+        for *key, count, value in counts.get("bookings", []):
+            group = self.group_of(*key)
+            if self._in_scope(group):
+                for scope in (self._overall, self._scopes[group]):
+                    scope.bookings += count
+                    scope.revenue += float(value or 0)
+        for bucket, *key, count in counts.get("missed", []):
+            if self._in_scope(self.group_of(*key)):
+                self._missed_days[self._day(float(bucket) * BUCKET)] += count
+
+    def add_recent(self, calls: Iterable[dict[str, Any]], limit: int) -> bool:
+        """Missed calls latest first (`Store.report_recent`); True while more are wanted."""
+        for call in calls:
+            if len(self._recent) >= limit:
+                break
+            if self._in_scope(self.group_of(call["decision_group"], call["did"], call["grp"])):
+                self._recent.append(call)
+                if call["text_state"] in SENT_STATES and call["submitted_at"] is not None:
+                    self._recent_numbers.add(str(call["destination"]))
+        return len(self._recent) < limit
+
+    def add_caller(self, caller: CallerHistory) -> None:
+        """One texted caller (`Store.report_callers`)."""
+        replies: list[float] = []
+        opt_outs = list(caller.opt_outs)
+        for text, at in caller.inbound:
+            kind = keywords.classify_reply(text)
+            if kind is None:
+                replies.append(at)
+            elif kind == "opt_out":
+                opt_outs.append(at)
+        opt_outs.sort()
+        if caller.number in self._recent_numbers:
+            for sent in caller.texts:
+                self._recent_replied[(sent.pbx, sent.call_id)] = _within(
+                    replies, [sent.submitted_at], REPLY_WINDOW) is not None
+        by_group: dict[str, list[SentText]] = defaultdict(list)
+        for sent in caller.texts:
+            group = self.group_of(sent.decision_group, sent.did, sent.grp)
+            if self._in_scope(group):
+                by_group[group].append(sent)
+        if not by_group:
+            return
+        every = [sent for texts in by_group.values() for sent in texts]
+        scopes = [(self._overall, every), *((self._scopes[group], texts)
+                                           for group, texts in by_group.items())]
+        for scope, texts in scopes:
+            times = [sent.submitted_at for sent in texts]
+            scope.callers += 1
+            scope.replied += _within(replies, times, REPLY_WINDOW) is not None
+            scope.opted += _within(opt_outs, times, REPLY_WINDOW) is not None
+            scope.booked += any(sent.booked for sent in texts)
+            scope.waits.extend(max(0.0, sent.submitted_at - sent.ended) for sent in texts
+                               if sent.ended is not None)
+        for sent in every:
+            self._text_days[self._day(sent.submitted_at)] += 1
+        first_reply = _within(replies, [sent.submitted_at for sent in every], REPLY_WINDOW)
+        if first_reply is not None:
+            self._reply_days[self._day(first_reply)] += 1
+        arms: dict[tuple[str, str, str], list[SentText]] = defaultdict(list)
+        for group, texts in by_group.items():
+            for sent in texts:
+                if sent.variant is not None:
+                    arms[(group, str(sent.template or "-"), sent.variant)].append(sent)
+        for key, texts in arms.items():
+            arm = self._arms[key]
+            arm.texts += len(texts)
+            arm.callers += 1
+            arm.replied += _within(replies, [sent.submitted_at for sent in texts],
+                                   REPLY_WINDOW) is not None
+            arm.booked += any(sent.booked for sent in texts)
+
+    def report(self) -> Report:
+        config, group = self._config, self._group
+        names = [configured.name for configured in config.groups] if group is None else [group]
+        names += sorted(self._seen - set(names))
+        # call-backs: counted where some group has them configured, or campaigns exist
+        campaigns: list[tuple[Any, ...]] | None = list(self._counts.get("campaigns", []))
+        if not campaigns and not any(configured.callback for configured in config.groups):
+            campaigns = None
+        if campaigns is not None and group is not None:
+            campaigns = [campaign for campaign in campaigns if campaign[2] == group]
+        per_group = {name: self._scopes[name].kpis(
+            None if campaigns is None else _reach([c for c in campaigns if c[2] == name]))
+            for name in names}
+        [(unmatched, ambiguous)] = self._counts.get("receipts_unmatched") or [(0, 0)]
+        [(unattributed,)] = self._counts.get("unattributed") or [(0,)]
+        return Report(
+            since=self._since, until=self._until, timezone=config.timezone, group=group,
+            overall=self._overall.kpis(_reach(campaigns)), groups=per_group,
+            ab_tests=tuple(self._ab_tests()),
+            currencies=tuple(str(row[0]) for row in self._counts.get("currencies", [])),
+            unattributed_bookings=int(unattributed), days=self._days(),
+            times_to_first_text=self._overall.waits, recent=self._recent_calls(),
+            unmatched_receipts=int(unmatched or 0), ambiguous_receipts=int(ambiguous or 0))
+
+    def _ab_tests(self) -> list[AbTest]:
+        experiments: dict[tuple[str, str], dict[str, _ArmCounts]] = defaultdict(dict)
+        for (group, template, variant), counts in self._arms.items():
+            experiments[(group, template)][variant] = counts
+        tests: list[AbTest] = []
+        for (group, template), by_variant in sorted(experiments.items()):
+            control = _control_of(self._config, group, template, by_variant)
+            configured = self._config.group(group)
+            order = list(configured.variants.get(template, {})) if configured else []
+            names = sorted(by_variant, key=lambda name: (
+                name != control, order.index(name) if name in order else len(order), name))
+            base: Arm | None = None
+            arms: list[Arm] = []
+            for name in names:
+                counts = by_variant[name]
+                arm = Arm(name, counts.texts, counts.callers,
+                          Ratio(counts.replied, counts.callers),
+                          Ratio(counts.booked, counts.callers))
+                if base is None:
+                    base = arm
+                else:
+                    arm = _compare(base, arm)
+                arms.append(arm)
+            tests.append(AbTest(group, template, control, tuple(arms)))
+        return tests
+
+    def _days(self) -> tuple[Day, ...]:
+        first = self._day(self._since)
+        last = max([self._day(self._until), *self._text_days, *self._reply_days])
+        result: list[Day] = []
+        current = first
+        while current <= last:
+            result.append(Day(current, self._missed_days[current], self._text_days[current],
+                              self._reply_days[current]))
+            current += dt.timedelta(days=1)
+        return tuple(result)
+
+    def _recent_calls(self) -> tuple[RecentCall, ...]:
+        result: list[RecentCall] = []
+        for call in self._recent:
+            key = (str(call["pbx"]), str(call["call_id"]))
+            number = call["caller_e164"] or call["caller"]
+            ended = dt.datetime.fromtimestamp(float(call["ended"] or 0), self._zone)
+            result.append(RecentCall(
+                ended=ended.strftime("%Y-%m-%d %H:%M"),
+                group=self.group_of(call["decision_group"], call["did"], call["grp"]),
+                caller=mask_number(str(number) if number else None,
+                                   self._config.log_full_numbers),
+                caller_name=str(call["caller_name"] or ""), outcome=str(call["outcome"]),
+                reason=str(call["reason"]),
+                text=str(call["text_state"]) if call["text_state"] else "-",
+                replied=self._recent_replied.get(key, False)))
+        return tuple(result)
 
 
 def _control_of(config: Config, group: str, template: str, names: Iterable[str]) -> str:
@@ -492,51 +675,6 @@ def _control_of(config: Config, group: str, template: str, names: Iterable[str])
     configured = config.group(group)
     order = list(configured.variants.get(template, {})) if configured else []
     return next((name for name in order if name in present), present[0])
-
-
-def _ab_tests(config: Config, calls: dict[tuple[str, str], dict[str, Any]],
-              groups: dict[tuple[str, str], str], texts: Sequence[_Text],
-              facts: _Facts) -> list[AbTest]:
-    experiments: dict[tuple[str, str], dict[str, list[_Text]]] = defaultdict(
-        lambda: defaultdict(list))
-    for text in texts:
-        call = calls.get((text.pbx, text.call_id))
-        if not text.sent or text.variant is None or call is None:
-            continue
-        template = str(call["template"] or "-")
-        experiments[(groups[(text.pbx, text.call_id)], template)][text.variant].append(text)
-    tests: list[AbTest] = []
-    for (group, template), by_variant in sorted(experiments.items()):
-        control = _control_of(config, group, template, by_variant)
-        configured = config.group(group)
-        order = list(configured.variants.get(template, {})) if configured else []
-        names = sorted(by_variant, key=lambda name: (
-            name != control, order.index(name) if name in order else len(order), name))
-        base: Arm | None = None
-        arms: list[Arm] = []
-        for name in names:
-            arm = _arm(name, by_variant[name], facts)
-            if base is None:
-                base = arm
-            else:
-                arm = _compare(base, arm)
-            arms.append(arm)
-        tests.append(AbTest(group, template, control, tuple(arms)))
-    return tests
-
-
-def _arm(name: str, texts: Sequence[_Text], facts: _Facts) -> Arm:
-    sent_at: dict[str, list[float]] = defaultdict(list)
-    booked: dict[str, bool] = defaultdict(bool)
-    for text in texts:
-        assert text.submitted_at is not None
-        sent_at[text.destination].append(text.submitted_at)
-        booked[text.destination] |= bool(facts.bookings.get((text.pbx, text.call_id)))
-    callers = len(sent_at)
-    replied = sum(1 for number, times in sent_at.items()
-                  if facts.first_reply(number, times) is not None)
-    return Arm(name, len(texts), callers, Ratio(replied, callers),
-               Ratio(sum(booked.values()), callers))
 
 
 def _compare(control: Arm, arm: Arm) -> Arm:
@@ -562,109 +700,6 @@ def _compare(control: Arm, arm: Arm) -> Arm:
                reply_lift=lift(control.reply_rate, arm.reply_rate), reply_test=reply_test,
                booking_lift=lift(control.booking_rate, arm.booking_rate),
                booking_test=booking_test, verdict=verdict)
-
-
-def compute(rows: dict[str, list[dict[str, Any]]], config: Config, *, since: float,
-            until: float, group: str | None = None,
-            recent: int = 25) -> Report:
-    """The report from the store's rows (`Store.report_rows(since, until)`)."""
-    facts = _Facts(rows)
-    groups: dict[tuple[str, str], str] = {}
-    calls: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in rows.get("calls", []):
-        key = (str(row["pbx"]), str(row["call_id"]))
-        groups[key] = call_group(row, config)
-        if group is None or groups[key] == group:
-            calls[key] = row
-    texts = [_Text(str(row["pbx"]), str(row["call_id"]), str(row["destination"]),
-                   row["variant"], str(row["state"]), row["submitted_at"],
-                   calls[(str(row["pbx"]), str(row["call_id"]))]["ended"])
-             for row in rows.get("texts", []) if (str(row["pbx"]), str(row["call_id"])) in calls]
-    names = [configured.name for configured in config.groups] if group is None else [group]
-    names += sorted({groups[key] for key in calls} - set(names))
-    # call-backs: counted where some group has them configured, or campaigns exist
-    campaigns: list[dict[str, Any]] | None = list(rows.get("campaigns", []))
-    if not campaigns and not any(configured.callback for configured in config.groups):
-        campaigns = None
-    if campaigns is not None and group is not None:
-        campaigns = [campaign for campaign in campaigns if campaign["grp"] == group]
-    per_group = {name: _kpis([call for key, call in calls.items() if groups[key] == name],
-                             [text for text in texts
-                              if groups[(text.pbx, text.call_id)] == name],
-                             facts,
-                             None if campaigns is None else
-                             [campaign for campaign in campaigns if campaign["grp"] == name])
-                 for name in names}
-    overall = _kpis(list(calls.values()), texts, facts, campaigns)
-    unattributed = sum(1 for row in rows.get("bookings", [])
-                       if row["call_id"] is None and since <= float(row["at"]) <= until)
-    [receipts] = rows.get("receipts_unmatched") or [{}]
-    sent = [text for text in texts if text.sent]
-    waits = tuple(max(0.0, text.submitted_at - text.ended) for text in sent
-                  if text.submitted_at is not None and text.ended is not None)
-    return Report(
-        since=since, until=until, timezone=config.timezone, group=group, overall=overall,
-        groups=per_group, ab_tests=tuple(_ab_tests(config, calls, groups, texts, facts)),
-        currencies=tuple(sorted(facts.currencies)), unattributed_bookings=unattributed,
-        days=_days(calls.values(), sent, facts, since, until, config.timezone),
-        times_to_first_text=waits,
-        recent=_recent(calls, groups, texts, facts, config, recent),
-        unmatched_receipts=int(receipts.get("unmatched", 0)),
-        ambiguous_receipts=int(receipts.get("ambiguous", 0)))
-
-
-def _days(calls: Iterable[dict[str, Any]], sent: Sequence[_Text], facts: _Facts,
-          since: float, until: float, timezone: str) -> tuple[Day, ...]:
-    zone = ZoneInfo(timezone)
-
-    def day(epoch: float) -> dt.date:
-        return dt.datetime.fromtimestamp(epoch, zone).date()
-
-    first, last = day(since), day(until)
-    missed: dict[dt.date, int] = defaultdict(int)
-    texts: dict[dt.date, int] = defaultdict(int)
-    replies: dict[dt.date, int] = defaultdict(int)
-    for call in calls:
-        if call["outcome"] in _MISSED and call["ended"] is not None:
-            missed[day(float(call["ended"]))] += 1
-    sent_at: dict[str, list[float]] = defaultdict(list)
-    for text in sent:
-        assert text.submitted_at is not None
-        texts[day(text.submitted_at)] += 1
-        sent_at[text.destination].append(text.submitted_at)
-    for number, times in sent_at.items():
-        reply = facts.first_reply(number, times)
-        if reply is not None:
-            replies[day(reply)] += 1
-    last = max([last, *texts, *replies])
-    result: list[Day] = []
-    current = first
-    while current <= last:
-        result.append(Day(current, missed[current], texts[current], replies[current]))
-        current += dt.timedelta(days=1)
-    return tuple(result)
-
-
-def _recent(calls: dict[tuple[str, str], dict[str, Any]], groups: dict[tuple[str, str], str],
-            texts: Sequence[_Text], facts: _Facts, config: Config,
-            limit: int) -> tuple[RecentCall, ...]:
-    zone = ZoneInfo(config.timezone)
-    by_call = {(text.pbx, text.call_id): text for text in texts}
-    missed = [(key, call) for key, call in calls.items() if call["outcome"] in _MISSED]
-    missed.sort(key=lambda item: float(item[1]["ended"] or 0), reverse=True)
-    result: list[RecentCall] = []
-    for key, call in missed[:limit]:
-        text = by_call.get(key)
-        number = call["caller_e164"] or call["caller"]
-        replied = bool(text and text.sent and text.submitted_at is not None and
-                       facts.first_reply(text.destination, [text.submitted_at]) is not None)
-        ended = dt.datetime.fromtimestamp(float(call["ended"] or 0), zone)
-        result.append(RecentCall(
-            ended=ended.strftime("%Y-%m-%d %H:%M"), group=groups[key],
-            caller=mask_number(str(number) if number else None, config.log_full_numbers),
-            caller_name=str(call["caller_name"] or ""), outcome=str(call["outcome"]),
-            reason=str(call["reason"]), text=text.state if text else "-", replied=replied))
-    return tuple(result)
 
 
 # ---------------------------------------------------------------------- output

@@ -66,7 +66,7 @@ from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
-from mcdaemon.store.report import Booking, ReportQueries
+from mcdaemon.store.report import Booking, CallerHistory, ReportQueries, SentText
 from mcdaemon.store.retention import Retention
 from mcdaemon.store.schema import (
     _MIGRATIONS,
@@ -97,9 +97,9 @@ _SQLITE_BACKEND: type[StoreInterface] = Store
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIN_SQLITE", "SCHEMA_VERSION",
     "SETTLED_WINDOW", "TRANSITIONS", "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking",
-    "Campaign", "Connection", "Contact", "ContactsStore", "FirstText", "NewCall",
-    "OutboxMessage", "OutboxStore", "OutreachStore", "ReceiptIn", "ReceiptsStore",
-    "RepliesStore", "ReportStore", "RetentionStore", "StatusStore", "Stopped", "Store",
-    "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
+    "CallerHistory", "Campaign", "Connection", "Contact", "ContactsStore", "FirstText",
+    "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "ReceiptIn", "ReceiptsStore",
+    "RepliesStore", "ReportStore", "RetentionStore", "SentText", "StatusStore", "Stopped",
+    "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
     "WebhookResult", "WebhooksStore",
 ]

@@ -20,7 +20,7 @@ None/False/0 for it; *moves forward only* — an UPDATE names the states it may 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from mcdaemon.config.model import RetentionConfig
@@ -31,7 +31,7 @@ from mcdaemon.store.contacts import Contact
 from mcdaemon.store.outbox import NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Stopped
 from mcdaemon.store.receipts import AppliedReceipts, ReceiptIn
-from mcdaemon.store.report import Booking
+from mcdaemon.store.report import Booking, CallerHistory
 from mcdaemon.store.schema import CALLER_KINDS
 from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookResult
 
@@ -251,9 +251,20 @@ class ContactsStore(Protocol):
 class ReportStore(Protocol):
     """What `mcdaemon report` reads, and bookings (`report.ReportQueries`)."""
 
-    async def report_rows(self, since: float, until: float) -> dict[str, list[dict[str, Any]]]:
-        """The report's rows by table (dicts by column name); a table the store does not have
-        yet gives no rows. Reads only: works on a read-only store."""
+    async def report_counts(self, since: float, until: float) -> dict[str, list[Any]]:
+        """The window's aggregates by group key (calls, texts, bookings, missed calls per
+        quarter hour, currencies, unattributed bookings, campaigns, unmatched receipts); a
+        table the store does not have yet gives no rows. Reads only."""
+        ...
+
+    async def report_recent(self, since: float, until: float, limit: int,
+                            offset: int = 0) -> list[dict[str, Any]]:
+        """The window's missed calls, latest first, with their first text. Reads only."""
+        ...
+
+    def report_callers(self, since: float, until: float) -> AsyncIterator[CallerHistory]:
+        """Each texted caller of the window with their sent texts, replies and opt-outs, one
+        at a time by number: only one caller's rows are held at once. Reads only."""
         ...
 
     async def add_booking(self, e164: str, value: float, at: float, *,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mcdaemon.commands.report import read_report
+from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import Store, WebhookIn, WebhookResult
@@ -202,3 +204,28 @@ async def test_space_freed_by_retention_is_given_back(store: Store) -> None:
 
     assert int(freed) > 0 and released * 4096 >= int(freed)
     assert (await store.space())["free_bytes"] == 0
+
+
+async def test_the_report_of_the_retained_window_is_the_same_after_pruning(
+        store: Store) -> None:
+    config = config_from_dict({"region": "GB", "inbound": {"contexts": ["from-carrier"]},
+                               "store": {"path": store.path}, "groups": {"sales": {}}})
+    for number in range(5):
+        caller = f"+4477009002{number:02d}"
+        await texted_call(store, f"old{number}", caller, OLD + number)
+        await store.add_inbound(caller, "lab", "yes", OLD + 3600)
+        await texted_call(store, f"new{number}", caller, RECENT + number,
+                          receipt="UNDELIV" if number == 0 else "DELIVRD")
+        await store.add_inbound(caller, "lab", "yes please", RECENT + 600 + 3600 * number)
+    await store.add_booking("+447700900201", 80.0, RECENT + 7200, now=RECENT + 7200)
+    await store.opt_out("+447700900202", "STOP", RECENT + 60)
+    window = {"since": NOW - 365 * DAY, "until": NOW}
+    before = (await read_report(store, config, **window)).as_dict()
+
+    await prune_all(store)
+
+    after = (await read_report(store, config, **window)).as_dict()
+    assert after == before
+    assert before["overall"]["inbound_calls"] == 5
+    assert before["overall"]["reply_rate"]["numerator"] == 5
+    assert before["overall"]["bookings"] == 1
