@@ -167,10 +167,11 @@ class ReportQueries(Receipts):
         """Each caller with a sent first text of a call that ended in [since, until], one at
         a time, by number: three queries ordered by number, merged as they are read, so only
         one caller's rows are held at once."""
+        params: tuple[float, ...] = (since, until)
         if "bookings" in await self.tables():
-            texts_sql, params = _CALLER_TEXTS.format(booked=_BOOKED), (since, since, until)
+            texts_sql, params = _CALLER_TEXTS.format(booked=_BOOKED), (since, *params)
         else:  # an older store's
-            texts_sql, params = _CALLER_TEXTS.format(booked="0"), (since, until)
+            texts_sql = _CALLER_TEXTS.format(booked="0")
         async with self._lock:
             texts = _stream(self._db, texts_sql, params)
             inbound = _stream(self._db, "SELECT source, text, at FROM inbound WHERE at >= ?"
