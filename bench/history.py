@@ -326,10 +326,13 @@ def migration(store: Path, folder: Path) -> tuple[float, int]:
     shutil.copyfile(store, copy)
     db = sqlite3.connect(copy)
     for statement in migration_nine():
-        db.execute("DROP INDEX " + statement.split()[2])
+        if statement.startswith("CREATE INDEX"):
+            db.execute("DROP INDEX " + statement.split()[2])
+    db.execute("CREATE INDEX calls_ended ON calls (ended)")  # as schema 8 had it
     db.execute("PRAGMA user_version = 8")
     rows = sum(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in (
-        "receipts", "inbound", "messages", "contact_events", "campaigns", "campaign_calls"))
+        "calls", "receipts", "inbound", "messages", "contact_events", "campaigns",
+        "campaign_calls"))
     db.commit()
     db.close()
     started = time.monotonic()
@@ -389,8 +392,9 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, default=365, help="days of history to seed")
     parser.add_argument("--calls-per-day", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=4, help="storm replays per store")
-    parser.add_argument("--retain", type=float, default=180.0,
-                        help="days kept by the retention step at the end (default 180)")
+    parser.add_argument("--retain", type=float, default=330.0,
+                        help="days kept by the retention step at the end (default 330: the "
+                             "oldest month of the year goes, at the daemon's batch size)")
     parser.add_argument("--dir", default="/tmp/mcd-history",
                         help="where the seeded stores go (never the repository)")
     parser.add_argument("--reuse", action="store_true",

@@ -62,6 +62,9 @@ from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")
 
+#: while the store is being opened (a migration), systemd is asked this often for more time
+STARTING_NOTE_EVERY = 10.0
+
 
 class Service:
     """The daemon. `run()` returns the process exit code."""
@@ -129,6 +132,22 @@ class Service:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def _open_store(self) -> StoreInterface:
+        """Open (and migrate) the store; while a migration of a big store runs, systemd is
+        asked every few seconds for more time to start (EXTEND_TIMEOUT_USEC), so its start
+        timeout does not kill a daemon that is only indexing its history."""
+        async def ask_for_time() -> None:
+            while True:
+                await asyncio.sleep(STARTING_NOTE_EVERY)
+                sdnotify.notify(f"EXTEND_TIMEOUT_USEC={int(3 * STARTING_NOTE_EVERY * 1e6)}\n"
+                                "STATUS=migrating the store (see the log)")
+
+        asking = asyncio.create_task(ask_for_time())
+        try:
+            return await Store.open(self.config.store.path)
+        finally:
+            asking.cancel()
+
     @property
     def store(self) -> StoreInterface:
         assert self._store is not None, "the store is opened by run()"
@@ -138,7 +157,7 @@ class Service:
         self._stop.set()
 
     async def run(self) -> int:
-        self._store = await Store.open(self.config.store.path)
+        self._store = await self._open_store()
         try:
             await self.metrics.start()
             await self._agi.start()

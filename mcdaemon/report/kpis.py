@@ -464,6 +464,7 @@ class ReportBuilder:
         self._reply_days: dict[dt.date, int] = defaultdict(int)
         self._bucket_days: dict[int, dt.date] = {}
         self._counts: dict[str, list[Any]] = {}
+        self._booked: set[tuple[str, str]] = set()  # calls with a booking
         self._recent: list[dict[str, Any]] = []
         self._recent_replied: dict[tuple[str, str], bool] = {}
         self._recent_numbers: set[str] = set()
@@ -493,7 +494,8 @@ class ReportBuilder:
     def add_counts(self, counts: dict[str, list[Any]]) -> None:
         """`Store.report_counts(since, until)`."""
         self._counts = counts
-        for *key, outcome, has_number, reason, textable, count in counts.get("calls", []):
+        self._booked = {(str(pbx), str(call_id)) for pbx, call_id in counts.get("booked", [])}
+        for *key, outcome, reason, textable, count, numbered in counts.get("calls", []):
             group = self.group_of(*key)
             if not self._in_scope(group):
                 continue
@@ -502,19 +504,14 @@ class ReportBuilder:
                 scope.inbound += count
                 if outcome in _MISSED:
                     scope.missed += count
-                    scope.mobile += count if has_number and reason not in NOT_CONTACTABLE \
-                        else 0
+                    scope.mobile += int(numbered or 0) if reason not in NOT_CONTACTABLE else 0
                     scope.textable += count if textable else 0
-        for *key, state, submitted, count in counts.get("texts", []):
+        for *key, state, count in counts.get("unsent", []):
             group = self.group_of(*key)
-            if not self._in_scope(group):
-                continue
-            sent = state in SENT_STATES and bool(submitted)
-            for scope in (self._overall, self._scopes[group]):
-                scope.sent += count if sent else 0
-                scope.delivered += count if sent and state == "delivered" else 0
-                scope.pending += count if state in PENDING_STATES else 0
-                scope.not_sent += count if state in ("failed", "expired") else 0
+            if self._in_scope(group):
+                for scope in (self._overall, self._scopes[group]):
+                    scope.pending += count if state in PENDING_STATES else 0
+                    scope.not_sent += count if state in ("failed", "expired") else 0
         for *key, count, value in counts.get("bookings", []):
             group = self.group_of(*key)
             if self._in_scope(group):
@@ -537,55 +534,76 @@ class ReportBuilder:
         return len(self._recent) < limit
 
     def add_caller(self, caller: CallerHistory) -> None:
-        """One texted caller (`Store.report_callers`)."""
+        """One texted caller (`Store.report_callers`). Called once per texted caller of the
+        window (half a million in a busy year): kept lean."""
         replies: list[float] = []
-        opt_outs = list(caller.opt_outs)
-        for text, at in caller.inbound:
-            kind = keywords.classify_reply(text)
-            if kind is None:
-                replies.append(at)
-            elif kind == "opt_out":
-                opt_outs.append(at)
-        opt_outs.sort()
+        opt_outs: list[float] = []
+        if caller.inbound or caller.opt_outs:
+            opt_outs = list(caller.opt_outs)
+            for text, at in caller.inbound:
+                kind = keywords.classify_reply(text)
+                if kind is None:
+                    replies.append(at)
+                elif kind == "opt_out":
+                    opt_outs.append(at)
+            opt_outs.sort()
         if caller.number in self._recent_numbers:
             for sent in caller.texts:
                 self._recent_replied[(sent.pbx, sent.call_id)] = _within(
                     replies, [sent.submitted_at], REPLY_WINDOW) is not None
-        by_group: dict[str, list[SentText]] = defaultdict(list)
+        by_group: dict[str, list[SentText]] = {}
         for sent in caller.texts:
             group = self.group_of(sent.decision_group, sent.did, sent.grp)
-            if self._in_scope(group):
-                by_group[group].append(sent)
+            if self._group is None or group == self._group:
+                by_group.setdefault(group, []).append(sent)
         if not by_group:
             return
-        every = [sent for texts in by_group.values() for sent in texts]
-        scopes = [(self._overall, every), *((self._scopes[group], texts)
-                                           for group, texts in by_group.items())]
+        every = caller.texts if self._group is None else [
+            sent for texts in by_group.values() for sent in texts]
+        scopes = [(self._overall, every)]
+        scopes += [(self._scopes[group], texts) for group, texts in by_group.items()]
         for scope, texts in scopes:
-            times = [sent.submitted_at for sent in texts]
             scope.callers += 1
-            scope.replied += _within(replies, times, REPLY_WINDOW) is not None
-            scope.opted += _within(opt_outs, times, REPLY_WINDOW) is not None
-            scope.booked += any(sent.booked for sent in texts)
-            scope.waits.extend(max(0.0, sent.submitted_at - sent.ended) for sent in texts
-                               if sent.ended is not None)
+            scope.sent += len(texts)
+            for sent in texts:
+                if sent.state == "delivered":
+                    scope.delivered += 1
+                if sent.ended is not None:
+                    scope.waits.append(max(0.0, sent.submitted_at - sent.ended))
+            if replies:
+                scope.replied += self._replied(replies, texts)
+            if opt_outs:
+                scope.opted += self._replied(opt_outs, texts)
+            if self._booked:
+                scope.booked += self._any_booked(texts)
         for sent in every:
             self._text_days[self._day(sent.submitted_at)] += 1
-        first_reply = _within(replies, [sent.submitted_at for sent in every], REPLY_WINDOW)
-        if first_reply is not None:
-            self._reply_days[self._day(first_reply)] += 1
-        arms: dict[tuple[str, str, str], list[SentText]] = defaultdict(list)
+        if replies:
+            first_reply = _within(replies, [sent.submitted_at for sent in every],
+                                  REPLY_WINDOW)
+            if first_reply is not None:
+                self._reply_days[self._day(first_reply)] += 1
+        arms: dict[tuple[str, str, str], list[SentText]] = {}
         for group, texts in by_group.items():
             for sent in texts:
                 if sent.variant is not None:
-                    arms[(group, str(sent.template or "-"), sent.variant)].append(sent)
+                    arms.setdefault((group, str(sent.template or "-"), sent.variant),
+                                    []).append(sent)
         for key, texts in arms.items():
             arm = self._arms[key]
             arm.texts += len(texts)
             arm.callers += 1
-            arm.replied += _within(replies, [sent.submitted_at for sent in texts],
-                                   REPLY_WINDOW) is not None
-            arm.booked += any(sent.booked for sent in texts)
+            if replies:
+                arm.replied += self._replied(replies, texts)
+            if self._booked:
+                arm.booked += self._any_booked(texts)
+
+    @staticmethod
+    def _replied(times: list[float], texts: list[SentText]) -> bool:
+        return _within(times, [sent.submitted_at for sent in texts], REPLY_WINDOW) is not None
+
+    def _any_booked(self, texts: list[SentText]) -> bool:
+        return any((sent.pbx, sent.call_id) in self._booked for sent in texts)
 
     def report(self) -> Report:
         config, group = self._config, self._group

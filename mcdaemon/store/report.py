@@ -10,7 +10,7 @@ turns both into the KPIs.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +19,14 @@ import structlog
 
 from mcdaemon.core.records import MISSED_OUTCOMES
 from mcdaemon.store.receipts import Receipts
-from mcdaemon.store.schema import _quoted
+from mcdaemon.store.schema import TRANSITIONS, _quoted
 
 log = structlog.get_logger("mcdaemon.store")
 
 #: states of a first text the SMSC took ("sent")
-_SENT = _quoted(("submitted", "delivered", "undeliverable", "unknown"))
+_SENT_STATES = ("submitted", "delivered", "undeliverable", "unknown")
+_SENT = _quoted(_SENT_STATES)
+_UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 #: `report_counts`' quarter hours: every time zone's midnight falls on one
 BUCKET = 900
@@ -57,7 +59,7 @@ class SentText:
     decision_group: str | None
     did: str | None
     grp: str | None
-    booked: bool  # a booking (recorded since the window began) is attributed to its call
+    state: str
 
 
 @dataclass(slots=True)
@@ -71,14 +73,14 @@ class CallerHistory:
     opt_outs: list[float] = field(default_factory=list)
 
 
+#: read in the order of the index `messages_callers`, joined through `calls_texts`: neither
+#: the texts' nor the calls' rows are read, nothing is sorted (the state is checked as read)
 _CALLER_TEXTS = (
     "SELECT m.destination, m.pbx, m.call_id, m.submitted_at, c.ended, m.variant, c.template,"
-    " c.decision_group, c.did, c.grp, {booked}"
+    " c.decision_group, c.did, c.grp, m.state"
     " FROM messages AS m JOIN calls AS c ON c.pbx = m.pbx AND c.call_id = m.call_id"
-    f" WHERE m.kind = 'first' AND m.state IN ({_SENT}) AND m.submitted_at IS NOT NULL"
-    " AND c.ended >= ? AND c.ended <= ? ORDER BY m.destination, m.submitted_at, m.id")
-_BOOKED = ("CASE WHEN EXISTS (SELECT 1 FROM bookings AS b WHERE b.pbx = m.pbx"
-           " AND b.call_id = m.call_id AND b.at >= ?) THEN 1 ELSE 0 END")
+    " WHERE m.kind = 'first' AND m.submitted_at IS NOT NULL"
+    " AND c.ended >= ? AND c.ended <= ? ORDER BY m.destination, m.submitted_at")
 
 
 class ReportQueries(Receipts):
@@ -88,28 +90,31 @@ class ReportQueries(Receipts):
         """The window's aggregates, as rows of plain values. Calls are those that ended in
         [since, until]; a group key is (decision_group, did, grp).
 
-        `calls`: (key…, outcome, has a number, reason, textable, count); `texts`: their first
-        texts (key…, state, submitted, count); `bookings`: attributed to missed calls of the
-        window since `since` (key…, count, value); `missed`: missed calls by quarter hour
-        (BUCKET) (bucket, key…, count); `currencies`: (currency) of attributed bookings since
-        `since`; `unattributed`: (count) of unattributed bookings in the window; `campaigns`:
-        call-back campaigns opened in the window (id, e164, grp, state, reason, created_at,
-        closed_at); `receipts_unmatched`: one (unmatched, ambiguous). A table the store does
-        not have yet gives no rows."""
+        `calls`: (key…, outcome, reason, textable, count, of them with a number); `unsent`:
+        their first texts not sent (key…, state, count; the sent ones, submitted, come with
+        `report_callers`); `bookings`: attributed to missed calls of the window since `since`
+        (key…, count, value); `booked`: the calls (pbx, call_id) with a booking since `since`;
+        `missed`: missed calls by quarter hour (BUCKET) (bucket, key…, count); `currencies`:
+        (currency) of attributed bookings since `since`; `unattributed`: (count) of
+        unattributed bookings in the window; `campaigns`: call-back campaigns opened in the
+        window (id, e164, grp, state, reason, created_at, closed_at); `receipts_unmatched`:
+        one (unmatched, ambiguous). A table the store does not have yet gives no rows.
+
+        Each reads an index: the calls' counts walk `calls_groups` in the order of their
+        groups (`+ended`: not a search by time followed by a sort of every call)."""
         tables = await self.tables()
         window = (since, until)
         queries: dict[str, tuple[str, tuple[Any, ...]]] = {
-            "calls": ("SELECT decision_group, did, grp, outcome, CASE WHEN caller_e164 IS NOT"
-                      " NULL AND caller_e164 <> '' THEN 1 ELSE 0 END, reason, textable,"
-                      " COUNT(*) FROM calls WHERE ended >= ? AND ended <= ?"
-                      " GROUP BY decision_group, did, grp, outcome, 5, reason, textable",
-                      window),
-            "texts": ("SELECT c.decision_group, c.did, c.grp, m.state, CASE WHEN"
-                      " m.submitted_at IS NOT NULL THEN 1 ELSE 0 END, COUNT(*)"
-                      " FROM messages AS m JOIN calls AS c ON c.pbx = m.pbx"
-                      " AND c.call_id = m.call_id WHERE m.kind = 'first' AND c.ended >= ?"
-                      " AND c.ended <= ? GROUP BY c.decision_group, c.did, c.grp, m.state, 5",
-                      window),
+            "calls": ("SELECT decision_group, did, grp, outcome, reason, textable, COUNT(*),"
+                      " SUM(CASE WHEN caller_e164 IS NOT NULL AND caller_e164 <> '' THEN 1"
+                      " ELSE 0 END) FROM calls WHERE +ended >= ? AND +ended <= ?"
+                      " GROUP BY decision_group, did, grp, outcome, reason, textable", window),
+            "unsent": ("SELECT c.decision_group, c.did, c.grp, m.state, COUNT(*)"
+                       " FROM messages AS m JOIN calls AS c ON c.pbx = m.pbx"
+                       " AND c.call_id = m.call_id WHERE m.kind = 'first'"
+                       f" AND m.state IN ({_UNSENT})"
+                       " AND c.ended >= ? AND c.ended <= ?"
+                       " GROUP BY c.decision_group, c.did, c.grp, m.state", window),
             "missed": (f"SELECT CAST(ended / {BUCKET} AS INTEGER), decision_group, did, grp,"
                        f" COUNT(*) FROM calls WHERE ended >= ? AND ended <= ? AND outcome IN"
                        f" ({_MISSED}) GROUP BY 1, decision_group, did, grp", window),
@@ -120,6 +125,8 @@ class ReportQueries(Receipts):
                 " AS b JOIN calls AS c ON c.pbx = b.pbx AND c.call_id = b.call_id WHERE"
                 f" c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED}) AND b.at >= ?"
                 " GROUP BY c.decision_group, c.did, c.grp", (since, until, since))
+            queries["booked"] = ("SELECT DISTINCT pbx, call_id FROM bookings WHERE at >= ?"
+                                 " AND call_id IS NOT NULL", (since,))
             queries["currencies"] = (
                 "SELECT DISTINCT currency FROM bookings WHERE at >= ? AND pbx IS NOT NULL"
                 " AND call_id IS NOT NULL AND currency IS NOT NULL AND currency <> ''"
@@ -133,7 +140,7 @@ class ReportQueries(Receipts):
                                     " ORDER BY id", window)
 
         async def work() -> dict[str, list[Any]]:
-            found: dict[str, list[Any]] = {"bookings": [], "currencies": [],
+            found: dict[str, list[Any]] = {"bookings": [], "booked": [], "currencies": [],
                                            "unattributed": [(0,)], "campaigns": []}
             for name, (sql, params) in queries.items():
                 found[name] = [tuple(row) for row in await self._rows(sql, params)]
@@ -165,44 +172,34 @@ class ReportQueries(Receipts):
     async def report_callers(self, since: float,
                              until: float) -> AsyncIterator[CallerHistory]:
         """Each caller with a sent first text of a call that ended in [since, until], one at
-        a time, by number: three queries ordered by number, merged as they are read, so only
-        one caller's rows are held at once."""
-        params: tuple[float, ...] = (since, until)
-        if "bookings" in await self.tables():
-            texts_sql, params = _CALLER_TEXTS.format(booked=_BOOKED), (since, *params)
-        else:  # an older store's
-            texts_sql = _CALLER_TEXTS.format(booked="0")
+        a time, by number: three queries ordered by number (the first texts through the
+        index `messages_callers`), merged as they are read, so only one caller's rows are
+        held at once."""
         async with self._lock:
-            texts = _stream(self._db, texts_sql, params)
-            inbound = _stream(self._db, "SELECT source, text, at FROM inbound WHERE at >= ?"
-                                        " ORDER BY source, at, id", (since,))
-            opt_outs = _stream(self._db, "SELECT e164, at FROM opt_outs WHERE at >= ?"
-                                         " ORDER BY e164", (since,))
-            next_inbound = await anext(inbound, None)
-            next_opt_out = await anext(opt_outs, None)
+            inbound = _Rows(await self._db.execute(
+                "SELECT source, text, at FROM inbound WHERE at >= ? ORDER BY source, at, id",
+                (since,)))
+            opt_outs = _Rows(await self._db.execute(
+                "SELECT e164, at FROM opt_outs WHERE at >= ? ORDER BY e164", (since,)))
             caller: CallerHistory | None = None
-            async for row in texts:
-                number = str(row[0])
-                if caller is not None and caller.number != number:
-                    yield caller
-                    caller = None
-                if caller is None:
-                    caller = CallerHistory(number)
-                    while next_inbound is not None and str(next_inbound[0]) < number:
-                        next_inbound = await anext(inbound, None)
-                    while next_inbound is not None and str(next_inbound[0]) == number:
-                        caller.inbound.append((str(next_inbound[1] or ""),
-                                               float(next_inbound[2])))
-                        next_inbound = await anext(inbound, None)
-                    while next_opt_out is not None and str(next_opt_out[0]) < number:
-                        next_opt_out = await anext(opt_outs, None)
-                    while next_opt_out is not None and str(next_opt_out[0]) == number:
-                        caller.opt_outs.append(float(next_opt_out[1]))
-                        next_opt_out = await anext(opt_outs, None)
-                caller.texts.append(SentText(
-                    str(row[1]), str(row[2]), float(row[3]),
-                    None if row[4] is None else float(row[4]), row[5], row[6], row[7],
-                    row[8], row[9], bool(row[10])))
+            async with self._db.execute(_CALLER_TEXTS, (since, until)) as texts:
+                while rows := await texts.fetchmany(_FETCH):
+                    for (number, pbx, call_id, submitted_at, ended, variant, template,
+                         decision_group, did, grp, state) in rows:
+                        if state not in _SENT_STATES:  # submitted, then failed: not sent
+                            continue
+                        if caller is None or caller.number != number:
+                            if caller is not None:
+                                yield caller
+                            caller = CallerHistory(number)
+                            while (row := await inbound.head(number)) is not None:
+                                caller.inbound.append((str(row[1] or ""), float(row[2])))
+                            while (row := await opt_outs.head(number)) is not None:
+                                caller.opt_outs.append(float(row[1]))
+                        caller.texts.append(SentText(pbx, call_id, submitted_at, ended, variant,
+                                                     template, decision_group, did, grp, state))
+            await inbound.close()
+            await opt_outs.close()
             if caller is not None:
                 yield caller
 
@@ -235,10 +232,32 @@ class ReportQueries(Receipts):
         return await self._transaction(work)
 
 
-async def _stream(db: aiosqlite.Connection, sql: str,
-                  params: Sequence[Any]) -> AsyncIterator[Any]:
-    """The rows of one query, fetched `_FETCH` at a time."""
-    async with db.execute(sql, params) as cursor:
-        while rows := await cursor.fetchmany(_FETCH):
-            for row in rows:
-                yield row
+class _Rows:
+    """A query's rows ordered by number, read `_FETCH` at a time as the numbers asked for
+    come: `head(number)` takes the next row of that number (None: there is no more)."""
+
+    def __init__(self, cursor: aiosqlite.Cursor) -> None:
+        self._cursor = cursor
+        self._rows: list[Any] = []
+        self._at = 0
+        self._done = False
+
+    async def head(self, number: str) -> Any:
+        while True:
+            if self._at >= len(self._rows):
+                if self._done:
+                    return None
+                self._rows, self._at = list(await self._cursor.fetchmany(_FETCH)), 0
+                self._done = not self._rows
+                continue
+            row = self._rows[self._at]
+            if row[0] < number:  # a number without texts in the window
+                self._at += 1
+                continue
+            if row[0] == number:
+                self._at += 1
+                return row
+            return None
+
+    async def close(self) -> None:
+        await self._cursor.close()
