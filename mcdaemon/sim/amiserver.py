@@ -10,8 +10,9 @@ the frames' offsets divided by `speed`, the frames due at one moment in one writ
 burst of events from Asterisk comes (0: as fast as possible, one frame per turn of the event
 loop). Faults for the adapter's
 tests: drop the connection after a frame (and lose `gap_frames` frames, as Asterisk keeps no
-history), go half-open (silent, socket open), split a frame across two TCP writes, inject raw
-bytes. Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
+history; or keep the link down `down_for` seconds while the PBX goes on unheard), go
+half-open (silent, socket open), split a frame across two TCP writes, inject raw bytes.
+Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class AmiTestServer:
         self.connections = 0
         self.drop_after_frames: int | None = None  # close after frame k-1 was sent, once
         self.gap_frames = 0  # frames lost (not sent) after a drop
+        #: with drop_after_frames: connections are refused this long (seconds) after the drop
+        #: while the PBX goes on at the replay's pace, unheard, until a client logs in again
+        self.down_for = 0.0
+        self._down_until = 0.0
+        self._unheard: tuple[asyncio.Task[None], float] | None = None  # (task, its base)
         self.half_open_after_frames: int | None = None  # go silent after k frames, once
         self.split_at: tuple[int, int] | None = None  # (frame index, byte offset)
         self.inject: dict[int, bytes] = {}  # raw bytes to send before frame k
@@ -86,6 +92,8 @@ class AmiTestServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._unheard is not None:
+            self._unheard[0].cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._sessions):
@@ -128,6 +136,10 @@ class AmiTestServer:
         assert task is not None
         self._sessions.add(task)
         self.connections += 1
+        if asyncio.get_running_loop().time() < self._down_until:  # the link is down
+            writer.close()
+            self._sessions.discard(task)
+            return
         session = _Session(self, writer)
         self._live_sessions.add(session)
         try:
@@ -144,6 +156,15 @@ class AmiTestServer:
             session.close()
             self._live_sessions.discard(session)
             self._sessions.discard(task)
+
+    async def _play_unheard(self, base: float) -> None:
+        """The PBX goes on while no client listens: frames happen at their pace, unsent."""
+        loop = asyncio.get_running_loop()
+        while self._next < len(self.frames):
+            due = base + self.frames[self._next].offset / (self.speed or 1)
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            self._advance()
 
     def _advance(self) -> None:
         if self.on_frame is not None:
@@ -267,6 +288,10 @@ class _Session:
             server._live.clear()
         if server._next < len(server.frames):
             base = loop.time() - server.frames[server._next].offset / (server.speed or 1)
+        if server._unheard is not None:  # after an outage: the PBX's clock went on
+            server._unheard[0].cancel()
+            base = server._unheard[1]
+            server._unheard = None
         while server._next < len(server.frames):
             index = server._next
             frame = server.frames[index]
@@ -284,6 +309,9 @@ class _Session:
                 server.drop_after_frames = None
                 for _ in range(min(server.gap_frames, len(server.frames) - index)):
                     server._advance()  # happened on the PBX while nobody listened
+                if server.down_for > 0:
+                    server._down_until = loop.time() + server.down_for
+                    server._unheard = (asyncio.create_task(server._play_unheard(base)), base)
                 self.writer.close()
                 return
             if index in server.inject:

@@ -120,6 +120,10 @@ class OutboxStore(Protocol):
         """How many calls are stored."""
         ...
 
+    async def recorded_calls(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (pbx, call id) are stored: one read, whatever their number."""
+        ...
+
     async def policy_view(self, e164: str | None, group: str | None, now: float,
                           prefix: str | None = None, prefix_len: int = 6) -> PolicyView:
         """What the policy needs to know about this caller and the recent traffic (a read)."""

@@ -150,14 +150,7 @@ class CallsAndOutbox(Receipts):
                  if call.decision.text and destination and call.decision.body]
 
         async def work() -> tuple[list[int | None], list[OutboxMessage]]:
-            stored: set[tuple[str, str]] = set()
-            for start in range(0, len(keys), 400):
-                chunk = keys[start:start + 400]
-                stored.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
-                    "SELECT pbx, call_id FROM calls WHERE (pbx, call_id) IN"
-                    f" (VALUES {','.join('(?,?)' for _ in chunk)})",
-                    [value for key in chunk for value in key]))
-            fresh = set(keys) - stored
+            fresh = set(keys) - await self._stored_keys(keys)
             await self._db.executemany(
                 f"{_INSERT_CALL} VALUES ({','.join('?' * len(call_rows[0]))})",
                 [row for key, row in zip(keys, call_rows, strict=True) if key in fresh])
@@ -183,6 +176,20 @@ class CallsAndOutbox(Receipts):
             return result, claimed
 
         return await self._transaction(work)
+
+    async def recorded_calls(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (pbx, call id) the store holds a decided call of."""
+        return await self._read(lambda: self._stored_keys(keys))
+
+    async def _stored_keys(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        stored: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), 400):
+            chunk = keys[start:start + 400]
+            stored.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
+                "SELECT pbx, call_id FROM calls WHERE (pbx, call_id) IN"
+                f" (VALUES {','.join('(?,?)' for _ in chunk)})",
+                [value for key in chunk for value in key]))
+        return stored
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,

@@ -177,8 +177,9 @@ def test_the_config_names_the_default_file(tmp_path: Path) -> None:
     path = config_file(tmp_path)
     path.write_text(path.read_text().replace(
         "  contexts: [from-carrier]\n", f"  contexts: [from-carrier]\n  queue_log: {copy}\n"))
+    path.write_text(path.read_text() + "ami:\n  - {name: lab, username: mcd, secret: s}\n")
     config = load_config(path)
-    assert config.inbound.queue_log == str(copy)
+    assert config.ami[0].queue_log == str(copy)
     out, err = io.StringIO(), io.StringIO()
     status = asyncio.run(backfill(config, out, err, files=None, since=LAST - 3600,
                                   until=LAST + 60, now=LAST + 60, dry_run=True))
