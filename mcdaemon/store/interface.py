@@ -124,6 +124,10 @@ class OutboxStore(Protocol):
         """Which of these (pbx, call id) are stored: one read, whatever their number."""
         ...
 
+    async def recovered_calls(self, since: float) -> dict[str, int]:
+        """Calls ended since `since` that were `adopted` or `backfilled`; bounded by time."""
+        ...
+
     async def policy_view(self, e164: str | None, group: str | None, now: float,
                           prefix: str | None = None, prefix_len: int = 6) -> PolicyView:
         """What the policy needs to know about this caller and the recent traffic (a read)."""

@@ -13,11 +13,15 @@ waiting at the reconnect), or live after the reconnect.
 from __future__ import annotations
 
 import asyncio
+import io
+import re
 from collections import Counter
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from mcdaemon.commands.control import show_status
+from mcdaemon.config.load import load_config
 from mcdaemon.core.transcript import read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.sim.queue_log import QueueLogWriter
@@ -71,3 +75,10 @@ async def test_every_missed_caller_of_a_storm_with_an_ami_gap_is_texted_once(
     assert how["adopted"] > 0 and how["queue_log"] > 0 and how["live"] > 0, how
     [backfill] = [entry for entry in logged if entry["event"] == "queue_log backfilled"]
     assert backfill["ended_in_gap"] > 0 and backfill["texted"] == how["queue_log"]
+    # and `mcdaemon status` shows them as such
+    out = io.StringIO()
+    assert await show_status(load_config(config), out, as_json=False, health=False) == 0
+    assert (f"recovered: {how['adopted']} call(s) adopted at a connect, {how['queue_log']} "
+            "backfilled from the queue_log in the last 24 h") in out.getvalue()
+    assert re.search(rf"last backfill .*: [0-9.]+ s window, {backfill['calls']} queue call\(s\),"
+                     rf" {how['queue_log']} decided, {how['queue_log']} texted", out.getvalue())
