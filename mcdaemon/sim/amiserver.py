@@ -10,8 +10,8 @@ the frames' offsets divided by `speed`, the frames due at one moment in one writ
 burst of events from Asterisk comes (0: as fast as possible, one frame per turn of the event
 loop). Faults for the adapter's
 tests: drop the connection after a frame (and lose `gap_frames` frames, as Asterisk keeps no
-history; or keep the link down `down_for` seconds while the PBX goes on unheard), go
-half-open (silent, socket open), split a frame across two TCP writes, inject raw bytes.
+history; or refuse connections `down_for` seconds; with `goes_on`, the PBX goes on
+unheard), go half-open (silent, socket open), split a frame across two TCP writes, inject raw bytes.
 Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
 """
 
@@ -67,8 +67,11 @@ class AmiTestServer:
         self.drop_after_frames: int | None = None  # close after frame k-1 was sent, once
         self.gap_frames = 0  # frames lost (not sent) after a drop
         #: with drop_after_frames: connections are refused this long (seconds) after the drop
-        #: while the PBX goes on at the replay's pace, unheard, until a client logs in again
         self.down_for = 0.0
+        #: the PBX goes on at the replay's pace while no client listens (after a drop, or a
+        #: client gone), as a real one does: those frames are not sent, but CoreShowChannels
+        #: and `on_frame` see them; the next client to log in gets the replay from there
+        self.goes_on = False
         self._down_until = 0.0
         self._unheard: tuple[asyncio.Task[None], float] | None = None  # (task, its base)
         self.half_open_after_frames: int | None = None  # go silent after k frames, once
@@ -156,6 +159,10 @@ class AmiTestServer:
             session.close()
             self._live_sessions.discard(session)
             self._sessions.discard(task)
+            if self.goes_on and session.base is not None and self._unheard is None \
+                    and self._next < len(self.frames):
+                self._unheard = (asyncio.create_task(self._play_unheard(session.base)),
+                                 session.base)
 
     async def _play_unheard(self, base: float) -> None:
         """The PBX goes on while no client listens: frames happen at their pace, unsent."""
@@ -186,6 +193,7 @@ class _Session:
         self.silent = False
         self.lock = asyncio.Lock()
         self.replay: asyncio.Task[None] | None = None
+        self.base: float | None = None  # the replay's clock: loop time of offset 0
 
     async def send(self, data: bytes, split: int | None = None) -> None:
         async with self.lock:
@@ -286,12 +294,14 @@ class _Session:
         if server.replay_each_connection:
             server._next = 0
             server._live.clear()
+        base = loop.time()
         if server._next < len(server.frames):
-            base = loop.time() - server.frames[server._next].offset / (server.speed or 1)
-        if server._unheard is not None:  # after an outage: the PBX's clock went on
+            base -= server.frames[server._next].offset / (server.speed or 1)
+        if server._unheard is not None:  # the PBX went on unheard: its clock too
             server._unheard[0].cancel()
             base = server._unheard[1]
             server._unheard = None
+        self.base = base
         while server._next < len(server.frames):
             index = server._next
             frame = server.frames[index]
@@ -309,9 +319,7 @@ class _Session:
                 server.drop_after_frames = None
                 for _ in range(min(server.gap_frames, len(server.frames) - index)):
                     server._advance()  # happened on the PBX while nobody listened
-                if server.down_for > 0:
-                    server._down_until = loop.time() + server.down_for
-                    server._unheard = (asyncio.create_task(server._play_unheard(base)), base)
+                server._down_until = loop.time() + server.down_for
                 self.writer.close()
                 return
             if index in server.inject:
