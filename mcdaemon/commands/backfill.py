@@ -98,7 +98,8 @@ def read_files(paths: Sequence[str], *, queues: Sequence[str] | None,
     return read_queue_log(texts, queues=set(queues) if queues else None, until=until)
 
 
-def command_decider(config: Config, store: StoreInterface, now: float) -> Decider:
+def command_decider(config: Config, store: StoreInterface, now: float,
+                    contacts: ContactNames) -> Decider:
     """The daemon's decider without a sender: what it queues, the running daemon sends."""
     def clock() -> float:
         return now
@@ -106,8 +107,8 @@ def command_decider(config: Config, store: StoreInterface, now: float) -> Decide
     notify = Notifier(lambda: store, lambda: config, WebhookWorker(lambda: config.webhooks),
                       clock, lambda count: None)
     return Decider(lambda: config, lambda: store, clock=clock,
-                   metrics=Metrics.from_config(config), contacts=ContactNames(config.contacts),
-                   notify=notify, outreach=Outreach(lambda: config, {}, clock, notify=notify))
+                   metrics=Metrics.from_config(config), contacts=contacts, notify=notify,
+                   outreach=Outreach(lambda: config, {}, clock, notify=notify))
 
 
 def decided_line(record: CallRecord, decision: Decision | None, *, recorded: bool,
@@ -136,8 +137,8 @@ def undecided_line(call: QueueCall, pbx: str) -> dict[str, Any]:
 
 
 async def decide_lines(config: Config, store: StoreInterface | None, pbx: str,
-                       calls: Sequence[QueueCall], now: float,
-                       dry_run: bool) -> list[dict[str, Any]]:
+                       calls: Sequence[QueueCall], now: float, dry_run: bool,
+                       contacts: ContactNames) -> list[dict[str, Any]]:
     """One line per call: decided (and, unless `dry_run`, recorded) as live calls are."""
     records = recovered(calls, pbx, config.region)
     lines = {call.callid: undecided_line(call, pbx) for call in calls if not call.decided}
@@ -146,14 +147,14 @@ async def decide_lines(config: Config, store: StoreInterface | None, pbx: str,
     lines.update({record.call_id: decided_line(record, None, recorded=False, queued=False)
                   for record in records if (pbx, record.call_id) in known})
     if store is None or dry_run:  # no store yet: every caller is new to the policy
-        decisions = (await command_decider(config, store, now).decisions(store, fresh)
+        decisions = (await command_decider(config, store, now, contacts).decisions(store, fresh)
                      if store is not None else
                      decide_batch(fresh, [PolicyView() for _ in fresh], config, now))
         lines.update({record.call_id: decided_line(record, decision, recorded=False,
                                                    queued=False)
                       for record, decision in zip(fresh, decisions, strict=True)})
     else:
-        for result in await command_decider(config, store, now).decide(fresh):
+        for result in await command_decider(config, store, now, contacts).decide(fresh):
             lines[result.record.call_id] = decided_line(
                 result.record, result.decision, recorded=True,
                 queued=result.message_id is not None)
@@ -181,10 +182,11 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
         store = await Store.open(config.store.path)
     elif Path(config.store.path).is_file():
         store = await Store.open_readonly(config.store.path)
+    contacts = ContactNames(config.contacts)
     try:
         for name, (paths, log) in logs.items():
             calls = in_window(log.calls, start, end)
-            lines = await decide_lines(config, store, name, calls, now, dry_run)
+            lines = await decide_lines(config, store, name, calls, now, dry_run, contacts)
             for line in lines:
                 out.write(json.dumps(line, ensure_ascii=False) + "\n")
             summary = {"pbx": name, "files": paths, "since": start, "until": end,
@@ -195,6 +197,7 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
                        "queued_texts": sum(1 for line in lines if line.get("queued"))}
             print(f"mcdaemon backfill: {json.dumps(summary)}", file=err)
     finally:
+        await contacts.close()
         if store is not None:
             await store.close()
     return 0
