@@ -11,8 +11,8 @@ burst of events from Asterisk comes (0: as fast as possible, one frame per turn 
 loop). Faults for the adapter's
 tests: drop the connection after a frame (and lose `gap_frames` frames, as Asterisk keeps no
 history; or refuse connections `down_for` seconds; with `goes_on`, the PBX goes on
-unheard), go half-open (silent, socket open), split a frame across two TCP writes, inject raw bytes.
-Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
+unheard), go half-open (silent, socket open), split a frame across two TCP writes, inject
+raw bytes. Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
 """
 
 from __future__ import annotations
