@@ -101,8 +101,11 @@ PERIODIC = {
         [(CALLER, "sales", "+447700"), ("+447700900999", "sales", "+447700"),
          (None, "sales", None)], T0 + 10),
     "record_calls_and_claim": lambda s: s.record_calls_and_claim(
-        [NewCall(missed_call("new", "+447700900777"), text("+447700900777"))], now=T0 + 10,
-        destinations=[None], claim=5),
+        [NewCall(missed_call(f"new{n}", f"+4477009007{n:02d}"), text(f"+4477009007{n:02d}"))
+         for n in range(50)], now=T0 + 10, destinations=[None] * 50, claim=5),
+    "recorded_calls (a storm's batch)": lambda s: s.recorded_calls(
+        [("lab", f"c{n}") for n in range(50)] + [("other", "c1")]),
+    "recovered_calls (status)": lambda s: s.recovered_calls(T0 - 86_400),
     "claim_due": lambda s: s.claim_due(T0 + 10, 10),
     "record_submit_outcomes": lambda s: s.record_submit_outcomes(
         [SubmitOutcome(11, "submitted", smsc_ids=("id-11",)),
