@@ -1,2 +1,2 @@
-"""The KPI report: `kpis` computes it from the store's rows (sans-IO) and prints it; `html`
-draws it."""
+"""The KPI report: `kpis` builds it from the store's aggregates and texted callers (sans-IO)
+and prints it; `html` draws it."""

@@ -1,9 +1,11 @@
 """`mcdaemon report` and `mcdaemon record-booking`: what texting back missed calls achieves.
 
-`compute` is the sans-IO core: the store's rows (`Store.report_rows`, read through a read-only
-connection) and the config in, a `Report` out; `as_json`, `as_csv` and `as_table` print it and
-`report.html` draws it. The README's "KPI report" section is the user's version of these
-definitions; keep both in step.
+`ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`), the
+latest missed calls (`report_recent`) and the texted callers one at a time (`report_callers`)
+in, a `Report` out, holding counts, not rows (a year of history in a few hundred MB at most);
+`commands/report.read_report` feeds it from a read-only connection. `as_json`, `as_csv` and
+`as_table` print the report and `report.html` draws it. The README's "KPI report" section is
+the user's version of these definitions; keep both in step.
 
 Calls are those that *ended* in the window `[since, until]`; everything else hangs off them:
 

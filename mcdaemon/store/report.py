@@ -25,13 +25,14 @@ log = structlog.get_logger("mcdaemon.store")
 
 #: states of a first text the SMSC took ("sent")
 _SENT_STATES = ("submitted", "delivered", "undeliverable", "unknown")
-_SENT = _quoted(_SENT_STATES)
 _UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 #: `report_counts`' quarter hours: every time zone's midnight falls on one
 BUCKET = 900
 #: rows fetched at a time from a streamed query
 _FETCH = 5000
+
+
 @dataclass(frozen=True, slots=True)
 class Booking:
     """A recorded booking and the call it is attributed to (pbx, call_id), if any."""
