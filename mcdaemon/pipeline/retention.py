@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from mcdaemon.config.model import Config
-from mcdaemon.store import RetentionStore, StoreInterface
+from mcdaemon.store import StoreInterface
 
 log = structlog.get_logger("mcdaemon.retention")
 
@@ -49,12 +49,12 @@ class Retention:
 
     async def step(self) -> bool:
         """One batch of each kind, then some space given back; whether more is left to do."""
-        store: RetentionStore = self._store()
+        store = self._store()
         removed = await store.prune_step(self._config().store.retention, self._clock(),
                                          limit=PRUNE_BATCH)
         for table, count in removed.items():
             self._removed[table] = self._removed.get(table, 0) + count
-        released = await self._store().release_space(RELEASE_PAGES)
+        released = await store.release_space(RELEASE_PAGES)
         busy = any(count >= PRUNE_BATCH for count in removed.values()) or (
             released >= RELEASE_PAGES)
         if not busy and self._removed:

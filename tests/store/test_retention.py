@@ -8,13 +8,16 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+from structlog.testing import capture_logs
 
 from mcdaemon.commands.report import read_report
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.records import CallRecord, Decision, Outcome
+from mcdaemon.pipeline.retention import Retention as RetentionStage
 from mcdaemon.store import Store, WebhookIn, WebhookResult
 
 DAY = 86400.0
@@ -229,3 +232,20 @@ async def test_the_report_of_the_retained_window_is_the_same_after_pruning(
     assert before["overall"]["inbound_calls"] == 5
     assert before["overall"]["reply_rate"]["numerator"] == 5
     assert before["overall"]["bookings"] == 1
+
+
+async def test_the_daemons_retention_stage_works_off_a_backlog_and_says_what_it_removed(
+        store: Store) -> None:
+    for number in range(12):
+        await texted_call(store, f"c{number:02d}", f"+4477009003{number:02d}", OLD)
+    config = config_from_dict({"region": "GB", "inbound": {"contexts": ["from-carrier"]},
+                               "store": {"path": store.path}})
+    stage = RetentionStage(lambda: config, lambda: store, clock=lambda: NOW)
+
+    with patch("mcdaemon.pipeline.retention.PRUNE_BATCH", 5), capture_logs() as logged:
+        busy = [await stage.step() for _ in range(4)]
+
+    assert busy == [True, True, False, False]  # 5, 5, then the last 2: the backlog is done
+    assert [message.call_id for message in await store.messages()] == []
+    [summary] = [entry for entry in logged if entry["event"].startswith("retention removed")]
+    assert summary["messages"] == 12 and summary["calls"] == 12
