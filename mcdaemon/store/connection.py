@@ -24,7 +24,7 @@ log = structlog.get_logger("mcdaemon.store")
 
 #: what a migration that indexes every table takes per GB of store (bench/history.py,
 #: docs/performance.md), for the start-up's "expect about" line
-MIGRATION_SECONDS_PER_GB = 20.0
+MIGRATION_SECONDS_PER_GB = 15.0
 #: while a migration runs, a line this often says it still does (seconds)
 MIGRATION_NOTE_EVERY = 10.0
 
