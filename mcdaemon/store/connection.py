@@ -113,13 +113,16 @@ class Connection:
                         path=self.path, journal_mode=mode)
         await db.execute("PRAGMA synchronous = FULL")
         await db.execute("PRAGMA foreign_keys = ON")
+        started = time.monotonic()
         if 0 < version < SCHEMA_VERSION:
             await self._migrate_loudly(version)
         else:
             await self._migrate(version)
-        if version < SCHEMA_VERSION:  # one line, not one per step
-            log.info("store created" if version == 0 else f"store migrated from schema "
-                     f"{version} to {SCHEMA_VERSION}", path=self.path)
+        if version == 0:
+            log.info("store created", path=self.path)
+        elif version < SCHEMA_VERSION:  # one line at the end, not one per step
+            log.info(f"store migrated from schema {version} to {SCHEMA_VERSION}",
+                     path=self.path, seconds=round(time.monotonic() - started, 1))
 
     async def _migrate(self, version: int) -> None:
         db = self._db
@@ -160,8 +163,6 @@ class Connection:
             await self._migrate(version)
         finally:
             await self._db.set_progress_handler(cast(Any, None), 0)  # removes it
-        log.info("store migration done", path=self.path,
-                 seconds=round(time.monotonic() - started, 1))
 
     async def close(self) -> None:
         async with self._lock:
