@@ -50,6 +50,7 @@ from mcdaemon.contacts.lookup import ContactNames
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.pipeline.backfill import Backfill
+from mcdaemon.pipeline.heartbeat import Heartbeat
 from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, DecisionObserver, Intake
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
@@ -119,10 +120,17 @@ class Service:
                                   outreach=self._outreach,
                                   texts_queued=self._dispatcher.texts_queued,
                                   report_links=self._report_links)
+        # this daemon's row among those sharing the store: its links, its throughput share
+        self._heartbeat = Heartbeat(current_config, current_store,
+                                    links=lambda: {conn.pbx: conn.state
+                                                   for conn in self._connections},
+                                    smsc=lambda: self._sender.state,
+                                    watched=self._watch_connected,
+                                    share=self._sender.share_throughput)
         self._housekeeping = Housekeeping(current_config, current_store, metrics=self.metrics,
                                           clock=clock, notify=self._notify,
                                           expire_calls=self._intake.expire,
-                                          watched=self._watch_connected)
+                                          beat=self._heartbeat.beat)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -151,8 +159,7 @@ class Service:
                         count=len(recovered), action=self.config.outbox.after_crash,
                         message_ids=recovered)
         await self._backfill.load()  # the last moments watched, before this start
-        await self.store.set_status("daemon", "running", now)
-        await self.store.set_status("smpp", "binding", now)
+        await self._heartbeat.beat(now)  # `status` lists it; the peers share the throughput
         if self._install_signals:
             self._add_signal_handlers()
         await self._sender.start()
@@ -203,7 +210,8 @@ class Service:
         sdnotify.notify("STOPPING=1")
         log.info("stopping")
         await self._agi.stop()
-        await self._watch_connected(self._clock())
+        async with self.store.atomic():
+            await self._watch_connected(self._clock())
         await self._close_ami()
         # the calls already decided are in the store; decide what the tracker has queued
         await self._intake.drain()
@@ -221,8 +229,7 @@ class Service:
         await self._webhooks.stop(timeout=2.0)
         await self._backfill.stop()
         await self._cancel(workers)
-        await self.store.set_status("daemon", "stopped", self._clock())
-        await self.store.set_status("smpp", "down", self._clock())
+        await self._heartbeat.leave()
         await self._contacts.close()
         await self.metrics.stop()
         await self.store.close()
@@ -303,7 +310,7 @@ class Service:
 
     async def _watch_connected(self, now: float) -> None:
         """The PBXs connected are watched at `now` (the backfill's window starts there)."""
-        await self._backfill.tick(sorted(self._intake.connected), now)
+        await self._backfill.save(sorted(self._intake.connected), now)
 
     def _staff_notes_queued(self, count: int) -> None:
         self.metrics.text_transition("queued", count)

@@ -5,8 +5,10 @@ share: each finished queue call the store has no record of is decided by the pol
 store's view and recorded keyed by (pbx, call id); a call already recorded is left alone.
 
 `Backfill` is the daemon's side. The store keeps, per PBX, the last moment its AMI link was
-known up (status row `watched:<pbx>`: written at a connect, every second while connected, at a
-drop and at a clean stop). At each connect, the first after start and every reconnect, the
+known up (status row `watched:<pbx>`: every second while connected, the moments of connects
+and drops included, and at a clean stop, all PBXs in the heartbeat's one commit: a link that
+moves never waits for the disk, and a row a crash leaves a second behind only widens the next
+window). At each connect, the first after start and every reconnect, the
 queue_log (`inbound.queue_log` and its `.1`, read in a thread) is read for the blind window,
 from that moment (less BACKFILL_OVERLAP) to now and no further back than `outbox.max_age`,
 and its finished calls are decided as above; the dispatcher is then woken. A PBX never
@@ -149,8 +151,8 @@ DecidedCallback = Callable[[CallRecord, Decision, int | None], None]
 
 class Backfill:
     """The watched moments of the PBXs, and the backfill at each connect. `load()` once at
-    start; `connected(pbx, at)` / `dropped(pbx, at)` as the links move; `tick(pbxs, now)`
-    every second for the PBXs connected."""
+    start; `link_moved(pbx, state, at)` as the links move; `save(pbxs, now)` every second
+    with the PBXs connected."""
 
     def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  clock: Clock, lock: asyncio.Lock, on_decided: DecidedCallback,
@@ -162,6 +164,7 @@ class Backfill:
         self._on_decided = on_decided
         self._texts_queued = texts_queued
         self._watched: dict[str, float] = {}
+        self._unsaved: set[str] = set()  # PBXs whose watched moment the store lacks
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
@@ -170,28 +173,30 @@ class Backfill:
             if name.startswith(WATCHED):
                 self._watched[name.removeprefix(WATCHED)] = at
 
-    async def mark(self, pbx: str, at: float) -> None:
-        """The link to `pbx` was up at `at`."""
+    def mark(self, pbx: str, at: float) -> None:
+        """The link to `pbx` was up at `at` (stored at the next `save`)."""
         self._watched[pbx] = max(at, self._watched.get(pbx, at))
-        await self._store().set_status(WATCHED + pbx, "up", at)
+        self._unsaved.add(pbx)
 
-    async def tick(self, pbxs: Sequence[str], now: float) -> None:
-        """Every second: one commit for all the PBXs connected, not one each."""
-        async with self._store().atomic():
-            for pbx in pbxs:
-                await self.mark(pbx, now)
+    async def save(self, pbxs: Sequence[str], now: float) -> None:
+        """The PBXs connected are watched at `now`: store it, with the moments marked since
+        the last save, in the caller's transaction (the heartbeat's: one commit a second)."""
+        for pbx in pbxs:
+            self.mark(pbx, now)
+        unsaved, self._unsaved = self._unsaved, set()
+        store = self._store()
+        for pbx in sorted(unsaved):
+            await store.set_status(WATCHED + pbx, "up", self._watched[pbx])
 
-    async def dropped(self, pbx: str, at: float) -> None:
-        await self.mark(pbx, at)
-
-    async def connected(self, pbx: str, at: float) -> None:
-        """A connect: mark it, and backfill the window since the last watched moment (in a
-        task of its own: the AMI consumer does not wait for it)."""
+    def link_moved(self, pbx: str, state: str, at: float) -> None:
+        """An AMI link's state (the intake calls this for a connect, and for a drop of a
+        link that was up). A connect backfills the window since the last watched moment, in
+        a task of its own: the AMI consumer does not wait for it."""
         since = self._watched.get(pbx)
-        await self.mark(pbx, at)
+        self.mark(pbx, at)
         config = self._config()
-        if since is None or config.inbound.queue_log is None or not config.ami \
-                or config.ami[0].name != pbx:
+        if state != "connected" or since is None or config.inbound.queue_log is None \
+                or not config.ami or config.ami[0].name != pbx:
             return
         task = asyncio.create_task(self.run(pbx, since, at), name=f"backfill:{pbx}")
         self._tasks.add(task)
@@ -204,14 +209,6 @@ class Backfill:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=3.0)
-
-    async def link_moved(self, pbx: str, state: str, at: float) -> None:
-        """An AMI link's state (the intake calls this for a connect, and for a drop of a
-        link that was up)."""
-        if state == "connected":
-            await self.connected(pbx, at)
-        else:
-            await self.dropped(pbx, at)
 
     async def run(self, pbx: str, since: float, until: float) -> None:
         """Backfill `pbx` for the window after `since`, up to `until`."""

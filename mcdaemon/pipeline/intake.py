@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -60,7 +60,7 @@ class Intake:
                  contacts: ContactNames, notify: Notifier, outreach: Outreach,
                  dispatcher: Dispatcher, report_links: Callable[[], None],
                  on_decision: DecisionObserver | None = None,
-                 link_moved: Callable[[str, str, float], Awaitable[None]] | None = None
+                 link_moved: Callable[[str, str, float], None] | None = None
                  ) -> None:
         self._config = config
         self._store = store
@@ -107,7 +107,7 @@ class Intake:
                     if count % CONSUMER_BATCH == 0:
                         await asyncio.sleep(0)  # a long read: let the decider write meanwhile
             else:
-                self._hand_to_decider(await self._take(item))
+                self._hand_to_decider(self._take(item))
 
     def expire(self, now: float) -> None:
         """Close the calls the trackers have held too long; the decider decides them."""
@@ -137,18 +137,17 @@ class Intake:
     async def drain(self) -> None:
         """At shutdown: track what the AMI queue still holds and decide every call ended."""
         while not self._queue.empty():
-            self._hand_to_decider(await self._take(self._queue.get_nowait()))
+            self._hand_to_decider(self._take(self._queue.get_nowait()))
         await self._decide_pending()
 
-    async def _take(self, item: AmiItem) -> list[CallRecord]:
-        """One item of the AMI queue, whole: a connection state is also recorded for
-        `status`."""
+    def _take(self, item: AmiItem) -> list[CallRecord]:
+        """One item of the AMI queue, whole. A connection state waits for no disk: the
+        heartbeat stores the links' states once a second for all PBXs (`status`)."""
         if isinstance(item, AmiStatus):
             self._metrics.ami_connection_state(item.pbx, item.state)
-            await self._store().set_status(f"ami:{item.pbx}", item.state, item.at)
             if self._link_moved is not None and (item.state == "connected"
                                                  or item.pbx in self.connected):
-                await self._link_moved(item.pbx, item.state, item.at)
+                self._link_moved(item.pbx, item.state, item.at)
             return self._track_status(item)
         if isinstance(item, AmiEvents):
             return [record for event in item for record in self._track_event(event)]

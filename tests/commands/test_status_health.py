@@ -11,7 +11,7 @@ import pytest
 
 from mcdaemon.commands.control import show_status
 from mcdaemon.config.load import config_from_dict
-from mcdaemon.pipeline.housekeeping import heartbeat_value
+from mcdaemon.core.daemons import DaemonBeat, process_id
 from mcdaemon.store import Store
 
 
@@ -20,10 +20,8 @@ async def health(tmp_path: Path, *, ami: str, smsc: str) -> int:
     store = await Store.open(str(path))
     now = time.time()
     try:
-        await store.set_status("daemon", "running", now)
-        await store.set_status("heartbeat", heartbeat_value(), now)  # this process: alive
-        await store.set_status("ami:lab", ami, now)
-        await store.set_status("smpp", smsc, now)
+        beat = DaemonBeat(process_id(), process_id(), smsc, {"lab": ami})  # this process
+        await store.set_status(beat.row, beat.value(), now)
     finally:
         await store.close()
     config = config_from_dict({
