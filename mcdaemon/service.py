@@ -40,7 +40,7 @@ import structlog
 
 from mcdaemon.adapters import sdnotify
 from mcdaemon.adapters.agi import AgiError, AgiHooks
-from mcdaemon.adapters.ami import AmiConnection, AmiItem
+from mcdaemon.adapters.ami import AmiConnection, AmiFeed
 from mcdaemon.adapters.metrics import Metrics, MetricsError
 from mcdaemon.adapters.smpp import SmppSender
 from mcdaemon.config.load import reload_config
@@ -72,7 +72,7 @@ class Service:
         self._config_path = Path(config_path) if config_path else None
         self._clock = clock
         self._install_signals = install_signal_handlers
-        self._ami_queue: asyncio.Queue[AmiItem] = asyncio.Queue()
+        self._ami_queue = AmiFeed()  # bounded: a connection ahead of the consumer waits
         self._smpp_events: asyncio.Queue[SmppEvent] = asyncio.Queue()
         self._connections = [
             AmiConnection(pbx, self._ami_queue, event_names=NEEDED_EVENTS,
