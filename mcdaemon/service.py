@@ -22,9 +22,11 @@ systemd's `Restart=on-failure` starts it again once the store can be written. On
 in flight then may be sent twice; the restart marks them `duplicate_risk`.
 
 The stages live in `mcdaemon.pipeline`, one module each: `intake` (AMI → tracker → policy →
-store), `sending` (the dispatcher and the submit results), `receiving` (receipts and replies)
-and `housekeeping` (the once-a-second work). This module only builds them, connects them
-(queues, events, callbacks) and runs and stops them, with signals, sd_notify and reload.
+store), `sending` (the dispatcher and the submit results), `receiving` (receipts and
+replies), `housekeeping` (the once-a-second work) and `heartbeat` (this daemon's row among
+those sharing the store, and its share of the throughput). This module only builds them,
+connects them (queues, events, callbacks) and runs and stops them, with signals, sd_notify
+and reload.
 """
 
 from __future__ import annotations

@@ -377,7 +377,8 @@ class AmiConnection:
         # CoreShowChannels in progress: its Action and the channels born while it runs
         self._listing: Any = None
         self._born_while_listing: set[str] = set()
-        self._held = False  # reading stopped by the AmiFeed until the consumer catches up
+        #: the session whose reading the AmiFeed stopped until the consumer catches up
+        self._held: FramedProtocol | None = None
         self.banner = ""
 
     @property
@@ -555,7 +556,7 @@ class AmiConnection:
             try:
                 await asyncio.wait_for(self._action({"Action": "Ping"}), cfg.ping_timeout)
             except TimeoutError:
-                if self._held:
+                if self._held is not None and self._held is self._protocol:
                     continue  # the answer waits unread behind events we have not read yet
                 raise ConnectionError(
                     f"no answer to Ping within {cfg.ping_timeout:g} s (half-open link)"
@@ -645,11 +646,12 @@ class AmiConnection:
         if isinstance(out, AmiFeed) and out.over_limit and protocol is not None \
                 and not protocol.closed:
             protocol.transport.pause_reading()  # until the consumer catches up
-            self._held = True
+            self._held = protocol
             out.hold(functools.partial(self._resume_reading, protocol))
 
     def _resume_reading(self, protocol: FramedProtocol) -> None:
-        self._held = False
+        if self._held is protocol:
+            self._held = None
         if protocol is self._protocol and not protocol.closed \
                 and not protocol.transport.is_closing():
             protocol.transport.resume_reading()

@@ -1,6 +1,6 @@
 """The once-a-second work: the watchdog and the heartbeat (with the PBXs' links and watched
-moments: `pipeline.heartbeat`), the calls the trackers held too long, the texts too old to send, and
-(every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
+moments: `pipeline.heartbeat`), the calls the trackers held too long, the texts too old to
+send, and (every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
 
 Expired texts are marked with their webhook events in one transaction (`Store.atomic`).
 """
