@@ -174,7 +174,9 @@ class AmiFeed(asyncio.Queue[AmiItem]):
     events while it holds more than `limit` stops reading its socket (`hold`: the kernel's
     buffers, then TCP, hold the PBX back), until the consumer has taken it below half; the
     events are read late, never lost. A storm of one PBX never gets near it; 200 PBXs in a
-    storm at once do, for the fraction of a second the consumer needs to catch up."""
+    storm at once do, for the fraction of a second the consumer needs to catch up. (Were a
+    socket held until the kernel's buffers filled and Asterisk's manager `writetimeout`
+    passed, Asterisk would end the session: the reconnect reconciles, as after any drop.)"""
 
     def __init__(self, limit: int = FEED_LIMIT) -> None:
         super().__init__()
