@@ -298,7 +298,7 @@ class Service:
             log.error("config reload refused; the running config stays",
                       problems=exc.problems)
             return
-        changed = [name for name in ("ami", "smpp", "metrics", "agi") if
+        changed = [name for name in ("ami", "smpp", "metrics", "agi", "daemon") if
                    getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("config reload: these sections need a restart to take effect",
