@@ -8,6 +8,8 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
+
 from mcdaemon.commands.control import gather_status
 from mcdaemon.config.load import load_config
 from mcdaemon.core.transcript import read_transcript
@@ -37,6 +39,7 @@ def pbx(number: int, port: int) -> dict[str, object]:
             "connect_timeout": "2s", "reconnect_min": "0.2s", "reconnect_max": "1s"}
 
 
+@pytest.mark.slow
 async def test_two_hundred_pbxs_one_refusing_one_silent_every_other_call_is_texted(
         tmp_path: Path) -> None:
     recording = read_transcript(recording_path("ivr_abandon"))

@@ -9,6 +9,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from mcdaemon.commands.control import gather_status
 from mcdaemon.config.load import load_config
 from mcdaemon.core.transcript import read_transcript
@@ -40,6 +42,7 @@ def most_in_a_window(times: list[float], window: float) -> int:
                 for index, at in enumerate(times)), default=0)
 
 
+@pytest.mark.slow
 async def test_two_daemons_share_the_accounts_throughput_and_one_left_takes_it_all(
         tmp_path: Path) -> None:
     # 50 mobiles hang up within 3 s on each PBX (the same recording, other callers on west)
