@@ -47,6 +47,9 @@ not keep.
 
 from __future__ import annotations
 
+from typing import cast
+
+from mcdaemon.config.model import StoreConfig
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.store.connection import Connection, StoreError
 from mcdaemon.store.contacts import Contact, Contacts
@@ -63,23 +66,24 @@ from mcdaemon.store.interface import (
 )
 from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
+from mcdaemon.store.pg_connection import PgConnection, SslMode
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, ReportQueries
 from mcdaemon.store.schema import (
-    _MIGRATIONS,
     CALLER_KINDS,
     FINAL_STATES,
     MIN_SQLITE,
     SCHEMA_VERSION,
     TRANSITIONS,
+    migration_steps,
 )
 from mcdaemon.store.status import Status
 from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookQueue, WebhookResult
 
 
 class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,
-            Outreach):
+            Outreach, Connection):
     """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
 
     It satisfies `StoreInterface` (`store/interface.py`), which is what code outside this
@@ -87,16 +91,47 @@ class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQue
     plumbing, under the same owners' queries; nothing outside this package changes."""
 
 
-#: mypy checks here that the SQLite backend has every method of the interface, with
-#: compatible signatures (a backend that lacks one, or differs, fails `mypy mcdaemon`)
+class PgStore(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,
+              Outreach, PgConnection):
+    """The PostgreSQL store (`store.url`): the same owners' queries over one asyncpg
+    connection (`PgConnection`), shared by any number of daemons on any number of hosts."""
+
+
+#: mypy checks here that each backend has every method of the interface, with compatible
+#: signatures (a backend that lacks one, or differs, fails `mypy mcdaemon`)
 _SQLITE_BACKEND: type[StoreInterface] = Store
+_POSTGRESQL_BACKEND: type[StoreInterface] = PgStore
+
+
+def _ssl(config: StoreConfig) -> SslMode | None:
+    return cast(SslMode, config.sslmode) if config.sslmode else None
+
+
+async def open_store(config: StoreConfig) -> StoreInterface:
+    """Open (creating and migrating) the store the config names: PostgreSQL when `store.url`
+    is set, else the SQLite file `store.path`. The one place that chooses the backend."""
+    if config.url:
+        return await PgStore.open(config.url, password=config.password or None,
+                                  ssl=_ssl(config))
+    return await Store.open(config.path)
+
+
+async def open_store_readonly(config: StoreConfig) -> StoreInterface:
+    """Open the store the config names for reading only (`report`, `status`, the AGI
+    script): nothing is created or migrated."""
+    if config.url:
+        return await PgStore.open_readonly(config.url, password=config.password or None,
+                                           ssl=_ssl(config))
+    return await Store.open_readonly(config.path)
 
 
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "MIN_SQLITE", "SCHEMA_VERSION", "TRANSITIONS",
-    "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking", "Campaign", "Connection", "Contact",
+    "AppliedReceipts", "Attempt", "Booking", "Campaign", "Connection", "Contact",
     "ContactsStore", "FirstText", "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore",
-    "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "StatusStore", "Stopped",
+    "PgConnection", "PgStore", "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore",
+    "StatusStore", "Stopped",
     "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
-    "WebhookResult", "WebhooksStore",
+    "WebhookResult", "WebhooksStore", "migration_steps", "open_store",
+    "open_store_readonly",
 ]

@@ -73,13 +73,13 @@ class NewCall:
 
 
 _INSERT_CALL = (
-    "INSERT OR IGNORE INTO calls (pbx, call_id, caller, caller_e164, caller_name, did, grp,"
+    "INSERT INTO calls (pbx, call_id, caller, caller_e164, caller_name, did, grp,"
     " outcome, started, ended, wait_seconds, partial, record, textable, reason, detail,"
     " decision_group, template, variant, decided_at)")
 
 
 _INSERT_FIRST_TEXT = (
-    "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
+    "INSERT INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
     " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at)")
 
 
@@ -149,18 +149,21 @@ class CallsAndOutbox(Receipts):
                  for index, (call, destination) in enumerate(zip(calls, resolved, strict=True))
                  if call.decision.text and destination and call.decision.body]
 
+        # in the order of their keys: daemons sharing a store insert the same calls in the
+        # same order, so they wait for each other's rows rather than deadlock
+        in_order = sorted(call_rows, key=lambda row: (row[0], row[1]))
+        marks = f"({','.join('?' * len(call_rows[0]))})"
+
         async def work() -> tuple[list[int | None], list[OutboxMessage]]:
-            stored: set[tuple[str, str]] = set()
-            for start in range(0, len(keys), 400):
-                chunk = keys[start:start + 400]
-                stored.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
-                    "SELECT pbx, call_id FROM calls WHERE (pbx, call_id) IN"
-                    f" (VALUES {','.join('(?,?)' for _ in chunk)})",
-                    [value for key in chunk for value in key]))
-            fresh = set(keys) - stored
-            await self._db.executemany(
-                f"{_INSERT_CALL} VALUES ({','.join('?' * len(call_rows[0]))})",
-                [row for key, row in zip(keys, call_rows, strict=True) if key in fresh])
+            # the calls this transaction inserted; a call already stored (a replay, or another
+            # daemon watching the same PBX) keeps its first decision and gets no text here
+            fresh: set[tuple[str, str]] = set()
+            for start in range(0, len(in_order), 400):
+                chunk = in_order[start:start + 400]
+                fresh.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
+                    f"{_INSERT_CALL} VALUES {','.join(marks for _ in chunk)}"
+                    " ON CONFLICT DO NOTHING RETURNING pbx, call_id",
+                    [value for row in chunk for value in row]))
             result: list[int | None] = [None] * len(calls)
             claimed: list[OutboxMessage] = []
             left = max(0, claim)
@@ -172,7 +175,7 @@ class CallsAndOutbox(Receipts):
                 left -= born_claimed
                 inserted = await self._rows(
                     f"{_INSERT_FIRST_TEXT} VALUES ({','.join('?' * (len(row) + 3))})"
-                    f" RETURNING {_MESSAGE_COLUMNS}",
+                    f" ON CONFLICT DO NOTHING RETURNING {_MESSAGE_COLUMNS}",
                     (*row, "sending" if born_claimed else "queued", int(born_claimed),
                      now if born_claimed else None))
                 if inserted:
@@ -189,13 +192,13 @@ class CallsAndOutbox(Receipts):
                               variant: str | None, now: float, not_before: float,
                               expires_at: float | None,
                               call_ended_at: float | None) -> int | None:
-        inserted, row_id = await self._change(
-            "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp,"
+        row_id = await self._scalar(
+            "INSERT INTO messages (pbx, call_id, kind, seq, destination, body, grp,"
             " variant, not_before, expires_at, call_ended_at, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
             (pbx, call_id, kind, seq, destination, body, group, variant, not_before,
              expires_at, call_ended_at, now))
-        return row_id if inserted == 1 else None
+        return None if row_id is None else int(row_id)
 
     async def enqueue_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, now: float,
@@ -223,18 +226,21 @@ class CallsAndOutbox(Receipts):
         """
         if limit <= 0:
             return []
+        # the texts to take are picked once (MATERIALIZED: PostgreSQL could otherwise run a
+        # LIMITed subquery again for each row it updates, and take more than `limit`)
         sql = (
-            "UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?"
-            f" WHERE {_may_become('sending')} AND id IN (SELECT id FROM messages AS due"
+            "WITH picked AS MATERIALIZED (SELECT id FROM messages AS due"
             f"  WHERE due.{_may_become('sending')} AND due.not_before <= ?"
             "  AND (due.expires_at IS NULL OR due.expires_at > ?)"
             f"  AND (due.kind NOT IN ({_quoted(CALLER_KINDS)}) OR NOT EXISTS (SELECT 1 FROM"
             "   switches WHERE enabled = 0 AND (name = 'global' OR name = 'group:' || due.grp)))"
-            "  ORDER BY due.not_before, due.id LIMIT ?)"
+            f"  ORDER BY due.not_before, due.id LIMIT ?{self._SKIP_LOCKED})"
+            " UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?"
+            f" WHERE {_may_become('sending')} AND id IN (SELECT id FROM picked)"
             f" RETURNING {_MESSAGE_COLUMNS}")
 
         async def work() -> list[Any]:
-            return await self._rows(sql, (now, now, now, limit))
+            return await self._rows(sql, (now, now, limit, now))
 
         rows = await self._transaction(work)
         return sorted((_message(row) for row in rows), key=lambda m: (m.not_before, m.id))
@@ -322,19 +328,19 @@ class CallsAndOutbox(Receipts):
             elif ok:
                 failed.append((now, outcome.error_code, outcome.detail, message_id))
         # the guards repeat what was decided above; the trigger would refuse anything else
-        await self._db.executemany(
+        await self._many(
             "UPDATE messages SET state = 'submitted', submitted_at = ?, parts = ?,"
             f" smsc_ids = ?, error_code = NULL WHERE id = ? AND {_may_become('submitted')}",
             submitted)
-        await self._db.executemany(
-            "INSERT OR IGNORE INTO message_parts (message_id, part_no, smsc_id)"
-            " VALUES (?, ?, ?)", parts)
-        await self._db.executemany(
+        await self._many(
+            "INSERT INTO message_parts (message_id, part_no, smsc_id)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", parts)
+        await self._many(
             "UPDATE messages SET state = 'queued', not_before = ?, error_code = ?,"
-            " error_detail = ?, duplicate_risk = MAX(duplicate_risk, ?),"
-            f" attempts = MAX(0, attempts - ?) WHERE id = ? AND {_may_become('queued')}",
-            queued)
-        await self._db.executemany(
+            " error_detail = ?, duplicate_risk = CASE WHEN ? = 1 THEN 1 ELSE duplicate_risk END,"
+            " attempts = attempts - CASE WHEN attempts > 0 THEN ? ELSE 0 END"
+            f" WHERE id = ? AND {_may_become('queued')}", queued)
+        await self._many(
             "UPDATE messages SET state = 'failed', final_at = ?, error_code = ?,"
             f" error_detail = ? WHERE id = ? AND {_may_become('failed')}", failed)
         if sent_ids:
@@ -394,14 +400,9 @@ class CallsAndOutbox(Receipts):
 
     async def call(self, pbx: str, call_id: str) -> dict[str, Any] | None:
         """The stored row of one call (columns by name), or None."""
-        async def work() -> dict[str, Any] | None:
-            async with self._db.execute("SELECT * FROM calls WHERE pbx = ? AND call_id = ?",
-                                        (pbx, call_id)) as cursor:
-                row = await cursor.fetchone()
-                names = [column[0] for column in cursor.description]
-            return dict(zip(names, row, strict=True)) if row else None
-
-        return await self._read(work)
+        rows = await self._read(lambda: self._dict_rows(
+            "SELECT * FROM calls WHERE pbx = ? AND call_id = ?", (pbx, call_id)))
+        return rows[0] if rows else None
 
     async def count_calls(self) -> int:
         return int(await self._read(lambda: self._scalar("SELECT COUNT(*) FROM calls")))
@@ -421,7 +422,8 @@ class CallsAndOutbox(Receipts):
 
         async def work() -> PolicyView:
             row = (await self._rows(
-                f"SELECT SUM(created_at > ?), COUNT(*) FROM messages WHERE {counted}"
+                "SELECT SUM(CASE WHEN created_at > ? THEN 1 ELSE 0 END), COUNT(*) FROM messages"
+                f" WHERE {counted}"
                 " AND created_at > ?", (hour, day)))[0]
             opted_out, last_text, prefix_hour = False, None, 0
             if e164:
@@ -455,8 +457,9 @@ class CallsAndOutbox(Receipts):
 
         async def work() -> list[PolicyView]:
             # one statement for the whole batch
-            parts = [f"SELECT 'total', SUM(created_at > ?), COUNT(*) FROM messages WHERE"
-                     f" {counted} AND created_at > ?",
+            # the second column is text in every branch (PostgreSQL's UNION wants one type)
+            parts = ["SELECT 'total', CAST(SUM(CASE WHEN created_at > ? THEN 1 ELSE 0 END)"
+                     f" AS TEXT), COUNT(*) FROM messages WHERE {counted} AND created_at > ?",
                      "SELECT 'off', name, NULL FROM switches WHERE enabled = 0"]
             params: list[Any] = [hour, day]
             for length in sorted({len(prefix) for prefix in prefixes}):

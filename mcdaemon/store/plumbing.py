@@ -1,0 +1,89 @@
+"""What the owners' queries run through, whichever the database: the small API every backend's
+connection implements (`connection.Connection` for SQLite, `pg_connection.PgConnection` for
+PostgreSQL), so the owners' classes are written once, in portable SQL with `?` placeholders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says what to fix."""
+
+
+#: the store whose transaction the current task has open (`atomic()`)
+_open_transaction: contextvars.ContextVar[Plumbing | None] = contextvars.ContextVar(
+    "mcdaemon_store_transaction", default=None)
+
+
+class Plumbing:
+    """The calls an owner's queries may make; each backend's connection implements them.
+
+    Every statement is one of: `_rows` (all rows), `_scalar` (the first column of the first
+    row), `_dict_rows` (rows by column name), `_change` (rows changed), `_many` (one
+    statement for each of many parameter rows). They run inside `_transaction(work)` (a write:
+    one transaction, or part of the task's `atomic()`) or `_read(work)` (a read)."""
+
+    path: str
+
+    #: appended to the subquery that picks the texts a claim takes: PostgreSQL skips the rows
+    #: another daemon's claim is taking (`FOR UPDATE SKIP LOCKED`) instead of waiting for it
+    _SKIP_LOCKED = ""
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    async def _dict_rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the rows it changed (an id inserted: `RETURNING id`, `_scalar`)."""
+        raise NotImplementedError
+
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    async def _columns(self, table: str) -> set[str]:
+        """The names of a table's columns (a store of an older schema lacks the newer ones)."""
+        raise NotImplementedError
+
+    async def _read(self, work: Callable[[], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    def atomic(self) -> contextlib.AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def tables(self) -> set[str]:
+        """The names of the store's tables (a store of an older schema lacks the newer ones)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def checkpoint(self) -> None:
+        """Housekeeping every second (SQLite: a WAL checkpoint; others: nothing)."""
+
+    async def _move(self, sql: str, params: Sequence[Any]) -> bool:
+        async def work() -> int:
+            return await self._change(sql, params)
+
+        return await self._transaction(work) == 1
+
+    async def _ids_of(self, sql: str, params: Sequence[Any]) -> list[int]:
+        async def work() -> list[Any]:
+            return await self._rows(sql, params)
+
+        return sorted(int(row[0]) for row in await self._transaction(work))
+
