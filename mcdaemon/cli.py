@@ -178,12 +178,12 @@ def cmd_contacts(args: argparse.Namespace) -> int:
     from mcdaemon.contacts import lookup as contacts
     config = _load(args)
     if args.contacts_command == "import":
-        return asyncio.run(contacts.cli_import(config.region, config.store.path, args.file,
+        return asyncio.run(contacts.cli_import(config.region, config.store, args.file,
                                                sys.stdout, sys.stderr, time.time()))
     if args.contacts_command == "show":
-        return asyncio.run(contacts.cli_show(config.region, config.store.path, args.number,
+        return asyncio.run(contacts.cli_show(config.region, config.store, args.number,
                                              sys.stdout, sys.stderr))
-    return asyncio.run(contacts.cli_list(config.store.path, sys.stdout, sys.stderr,
+    return asyncio.run(contacts.cli_list(config.store, sys.stdout, sys.stderr,
                                          full=args.full))
 
 

@@ -30,7 +30,7 @@ from mcdaemon.pipeline.backfill import (
     unreadable_hint,
 )
 from mcdaemon.report.kpis import Since, parse_since
-from mcdaemon.store import Store, StoreInterface
+from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 
 
 def parse_when(text: str) -> float | Since | None:
@@ -83,9 +83,9 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
     pbx = config.ami[0].name if config.ami else "pbx"
     store: StoreInterface | None = None
     if not dry_run:
-        store = await Store.open(config.store.path)
-    elif Path(config.store.path).is_file():
-        store = await Store.open_readonly(config.store.path)
+        store = await open_store(config.store)
+    elif config.store.url or Path(config.store.path).is_file():
+        store = await open_store_readonly(config.store)
     try:
         lines = (await decide_queue_calls(config, store, calls, pbx, now, dry_run)).lines
     finally:

@@ -15,7 +15,7 @@ import time
 from typing import Any, TextIO
 
 from mcdaemon.config.model import Config
-from mcdaemon.store import Store, StoreInterface
+from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 
 #: a heartbeat older than this means the daemon is not running (it writes one every second)
 HEARTBEAT_STALE = 10.0
@@ -28,7 +28,7 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
         names = ", ".join(g.name for g in config.groups) or "none"
         print(f"{config.source}: no group {group!r} (groups: {names})", file=sys.stderr)
         return 1
-    store: StoreInterface = await Store.open(config.store.path)
+    store: StoreInterface = await open_store(config.store)
     try:
         name = "global" if group is None else f"group:{group}"
         await store.set_switch(name, enabled, time.time())
@@ -59,7 +59,7 @@ def gone_pid(heartbeat: str) -> int | None:
 
 async def gather_status(config: Config, now: float) -> dict[str, Any]:
     """What `status` shows; read through a read-only connection (no write access needed)."""
-    store: StoreInterface = await Store.open_readonly(config.store.path)
+    store: StoreInterface = await open_store_readonly(config.store)
     try:
         switches = await store.switches()
         statuses = await store.statuses()
