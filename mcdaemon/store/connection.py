@@ -286,6 +286,10 @@ class Connection(Plumbing):
             raise StoreError(f"{path} is not an mcdaemon store (no schema; check store.path)")
         return store
 
+    async def schema_version(self) -> int | None:
+        version = int(await self._read(lambda: self._scalar("PRAGMA user_version")))
+        return version or None
+
     async def tables(self) -> set[str]:
         """The names of the store's tables (a store of an older schema lacks the newer ones)."""
         return {name for name, in await self._read(lambda: self._rows(

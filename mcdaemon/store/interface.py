@@ -407,3 +407,7 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
     async def tables(self) -> set[str]:
         """The names of the store's tables (an older schema lacks the newer ones)."""
         ...
+
+    async def schema_version(self) -> int | None:
+        """The schema the database holds (None: it has none, not an mcdaemon store)."""
+        ...

@@ -55,7 +55,15 @@ _RETRIED = ("40001", "40P01")  # serialization failure, deadlock detected
 _ATTEMPTS = 5
 
 
+#: what the driver raises: the server's errors, its own, the socket's
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError,
+                  asyncpg.exceptions.InternalClientError, OSError)
+
+
 def _means_unusable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True  # the connection's protocol is in a state it cannot leave (a server
+        # that went away mid-conversation)
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
         return state.startswith(_UNUSABLE_CLASSES) or state == _READ_ONLY
@@ -183,7 +191,6 @@ class PgConnection(Plumbing):
         return store
 
     async def schema_version(self) -> int | None:
-        """The schema the database holds; None if it has none (not an mcdaemon store)."""
         async def work() -> Any:
             if await self._db.fetchval("SELECT to_regclass('mcdaemon_schema')") is None:
                 return None
@@ -264,8 +271,7 @@ class PgConnection(Plumbing):
                 result = await work()
                 await transaction.commit()
             except BaseException:
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError,
-                                         OSError):
+                with contextlib.suppress(*_DRIVER_ERRORS):
                     await transaction.rollback()
                 raise
             finally:
@@ -288,8 +294,7 @@ class PgConnection(Plumbing):
                 yield
                 await asyncio.shield(self._failing_loudly(transaction.commit()))
             except BaseException:
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError,
-                                         OSError, asyncio.CancelledError):
+                with contextlib.suppress(*_DRIVER_ERRORS, asyncio.CancelledError):
                     await asyncio.shield(transaction.rollback())
                 raise
             finally:
@@ -299,8 +304,8 @@ class PgConnection(Plumbing):
     async def _failing_loudly(self, work: Awaitable[T]) -> T:
         try:
             return await work
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            if _means_unusable(exc):
+        except _DRIVER_ERRORS as exc:
+            if _means_unusable(exc) or self._db.is_closed():
                 raise StoreError(
                     f"the store {self.path} cannot be used: {exc} (check that the PostgreSQL "
                     "server is running and reachable, its free disk space, and that the "

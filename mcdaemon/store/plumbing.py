@@ -69,6 +69,10 @@ class Plumbing:
         """The names of the store's tables (a store of an older schema lacks the newer ones)."""
         raise NotImplementedError
 
+    async def schema_version(self) -> int | None:
+        """The schema the database holds (None: it has none, not an mcdaemon store)."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 
