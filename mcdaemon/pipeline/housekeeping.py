@@ -1,4 +1,5 @@
-"""The once-a-second work: the watchdog and the heartbeat, the PBXs watched (the backfill's
+"""The once-a-second work: the watchdog and the heartbeat, the leases of the texts in flight
+(renewed; another daemon's, expired, taken over), the PBXs watched (the backfill's
 window starts there), the calls the trackers held too long, the texts too old to send, and
 (every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
 
@@ -50,6 +51,18 @@ class Housekeeping:
         self._expire_calls = expire_calls
         self._watched = watched  # records that the connected PBXs are watched at `now`
 
+    async def _leases(self, store: StoreInterface, now: float) -> None:
+        """Keep this daemon's texts in flight its own, and take over those of a daemon sharing
+        the store that died (its leases expired): resent once, marked duplicate_risk (or
+        dropped: outbox.after_crash), as after a restart."""
+        await store.renew_leases(now)
+        mode = self._config().outbox.after_crash
+        taken = await store.recover_in_flight(mode, now)
+        if taken:
+            log.warning("took over the texts another daemon left in flight (it stopped "
+                        "renewing their leases)", count=len(taken), action=mode,
+                        message_ids=taken[:20])
+
     async def run(self) -> None:
         snapshot_due = 0.0
         while True:
@@ -69,6 +82,7 @@ class Housekeeping:
                 self._metrics.observe_outbox(await store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
             await store.set_status("heartbeat", heartbeat_value(), now)
+            await self._leases(store, now)
             if self._watched is not None:
                 await self._watched(now)
             self._expire_calls(now)

@@ -16,7 +16,13 @@ from typing import Any, Self, TypeVar
 import aiosqlite
 import structlog
 
-from mcdaemon.store.plumbing import Plumbing, StoreError, _open_transaction
+from mcdaemon.store.plumbing import (
+    CLAIM_LEASE,
+    Plumbing,
+    StoreError,
+    _open_transaction,
+    this_daemon,
+)
 from mcdaemon.store.schema import BUSY_TIMEOUT_MS, MIN_SQLITE, SCHEMA_VERSION, migration_steps
 
 log = structlog.get_logger("mcdaemon.store")
@@ -42,6 +48,8 @@ class Connection(Plumbing):
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
+        self.owner = this_daemon()
+        self.claim_lease = CLAIM_LEASE
 
     @classmethod
     async def open(cls, path: str) -> Self:

@@ -96,8 +96,13 @@ class OutboxStore(Protocol):
         """Queued texts past `expires_at` become `expired` (one transaction); their ids."""
         ...
 
+    async def renew_leases(self, now: float) -> int:
+        """Extend this daemon's claims in flight to `now + claim_lease`; how many."""
+        ...
+
     async def recover_in_flight(self, mode: str, now: float) -> list[int]:
-        """At start-up, texts left `sending`: `resend` (queued, `duplicate_risk`) or `drop`."""
+        """Texts left `sending` by a daemon that is gone (lease expired, or a dead process of
+        this host), never this daemon's own: `resend` (queued, `duplicate_risk`) or `drop`."""
         ...
 
     async def message(self, message_id: int) -> OutboxMessage:
@@ -389,6 +394,11 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
     def path(self) -> str:
         """Where the store is (a file, or a database's address): for messages and logs."""
         ...
+
+    #: this daemon (`PID@HOST`), as the texts it claims name it
+    owner: str
+    #: how long its claims hold without a renewal (seconds)
+    claim_lease: float
 
     def atomic(self) -> contextlib.AbstractAsyncContextManager[None]:
         """One transaction for every store call the task makes inside the block: committed

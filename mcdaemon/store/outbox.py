@@ -14,6 +14,7 @@ import structlog
 
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
+from mcdaemon.store.plumbing import gone_from_this_host
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import CALLER_KINDS, TRANSITIONS, _may_become, _quoted
 
@@ -80,7 +81,8 @@ _INSERT_CALL = (
 
 _INSERT_FIRST_TEXT = (
     "INSERT INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
-    " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at)")
+    " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at, owner,"
+    " lease_until)")
 
 
 def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
@@ -174,10 +176,10 @@ class CallsAndOutbox(Receipts):
                 born_claimed = due and left > 0  # stands
                 left -= born_claimed
                 inserted = await self._rows(
-                    f"{_INSERT_FIRST_TEXT} VALUES ({','.join('?' * (len(row) + 3))})"
+                    f"{_INSERT_FIRST_TEXT} VALUES ({','.join('?' * (len(row) + 5))})"
                     f" ON CONFLICT DO NOTHING RETURNING {_MESSAGE_COLUMNS}",
-                    (*row, "sending" if born_claimed else "queued", int(born_claimed),
-                     now if born_claimed else None))
+                    (*row, *(("sending", 1, now, self.owner, now + self.claim_lease)
+                             if born_claimed else ("queued", 0, None, None, None))))
                 if inserted:
                     message = _message(inserted[0])
                     result[index] = message.id
@@ -219,10 +221,11 @@ class CallsAndOutbox(Receipts):
         return await self._transaction(work)
 
     async def claim_due(self, now: float, limit: int) -> list[OutboxMessage]:
-        """Move up to `limit` due messages from queued to sending, atomically, and return them.
+        """Move up to `limit` due messages from queued to sending, atomically, and return them,
+        leased to this daemon (`owner`) until `now + claim_lease` (`renew_leases` extends it).
 
-        One statement: two claimers (tasks, processes, later hosts) never get the same
-        message. Texts to callers are held while `disable` is in force for all or their group.
+        One statement: two claimers (tasks, processes, hosts) never get the same message.
+        Texts to callers are held while `disable` is in force for all or their group.
         """
         if limit <= 0:
             return []
@@ -235,12 +238,14 @@ class CallsAndOutbox(Receipts):
             f"  AND (due.kind NOT IN ({_quoted(CALLER_KINDS)}) OR NOT EXISTS (SELECT 1 FROM"
             "   switches WHERE enabled = 0 AND (name = 'global' OR name = 'group:' || due.grp)))"
             f"  ORDER BY due.not_before, due.id LIMIT ?{self._SKIP_LOCKED})"
-            " UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?"
+            " UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?,"
+            " owner = ?, lease_until = ?"
             f" WHERE {_may_become('sending')} AND id IN (SELECT id FROM picked)"
             f" RETURNING {_MESSAGE_COLUMNS}")
 
         async def work() -> list[Any]:
-            return await self._rows(sql, (now, now, limit, now))
+            return await self._rows(sql, (now, now, limit, now, self.owner,
+                                          now + self.claim_lease))
 
         rows = await self._transaction(work)
         return sorted((_message(row) for row in rows), key=lambda m: (m.not_before, m.id))
@@ -358,23 +363,48 @@ class CallsAndOutbox(Receipts):
             f" WHERE {_may_become('expired')} AND expires_at IS NOT NULL AND expires_at <= ?"
             " RETURNING id", (now, now))
 
+    async def renew_leases(self, now: float) -> int:
+        """Extend the leases of this daemon's texts in flight to `now + claim_lease` (the
+        daemon does it every second: while it runs, no other daemon takes them over)."""
+        async def work() -> int:
+            return await self._change(
+                "UPDATE messages SET lease_until = ? WHERE state = 'sending' AND owner = ?",
+                (now + self.claim_lease, self.owner))
+
+        return await self._transaction(work)
+
     async def recover_in_flight(self, mode: str, now: float) -> list[int]:
-        """At start-up, before anything is claimed: texts left in `sending` by an unclean stop
-        may or may not have reached the SMSC.
+        """Texts left in `sending` by a daemon that stopped uncleanly may or may not have
+        reached the SMSC: those whose lease expired by `now`, those of a daemon of this host
+        that is gone (a restart after `kill -9` need not wait for the lease), and those
+        claimed without a lease (by an older mcdaemon). Never this daemon's own.
 
         `resend`: queue them again, marked `duplicate_risk`; `drop`: fail them (`crash_drop`).
+        At start-up, and then every second: another daemon sharing the store takes over the
+        texts of one that died.
         """
         if mode == "drop":
-            return await self._ids_of(
-                "UPDATE messages SET state = 'failed', final_at = ?, error_detail ="
-                " 'crash_drop: interrupted mid-submit; not resent (outbox.after_crash)'"
-                " WHERE state = 'sending' RETURNING id", (now,))
-        if mode == "resend":
-            return await self._ids_of(
-                "UPDATE messages SET state = 'queued', duplicate_risk = 1, not_before = ?,"
-                " error_detail = 'resent after an unclean stop: may arrive twice'"
-                " WHERE state = 'sending' RETURNING id", (now,))
-        raise ValueError(f"recover_in_flight: mode must be 'resend' or 'drop', not {mode!r}")
+            change = ("state = 'failed', final_at = ?, error_detail ="
+                      " 'crash_drop: interrupted mid-submit; not resent (outbox.after_crash)'")
+        elif mode == "resend":
+            change = ("state = 'queued', duplicate_risk = 1, not_before = ?,"
+                      " error_detail = 'resent after an unclean stop: may arrive twice'")
+        else:
+            raise ValueError(
+                f"recover_in_flight: mode must be 'resend' or 'drop', not {mode!r}")
+
+        async def work() -> list[Any]:
+            owners = [str(owner) for owner, in await self._rows(
+                "SELECT DISTINCT owner FROM messages WHERE state = 'sending'"
+                " AND owner IS NOT NULL AND owner <> ?", (self.owner,))]
+            gone = [owner for owner in owners if gone_from_this_host(owner)]
+            return await self._rows(
+                f"UPDATE messages SET {change} WHERE state = 'sending'"
+                " AND (owner IS NULL OR lease_until IS NULL OR (owner <> ? AND"
+                f" (lease_until <= ?{''.join(' OR owner = ?' for _ in gone)})))"
+                " RETURNING id", (now, self.owner, now, *gone))
+
+        return sorted(int(row[0]) for row in await self._transaction(work))
 
     async def message(self, message_id: int) -> OutboxMessage:
         rows = await self._read(lambda: self._rows(

@@ -27,7 +27,13 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import structlog
 
-from mcdaemon.store.plumbing import Plumbing, StoreError, _open_transaction
+from mcdaemon.store.plumbing import (
+    CLAIM_LEASE,
+    Plumbing,
+    StoreError,
+    _open_transaction,
+    this_daemon,
+)
 from mcdaemon.store.schema import SCHEMA_VERSION, migration_steps
 
 log = structlog.get_logger("mcdaemon.store")
@@ -114,6 +120,8 @@ class PgConnection(Plumbing):
         self._db = db
         self._lock = asyncio.Lock()
         self.path = shown_url(url)
+        self.owner = this_daemon()
+        self.claim_lease = CLAIM_LEASE
 
     @classmethod
     async def _connect(cls, url: str, password: str | None, ssl: SslMode | None) -> Self:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,6 +24,31 @@ _open_transaction: contextvars.ContextVar[Plumbing | None] = contextvars.Context
     "mcdaemon_store_transaction", default=None)
 
 
+#: how long a claimed text stays another daemon's to leave alone (`claim_lease`); the daemon
+#: renews its leases every second, so only a daemon that died (or stalled this long) loses
+#: them
+CLAIM_LEASE = 30.0
+
+
+def this_daemon() -> str:
+    """Who claims texts (`owner`): `PID@HOST`, as the heartbeat says it."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def gone_from_this_host(owner: str) -> bool:
+    """True if `owner` (`PID@HOST`) names a process of this host that no longer runs."""
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
+
+
 class Plumbing:
     """The calls an owner's queries may make; each backend's connection implements them.
 
@@ -31,6 +58,9 @@ class Plumbing:
     one transaction, or part of the task's `atomic()`) or `_read(work)` (a read)."""
 
     path: str
+    #: this daemon, as the texts it claims name it; and how long its claims hold
+    owner: str
+    claim_lease: float
 
     #: appended to the subquery that picks the texts a claim takes: PostgreSQL skips the rows
     #: another daemon's claim is taking (`FOR UPDATE SKIP LOCKED`) instead of waiting for it

@@ -247,6 +247,12 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         "ALTER TABLE receipts ADD COLUMN text_id TEXT",
         "ALTER TABLE receipts ADD COLUMN matched_by TEXT",
     ),
+    # 9: claims with leases: the daemon (`PID@HOST`) that claimed a text in `sending`, and
+    # until when another daemon sharing the store leaves it alone
+    (
+        "ALTER TABLE messages ADD COLUMN owner TEXT",
+        "ALTER TABLE messages ADD COLUMN lease_until REAL",
+    ),
 )
 
 

@@ -12,7 +12,9 @@ import contextlib
 import itertools
 import json
 import os
+import socket
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +398,9 @@ def test_no_sequence_of_operations_moves_a_message_backwards(location: str,
                                                              steps: list[str]) -> None:
     async def run() -> None:
         store = await open_at(location)
+        store.claim_lease = 0.0  # a recovery below stands for a restart: nothing waits for it
         try:
+            store.owner = f"before example {next(EXAMPLES)}"
             await store.recover_in_flight("drop", T0)  # an earlier example's text is left
             await store.expire_due(T0 + 10**9)  # out of the claims below
             message_id = await queued_message(store, f"c{next(EXAMPLES)}")
@@ -417,7 +421,8 @@ def test_no_sequence_of_operations_moves_a_message_backwards(location: str,
                 elif step in ("deliver", "undeliv"):
                     await store.apply_receipt("id-1", "DELIVRD" if step == "deliver"
                                               else "UNDELIV", None, clock, {})
-                else:
+                else:  # a restarted daemon recovers what the one before left in flight
+                    store.owner = f"restarted at {clock}"
                     await store.recover_in_flight(step.removeprefix("recover_"), clock)
                 new = (await store.message(message_id)).state
                 assert new in reachable(state), (state, step, new)
@@ -574,6 +579,7 @@ async def test_expiry_leaves_texts_already_handed_to_the_smsc_alone(store: Store
 async def test_after_a_crash_in_flight_texts_are_resent_with_a_duplicate_warning(
         location: str) -> None:
     crashed = await open_at(location)
+    crashed.owner = "4242@another-host"  # the daemon before the restart
     message_id = await queued_message(crashed)
     await crashed.claim_due(T0, 1)
     await crashed.close()  # as if killed: the message is left in 'sending'
@@ -594,6 +600,7 @@ async def test_after_a_crash_in_flight_texts_are_resent_with_a_duplicate_warning
 async def test_after_a_crash_in_flight_texts_can_be_dropped_instead(store: Store) -> None:
     message_id = await queued_message(store)
     await store.claim_due(T0, 1)
+    store.owner = "a restarted daemon"
 
     assert await store.recover_in_flight("drop", T0 + 60) == [message_id]
     message = await store.message(message_id)
@@ -601,6 +608,52 @@ async def test_after_a_crash_in_flight_texts_can_be_dropped_instead(store: Store
     assert message.error_detail is not None and message.error_detail.startswith("crash_drop")
     with pytest.raises(ValueError, match="resend"):
         await store.recover_in_flight("maybe", T0)
+
+
+async def test_a_daemon_takes_over_the_texts_of_one_whose_lease_expired_and_no_others(
+        location: str) -> None:
+    """Two daemons share the store: B leaves A's texts in flight alone while A renews its
+    leases; once A stops renewing (it died), B resends them once, marked duplicate_risk."""
+    a, b = await open_at(location), await open_at(location)
+    a.owner, b.owner = "101@host-a", "202@host-b"
+    try:
+        ids = [await queued_message(a, f"c{n}") for n in range(3)]
+        claimed = await a.claim_due(T0, 2)
+        assert [m.id for m in claimed] == ids[:2]
+        assert [m.id for m in await b.claim_due(T0, 5)] == ids[2:]
+        assert await b.recover_in_flight("resend", T0 + 20) == []  # A's lease holds
+        assert await a.renew_leases(T0 + 25) == 2
+        assert await b.recover_in_flight("resend", T0 + 50) == []  # renewed until T0 + 55
+        assert await a.recover_in_flight("resend", T0 + 99) == [ids[2]]  # B died meanwhile
+
+        assert await b.recover_in_flight("resend", T0 + 56) == ids[:2]
+        assert await b.recover_in_flight("resend", T0 + 57) == []  # once
+        retaken = await b.claim_due(T0 + 57, 5)
+        assert [(m.id, m.duplicate_risk, m.attempts) for m in retaken] == [
+            (ids[0], True, 2), (ids[1], True, 2)]
+        assert not await a.mark_retry(ids[2], not_before=T0, error_code=None, detail="late",
+                                      now=T0 + 99)  # A's own text was taken back to queued
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_restart_on_the_same_host_resends_at_once_without_waiting_for_the_lease(
+        location: str) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this host that no longer runs: the daemon before kill -9
+    crashed = await open_at(location)
+    crashed.owner = f"{gone.pid}@{socket.gethostname()}"
+    message_id = await queued_message(crashed)
+    await crashed.claim_due(T0, 1)
+    await crashed.close()
+
+    store = await open_at(location)
+    try:
+        assert await store.recover_in_flight("resend", T0 + 1) == [message_id]
+        assert (await store.message(message_id)).duplicate_risk
+    finally:
+        await store.close()
 
 
 # ---------------------------------------------------------------------- opt-outs and the policy
