@@ -116,6 +116,27 @@ async def open_store(config: StoreConfig) -> StoreInterface:
     return await Store.open(config.path)
 
 
+async def check_postgresql(config: StoreConfig) -> str:
+    """`check-config`'s look at the PostgreSQL store: it connects and reads the schema
+    version, changing nothing. A line to show; StoreError if it cannot connect or a newer
+    mcdaemon wrote it."""
+    store = await PgStore._connect(config.url, config.password or None, _ssl(config))
+    try:
+        version = await store.schema_version()
+    finally:
+        await store.close()
+    if version is None:
+        return (f"store {store.path}: connected; no schema yet (the daemon creates schema "
+                f"{SCHEMA_VERSION} at its first start)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{store.path} was written by a newer mcdaemon (schema {version}, "
+                         f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon")
+    if version < SCHEMA_VERSION:
+        return (f"store {store.path}: connected; schema {version} (the daemon migrates it to "
+                f"{SCHEMA_VERSION} when it starts)")
+    return f"store {store.path}: connected; schema {version} (current)"
+
+
 async def open_store_readonly(config: StoreConfig) -> StoreInterface:
     """Open the store the config names for reading only (`report`, `status`, the AGI
     script): nothing is created or migrated."""
@@ -132,6 +153,6 @@ __all__ = [
     "PgConnection", "PgStore", "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore",
     "StatusStore", "Stopped",
     "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
-    "WebhookResult", "WebhooksStore", "migration_steps", "open_store",
+    "WebhookResult", "WebhooksStore", "check_postgresql", "migration_steps", "open_store",
     "open_store_readonly",
 ]
