@@ -1,8 +1,11 @@
-"""The durable store: calls, decisions, the outbox, receipts, replies, opt-outs (SQLite).
+"""The durable store: calls, decisions, the outbox, receipts, replies, opt-outs: SQLite
+(`Store`, one host) or PostgreSQL (`PgStore`, several daemons on several hosts).
 
-All SQL lives in this package: `connection` (the file, its transactions, `atomic()`),
-`schema` (the life cycle and the migrations), then one module per owner of tables, each a
-class of queries that `Store` composes. Everything outside the package calls `Store`'s
+All SQL lives in this package: `plumbing` (what the queries run through), `connection` (the
+SQLite file, its transactions, `atomic()`), `pg_connection` (the same over asyncpg),
+`schema` (the life cycle and the migrations, for both), then one module per owner of tables,
+each a class of queries that `Store` and `PgStore` compose; `transfer` moves a store from one
+to the other. Everything outside the package calls `Store`'s
 methods, never SQL; `store/interface.py` declares them (`StoreInterface`, one Protocol per
 owner), and code outside the package annotates the store it is given with those Protocols.
 
@@ -20,8 +23,10 @@ other move (a hand-written `UPDATE` included):
       ▲                 │  │
       └──── retry ──────┘  └──► failed          queued ──► expired | failed
 
-"Claim the next messages to send" is one `UPDATE … RETURNING`, so several daemons could share
-one outbox (PostgreSQL has the same statement).
+"Claim the next messages to send" is one `UPDATE … RETURNING`, so several daemons share one
+outbox without taking a text twice; each claim is leased to its daemon (`owner`,
+`lease_until`), which renews it every second, and a daemon takes over only the texts of one
+that is gone (`recover_in_flight`).
 
 Durability: WAL with `synchronous=FULL`. NORMAL would be enough against a daemon crash, but
 after a power cut it may lose the last commits, and the last commit is often a claim: the text
@@ -87,8 +92,7 @@ class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQue
     """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
 
     It satisfies `StoreInterface` (`store/interface.py`), which is what code outside this
-    package is given. A second backend (PostgreSQL) is a `Connection` of its own with the same
-    plumbing, under the same owners' queries; nothing outside this package changes."""
+    package is given; `PgStore` is the same queries over PostgreSQL."""
 
 
 class PgStore(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,

@@ -105,21 +105,26 @@ async def test_a_sqlite_store_moves_into_an_empty_database_whole_with_its_ids(
         await pg.close()
 
 
-async def test_a_database_that_holds_anything_is_refused_and_left_as_it_is(
-        tmp_path: Path, pg_url: str) -> None:
+def test_a_database_that_holds_anything_is_refused_and_left_as_it_is(
+        tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "mcdaemon.db"
-    await a_store_with_history(path)
-    config = load_config(write_config(tmp_path, {"path": str(path)}))
-    assert await migrate_store(config, pg_url, io.StringIO(), io.StringIO()) == 0
+    asyncio.run(a_store_with_history(path))
+    config = write_config(tmp_path, {"path": str(path)})
+    assert main(["store", "migrate", "-c", str(config), "--to", pg_url]) == 0
+    assert "  calls: 5 row(s)" in capsys.readouterr().out
 
-    err = io.StringIO()
-    assert await migrate_store(config, pg_url, io.StringIO(), err) == 1
-    assert "is not empty" in err.getvalue() and "new, empty database" in err.getvalue()
-    pg = await PgStore.open(pg_url)
-    try:
-        assert await pg.count_calls() == 5
-    finally:
-        await pg.close()
+    assert main(["store", "migrate", "-c", str(config), "--to", pg_url]) == 1
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "new, empty database" in err
+
+    async def calls() -> int:
+        pg = await PgStore.open(pg_url)
+        try:
+            return await pg.count_calls()
+        finally:
+            await pg.close()
+
+    assert asyncio.run(calls()) == 5
 
 
 def test_check_config_connects_and_names_the_schema(tmp_path: Path, pg_url: str,
