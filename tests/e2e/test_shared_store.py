@@ -52,13 +52,18 @@ async def test_two_daemons_sharing_one_store_text_each_caller_of_a_storm_once(
     mobiles = {label["callerid"].lstrip("+") for label in storm.labels}
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     async with TestSmsc(password=SMPP_PASSWORD, response_delay=0.05) as smsc, \
-            AmiTestServer([storm], secret=AMI_SECRET, speed=0) as ami:
-        ami.replay_each_connection = True  # both daemons see every event of the storm
-        config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
-                              smpp={"throughput": 40, "window": WINDOW})
-        shared = yaml.safe_load(config.read_text()) | {"store": {"url": pg_url}}
-        config.write_text(yaml.safe_dump(shared))
-        daemons = [await start_daemon(config, log) for log in logs]
+            AmiTestServer([storm], secret=AMI_SECRET, speed=0) as pbx_to_a, \
+            AmiTestServer([storm], secret=AMI_SECRET, speed=0) as pbx_to_b:
+        # one PBX, one manager connection per daemon: each daemon sees every event
+        daemons = []
+        for name, ami, log in (("a", pbx_to_a, logs[0]), ("b", pbx_to_b, logs[1])):
+            folder = tmp_path / name
+            folder.mkdir()
+            config = write_config(folder, ami_port=ami.port, smsc_port=smsc.port,
+                                  smpp={"throughput": 40, "window": WINDOW})
+            shared = yaml.safe_load(config.read_text()) | {"store": {"url": pg_url}}
+            config.write_text(yaml.safe_dump(shared))
+            daemons.append(await start_daemon(config, log))
         try:
             if kill_one:
                 await wait_until(lambda: len(smsc.submits) >= 10, 30, "the storm's first texts")
