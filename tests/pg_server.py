@@ -74,8 +74,9 @@ def _unprivileged_user() -> str | None:
 class PgServer:
     """One running cluster; `database()` gives a fresh database's URL."""
 
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, *, durable: bool = False) -> None:
         self.binaries = binaries
+        self.durable = durable
         self.port = _free_port()
         self.user = _unprivileged_user()
         self.root = Path(tempfile.mkdtemp(prefix="mcdaemon-pg-"))
@@ -96,10 +97,10 @@ class PgServer:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
-        # the tests' server trades durability for speed (they kill daemons, never the server)
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
                    " -c max_connections=300")
+        if not self.durable:  # the tests kill daemons, never the server: speed over fsync
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
                   "-t", "60", "start")
 
@@ -128,8 +129,9 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
-    server = PgServer(skip_or_fail_when_missing())
+def running_server(*, durable: bool = False) -> Iterator[PgServer]:
+    """A cluster for the session; `durable`: with fsync, as a real server (the benchmark)."""
+    server = PgServer(skip_or_fail_when_missing(), durable=durable)
     try:
         server.start()
     except subprocess.CalledProcessError as exc:

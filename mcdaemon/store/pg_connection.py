@@ -21,10 +21,9 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import structlog
 
 from mcdaemon.store.plumbing import (
@@ -35,6 +34,9 @@ from mcdaemon.store.plumbing import (
     this_daemon,
 )
 from mcdaemon.store.schema import SCHEMA_VERSION, migration_steps
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = structlog.get_logger("mcdaemon.store")
 
@@ -61,12 +63,18 @@ _RETRIED = ("40001", "40P01")  # serialization failure, deadlock detected
 _ATTEMPTS = 5
 
 
-#: what the driver raises: the server's errors, its own, the socket's
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError,
-                  asyncpg.exceptions.InternalClientError, OSError)
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """What the driver raises: the server's errors, its own, the socket's. (asyncpg is
+    imported when a PostgreSQL store is opened: a SQLite daemon starts without it.)"""
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError,
+            asyncpg.exceptions.InternalClientError, OSError)
 
 
 def _means_unusable(exc: BaseException) -> bool:
+    import asyncpg
+
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         return True  # the connection's protocol is in a state it cannot leave (a server
         # that went away mid-conversation)
@@ -79,6 +87,8 @@ def _means_unusable(exc: BaseException) -> bool:
 
 
 def _retried(exc: BaseException) -> bool:
+    import asyncpg
+
     return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", "") in _RETRIED
 
 
@@ -125,6 +135,8 @@ class PgConnection(Plumbing):
 
     @classmethod
     async def _connect(cls, url: str, password: str | None, ssl: SslMode | None) -> Self:
+        import asyncpg
+
         try:
             db = await asyncpg.connect(dsn=url, password=password, ssl=ssl)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -269,11 +281,11 @@ class PgConnection(Plumbing):
             try:
                 return await asyncio.shield(
                     self._failing_loudly(self._locked_transaction(work)))
-            except asyncpg.PostgresError as exc:
+            except _driver_errors() as exc:
                 if not _retried(exc) or attempt == _ATTEMPTS:
                     raise
                 log.info("a store transaction met another daemon's; running it again",
-                         sqlstate=exc.sqlstate, attempt=attempt)
+                         sqlstate=getattr(exc, "sqlstate", None), attempt=attempt)
         raise AssertionError("unreachable")
 
     async def _locked_transaction(self, work: Callable[[], Awaitable[T]]) -> T:
@@ -285,7 +297,7 @@ class PgConnection(Plumbing):
                 result = await work()
                 await transaction.commit()
             except BaseException:
-                with contextlib.suppress(*_DRIVER_ERRORS):
+                with contextlib.suppress(*_driver_errors()):
                     await transaction.rollback()
                 raise
             finally:
@@ -308,7 +320,7 @@ class PgConnection(Plumbing):
                 yield
                 await asyncio.shield(self._failing_loudly(transaction.commit()))
             except BaseException:
-                with contextlib.suppress(*_DRIVER_ERRORS, asyncio.CancelledError):
+                with contextlib.suppress(*_driver_errors(), asyncio.CancelledError):
                     await asyncio.shield(transaction.rollback())
                 raise
             finally:
@@ -318,7 +330,7 @@ class PgConnection(Plumbing):
     async def _failing_loudly(self, work: Awaitable[T]) -> T:
         try:
             return await work
-        except _DRIVER_ERRORS as exc:
+        except _driver_errors() as exc:
             if _means_unusable(exc) or self._db.is_closed():
                 raise StoreError(
                     f"the store {self.path} cannot be used: {exc} (check that the PostgreSQL "
