@@ -56,7 +56,7 @@ from typing import cast
 
 from mcdaemon.config.model import StoreConfig
 from mcdaemon.core.outbox import SubmitOutcome
-from mcdaemon.store.connection import Connection, StoreError
+from mcdaemon.store.connection import Connection
 from mcdaemon.store.contacts import Contact, Contacts
 from mcdaemon.store.interface import (
     ContactsStore,
@@ -72,6 +72,7 @@ from mcdaemon.store.interface import (
 from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
 from mcdaemon.store.pg_connection import PgConnection, SslMode
+from mcdaemon.store.plumbing import StoreError
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, ReportQueries

@@ -30,8 +30,6 @@ log = structlog.get_logger("mcdaemon.store")
 
 T = TypeVar("T")
 
-__all__ = ["Connection", "StoreError"]
-
 
 def _means_unusable(exc: sqlite3.Error) -> bool:
     """Disk full, I/O error, read-only, locked for too long, corrupt: the file cannot keep

@@ -5,10 +5,11 @@ open, `atomic()`, and the statements of the owners' queries, their `?` placehold
 
 Like SQLite's, one connection serves the daemon's tasks, one transaction at a time under an
 asyncio lock; the daemons' transactions meet in the database (READ COMMITTED): a claim is one
-`UPDATE … WHERE state IN (…) AND id IN (SELECT … FOR UPDATE SKIP LOCKED)`, so two daemons
-never claim one text, and uniqueness (calls' (pbx, call_id), messages' key) lets exactly one
-daemon record a call and its text. A transaction that lost a deadlock or a serialization
-conflict to another daemon is run again (it changed nothing).
+statement that picks its texts `FOR UPDATE SKIP LOCKED` and moves them only from the states
+it names, so two daemons never claim one text, and uniqueness (calls' (pbx, call_id),
+messages' key) lets exactly one daemon record a call and its text. A transaction of its own
+that lost a deadlock or a serialization conflict to another daemon is run again (it changed
+nothing); one inside `atomic()` is not (its caller's work cannot be replayed here): it fails.
 
 Errors that mean the database cannot keep what the daemon would acknowledge (connection lost,
 disk full, read-only, shut down by its administrator) raise `StoreError`; a constraint or
