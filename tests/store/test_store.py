@@ -656,6 +656,28 @@ async def test_a_restart_on_the_same_host_resends_at_once_without_waiting_for_th
         await store.close()
 
 
+async def test_a_stop_or_a_switch_set_through_one_daemon_holds_for_another_at_once(
+        location: str) -> None:
+    a, b = await open_at(location), await open_at(location)
+    a.owner, b.owner = "101@host-a", "202@host-b"
+    try:
+        deferred = await b.record_call(missed_call("c1"), text(send_after=T0 + 60),
+                                       now=T0, destination=CALLER)
+        other = await queued_message(b, "c2", caller="+447700900456")
+        await a.opt_out(CALLER, "STOP", T0 + 1)  # the reply reached daemon A
+        await a.set_switch("global", False, T0 + 2)
+
+        assert await b.claim_due(T0 + 61, 10) == []  # B's texts: one opted out, one held
+        assert (await b.message(deferred or 0)).state == "failed"
+        view = await b.policy_view(CALLER, "sales", T0 + 3)
+        assert view.opted_out and not view.global_enabled
+        await a.set_switch("global", True, T0 + 4)
+        assert [m.id for m in await b.claim_due(T0 + 61, 10)] == [other]
+    finally:
+        await a.close()
+        await b.close()
+
+
 # ---------------------------------------------------------------------- opt-outs and the policy
 
 async def test_stop_and_start_replies(store: Store) -> None:
