@@ -159,7 +159,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     return asyncio.run(backfill(_load(args), sys.stdout, sys.stderr, files=args.queue_log,
                                 since=args.since, until=args.until, now=time.time(),
-                                dry_run=args.dry_run, queues=args.queue))
+                                dry_run=args.dry_run, queues=args.queue, pbx=args.pbx))
 
 
 def cmd_record_booking(args: argparse.Namespace) -> int:
@@ -296,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "daemon stopped) from Asterisk's queue_log; one JSON line per call")
     backfill.add_argument("--queue-log", action="append", metavar="FILE",
                           help="a queue_log file, oldest first if several (queue_log.1 "
-                               "queue_log); default: inbound.queue_log and its .1")
+                               "queue_log); default: each PBX's ami[].queue_log and its .1")
+    backfill.add_argument("--pbx", metavar="NAME",
+                          help="only this PBX (the one --queue-log belongs to when ami has "
+                               "several)")
     backfill.add_argument("--since", type=_when, required=True, metavar="WHEN",
                           help="calls that ended since: 7d, 24h, 30m, an ISO date or "
                                "date-time in the config's time zone, or epoch seconds")

@@ -50,8 +50,9 @@ from mcdaemon.contacts.lookup import ContactNames
 from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.pipeline.backfill import Backfill
+from mcdaemon.pipeline.deciding import Decider, DecisionObserver
 from mcdaemon.pipeline.housekeeping import Housekeeping
-from mcdaemon.pipeline.intake import Clock, DecisionObserver, Intake
+from mcdaemon.pipeline.intake import Clock, Intake
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
 from mcdaemon.pipeline.sending import Dispatcher
 from mcdaemon.store import StoreError, StoreInterface, open_store
@@ -104,16 +105,18 @@ class Service:
         self._dispatcher = Dispatcher(current_config, current_store, sender=self._sender,
                                       metrics=self.metrics, clock=clock, stop=self._stop,
                                       notify=self._notify, outreach=self._outreach)
-        self._intake = Intake(current_config, current_store, queue=self._ami_queue,
-                              metrics=self.metrics, clock=clock, contacts=self._contacts,
-                              notify=self._notify, outreach=self._outreach,
-                              dispatcher=self._dispatcher, report_links=self._report_links,
-                              on_decision=on_decision,
-                              link_moved=lambda *moved: self._backfill.link_moved(*moved))
+        # one decider for the calls seen live, adopted, and recovered from the queue_log
+        self._decider = Decider(current_config, current_store, clock=clock,
+                                metrics=self.metrics, contacts=self._contacts,
+                                notify=self._notify, outreach=self._outreach,
+                                sending=self._dispatcher, on_decision=on_decision)
         # the queue calls finished while no AMI link watched: from the queue_log, at a connect
         self._backfill = Backfill(current_config, current_store, clock=clock,
-                                  lock=self._intake.deciding, on_decided=self._intake.decided,
-                                  texts_queued=self._staff_notes_queued)
+                                  decide=self._decider.decide)
+        self._intake = Intake(current_config, current_store, queue=self._ami_queue,
+                              metrics=self.metrics, outreach=self._outreach,
+                              decider=self._decider, report_links=self._report_links,
+                              link_moved=self._backfill.link_moved)
         self._receiver = Receiver(current_config, current_store, events=self._smpp_events,
                                   metrics=self.metrics, clock=clock, notify=self._notify,
                                   outreach=self._outreach,

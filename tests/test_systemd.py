@@ -90,3 +90,19 @@ def test_security_exposure_is_at_most_2() -> None:
     for needed in ("RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "StateDirectory=mcdaemon",
                    "Type=notify", "NotifyAccess=main", "WatchdogSec=", "ProtectSystem=strict"):
         assert needed in unit
+
+
+def test_the_readme_s_drop_in_for_the_queue_log_keeps_the_unit_valid(tmp_path: Path) -> None:
+    """README's `systemctl edit` for reading the queue_log (SupplementaryGroups=asterisk)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "[Service]\nSupplementaryGroups=asterisk\n" in readme
+    copy = installed_copy(tmp_path)
+    copy.write_text(copy.read_text(encoding="utf-8").replace(
+        "Group=mcdaemon\n", "Group=mcdaemon\nSupplementaryGroups=asterisk\n"), encoding="utf-8")
+    result = analyze("verify", str(copy))
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    if offline_security_supported():
+        result = analyze("security", "--offline=true", "--no-pager", str(copy))
+        exposure = float(re.findall(r"Overall exposure level for \S+: ([0-9.]+)",
+                                    result.stdout)[-1])
+        assert exposure <= MAX_EXPOSURE, result.stdout[-2000:]

@@ -175,7 +175,7 @@ class Metrics:
         """One finished call and its decision: `mcdaemon_calls_total`,
         `mcdaemon_decisions_total` and, for a cap reason, `mcdaemon_fraud_shield_trips_total`.
 
-        Call site: `Intake._decide_and_store`, for each call after `store.record_calls` (the
+        Call site: `Decider._decide_and_store`, for each call after `store.record_calls` (the
         loop that logs "call decided"). Reads only the PBX, the group, the outcome and the
         reason: never the caller.
         """
@@ -189,7 +189,7 @@ class Metrics:
     def text_transition(self, state: TextState, count: int = 1) -> None:
         """`count` texts moved into `state` (`mcdaemon_texts_total{state}`).
 
-        Call sites: `queued` in `Intake._decide_and_store` (each message id `record_calls`
+        Call sites: `queued` in `Decider._decide_and_store` (each message id `record_calls`
         returned) and `Receiver._handle_reply` (an opt-out confirmation `enqueue_message`
         created); `retry` / `failed` in `Dispatcher._count_outcome`, for the submit results
         `Dispatcher.store_results` stored; `expired` in `Housekeeping.run` with

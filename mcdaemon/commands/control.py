@@ -7,20 +7,24 @@ heartbeat there once a second.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
 import sys
 import time
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
 
 from mcdaemon.config.model import Config
+from mcdaemon.pipeline.backfill import LAST_BACKFILL
 from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 
 #: a heartbeat older than this means the daemon is not running (it writes one every second)
 HEARTBEAT_STALE = 10.0
-#: `status` counts the delivery receipts left unmatched in this last stretch (s)
-RECEIPTS_WINDOW = 86_400.0
+#: `status` counts the delivery receipts left unmatched, and the calls adopted or backfilled,
+#: in this last stretch (s)
+RECENT_WINDOW = 86_400.0
 
 
 async def set_switch(config: Config, group: str | None, enabled: bool, out: TextIO) -> int:
@@ -57,6 +61,10 @@ def gone_pid(heartbeat: str) -> int | None:
     return None
 
 
+def local_time(at: float, timezone: str) -> str:
+    return dt.datetime.fromtimestamp(at, ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
 async def gather_status(config: Config, now: float) -> dict[str, Any]:
     """What `status` shows; read through a read-only connection (no write access needed)."""
     store: StoreInterface = await open_store_readonly(config.store)
@@ -64,7 +72,8 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
         switches = await store.switches()
         statuses = await store.statuses()
         outbox = await store.outbox_stats(now)
-        receipts = await store.unmatched_receipts(now - RECEIPTS_WINDOW)
+        receipts = await store.unmatched_receipts(now - RECENT_WINDOW)
+        recovered = await store.recovered_calls(now - RECENT_WINDOW)
     finally:
         await store.close()
     heartbeat = statuses.get("heartbeat")
@@ -85,6 +94,10 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
                 else "disconnected" for pbx in config.ami},
         "outbox": outbox,
         "receipts_last_24h": receipts,
+        "recovered_last_24h": recovered,
+        "last_backfill": {pbx.name: {"at": statuses[LAST_BACKFILL + pbx.name][1],
+                                     **json.loads(statuses[LAST_BACKFILL + pbx.name][0])}
+                          for pbx in config.ami if LAST_BACKFILL + pbx.name in statuses},
     }
 
 
@@ -101,12 +114,21 @@ async def show_status(config: Config, out: TextIO, *, as_json: bool, health: boo
         print(f"smsc:     {status['smsc']}", file=out)
         for name, state in status["ami"].items():
             print(f"ami {name}: {state}", file=out)
+            last = status["last_backfill"].get(name)
+            if last is not None:
+                print(f"          last backfill {local_time(last['at'], config.timezone)}: "
+                      f"{last['window_seconds']:g} s window, {last['calls']} queue call(s), "
+                      f"{last['decided']} decided, {last['texted']} texted", file=out)
         outbox = status["outbox"]
         counts = ", ".join(f"{state} {count}" for state, count in outbox["by_state"].items())
         print(f"outbox:   {counts}; deferred {outbox['deferred']}", file=out)
         age = outbox["oldest_queued_age"]
         if age is not None:
             print(f"          oldest queued text waits for {age:.0f} s", file=out)
+        recovered = status["recovered_last_24h"]
+        print(f"recovered: {recovered['adopted']} call(s) adopted at a connect, "
+              f"{recovered['backfilled']} backfilled from the queue_log in the last 24 h",
+              file=out)
         receipts = status["receipts_last_24h"]
         print(f"receipts: {receipts['unmatched']} unmatched in the last 24 h"
               + (f" ({receipts['ambiguous']} named more than one text: see docs/receipts.md)"

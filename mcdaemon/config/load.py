@@ -71,6 +71,7 @@ def _read_ami(reader: Reader, value: Any) -> tuple[AmiConfig, ...]:
         return ()
     pbxs: list[AmiConfig] = []
     names: set[str] = set()
+    files: dict[str, str] = {}  # queue_log -> the key that names it
     for index, item in enumerate(value):
         section = reader.mapping(item, f"ami[{index}]", "ami[]")
         name = section.str("name", "pbx" if len(value) == 1 else f"pbx{index + 1}")
@@ -91,7 +92,13 @@ def _read_ami(reader: Reader, value: Any) -> tuple[AmiConfig, ...]:
             reconnect_min=section.duration("reconnect_min", 0.5, minimum=0.01),
             reconnect_max=section.duration("reconnect_max", 30.0, minimum=0.1),
             event_filter=section.bool("event_filter", True),
+            queue_log=_queue_log_path(section),
         )
+        if pbx.queue_log is not None and pbx.queue_log in files:
+            section.error("queue_log", f"{pbx.queue_log!r} is {files[pbx.queue_log]}'s too: "
+                                       "each PBX writes a queue_log of its own")
+        elif pbx.queue_log is not None:
+            files[pbx.queue_log] = f"ami[{index}].queue_log"
         for key in ("username", "secret"):
             value_text = getattr(pbx, key)
             if any(ch in value_text for ch in "\r\n"):
@@ -99,6 +106,32 @@ def _read_ami(reader: Reader, value: Any) -> tuple[AmiConfig, ...]:
         section.done()
         pbxs.append(pbx)
     return tuple(pbxs)
+
+
+def _queue_log_path(section: Section) -> str | None:
+    path = section.opt_str("queue_log")
+    if path is not None and not path.startswith("/"):
+        section.error("queue_log", f"{path!r}: give an absolute path (e.g. "
+                                   "/var/log/asterisk/queue_log)")
+        return None
+    return path
+
+
+def _one_pbx_queue_log(section: Section, ami: tuple[AmiConfig, ...]) -> tuple[AmiConfig, ...]:
+    """`inbound.queue_log`: the file of the one PBX in `ami` (shorthand for
+    `ami[0].queue_log`); with several PBXs each names its own."""
+    path = _queue_log_path(section)
+    if path is None:
+        return ami
+    if len(ami) != 1:
+        section.error("queue_log", f"{len(ami)} PBXs in ami: give each its own file as "
+                                   "ami[].queue_log instead")
+        return ami
+    if ami[0].queue_log not in (None, path):
+        section.error("queue_log", f"differs from ami[0].queue_log ({ami[0].queue_log!r}): "
+                                   "give the file once, as ami[].queue_log")
+        return ami
+    return (dataclasses.replace(ami[0], queue_log=path),)
 
 
 def _read_inbound(section: Section) -> InboundConfig:
@@ -110,11 +143,7 @@ def _read_inbound(section: Section) -> InboundConfig:
         voicemail_contexts=section.str_list("voicemail_contexts"),
         trunks=section.str_list("trunks"),
         call_ttl=section.duration("call_ttl", 4 * 3600.0, minimum=60),
-        queue_log=section.opt_str("queue_log") or None,
     )
-    if inbound.queue_log is not None and not inbound.queue_log.startswith("/"):
-        section.error("queue_log", f"{inbound.queue_log!r}: give an absolute path (e.g. "
-                                   "/var/log/asterisk/queue_log)")
     if not inbound.contexts:
         section.error("contexts", "name at least one dialplan context where inbound calls "
                                   "arrive (e.g. from-trunk)")
@@ -591,7 +620,9 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
         top.error("timezone", f"{timezone!r} is not an IANA time zone (e.g. Europe/London)")
         timezone = "UTC"
     ami = _read_ami(reader, top.raw("ami"))
-    inbound = _read_inbound(top.section("inbound"))
+    inbound_section = top.section("inbound")
+    ami = _one_pbx_queue_log(inbound_section, ami)
+    inbound = _read_inbound(inbound_section)
     store = _read_store(top.section("store"))
     smpp = _read_smpp(top.section("smpp"), region)
     outbox = _read_outbox(top.section("outbox"))

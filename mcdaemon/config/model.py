@@ -66,6 +66,8 @@ class AmiConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     event_filter: bool = True  # ask Asterisk to send only what the tracker reads
+    #: this PBX's Asterisk queue_log: its blind windows are backfilled from it (None: off)
+    queue_log: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,6 @@ class InboundConfig:
     #: AMI connect is adopted when its first channel is on one, wherever its dialplan now is
     trunks: tuple[str, ...] = ()
     call_ttl: float = 4 * 3600.0  # calls with no Hangup after this are evicted
-    queue_log: str | None = None  # Asterisk's queue_log, `mcdaemon backfill`'s default file
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ lines out of order after a clock jump (sorted by epoch within each call).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -227,5 +228,17 @@ def to_record(call: QueueCall, pbx: str, region: str) -> CallRecord:
                                              "source": "queue_log"})
 
 
-__all__ = ["QueueCall", "QueueLog", "QueueLogLine", "parse_line", "read_queue_log",
-           "to_record"]
+def completed(record: CallRecord, call: QueueCall) -> CallRecord:
+    """The tracker's record of a call whose end it did not see (it ended while the AMI link
+    was down), completed by the queue_log's: its outcome, end and wait."""
+    assert call.outcome is not None and call.ended is not None
+    return dataclasses.replace(
+        record, outcome=call.outcome, ended=call.ended, partial=False,
+        wait_seconds=round(call.wait_seconds, 3),
+        stages=(*record.stages, f"queue:{call.queue}:{call.events[-1].lower()}", "backfilled"),
+        extra={**record.extra, "backfilled": "true", "queue": call.queue,
+               "source": "queue_log"})
+
+
+__all__ = ["QueueCall", "QueueLog", "QueueLogLine", "completed", "parse_line",
+           "read_queue_log", "to_record"]

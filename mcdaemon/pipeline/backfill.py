@@ -1,55 +1,55 @@
 """Backfill from the queue_log: the queue calls finished while no AMI link watched the PBX.
 
-`decide_queue_calls` is the decide-and-record step `mcdaemon backfill` and the running daemon
-share: each finished queue call the store has no record of is decided by the policy with the
-store's view and recorded keyed by (pbx, call id); a call already recorded is left alone.
+The store keeps, per PBX, the last moment its AMI link was known up (status row
+`watched:<pbx>`: written at a connect, every second while connected, at a drop and at a clean
+stop). At each connect, the first after start and every reconnect, that PBX's own queue_log
+(`ami[].queue_log`, and its `.1`, read in a thread) is read for the blind window, from that
+moment (less BACKFILL_OVERLAP) to now and no further back than `outbox.max_age`. Its finished
+calls become CallRecords and go to the one decider live calls go to (`pipeline/deciding`:
+policy, webhooks, staff notes, call-backs; a call the store holds is not decided again).
 
-`Backfill` is the daemon's side. The store keeps, per PBX, the last moment its AMI link was
-known up (status row `watched:<pbx>`: written at a connect, every second while connected, at a
-drop and at a clean stop). At each connect, the first after start and every reconnect, the
-queue_log (`inbound.queue_log` and its `.1`, read in a thread) is read for the blind window,
-from that moment (less BACKFILL_OVERLAP) to now and no further back than `outbox.max_age`,
-and its finished calls are decided as above; the dispatcher is then woken. A PBX never
-watched before (no row: a new store) is not backfilled. Only the first PBX of `ami` is
-backfilled: `inbound.queue_log` is its file, as it is `mcdaemon backfill`'s.
+The calls the tracker was following when the link dropped and that ended in the gap (its
+`reconcile` closes them, partial) come here too: the queue_log says how those ended, so its
+outcome completes the tracker's record (`queue_log.completed`); those it does not know are
+decided as the tracker left them. The run's figures are kept in the status row
+`backfill:<pbx>` for `mcdaemon status`. A PBX never watched before (a new store) is not
+backfilled; one without a queue_log only has its gap calls decided.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 
 from mcdaemon.config.model import Config
-from mcdaemon.core.policy import decide_batch, destination_prefix, match_group
-from mcdaemon.core.queue_log import QueueCall, read_queue_log, to_record
-from mcdaemon.core.records import CallRecord, Decision, PolicyView
-from mcdaemon.store import NewCall, StoreInterface
+from mcdaemon.core.queue_log import QueueCall, completed, read_queue_log, to_record
+from mcdaemon.core.records import CallRecord
+from mcdaemon.pipeline.deciding import Decided
+from mcdaemon.store import StoreInterface
 
 log = structlog.get_logger("mcdaemon.service")
 
 Clock = Callable[[], float]
+Decide = Callable[[Sequence[CallRecord]], Awaitable[list[Decided]]]
 
 #: the group that may read /var/log/asterisk on Debian, Ubuntu, RHEL (and FreePBX)
 READER_GROUP = "asterisk"
 #: the status row of a PBX's last watched moment
 WATCHED = "watched:"
+#: the status row of a PBX's last backfill (JSON: since, until, calls, decided, texted)
+LAST_BACKFILL = "backfill:"
 #: the window starts this long before the last watched moment: a call that ended as the link
 #: dropped may have lost its last events (one recorded already is not decided twice)
 BACKFILL_OVERLAP = 10.0
 
 
-def queue_log_files(config: Config, given: Sequence[str] | None = None) -> list[str]:
-    """The files to read, oldest first: those given, or `inbound.queue_log` after its `.1`."""
-    if given:
-        return list(given)
-    path = config.inbound.queue_log
-    if path is None:
-        return []
+def queue_log_files(path: str) -> list[str]:
+    """A PBX's queue_log after its rotated `.1`, oldest first."""
     rotated = f"{path}.1"
     return [rotated, path] if os.path.exists(rotated) else [path]
 
@@ -68,99 +68,36 @@ def unreadable_hint(exc: OSError) -> str:
             "in the systemd unit)")
 
 
-@dataclass
-class Decided:
-    """What `decide_queue_calls` did: one line per call (the command prints them), and the
-    calls decided now with their decision and queued text's id."""
-
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    decided: list[tuple[CallRecord, Decision, int | None]] = field(default_factory=list)
-
-
-async def decide_queue_calls(config: Config, store: StoreInterface | None,
-                             calls: Sequence[QueueCall], pbx: str, now: float,
-                             dry_run: bool = False) -> Decided:
-    """Decide the finished calls the store has no record of and (unless `dry_run`, or with
-    no store) record them; a call the queue_log cannot settle is shown, not decided."""
-    lines: dict[str, dict[str, Any]] = {}
-    fresh: list[CallRecord] = []
-    for call in calls:
-        if call.outcome is None or call.ended is None:
-            lines[call.callid] = _undecided(call, pbx)
-            continue
-        record = to_record(call, pbx, config.region)
-        line = record.as_dict()
-        lines[call.callid] = line
-        known = await store.call(pbx, call.callid) if store is not None else None
-        if known is not None:
-            line.update(textable=False, reason="already_recorded",
-                        detail=f"decided before: {known.get('reason')}", recorded=False,
-                        queued=False)
-            continue
-        fresh.append(record)
-    result = Decided()
-    if fresh:
-        groups = [match_group(record, config) for record in fresh]
-        callers = [(record.caller_e164, group.name if group else None,
-                    destination_prefix(record.caller_e164, config) if record.caller_e164
-                    else None) for record, group in zip(fresh, groups, strict=True)]
-        views = (await store.policy_views(callers, now) if store is not None
-                 else [PolicyView() for _ in fresh])
-        decisions = decide_batch(fresh, views, config, now)
-        message_ids: list[int | None] = [None] * len(fresh)
-        recorded = store is not None and not dry_run
-        if store is not None and recorded:  # (both, for mypy's narrowing)
-            decided = [NewCall(record, decision)
-                       for record, decision in zip(fresh, decisions, strict=True)]
-            message_ids = await store.record_calls(
-                decided, now=now, destinations=[decision.destination for decision in decisions])
-        for record, decision, message_id in zip(fresh, decisions, message_ids, strict=True):
-            lines[record.call_id].update(
-                textable=decision.text, reason=decision.reason, decision_group=decision.group,
-                text=decision.body, variant=decision.variant, send_after=decision.send_after,
-                expires_at=decision.expires_at, detail=decision.detail or None,
-                recorded=recorded, queued=message_id is not None)
-            if recorded:
-                result.decided.append((record, decision, message_id))
-    result.lines = list(lines.values())
-    return result
-
-
-def _undecided(call: QueueCall, pbx: str) -> dict[str, Any]:
-    """A queue call the queue_log cannot settle: shown, neither decided nor stored."""
-    detail = {"exit_with_key": f"left the queue with key {call.key or '?'}: the dialplan after "
-                               "the queue decides; not known from the queue_log",
-              "still_open": "still in the queue or with an agent at the window's end"}
-    return {"pbx": pbx, "call_id": call.callid, "caller": call.caller or "", "group":
-            call.queue, "outcome": None, "started": call.entered, "ended": call.ended,
-            "extra": {"backfilled": "true", "queue": call.queue, "source": "queue_log"},
-            "textable": False, "reason": call.reason, "detail": detail.get(call.reason),
-            "recorded": False, "queued": False}
-
-
 def in_window(calls: Sequence[QueueCall], start: float, end: float) -> list[QueueCall]:
     """The calls of a log read up to `end` that ended (or, unfinished, began) from `start`."""
     return [call for call in calls
             if (call.ended if call.ended is not None else call.entered or end) >= start]
 
 
-DecidedCallback = Callable[[CallRecord, Decision, int | None], None]
+def recovered(calls: Sequence[QueueCall], pbx: str, region: str,
+              ended_in_gap: Sequence[CallRecord] = ()) -> list[CallRecord]:
+    """The records to decide: the finished queue calls, each tracker record of a call that
+    ended in the gap completed by its queue_log outcome, and the gap's other records as the
+    tracker left them."""
+    finished = {call.callid: call for call in calls if call.decided and call.ended is not None}
+    records = []
+    for record in ended_in_gap:
+        call = finished.pop(record.call_id, None)
+        records.append(record if call is None else completed(record, call))
+    return records + [to_record(call, pbx, region) for call in finished.values()]
 
 
 class Backfill:
     """The watched moments of the PBXs, and the backfill at each connect. `load()` once at
-    start; `connected(pbx, at)` / `dropped(pbx, at)` as the links move; `tick(pbxs, now)`
-    every second for the PBXs connected."""
+    start; `link_moved(pbx, state, at, ended)` as a link moves; `tick(pbxs, now)` every
+    second for the PBXs connected."""
 
     def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
-                 clock: Clock, lock: asyncio.Lock, on_decided: DecidedCallback,
-                 texts_queued: Callable[[int], None]) -> None:
+                 clock: Clock, decide: Decide) -> None:
         self._config = config
         self._store = store
         self._clock = clock
-        self._lock = lock  # the decider's: caps count across live and backfilled decisions
-        self._on_decided = on_decided
-        self._texts_queued = texts_queued
+        self._decide = decide
         self._watched: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -181,21 +118,26 @@ class Backfill:
             for pbx in pbxs:
                 await self.mark(pbx, now)
 
-    async def dropped(self, pbx: str, at: float) -> None:
-        await self.mark(pbx, at)
-
-    async def connected(self, pbx: str, at: float) -> None:
-        """A connect: mark it, and backfill the window since the last watched moment (in a
-        task of its own: the AMI consumer does not wait for it)."""
+    async def link_moved(self, pbx: str, state: str, at: float,
+                         ended_in_gap: list[CallRecord]) -> list[CallRecord]:
+        """An AMI link's state (a connect, or the drop of a link that was up), with the
+        calls that ended unseen while it was down; returns those the intake is to decide
+        (none when a backfill of the blind window takes them)."""
+        if state != "connected":
+            await self.mark(pbx, at)
+            return ended_in_gap
         since = self._watched.get(pbx)
         await self.mark(pbx, at)
-        config = self._config()
-        if since is None or config.inbound.queue_log is None or not config.ami \
-                or config.ami[0].name != pbx:
-            return
-        task = asyncio.create_task(self.run(pbx, since, at), name=f"backfill:{pbx}")
+        path = next((entry.queue_log for entry in self._config().ami if entry.name == pbx),
+                    None)
+        if since is None or path is None:
+            return ended_in_gap
+        # in a task of its own: the AMI consumer does not wait for the file
+        task = asyncio.create_task(self.run(pbx, path, since, at, ended_in_gap),
+                                   name=f"backfill:{pbx}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return []
 
     async def stop(self) -> None:
         """Cancel the backfills under way (the next connect's window covers theirs)."""
@@ -205,43 +147,34 @@ class Backfill:
         if tasks:
             await asyncio.wait(tasks, timeout=3.0)
 
-    async def link_moved(self, pbx: str, state: str, at: float) -> None:
-        """An AMI link's state (the intake calls this for a connect, and for a drop of a
-        link that was up)."""
-        if state == "connected":
-            await self.connected(pbx, at)
-        else:
-            await self.dropped(pbx, at)
-
-    async def run(self, pbx: str, since: float, until: float) -> None:
-        """Backfill `pbx` for the window after `since`, up to `until`."""
+    async def run(self, pbx: str, path: str, since: float, until: float,
+                  ended_in_gap: Sequence[CallRecord] = ()) -> None:
+        """Backfill `pbx` from its queue_log `path` for the window after `since`, up to
+        `until`."""
         config = self._config()
         start = max(since - BACKFILL_OVERLAP, until - config.outbox.max_age)
-        if start >= until:
-            return
-        paths = queue_log_files(config)
+        calls: list[QueueCall] = []
+        paths = queue_log_files(path)
         try:
-            texts = await asyncio.to_thread(lambda: [read_text(path) for path in paths])
+            texts = await asyncio.to_thread(lambda: [read_text(each) for each in paths])
         except OSError as exc:
-            log.warning(f"queue_log not backfilled: cannot read {exc.filename or paths[-1]}: "
+            log.warning(f"queue_log not backfilled: cannot read {exc.filename or path}: "
                         f"{exc.strerror or exc}{unreadable_hint(exc)}", pbx=pbx,
-                        path=exc.filename or paths[-1], group=READER_GROUP)
+                        path=exc.filename or path, group=READER_GROUP)
+            await self._decide(ended_in_gap)  # as the tracker left them
             return
-        queue_log = read_queue_log(texts, until=until)
-        calls = in_window(queue_log.calls, start, until)
-        async with self._lock:
-            result = await decide_queue_calls(config, self._store(), calls, pbx,
-                                              self._clock())
-        for record, decision, message_id in result.decided:
-            self._on_decided(record, decision, message_id)
-        texted = sum(1 for _, _, message_id in result.decided if message_id is not None)
-        log.info("queue_log backfilled", pbx=pbx, since=round(start, 3),
-                 until=round(until, 3), window_seconds=round(until - start, 1),
-                 calls=len(calls), decided=len(result.decided), texted=texted)
-        if texted:
-            self._texts_queued(texted)  # the dispatcher is woken
+        if start < until:
+            calls = in_window(read_queue_log(texts, until=until).calls, start, until)
+        decided = await self._decide(recovered(calls, pbx, config.region, ended_in_gap))
+        texted = sum(1 for result in decided if result.message_id is not None)
+        figures: dict[str, Any] = dict(since=round(start, 3), until=round(until, 3),
+                                       window_seconds=round(max(until - start, 0.0), 1),
+                                       calls=len(calls), ended_in_gap=len(ended_in_gap),
+                                       decided=len(decided), texted=texted)
+        log.info("queue_log backfilled", pbx=pbx, **figures)
+        await self._store().set_status(LAST_BACKFILL + pbx, json.dumps(figures),
+                                       self._clock())
 
 
-__all__ = ["BACKFILL_OVERLAP", "READER_GROUP", "WATCHED", "Backfill", "Decided",
-           "decide_queue_calls", "in_window", "queue_log_files", "read_text",
-           "unreadable_hint"]
+__all__ = ["BACKFILL_OVERLAP", "LAST_BACKFILL", "READER_GROUP", "WATCHED", "Backfill",
+           "in_window", "queue_log_files", "read_text", "recovered", "unreadable_hint"]

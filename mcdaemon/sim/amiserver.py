@@ -10,8 +10,9 @@ the frames' offsets divided by `speed`, the frames due at one moment in one writ
 burst of events from Asterisk comes (0: as fast as possible, one frame per turn of the event
 loop). Faults for the adapter's
 tests: drop the connection after a frame (and lose `gap_frames` frames, as Asterisk keeps no
-history), go half-open (silent, socket open), split a frame across two TCP writes, inject raw
-bytes. Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
+history; or refuse connections `down_for` seconds; with `goes_on`, the PBX goes on
+unheard), go half-open (silent, socket open), split a frame across two TCP writes, inject
+raw bytes. Plain asyncio; it has no test dependencies, as `mcdaemon demo` uses it too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class AmiTestServer:
         self.connections = 0
         self.drop_after_frames: int | None = None  # close after frame k-1 was sent, once
         self.gap_frames = 0  # frames lost (not sent) after a drop
+        #: with drop_after_frames: connections are refused this long (seconds) after the drop
+        self.down_for = 0.0
+        #: the PBX goes on at the replay's pace while no client listens (after a drop, or a
+        #: client gone), as a real one does: those frames are not sent, but CoreShowChannels
+        #: and `on_frame` see them; the next client to log in gets the replay from there
+        self.goes_on = False
+        self._down_until = 0.0
+        self._unheard: tuple[asyncio.Task[None], float] | None = None  # (task, its base)
         self.half_open_after_frames: int | None = None  # go silent after k frames, once
         self.split_at: tuple[int, int] | None = None  # (frame index, byte offset)
         self.inject: dict[int, bytes] = {}  # raw bytes to send before frame k
@@ -86,6 +95,8 @@ class AmiTestServer:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._unheard is not None:
+            self._unheard[0].cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._sessions):
@@ -128,6 +139,10 @@ class AmiTestServer:
         assert task is not None
         self._sessions.add(task)
         self.connections += 1
+        if asyncio.get_running_loop().time() < self._down_until:  # the link is down
+            writer.close()
+            self._sessions.discard(task)
+            return
         session = _Session(self, writer)
         self._live_sessions.add(session)
         try:
@@ -144,6 +159,19 @@ class AmiTestServer:
             session.close()
             self._live_sessions.discard(session)
             self._sessions.discard(task)
+            if self.goes_on and session.base is not None and self._unheard is None \
+                    and self._next < len(self.frames):
+                self._unheard = (asyncio.create_task(self._play_unheard(session.base)),
+                                 session.base)
+
+    async def _play_unheard(self, base: float) -> None:
+        """The PBX goes on while no client listens: frames happen at their pace, unsent."""
+        loop = asyncio.get_running_loop()
+        while self._next < len(self.frames):
+            due = base + self.frames[self._next].offset / (self.speed or 1)
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            self._advance()
 
     def _advance(self) -> None:
         if self.on_frame is not None:
@@ -165,6 +193,7 @@ class _Session:
         self.silent = False
         self.lock = asyncio.Lock()
         self.replay: asyncio.Task[None] | None = None
+        self.base: float | None = None  # the replay's clock: loop time of offset 0
 
     async def send(self, data: bytes, split: int | None = None) -> None:
         async with self.lock:
@@ -265,8 +294,14 @@ class _Session:
         if server.replay_each_connection:
             server._next = 0
             server._live.clear()
+        base = loop.time()
         if server._next < len(server.frames):
-            base = loop.time() - server.frames[server._next].offset / (server.speed or 1)
+            base -= server.frames[server._next].offset / (server.speed or 1)
+        if server._unheard is not None:  # the PBX went on unheard: its clock too
+            server._unheard[0].cancel()
+            base = server._unheard[1]
+            server._unheard = None
+        self.base = base
         while server._next < len(server.frames):
             index = server._next
             frame = server.frames[index]
@@ -284,6 +319,7 @@ class _Session:
                 server.drop_after_frames = None
                 for _ in range(min(server.gap_frames, len(server.frames) - index)):
                     server._advance()  # happened on the PBX while nobody listened
+                server._down_until = loop.time() + server.down_for
                 self.writer.close()
                 return
             if index in server.inject:

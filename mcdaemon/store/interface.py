@@ -125,6 +125,14 @@ class OutboxStore(Protocol):
         """How many calls are stored."""
         ...
 
+    async def recorded_calls(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (pbx, call id) are stored (a read, one query per 400 keys)."""
+        ...
+
+    async def recovered_calls(self, since: float) -> dict[str, int]:
+        """Calls ended since `since` that were `adopted` or `backfilled`; bounded by time."""
+        ...
+
     async def policy_view(self, e164: str | None, group: str | None, now: float,
                           prefix: str | None = None, prefix_len: int = 6) -> PolicyView:
         """What the policy needs to know about this caller and the recent traffic (a read)."""

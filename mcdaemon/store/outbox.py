@@ -85,6 +85,12 @@ _INSERT_FIRST_TEXT = (
     " lease_until)")
 
 
+#: how the `record` column (json.dumps of CallRecord.as_dict) marks an adopted call and one
+#: from the queue_log, for `recovered_calls`
+_ADOPTED = json.dumps({"adopted": True})[1:-1]
+_BACKFILLED = json.dumps({"backfilled": "true"})[1:-1]
+
+
 def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
     record, decision = call.record, call.decision
     return (record.pbx, record.call_id, record.caller, record.caller_e164, record.caller_name,
@@ -188,6 +194,20 @@ class CallsAndOutbox(Receipts):
             return result, claimed
 
         return await self._transaction(work)
+
+    async def recorded_calls(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (pbx, call id) the store holds a decided call of."""
+        return await self._read(lambda: self._stored_keys(keys))
+
+    async def _stored_keys(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        stored: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), 400):
+            chunk = keys[start:start + 400]
+            stored.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
+                "SELECT pbx, call_id FROM calls WHERE (pbx, call_id) IN"
+                f" (VALUES {','.join('(?,?)' for _ in chunk)})",
+                [value for key in chunk for value in key]))
+        return stored
 
     async def _insert_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, group: str | None,
@@ -436,6 +456,18 @@ class CallsAndOutbox(Receipts):
 
     async def count_calls(self) -> int:
         return int(await self._read(lambda: self._scalar("SELECT COUNT(*) FROM calls")))
+
+    async def recovered_calls(self, since: float) -> dict[str, int]:
+        """Calls that ended since `since` and were not seen whole live: `adopted` (in progress
+        at an AMI connect) and `backfilled` (from the queue_log). Bounded by `calls_ended`."""
+        async def work() -> dict[str, int]:
+            row = (await self._rows(
+                "SELECT COUNT(CASE WHEN record LIKE ? THEN 1 END),"
+                " COUNT(CASE WHEN record LIKE ? THEN 1 END) FROM calls WHERE ended >= ?",
+                (f"%{_ADOPTED}%", f"%{_BACKFILLED}%", since)))[0]
+            return {"adopted": int(row[0] or 0), "backfilled": int(row[1] or 0)}
+
+        return await self._read(work)
 
     async def policy_view(self, e164: str | None, group: str | None, now: float,
                           prefix: str | None = None, prefix_len: int = 6) -> PolicyView:

@@ -20,6 +20,7 @@ from mcdaemon.config.model import Config
 from mcdaemon.core.policy import decide
 from mcdaemon.core.records import CallRecord, PolicyView
 from mcdaemon.store import NewCall, Store
+from mcdaemon.webhooks.delivery import STAFF_NOTE_KIND
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "outage"
 QUEUE_LOG = FIXTURES / "outage_dev.queue_log"
@@ -177,9 +178,45 @@ def test_the_config_names_the_default_file(tmp_path: Path) -> None:
     path = config_file(tmp_path)
     path.write_text(path.read_text().replace(
         "  contexts: [from-carrier]\n", f"  contexts: [from-carrier]\n  queue_log: {copy}\n"))
+    path.write_text(path.read_text() + "ami:\n  - {name: lab, username: mcd, secret: s}\n")
     config = load_config(path)
-    assert config.inbound.queue_log == str(copy)
+    assert config.ami[0].queue_log == str(copy)
     out, err = io.StringIO(), io.StringIO()
     status = asyncio.run(backfill(config, out, err, files=None, since=LAST - 3600,
                                   until=LAST + 60, now=LAST + 60, dry_run=True))
     assert status == 0 and len(out.getvalue().splitlines()) == 11
+
+
+def test_a_backfill_queues_what_a_live_call_would_cause(tmp_path: Path) -> None:
+    """The staff of the group are told of each backfilled missed call, as of a live one."""
+    path = config_file(tmp_path, "groups:\n  default:\n    triggers: [queue_abandon]\n"
+                                 "    templates: {default: Sorry!}\n"
+                                 "    notify_staff: ['+447700900999']\n")
+    status, lines, err = run(load_config(path), dry_run=False)
+    assert status == 0, err
+    assert sum(bool(line["queued"]) for line in lines) == 11
+
+    async def kinds() -> list[str]:
+        store = await Store.open_readonly(str(tmp_path / "store" / "mcdaemon.db"))
+        try:
+            return [message.kind for message in await store.messages()]
+        finally:
+            await store.close()
+
+    assert sorted(set(kinds_ := asyncio.run(kinds()))) == ["first", STAFF_NOTE_KIND]
+    assert kinds_.count(STAFF_NOTE_KIND) == 11
+
+
+def test_a_queue_log_given_by_hand_names_its_pbx_when_there_are_several(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "ami:\n  - {name: lab, username: mcd, secret: s}\n"
+                                 "  - {name: branch, username: mcd, secret: s}\n")
+    out, err = io.StringIO(), io.StringIO()
+    status = asyncio.run(backfill(load_config(path), out, err, files=[str(QUEUE_LOG)],
+                                  since=LAST - 3600, until=LAST + 60, now=LAST + 60,
+                                  dry_run=True))
+    assert status == 1 and "--pbx" in err.getvalue() and "lab, branch" in err.getvalue()
+    status = asyncio.run(backfill(load_config(path), out, err, files=[str(QUEUE_LOG)],
+                                  since=LAST - 3600, until=LAST + 60, now=LAST + 60,
+                                  dry_run=True, pbx="branch"))
+    assert status == 0
+    assert {json.loads(line)["pbx"] for line in out.getvalue().splitlines()} == {"branch"}

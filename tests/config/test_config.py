@@ -391,3 +391,31 @@ def test_check_config_and_run_require_a_pbx_and_an_smsc(tmp_path: Path, data: di
         assert result.returncode == 1
         shown = [line.replace(str(path), "config.yaml") for line in result.stderr.splitlines()]
         assert shown[:len(problems)] == problems
+
+
+def pbx(name: str, **extra: str) -> dict[str, str]:
+    return {"name": name, "username": "mcd", "secret": "s", **extra}
+
+
+def test_each_pbx_has_its_own_queue_log_and_one_pbx_may_name_it_in_inbound() -> None:
+    config = config_from_dict({"ami": [pbx("a", queue_log="/srv/a/queue_log"), pbx("b")]})
+    assert [entry.queue_log for entry in config.ami] == ["/srv/a/queue_log", None]
+    one = config_from_dict({"ami": [pbx("a")], "inbound": {"queue_log": "/var/q"}})
+    assert one.ami[0].queue_log == "/var/q"
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    ({"ami": [pbx("a"), pbx("b")], "inbound": {"queue_log": "/var/q"}},
+     "c.yaml: inbound.queue_log: 2 PBXs in ami: give each its own file as ami[].queue_log"),
+    ({"ami": [pbx("a", queue_log="/var/a")], "inbound": {"queue_log": "/var/q"}},
+     "c.yaml: inbound.queue_log: differs from ami[0].queue_log ('/var/a')"),
+    ({"ami": [pbx("a", queue_log="/var/q"), pbx("b", queue_log="/var/q")]},
+     "c.yaml: ami[1].queue_log: '/var/q' is ami[0].queue_log's too"),
+    ({"ami": [pbx("a", queue_log="queue_log")]},
+     "c.yaml: ami[0].queue_log: 'queue_log': give an absolute path"),
+])
+def test_a_queue_log_that_cannot_be_one_pbx_s_is_refused_naming_the_key(
+        data: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(data, source="c.yaml")
+    assert any(line.startswith(problem) for line in caught.value.problems), caught.value.problems

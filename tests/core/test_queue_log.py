@@ -8,11 +8,12 @@ from mcdaemon.core.queue_log import (
     EXIT_WITH_KEY,
     NO_ENTER,
     STILL_OPEN,
+    completed,
     parse_line,
     read_queue_log,
     to_record,
 )
-from mcdaemon.core.records import Outcome
+from mcdaemon.core.records import CallRecord, Outcome
 
 FIXTURE = (Path(__file__).resolve().parent.parent / "fixtures" / "outage"
            / "outage_dev.queue_log")
@@ -149,3 +150,22 @@ def test_the_outage_recording_has_eleven_abandons() -> None:
     assert result.garbage == 0
     assert len(result.calls) == 11
     assert {call.outcome for call in result.calls} == {Outcome.QUEUE_ABANDON}
+
+
+def test_a_call_that_ended_in_an_ami_gap_is_completed_by_the_queue_log() -> None:
+    """The tracker saw the call enter the queue, not its end (the link was down): its record,
+    closed partial at the reconnect, takes the queue_log's outcome and stays the tracker's
+    otherwise (DID, caller name, what it saw)."""
+    seen = CallRecord(pbx="pbx1", call_id="1.1", caller="+447700900123",
+                      caller_name="Ann", caller_e164="+447700900123", did="442071230001",
+                      group="support", outcome=Outcome.QUEUE_TIMEOUT,
+                      stages=("queue:support",), started=100.0, ended=130.0,
+                      wait_seconds=30.0, partial=True, extra={"ended_during_gap": "1"})
+    call = read_queue_log([log(enter(100, "1.1"), "112|1.1|support|NONE|ABANDON|1|1|12")]
+                          ).calls[0]
+    record = completed(seen, call)
+    assert (record.outcome, record.ended, record.wait_seconds, record.partial) == (
+        Outcome.QUEUE_ABANDON, 112.0, 12.0, False)
+    assert (record.did, record.caller_name, record.started) == ("442071230001", "Ann", 100.0)
+    assert record.stages == ("queue:support", "queue:support:abandon", "backfilled")
+    assert record.extra["backfilled"] == "true" and record.extra["ended_during_gap"] == "1"

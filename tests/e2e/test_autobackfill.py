@@ -4,6 +4,7 @@ decided; a restart or an AMI gap costs no queue caller, and none is texted twice
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from e2e.harness import AMI_SECRET, SMPP_PASSWORD, run_service, stop, wait_until
 
 CALLER = "+447700900123"
 OTHER = "+447700900456"
+STAFF = "+447700900999"
 
 
 def abandon(callid: str, caller: str, ended: float) -> str:
@@ -30,10 +32,11 @@ def abandon(callid: str, caller: str, ended: float) -> str:
 
 
 async def seed(tmp_path: Path, config_path: Path, watched: float,
-               recorded: Sequence[CallRecord] = ()) -> None:
+               recorded: Sequence[CallRecord] = (), pbxs: Sequence[str] = ("lab",)) -> None:
     store = await Store.open(str(tmp_path / "mcdaemon.db"))
     try:
-        await store.set_status("watched:lab", "up", watched)
+        for pbx in pbxs:
+            await store.set_status(f"watched:{pbx}", "up", watched)
         if recorded:
             config = load_config(config_path)
             calls = [NewCall(record, decide(record, config, PolicyView(), record.ended))
@@ -45,15 +48,15 @@ async def seed(tmp_path: Path, config_path: Path, watched: float,
 
 
 async def run_once(config_path: Path, smsc: TestSmsc | None = None,
-                   texts: int = 0) -> list[dict[str, Any]]:
-    """Start the daemon, wait for its backfill (and for `texts` texts at the SMSC), stop it;
-    its log lines."""
+                   texts: int = 0, pbxs: int = 1) -> list[dict[str, Any]]:
+    """Start the daemon, wait for its backfill of `pbxs` PBXs (and for `texts` texts at the
+    SMSC), stop it; its log lines."""
     with capture_logs() as logged:
         service, task = await run_service(config_path)
         if smsc is not None:
             await smsc.wait_for_submits(texts, 15)
-        await wait_until(lambda: any(entry["event"] == "queue_log backfilled"
-                                     for entry in logged), 15, "the backfill")
+        await wait_until(lambda: sum(entry["event"] == "queue_log backfilled"
+                                     for entry in logged) >= pbxs, 15, "the backfill")
         assert await stop(service, task) == 0
     return logged
 
@@ -128,3 +131,40 @@ async def test_an_unreadable_queue_log_is_one_warning(tmp_path: Path) -> None:
     [warning] = [entry for entry in logged if entry["event"].startswith("queue_log not")]
     assert warning["log_level"] == "warning" and warning["path"] == str(missing)
     assert warning["group"] == "asterisk"
+
+
+async def test_each_pbx_is_backfilled_from_its_own_queue_log_as_live_calls_are_decided(
+        tmp_path: Path) -> None:
+    """Two PBXs, a queue_log each (the same call id in both: calls are keyed by PBX), and a
+    group whose staff are told of each missed call: a backfilled call is decided as a live
+    one, staff note included."""
+    now = time.time()
+    logs = {"lab": tmp_path / "lab.queue_log", "branch": tmp_path / "branch.queue_log"}
+    logs["lab"].write_text(abandon("1700000000.5", CALLER, now - 30))
+    logs["branch"].write_text(abandon("1700000000.5", OTHER, now - 20))
+    async with TestSmsc(password=SMPP_PASSWORD) as smsc, \
+            AmiTestServer([], secret=AMI_SECRET) as lab, \
+            AmiTestServer([], secret=AMI_SECRET) as branch:
+        entries = [{"name": name, "host": "127.0.0.1", "port": server.port, "username": "mcd",
+                    "secret": AMI_SECRET, "reconnect_min": "0.1s", "reconnect_max": "0.5s",
+                    "queue_log": str(logs[name])}
+                   for name, server in (("lab", lab), ("branch", branch))]
+        config = write_config(tmp_path, ami_port=lab.port, smsc_port=smsc.port, ami=entries,
+                              groups={"default": {"triggers": ["missed"],
+                                                  "notify_staff": [STAFF],
+                                                  "templates": {"default": "Sorry!"}}})
+        await seed(tmp_path, config, watched=now - 60, pbxs=["lab", "branch"])
+        logged = await run_once(config, smsc, texts=4, pbxs=2)
+    assert sorted(submit.destination for submit in smsc.submits) == sorted(
+        ["447700900123", "447700900456", STAFF.lstrip("+"), STAFF.lstrip("+")])
+    lines = {entry["pbx"]: entry for entry in logged if entry["event"] == "queue_log backfilled"}
+    assert {pbx: (line["calls"], line["texted"]) for pbx, line in lines.items()} == {
+        "lab": (1, 1), "branch": (1, 1)}
+    store = await Store.open(str(tmp_path / "mcdaemon.db"))
+    try:
+        rows = [await store.call(pbx, "1700000000.5") for pbx in ("lab", "branch")]
+        last = json.loads((await store.statuses())["backfill:branch"][0])
+    finally:
+        await store.close()
+    assert [row["caller_e164"] for row in rows if row] == [CALLER, OTHER]
+    assert (last["calls"], last["decided"], last["texted"]) == (1, 1, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -170,6 +171,24 @@ async def test_a_storm_larger_than_one_statement_is_recorded_whole(store: Store)
     assert None not in ids[2500:] and len(set(ids[2500:]) | set(first_ids)) == 10500
     assert await store.count_calls() == 10500
     assert len(views) == 12000 and views[0].texts_last_hour == 10500
+
+
+async def test_the_store_says_which_calls_it_holds_by_pbx_and_call_id(store: Store) -> None:
+    await store.record_calls([NewCall(missed_call("c1"), text())], now=T0,
+                             destinations=[CALLER])
+    assert await store.recorded_calls([("lab", "c1"), ("lab", "c2"), ("branch", "c1")]) == {
+        ("lab", "c1")}
+
+
+async def test_calls_adopted_or_backfilled_are_counted_over_a_recent_window(
+        store: Store) -> None:
+    adopted = dataclasses.replace(missed_call("a1"), adopted=True)
+    backfilled = dataclasses.replace(missed_call("b1"), extra={"backfilled": "true"})
+    old = dataclasses.replace(missed_call("b0", ended=T0 - 90_000),
+                              extra={"backfilled": "true"})
+    await store.record_calls([NewCall(record, NO_TEXT) for record in (
+        adopted, backfilled, old, missed_call("live"))], now=T0, destinations=[None] * 4)
+    assert await store.recovered_calls(T0 - 86_400) == {"adopted": 1, "backfilled": 1}
 
 
 async def test_a_decision_to_text_without_a_body_is_refused_before_anything_is_written(
