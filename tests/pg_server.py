@@ -83,7 +83,6 @@ class PgServer:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._names = itertools.count(1)
-        self.templates: dict[str, str] = {}
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.binaries / argv[0]), *argv[1:]]

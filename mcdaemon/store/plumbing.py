@@ -109,12 +109,6 @@ class Plumbing:
     async def checkpoint(self) -> None:
         """Housekeeping every second (SQLite: a WAL checkpoint; others: nothing)."""
 
-    async def _move(self, sql: str, params: Sequence[Any]) -> bool:
-        async def work() -> int:
-            return await self._change(sql, params)
-
-        return await self._transaction(work) == 1
-
     async def _ids_of(self, sql: str, params: Sequence[Any]) -> list[int]:
         async def work() -> list[Any]:
             return await self._rows(sql, params)
