@@ -58,7 +58,7 @@ from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, Intake
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
 from mcdaemon.pipeline.sending import Dispatcher
-from mcdaemon.store import Store, StoreError, StoreInterface
+from mcdaemon.store import StoreError, StoreInterface, open_store
 from mcdaemon.webhooks import delivery as webhooks
 from mcdaemon.webhooks.notify import Notifier
 
@@ -148,7 +148,7 @@ class Service:
         self._stop.set()
 
     async def run(self) -> int:
-        self._store = await Store.open(self.config.store.path)
+        self._store = await open_store(self.config.store)
         try:
             await self.metrics.start()
             await self._agi.start()
@@ -181,7 +181,7 @@ class Service:
             asyncio.create_task(self._outreach.run(self.store), name="outreach"),
         ]
         log.info("mcdaemon started", pbxs=[p.name for p in self.config.ami],
-                 store=self.config.store.path, smsc=f"{self.config.smpp.host}:"
+                 store=self.config.store.address, smsc=f"{self.config.smpp.host}:"
                  f"{self.config.smpp.port}")
         # ready: the config is valid, the store open and the workers started; links that are
         # down are reported (STATUS=, `mcdaemon status`, the log) and retried, not waited for
@@ -194,7 +194,7 @@ class Service:
             if isinstance(error, StoreError | sqlite3.Error):
                 self._store_failed = True
                 log.error(f"stopping: {error}" if isinstance(error, StoreError) else
-                          f"stopping: the store {self.config.store.path} cannot be used: "
+                          f"stopping: the store {self.config.store.address} cannot be used: "
                           f"{error}", worker=task.get_name())
             else:
                 log.error("a worker stopped unexpectedly", worker=task.get_name(),
@@ -263,7 +263,7 @@ class Service:
             await self.metrics.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.close(), 2.0)
-        log.error("stopped: the store could not be written", path=self.config.store.path)
+        log.error("stopped: the store could not be written", path=self.config.store.address)
 
     async def _close_ami(self) -> None:
         async def close(conn: AmiConnection) -> None:

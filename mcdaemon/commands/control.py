@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from mcdaemon.config.model import Config
 from mcdaemon.core.daemons import DaemonBeat, alive, read_beats
 from mcdaemon.pipeline.backfill import LAST_BACKFILL
-from mcdaemon.store import Store, StoreInterface
+from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 
 #: `status` counts the delivery receipts left unmatched, and the calls adopted or backfilled,
 #: in this last stretch (s)
@@ -32,7 +32,7 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
         names = ", ".join(g.name for g in config.groups) or "none"
         print(f"{config.source}: no group {group!r} (groups: {names})", file=sys.stderr)
         return 1
-    store: StoreInterface = await Store.open(config.store.path)
+    store: StoreInterface = await open_store(config.store)
     try:
         name = "global" if group is None else f"group:{group}"
         await store.set_switch(name, enabled, time.time())
@@ -74,7 +74,7 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
     """What `status` shows; read through a read-only connection (no write access needed).
     The daemons alive are those whose heartbeat (`core.daemons`) is fresh, less those this
     host knows are gone (killed since their last beat)."""
-    store: StoreInterface = await Store.open_readonly(config.store.path)
+    store: StoreInterface = await open_store_readonly(config.store)
     try:
         switches = await store.switches()
         statuses = await store.statuses()

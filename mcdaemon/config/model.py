@@ -87,7 +87,17 @@ class InboundConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """SQLite (`path`, the default) or PostgreSQL (`url`, shared by several daemons)."""
+
     path: str = DEFAULT_STORE_PATH
+    url: str = ""  # postgresql://user@host:5432/db, without its password
+    password: str = field(default="", repr=False)
+    sslmode: str = ""  # libpq's sslmode for asyncpg's `ssl`; empty: asyncpg's default
+
+    @property
+    def address(self) -> str:
+        """Where the store is, for messages and logs (a URL never holds a password here)."""
+        return self.url or self.path
 
 
 @dataclass(frozen=True, slots=True)

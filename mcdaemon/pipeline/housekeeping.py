@@ -1,6 +1,7 @@
 """The once-a-second work: the watchdog and the heartbeat (with the PBXs' links and watched
-moments: `pipeline.heartbeat`), the calls the trackers held too long, the texts too old to
-send, and (every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
+moments: `pipeline.heartbeat`), the leases of the texts in flight (renewed; another daemon's,
+expired, taken over), the calls the trackers held too long, the texts too old to send, and
+(every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
 
 Expired texts are marked with their webhook events in one transaction (`Store.atomic`).
 """
@@ -42,6 +43,18 @@ class Housekeeping:
         self._expire_calls = expire_calls
         self._beat = beat  # the daemon's heartbeat (pipeline.heartbeat)
 
+    async def _leases(self, store: StoreInterface, now: float) -> None:
+        """Keep this daemon's texts in flight its own, and take over those of a daemon sharing
+        the store that died (its leases expired): resent once, marked duplicate_risk (or
+        dropped: outbox.after_crash), as after a restart."""
+        await store.renew_leases(now)
+        mode = self._config().outbox.after_crash
+        taken = await store.recover_in_flight(mode, now)
+        if taken:
+            log.warning("took over the texts another daemon left in flight (it stopped "
+                        "renewing their leases)", count=len(taken), action=mode,
+                        message_ids=taken[:20])
+
     async def run(self) -> None:
         snapshot_due = 0.0
         while True:
@@ -62,6 +75,7 @@ class Housekeeping:
             sdnotify.notify("WATCHDOG=1")
             if self._beat is not None:
                 await self._beat(now)
+            await self._leases(store, now)
             self._expire_calls(now)
             async with store.atomic():
                 expired = await store.expire_due(now)

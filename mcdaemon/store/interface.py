@@ -96,8 +96,13 @@ class OutboxStore(Protocol):
         """Queued texts past `expires_at` become `expired` (one transaction); their ids."""
         ...
 
+    async def renew_leases(self, now: float) -> int:
+        """Extend this daemon's claims in flight to `now + claim_lease`; how many."""
+        ...
+
     async def recover_in_flight(self, mode: str, now: float) -> list[int]:
-        """At start-up, texts left `sending`: `resend` (queued, `duplicate_risk`) or `drop`."""
+        """Texts left `sending` by a daemon that is gone (lease expired, or a dead process of
+        this host), never this daemon's own: `resend` (queued, `duplicate_risk`) or `drop`."""
         ...
 
     async def message(self, message_id: int) -> OutboxMessage:
@@ -402,6 +407,11 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
         """Where the store is (a file, or a database's address): for messages and logs."""
         ...
 
+    #: this daemon (`PID@HOST`), as the texts it claims name it
+    owner: str
+    #: how long its claims hold without a renewal (seconds)
+    claim_lease: float
+
     def atomic(self) -> contextlib.AbstractAsyncContextManager[None]:
         """One transaction for every store call the task makes inside the block: committed
         when it ends, rolled back if it raises; other tasks' calls wait for it."""
@@ -418,4 +428,8 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
 
     async def tables(self) -> set[str]:
         """The names of the store's tables (an older schema lacks the newer ones)."""
+        ...
+
+    async def schema_version(self) -> int | None:
+        """The schema the database holds (None: it has none, not an mcdaemon store)."""
         ...

@@ -67,10 +67,7 @@ class ReportQueries(Receipts):
         async def work() -> dict[str, list[dict[str, Any]]]:
             result: dict[str, list[dict[str, Any]]] = {"bookings": []}
             for name, (sql, params) in queries.items():
-                async with self._db.execute(sql, params) as cursor:
-                    names = [column[0] for column in cursor.description]
-                    result[name] = [dict(zip(names, row, strict=True))
-                                    for row in await cursor.fetchall()]
+                result[name] = await self._dict_rows(sql, params)
             return result
 
         rows = await self._read(work)
@@ -98,9 +95,9 @@ class ReportQueries(Receipts):
                 " AND c.ended <= ? AND c.ended >= ? ORDER BY c.ended DESC, m.id DESC LIMIT 1",
                 (e164, at, at, at - window))
             pbx, call_id = (str(rows[0][0]), str(rows[0][1])) if rows else (None, None)
-            _, row_id = await self._change(
+            row_id = await self._scalar(
                 "INSERT INTO bookings (e164, value, currency, note, at, pbx, call_id,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                " created_at) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
                 (e164, value, currency, note, at, pbx, call_id, recorded))
             return Booking(int(row_id or 0), e164, value, currency, note, at, pbx, call_id)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import structlog
 
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 from mcdaemon.store.schema import TRANSITIONS
 
 log = structlog.get_logger("mcdaemon.store")
 
 
-class Status(Connection):
+class Status(Plumbing):
     """The daemon's switches (`mcdaemon enable|disable`) and status rows, and the outbox's."""
 
     async def set_switch(self, name: str, enabled: bool, at: float) -> None:

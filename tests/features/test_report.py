@@ -48,7 +48,7 @@ from mcdaemon.report.kpis import (
     percentile,
     two_proportion_z_test,
 )
-from mcdaemon.store import _MIGRATIONS, SCHEMA_VERSION, NewCall, Store, StoreError
+from mcdaemon.store import SCHEMA_VERSION, NewCall, Store, StoreError, migration_steps
 
 T0 = dt.datetime(2025, 1, 6, 9, 0, tzinfo=dt.UTC).timestamp()  # a Monday morning (London)
 DAY = 86400.0
@@ -684,8 +684,8 @@ async def test_open_readonly_refuses_what_it_cannot_read(tmp_path: Path) -> None
 async def test_an_older_store_is_read_as_it_is_without_bookings(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
     with sqlite3.connect(path) as db:
-        for statements in _MIGRATIONS[:2]:
-            for statement in statements:
+        for number in range(2):
+            for statement in migration_steps(number, "sqlite"):
                 db.execute(statement)
         db.execute("PRAGMA user_version = 2")
     before = path.read_bytes()
