@@ -24,7 +24,7 @@ Then, in one run:
     retention   the store's size, then every kind's retention set to `--retain` days and
                 `prune_step` run at the daemon's batch size until nothing is past it, the
                 space released: the size after, and how long it took
-    migration   (--migration) the seeded store taken back to schema 8 (migration 9's
+    migration   (--migration) the seeded store taken back to schema 9 (migration 10's
                 indexes dropped) and opened: how long the migration takes per million rows
 
     python bench/history.py [--days 365] [--runs 4] [--dir /tmp/mcd-history] [--reuse]
@@ -65,10 +65,11 @@ MISSED = (("queue_abandon", 0.55), ("queue_timeout", 0.1), ("ring_no_answer", 0.
 GROUPS = ("sales", "support")
 
 
-def migration_nine() -> tuple[str, ...]:
-    from mcdaemon.store import _MIGRATIONS
+def retention_indexes() -> list[str]:
+    """Migration 10's statements (retention's and the report's indexes), as SQLite runs them."""
+    from mcdaemon.store import migration_steps
 
-    return _MIGRATIONS[8]
+    return list(migration_steps(9, "sqlite"))
 
 
 # ---------------------------------------------------------------------- seeding
@@ -320,16 +321,16 @@ def size(store: Path) -> float:
 
 
 def migration(store: Path, folder: Path) -> tuple[float, int]:
-    """Seconds migration 9 takes on a copy of the store taken back to schema 8, and the
+    """Seconds migration 10 takes on a copy of the store taken back to schema 9, and the
     rows of the tables it indexes."""
-    copy = folder / "schema8.db"
+    copy = folder / "schema9.db"
     shutil.copyfile(store, copy)
     db = sqlite3.connect(copy)
-    for statement in migration_nine():
+    for statement in retention_indexes():
         if statement.startswith("CREATE INDEX"):
             db.execute("DROP INDEX " + statement.split()[2])
-    db.execute("CREATE INDEX calls_ended ON calls (ended)")  # as schema 8 had it
-    db.execute("PRAGMA user_version = 8")
+    db.execute("CREATE INDEX calls_ended ON calls (ended)")  # as schema 9 had it
+    db.execute("PRAGMA user_version = 9")
     rows = sum(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in (
         "calls", "receipts", "inbound", "messages", "contact_events", "campaigns",
         "campaign_calls"))

@@ -35,9 +35,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     from mcdaemon.core.sender_id import describe
 
+    if config.store.url:
+        import asyncio
+
+        from mcdaemon.store import check_postgresql
+        try:
+            store_line = asyncio.run(check_postgresql(config.store))
+        except StoreError as exc:
+            print(f"{config.source}: store.url: {exc}", file=sys.stderr)
+            print("1 problem(s) found", file=sys.stderr)
+            return 1
     print(f"{config.source}: OK ({len(config.ami)} PBX(s), inbound contexts: "
           f"{', '.join(config.inbound.contexts)})")
     print(describe(config.smpp))
+    if config.store.url:
+        print(store_line)
     return 0
 
 
@@ -178,12 +190,12 @@ def cmd_contacts(args: argparse.Namespace) -> int:
     from mcdaemon.contacts import lookup as contacts
     config = _load(args)
     if args.contacts_command == "import":
-        return asyncio.run(contacts.cli_import(config.region, config.store.path, args.file,
+        return asyncio.run(contacts.cli_import(config.region, config.store, args.file,
                                                sys.stdout, sys.stderr, time.time()))
     if args.contacts_command == "show":
-        return asyncio.run(contacts.cli_show(config.region, config.store.path, args.number,
+        return asyncio.run(contacts.cli_show(config.region, config.store, args.number,
                                              sys.stdout, sys.stderr))
-    return asyncio.run(contacts.cli_list(config.store.path, sys.stdout, sys.stderr,
+    return asyncio.run(contacts.cli_list(config.store, sys.stdout, sys.stderr,
                                          full=args.full))
 
 
@@ -191,11 +203,14 @@ def cmd_store(args: argparse.Namespace) -> int:
     import asyncio
 
     from mcdaemon.commands import store
+    from mcdaemon.commands.migrate import migrate_store
 
     config = _load(args)
     if args.store_command == "info":
         return asyncio.run(store.show_info(config, sys.stdout, as_json=args.json))
-    return asyncio.run(store.compact(config, sys.stdout))
+    if args.store_command == "compact":
+        return asyncio.run(store.compact(config, sys.stdout))
+    return asyncio.run(migrate_store(config, args.to, sys.stdout, sys.stderr))
 
 
 #: where `-c` looks when it is not given (the README's and the systemd unit's path)
@@ -338,22 +353,32 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--full", action="store_true", help="whole phone numbers")
     store = commands.add_parser(
-        "store", help="the store: its size, its history and retention, compacting it",
+        "store", help="the store: its size, its history and retention, compacting it, moving "
+                      "it to PostgreSQL",
         description="the store: its size, its history and retention (store.retention), "
-                    "compacting it")
+                    "compacting it, moving it to PostgreSQL")
     store_commands = store.add_subparsers(dest="store_command", required=True,
                                           metavar="ACTION")
     for name, help_text in (
             ("info", "size on disk, rows and the oldest and newest of each table, what "
                      "retention removes next; reads the store only"),
-            ("compact", "give the space retention freed back to the file system (a store "
-                        "made before retention: once, with the daemon stopped)")):
+            ("compact", "give the space retention freed back to the file system (a SQLite "
+                        "store made before retention: once, with the daemon stopped; "
+                        "PostgreSQL: a VACUUM beside the daemons)")):
         sub = store_commands.add_parser(name, help=help_text, description=help_text)
         _config_option(sub)
         _log_options(sub)
         sub.set_defaults(handler=cmd_store)
         if name == "info":
             sub.add_argument("--json", action="store_true", help="machine-readable output")
+    migrate_help = ("copy the SQLite store (store.path; stop the daemon first) into an empty "
+                    "PostgreSQL database, ids kept; the password from PGPASSWORD or ~/.pgpass")
+    migrate = store_commands.add_parser("migrate", help=migrate_help, description=migrate_help)
+    _config_option(migrate)
+    _log_options(migrate)
+    migrate.set_defaults(handler=cmd_store)
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="postgresql://USER@HOST:5432/DATABASE (an empty database)")
     command("run", cmd_run, "run the daemon: watch the PBXs, text the callers they missed")
     send_test = command("send-test", cmd_send_test,
                         "send one text through the configured SMSC bind and report the submit "

@@ -88,10 +88,11 @@ look at the texts with `mcdaemon preview -c FILE`.
 
 - **Unknown keys are errors**: a typo never passes silently.
 - **Durations**: `90` (seconds), `30s`, `15m`, `1h`, `1h30m`, `2d`, `250ms`.
-- **Secrets** (`ami[].secret`, `smpp.password`, `webhooks[].secret`) are written inline, or
-  as `secret_env: VARIABLE` / `secret_file: /path` (`password_env` / `password_file` for
-  `smpp.password`). A config file holding an inline secret that other users can read gets a
-  `config warning` log line. Secrets never appear in logs.
+- **Secrets** (`ami[].secret`, `smpp.password`, `store.password`, `webhooks[].secret`) are
+  written inline, or as `secret_env: VARIABLE` / `secret_file: /path` (`password_env` /
+  `password_file` for `smpp.password` and `store.password`). A config file holding an inline
+  secret that other users can read gets a `config warning` log line. Secrets never appear in
+  logs.
 - **Phone numbers** are checked where they are read: E.164 or national digits completed with
   `region`; a number a text goes to must be a valid mobile; letters are refused.
 - **Reload**: `systemctl reload mcdaemon` (SIGHUP) applies a new file to the next calls; a

@@ -2,7 +2,8 @@
 # Set-up and entry points for people and CI.
 #   scripts/dev.sh demo   create .venv, install mcdaemon, run `mcdaemon demo`
 #   scripts/dev.sh test   create .venv, install with test extras (and, as root, the system
-#                         packages the SMSC peer needs), run ruff, mypy and pytest
+#                         packages the SMSC peer and the PostgreSQL tests need), run ruff,
+#                         mypy and pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,6 +27,7 @@ case "${1:-}" in
     shift
     ensure_venv "[test]"
     bash scripts/setup-jasmin.sh
+    bash scripts/setup-postgresql.sh
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy" mcdaemon
     exec "$VENV/bin/pytest" -q "$@"

@@ -210,8 +210,8 @@ def test_in_an_event_loop_the_summary_comes_when_the_window_ends() -> None:
 async def test_a_store_says_once_that_it_was_created_or_migrated(tmp_path: Path) -> None:
     fresh, old = tmp_path / "fresh.sqlite", tmp_path / "old.sqlite"
     with sqlite3.connect(old) as db:  # a store an older mcdaemon left at schema 3
-        for statements in store._MIGRATIONS[:3]:
-            for statement in statements:
+        for number in range(3):
+            for statement in store.migration_steps(number, "sqlite"):
                 db.execute(statement)
         db.execute("PRAGMA user_version = 3")
 

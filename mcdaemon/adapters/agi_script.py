@@ -38,9 +38,9 @@ from asterisk.agi import AGI, AGIError, AGIHangup
 from mcdaemon import logs
 from mcdaemon.adapters.agi import HOOKS, HookContext, Marks, hook_marks, set_variable
 from mcdaemon.config.load import config_from_dict
-from mcdaemon.config.model import Config
+from mcdaemon.config.model import Config, StoreConfig
 from mcdaemon.config.reader import ConfigError
-from mcdaemon.store import Store, StoreError, StoreInterface
+from mcdaemon.store import StoreError, StoreInterface, open_store_readonly
 
 log = structlog.get_logger("mcdaemon.agi")
 
@@ -102,8 +102,8 @@ def _without_secrets(data: Any) -> Any:
     return cleaned
 
 
-async def _is_opted_out(store_path: str, number: str) -> bool:
-    store: StoreInterface = await Store.open_readonly(store_path)
+async def _is_opted_out(store_config: StoreConfig, number: str) -> bool:
+    store: StoreInterface = await open_store_readonly(store_config)
     try:
         return await store.is_opted_out(number)
     finally:
@@ -115,7 +115,7 @@ def run_hook(agi: AGI, config: Config, hook: str, params: dict[str, list[str]]) 
     store read it needs) is complete."""
     context = HookContext(
         groups=[group.name for group in config.groups], region=config.region,
-        opted_out=lambda number: _is_opted_out(config.store.path, number),
+        opted_out=lambda number: _is_opted_out(config.store, number),
         full_numbers=config.log_full_numbers)
     marks: Marks | None = asyncio.run(hook_marks(hook, agi.env, params, context,
                                                  via="mcdaemon-agi"))

@@ -37,7 +37,7 @@ from mcdaemon.pipeline.backfill import (
 )
 from mcdaemon.pipeline.deciding import Decider
 from mcdaemon.report.kpis import Since, parse_since
-from mcdaemon.store import Store, StoreInterface
+from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 from mcdaemon.webhooks.delivery import WebhookWorker
 from mcdaemon.webhooks.notify import Notifier
 
@@ -179,9 +179,9 @@ async def backfill(config: Config, out: TextIO, err: TextIO, *, files: Sequence[
         return 1
     store: StoreInterface | None = None
     if not dry_run:
-        store = await Store.open(config.store.path)
-    elif Path(config.store.path).is_file():
-        store = await Store.open_readonly(config.store.path)
+        store = await open_store(config.store)
+    elif config.store.url or Path(config.store.path).is_file():
+        store = await open_store_readonly(config.store)
     contacts = ContactNames(config.contacts)
     try:
         for name, (paths, log) in logs.items():

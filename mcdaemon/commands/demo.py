@@ -115,7 +115,7 @@ async def run_demo(out: TextIO, *, speed: float = 20.0, timeout: float = 60.0) -
             config_path.chmod(0o600)
             config = load_config(config_path)
             print(f"  AMI server 127.0.0.1:{ami.port}, SMSC 127.0.0.1:{smsc.port}, "
-                  f"store {config.store.path}\n", file=out, flush=True)
+                  f"store {config.store.address}\n", file=out, flush=True)
             service = Service(config, config_path=config_path, on_decision=show_decision,
                               install_signal_handlers=False)
             daemon = asyncio.create_task(service.run())

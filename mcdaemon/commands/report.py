@@ -24,7 +24,13 @@ from mcdaemon.report.kpis import (
     local_iso,
     parse_moment,
 )
-from mcdaemon.store import ReportStore, Store, StoreError, StoreInterface
+from mcdaemon.store import (
+    ReportStore,
+    StoreError,
+    StoreInterface,
+    open_store,
+    open_store_readonly,
+)
 
 #: missed calls the HTML page lists
 RECENT_CALLS = 25
@@ -56,7 +62,7 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 2
     try:
-        store: StoreInterface = await Store.open_readonly(config.store.path)
+        store: StoreInterface = await open_store_readonly(config.store)
     except StoreError as exc:
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 1
@@ -105,7 +111,7 @@ async def record_booking(config: Config, out: TextIO, *, number: str, value: flo
         print(f"mcdaemon record-booking: --at: {exc}", file=sys.stderr)
         return 2
     try:
-        store: StoreInterface = await Store.open(config.store.path)
+        store: StoreInterface = await open_store(config.store)
     except StoreError as exc:
         print(f"mcdaemon record-booking: {exc}", file=sys.stderr)
         return 1

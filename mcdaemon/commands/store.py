@@ -1,5 +1,6 @@
 """`mcdaemon store info|compact`: what the store holds and how big it is, and giving the space
-that retention freed back to the file system."""
+that retention freed back to the file system (SQLite) or making it reusable now (PostgreSQL,
+whose autovacuum otherwise does it)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import time
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
-from mcdaemon.commands.control import daemon_running
+from mcdaemon.commands.control import daemons_running
 from mcdaemon.config.model import Config
 from mcdaemon.pipeline.retention import RELEASE_PAGES
-from mcdaemon.store import Store, StoreInterface
+from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 
 DAY = 86400.0
 
 
 async def gather_info(config: Config, now: float) -> dict[str, Any]:
     """What `store info` shows; read through a read-only connection."""
-    store: StoreInterface = await Store.open_readonly(config.store.path)
+    store: StoreInterface = await open_store_readonly(config.store)
     try:
         space = await store.space()
         history = await store.history()
@@ -29,7 +30,7 @@ async def gather_info(config: Config, now: float) -> dict[str, Any]:
         await store.close()
     retention = config.store.retention
     return {
-        "path": config.store.path, **space,
+        "path": config.store.address, **space,
         "retention_days": {kind: getattr(retention, kind) / DAY
                            for kind in ("calls", "receipts", "replies", "webhooks", "outreach")},
         "tables": {table: {**facts, "past_retention": due.get(table)}
@@ -48,7 +49,8 @@ async def show_info(config: Config, out: TextIO, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(info, indent=2), file=out)
         return 0
-    released = ("freed space is given back as retention removes history" if
+    released = ("PostgreSQL's autovacuum makes freed space reusable" if config.store.url
+                else "freed space is given back as retention removes history" if
                 info["releases_space"] else "freed space is NOT given back: run `mcdaemon "
                 "store compact` once, with the daemon stopped")
     print(f"store:     {info['path']}", file=out)
@@ -75,16 +77,19 @@ async def show_info(config: Config, out: TextIO, *, as_json: bool) -> int:
 
 async def compact(config: Config, out: TextIO) -> int:
     """Give the free space back: in steps beside the running daemon when the store releases
-    space as it goes, else by rewriting the file once (the daemon stopped)."""
-    store: StoreInterface = await Store.open(config.store.path)
+    space as it goes, else by rewriting the file once (the daemon stopped). PostgreSQL: a
+    VACUUM of mcdaemon's tables beside the running daemons."""
+    store: StoreInterface = await open_store(config.store)
     try:
         space = await store.space()
         if space["releases_space"]:
             released = 0
             while (step := await store.release_space(RELEASE_PAGES)) > 0:
                 released += step
+            if config.store.url:
+                await store.compact()
         else:
-            running, _ = daemon_running(await store.statuses(), time.time())
+            running, _ = daemons_running(await store.statuses(), time.time())
             if running:
                 print(f"mcdaemon store compact: the daemon is running on {config.store.path}; "
                       "compacting rewrites the whole file once and would make it wait: stop "
@@ -97,7 +102,8 @@ async def compact(config: Config, out: TextIO) -> int:
         after = await store.space()
     finally:
         await store.close()
+    reused = ("PostgreSQL's autovacuum makes freed space reusable" if config.store.url else
+              "from now on freed space is given back as retention removes history")
     print(f"store compacted: {int(space['bytes']) / 1e6:,.1f} MB -> "
-          f"{int(after['bytes']) / 1e6:,.1f} MB; from now on freed space is given back as "
-          "retention removes history", file=out)
+          f"{int(after['bytes']) / 1e6:,.1f} MB; {reused}", file=out)
     return 0

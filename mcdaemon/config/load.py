@@ -15,6 +15,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import phonenumbers
@@ -35,6 +36,7 @@ from mcdaemon.config.model import (
     AmiConfig,
     CapsConfig,
     Config,
+    DaemonConfig,
     GroupConfig,
     InboundConfig,
     MetricsConfig,
@@ -211,6 +213,15 @@ def _read_retention(section: Section) -> RetentionConfig:
     )
     section.done()
     return retention
+
+
+def _read_daemon(section: Section) -> DaemonConfig:
+    name = section.str("name", "") or None
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        section.error("name", "use 1-64 letters, digits, '_', '.', '@' or '-' (or leave it "
+                              "out: the daemon is then named by its process, PID@HOST)")
+    section.done()
+    return DaemonConfig(name=name)
 
 
 def _read_outbox(section: Section) -> OutboxConfig:
@@ -600,9 +611,10 @@ def reload_config(old: Config, path: str | Path) -> Config:
     new = load_config(path)
     log_warnings(new)
     problems = []
-    if new.store.path != old.store.path:
-        problems.append(f"{new.source}: store.path: changed from {old.store.path} to "
-                        f"{new.store.path}; a new database needs a restart "
+    if new.store.address != old.store.address:
+        key = "store.url" if new.store.url or old.store.url else "store.path"
+        problems.append(f"{new.source}: {key}: changed from {old.store.address} to "
+                        f"{new.store.address}; a new database needs a restart "
                         "(systemctl restart mcdaemon)")
     if problems:
         raise ConfigError(problems)
@@ -638,10 +650,8 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     inbound_section = top.section("inbound")
     ami = _one_pbx_queue_log(inbound_section, ami)
     inbound = _read_inbound(inbound_section)
-    store_section = top.section("store")
-    store = StoreConfig(path=store_section.str("path", DEFAULT_STORE_PATH),
-                        retention=_read_retention(store_section.section("retention")))
-    store_section.done()
+    store = _read_store(top.section("store"))
+    daemon = _read_daemon(top.section("daemon"))
     smpp = _read_smpp(top.section("smpp"), region)
     outbox = _read_outbox(top.section("outbox"))
     company = top.str("company", "")
@@ -678,12 +688,45 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     warnings.extend(webhook_warnings)
     warnings.extend(f"{source}: {warning}" for warning in agi_warnings)
     config = Config(source=source, region=region, timezone=timezone, ami=ami, inbound=inbound,
-                    store=store, smpp=smpp, outbox=outbox,
+                    store=store, daemon=daemon, smpp=smpp, outbox=outbox,
                     raw=data if isinstance(data, dict) else {}, warnings=tuple(warnings),
                     company=company, policy=policy, groups=groups,
                     log_full_numbers=log_full_numbers, metrics=metrics, webhooks=webhooks,
                     contacts=contacts, agi=agi, callbacks=callbacks)
     return config, reader.known
+
+
+#: libpq's sslmode values (`store.sslmode`), passed to asyncpg as its `ssl`
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _read_store(section: Section) -> StoreConfig:
+    url = section.str("url", "")
+    path = section.str("path", DEFAULT_STORE_PATH)
+    password = section.secret("password")
+    sslmode = section.str("sslmode", "")
+    retention = _read_retention(section.section("retention"))
+    if url:
+        if section.data.get("path"):
+            section.error("url", "give only one of store.path (SQLite, one host) and "
+                                 "store.url (PostgreSQL, shared by several daemons)")
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            section.error("url", f"{url!r} is not a PostgreSQL URL (postgresql://USER@HOST:"
+                                 "5432/DATABASE)")
+        elif parts.password is not None:
+            section.error("url", "holds a password: give it by store.password_env or "
+                                 "store.password_file instead, so it never reaches a log")
+        if sslmode and sslmode not in SSL_MODES:
+            section.error("sslmode", f"{sslmode!r} is not one of {', '.join(SSL_MODES)}")
+    else:
+        for key in ("password", "password_env", "password_file", "sslmode"):
+            if section.data.get(key):
+                section.error(key, "only with store.url (PostgreSQL); the SQLite store "
+                                   "(store.path) has no password")
+    section.done()
+    return StoreConfig(path=path, url=url, password=password, sslmode=sslmode,
+                       retention=retention)
 
 
 def runtime_problems(config: Config) -> list[str]:
@@ -702,6 +745,8 @@ def runtime_problems(config: Config) -> list[str]:
     elif "host" not in smpp:
         problems.append(f"{config.source}: smpp.host: missing: the SMSC's address (the "
                         "daemon would try 127.0.0.1)")
+    if config.store.url:  # checked by connecting (check-config), not here
+        return problems
     where = f"{config.source}: store.path"
     path = Path(config.store.path)
     if path.exists():

@@ -105,8 +105,26 @@ class RetentionConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """SQLite (`path`, the default) or PostgreSQL (`url`, shared by several daemons)."""
+
     path: str = DEFAULT_STORE_PATH
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    url: str = ""  # postgresql://user@host:5432/db, without its password
+    password: str = field(default="", repr=False)
+    sslmode: str = ""  # libpq's sslmode for asyncpg's `ssl`; empty: asyncpg's default
+
+    @property
+    def address(self) -> str:
+        """Where the store is, for messages and logs (a URL never holds a password here)."""
+        return self.url or self.path
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """This daemon among those sharing a store."""
+
+    #: its name in `status` and its heartbeat row; None: its process, `PID@HOST`
+    name: str | None = None
 
 
 #: the longest SMPP 3.4 address (source_addr, destination_addr), in characters: a C-octet
@@ -239,6 +257,7 @@ class Config:
     ami: tuple[AmiConfig, ...] = ()
     inbound: InboundConfig = field(default_factory=InboundConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     smpp: SmppConfig = field(default_factory=SmppConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -32,10 +32,17 @@ from urllib.parse import quote
 import structlog
 
 from mcdaemon.config.contacts import NUMBER_FIELD, ContactsConfig, LookupConfig
+from mcdaemon.config.model import StoreConfig
 from mcdaemon.core import templates
 from mcdaemon.core.phone import to_e164
 from mcdaemon.logs import mask_number
-from mcdaemon.store import Contact, ContactsStore, Store, StoreInterface
+from mcdaemon.store import (
+    Contact,
+    ContactsStore,
+    StoreInterface,
+    open_store,
+    open_store_readonly,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -173,7 +180,7 @@ async def import_csv(config_region: str, store: ContactsStore, path: Path, *,
 # --------------------------------------------------------------------------- the CLI
 
 
-async def cli_import(config_region: str, store_path: str, file: str, out: IO[str],
+async def cli_import(config_region: str, store_config: StoreConfig, file: str, out: IO[str],
                      err: IO[str], now: float) -> int:
     """`mcdaemon contacts import`: 0 all rows imported, 1 some refused, 2 nothing readable."""
     from mcdaemon.store import StoreError
@@ -183,7 +190,7 @@ async def cli_import(config_region: str, store_path: str, file: str, out: IO[str
         print(f"{file}: no such file", file=err)
         return 2
     try:
-        store: StoreInterface = await Store.open(store_path)
+        store: StoreInterface = await open_store(store_config)
     except StoreError as exc:
         print(f"mcdaemon contacts import: {exc}", file=err)
         return 2
@@ -202,7 +209,7 @@ async def cli_import(config_region: str, store_path: str, file: str, out: IO[str
     return 1 if parsed.problems else 0
 
 
-async def cli_show(region: str, store_path: str, number: str, out: IO[str],
+async def cli_show(region: str, store_config: StoreConfig, number: str, out: IO[str],
                    err: IO[str]) -> int:
     from mcdaemon.store import StoreError
 
@@ -211,7 +218,7 @@ async def cli_show(region: str, store_path: str, number: str, out: IO[str],
         print(f"{number!r} is not a phone number", file=err)
         return 2
     try:
-        store: StoreInterface = await Store.open_readonly(store_path)
+        store: StoreInterface = await open_store_readonly(store_config)
     except StoreError as exc:
         print(f"mcdaemon contacts show: {exc}", file=err)
         return 1
@@ -229,11 +236,11 @@ async def cli_show(region: str, store_path: str, number: str, out: IO[str],
     return 0
 
 
-async def cli_list(store_path: str, out: IO[str], err: IO[str], *, full: bool) -> int:
+async def cli_list(store_config: StoreConfig, out: IO[str], err: IO[str], *, full: bool) -> int:
     from mcdaemon.store import StoreError
 
     try:
-        store: StoreInterface = await Store.open_readonly(store_path)
+        store: StoreInterface = await open_store_readonly(store_config)
     except StoreError as exc:
         print(f"mcdaemon contacts list: {exc}", file=err)
         return 1

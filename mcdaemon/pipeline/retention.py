@@ -2,7 +2,9 @@
 space back to the file system, off the decision path.
 
 Each step is a few short transactions (`Store.prune_step`: at most `PRUNE_BATCH` rows of each
-kind) followed by a short `release_space`; between steps the stage sleeps, so a decision
+kind) followed by a short `release_space` (SQLite; PostgreSQL's autovacuum reuses the space
+itself, and every daemon sharing it prunes: a row another removed first is simply not
+there); between steps the stage sleeps, so a decision
 waits at most one of them. A backlog (the first run on an old store, a shorter retention)
 is worked off at a few thousand rows a second; once there is nothing to remove, the stage
 looks again every `IDLE` seconds.

@@ -1,8 +1,11 @@
-"""The durable store: calls, decisions, the outbox, receipts, replies, opt-outs (SQLite).
+"""The durable store: calls, decisions, the outbox, receipts, replies, opt-outs: SQLite
+(`Store`, one host) or PostgreSQL (`PgStore`, several daemons on several hosts).
 
-All SQL lives in this package: `connection` (the file, its transactions, `atomic()`),
-`schema` (the life cycle and the migrations), then one module per owner of tables, each a
-class of queries that `Store` composes. Everything outside the package calls `Store`'s
+All SQL lives in this package: `plumbing` (what the queries run through), `connection` (the
+SQLite file, its transactions, `atomic()`), `pg_connection` (the same over asyncpg),
+`schema` (the life cycle and the migrations, for both), then one module per owner of tables,
+each a class of queries that `Store` and `PgStore` compose; `transfer` moves a store from one
+to the other. Everything outside the package calls `Store`'s
 methods, never SQL; `store/interface.py` declares them (`StoreInterface`, one Protocol per
 owner), and code outside the package annotates the store it is given with those Protocols.
 
@@ -20,8 +23,10 @@ other move (a hand-written `UPDATE` included):
       ▲                 │  │
       └──── retry ──────┘  └──► failed          queued ──► expired | failed
 
-"Claim the next messages to send" is one `UPDATE … RETURNING`, so several daemons could share
-one outbox (PostgreSQL has the same statement).
+"Claim the next messages to send" is one `UPDATE … RETURNING`, so several daemons share one
+outbox without taking a text twice; each claim is leased to its daemon (`owner`,
+`lease_until`), which renews it every second, and a daemon takes over only the texts of one
+that is gone (`recover_in_flight`).
 
 Durability: WAL with `synchronous=FULL`. NORMAL would be enough against a daemon crash, but
 after a power cut it may lose the last commits, and the last commit is often a claim: the text
@@ -47,8 +52,11 @@ not keep.
 
 from __future__ import annotations
 
+from typing import cast
+
+from mcdaemon.config.model import StoreConfig
 from mcdaemon.core.outbox import SubmitOutcome
-from mcdaemon.store.connection import Connection, StoreError
+from mcdaemon.store.connection import Connection
 from mcdaemon.store.contacts import Contact, Contacts
 from mcdaemon.store.interface import (
     ContactsStore,
@@ -64,6 +72,8 @@ from mcdaemon.store.interface import (
 )
 from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
+from mcdaemon.store.pg_connection import PgConnection, SslMode
+from mcdaemon.store.plumbing import StoreError
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, CallerHistory, ReportQueries, SentText
@@ -75,31 +85,83 @@ from mcdaemon.store.schema import (
     MIN_SQLITE,
     SCHEMA_VERSION,
     TRANSITIONS,
+    migration_steps,
 )
 from mcdaemon.store.status import LIVE_STATES, SETTLED_WINDOW, Status
 from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookQueue, WebhookResult
 
 
 class Store(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,
-            Outreach, Retention):
+            Outreach, Retention, Connection):
     """The SQLite store: one connection (`Connection`), the queries of every owner of tables.
 
     It satisfies `StoreInterface` (`store/interface.py`), which is what code outside this
-    package is given. A second backend (PostgreSQL) is a `Connection` of its own with the same
-    plumbing, under the same owners' queries; nothing outside this package changes."""
+    package is given; `PgStore` is the same queries over PostgreSQL."""
 
 
-#: mypy checks here that the SQLite backend has every method of the interface, with
-#: compatible signatures (a backend that lacks one, or differs, fails `mypy mcdaemon`)
+class PgStore(CallsAndOutbox, RepliesAndOptOuts, WebhookQueue, Contacts, ReportQueries, Status,
+              Outreach, Retention, PgConnection):
+    """The PostgreSQL store (`store.url`): the same owners' queries over one asyncpg
+    connection (`PgConnection`), shared by any number of daemons on any number of hosts."""
+
+
+#: mypy checks here that each backend has every method of the interface, with compatible
+#: signatures (a backend that lacks one, or differs, fails `mypy mcdaemon`)
 _SQLITE_BACKEND: type[StoreInterface] = Store
+_POSTGRESQL_BACKEND: type[StoreInterface] = PgStore
+
+
+def _ssl(config: StoreConfig) -> SslMode | None:
+    return cast(SslMode, config.sslmode) if config.sslmode else None
+
+
+async def open_store(config: StoreConfig) -> StoreInterface:
+    """Open (creating and migrating) the store the config names: PostgreSQL when `store.url`
+    is set, else the SQLite file `store.path`. The one place that chooses the backend."""
+    if config.url:
+        return await PgStore.open(config.url, password=config.password or None,
+                                  ssl=_ssl(config))
+    return await Store.open(config.path)
+
+
+async def check_postgresql(config: StoreConfig) -> str:
+    """`check-config`'s look at the PostgreSQL store: it connects and reads the schema
+    version, changing nothing. A line to show; StoreError if it cannot connect or a newer
+    mcdaemon wrote it."""
+    store = await PgStore._connect(config.url, config.password or None, _ssl(config))
+    try:
+        version = await store.schema_version()
+    finally:
+        await store.close()
+    if version is None:
+        return (f"store {store.path}: connected; no schema yet (the daemon creates schema "
+                f"{SCHEMA_VERSION} at its first start)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{store.path} was written by a newer mcdaemon (schema {version}, "
+                         f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon")
+    if version < SCHEMA_VERSION:
+        return (f"store {store.path}: connected; schema {version} (the daemon migrates it to "
+                f"{SCHEMA_VERSION} when it starts)")
+    return f"store {store.path}: connected; schema {version} (current)"
+
+
+async def open_store_readonly(config: StoreConfig) -> StoreInterface:
+    """Open the store the config names for reading only (`report`, `status`, the AGI
+    script): nothing is created or migrated."""
+    if config.url:
+        return await PgStore.open_readonly(config.url, password=config.password or None,
+                                           ssl=_ssl(config))
+    return await Store.open_readonly(config.path)
 
 
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIN_SQLITE", "SCHEMA_VERSION",
     "SETTLED_WINDOW", "TRANSITIONS", "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking",
     "CallerHistory", "Campaign", "Connection", "Contact", "ContactsStore", "FirstText",
-    "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "ReceiptIn", "ReceiptsStore",
-    "RepliesStore", "ReportStore", "RetentionStore", "SentText", "StatusStore", "Stopped",
+    "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "PgConnection", "PgStore",
+    "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "RetentionStore", "SentText",
+    "StatusStore", "Stopped",
     "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
-    "WebhookResult", "WebhooksStore",
+    "WebhookResult", "WebhooksStore", "check_postgresql", "migration_steps", "open_store",
+    "open_store_readonly",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import os
 import sqlite3
 import time
@@ -18,7 +17,15 @@ from typing import Any, Self, TypeVar, cast
 import aiosqlite
 import structlog
 
-from mcdaemon.store.schema import _MIGRATIONS, BUSY_TIMEOUT_MS, MIN_SQLITE, SCHEMA_VERSION
+from mcdaemon.store.plumbing import (
+    CLAIM_LEASE,
+    Plumbing,
+    RowCursor,
+    StoreError,
+    _open_transaction,
+    this_daemon,
+)
+from mcdaemon.store.schema import BUSY_TIMEOUT_MS, MIN_SQLITE, SCHEMA_VERSION, migration_steps
 
 log = structlog.get_logger("mcdaemon.store")
 
@@ -32,10 +39,6 @@ MIGRATION_NOTE_EVERY = 10.0
 T = TypeVar("T")
 
 
-class StoreError(Exception):
-    """The store cannot be used; the message says what to fix."""
-
-
 def _means_unusable(exc: sqlite3.Error) -> bool:
     """Disk full, I/O error, read-only, locked for too long, corrupt: the file cannot keep
     what the daemon would acknowledge. (A constraint or a programming error is a bug, not
@@ -44,18 +47,28 @@ def _means_unusable(exc: sqlite3.Error) -> bool:
         type(exc) is sqlite3.DatabaseError)
 
 
-#: the store whose transaction the current task has open (`Store.atomic`)
-_open_transaction: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
-    "mcdaemon_store_transaction", default=None)
+class _SqliteCursor:
+    """An aiosqlite cursor as the plumbing's `RowCursor`."""
+
+    def __init__(self, cursor: aiosqlite.Cursor) -> None:
+        self._cursor = cursor
+
+    async def fetch(self, count: int) -> list[Any]:
+        return list(await self._cursor.fetchmany(count))
+
+    async def close(self) -> None:
+        await self._cursor.close()
 
 
-class Connection:
+class Connection(Plumbing):
     """One SQLite file; every write is one short transaction."""
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
         self._lock = asyncio.Lock()
         self.path = path
+        self.owner = this_daemon()
+        self.claim_lease = CLAIM_LEASE
 
     @classmethod
     async def open(cls, path: str) -> Self:
@@ -131,7 +144,7 @@ class Connection:
             try:
                 # another process may have migrated while this one waited for the lock
                 if int(await self._scalar("PRAGMA user_version")) == number:
-                    for statement in _MIGRATIONS[number]:
+                    for statement in migration_steps(number, "sqlite"):
                         await db.execute(statement)
                     await db.execute(f"PRAGMA user_version = {number + 1}")
                 await db.execute("COMMIT")
@@ -175,15 +188,25 @@ class Connection:
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._db.execute_fetchall(sql, params))
 
-    async def _change(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
-        """Run one statement; the rows it changed and the id it inserted (None if none).
+    async def _dict_rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        async with self._db.execute(sql, params) as cursor:
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+
+    async def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the rows it changed.
 
         `total_changes` is read from the connection between trips, under the store's lock;
         no trigger of the schema writes rows, so the difference is this statement's."""
         before = self._db.total_changes
-        row = await self._db.execute_insert(sql, params)
-        changed = self._db.total_changes - before
-        return changed, int(row[0]) if row is not None and changed else None
+        await self._db.execute(sql, params)
+        return self._db.total_changes - before
+
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, rows)
+
+    async def _columns(self, table: str) -> set[str]:
+        return {str(row[1]) for row in await self._rows(f"PRAGMA table_info({table})")}
 
     async def _read(self, work: Callable[[], Awaitable[T]]) -> T:
         if _open_transaction.get() is self:  # inside this task's atomic(): the lock is ours
@@ -201,6 +224,14 @@ class Connection:
         """Copy the WAL into the database (PASSIVE: readers are not waited for): the daemon
         calls it every second, so the WAL stays small and a commit seldom checkpoints."""
         await self._read(lambda: self._scalar("PRAGMA wal_checkpoint(PASSIVE)"))
+
+    @contextlib.asynccontextmanager
+    async def _streaming(self) -> AsyncIterator[None]:
+        async with self._lock:
+            yield
+
+    async def _cursor(self, sql: str, params: Sequence[Any] = ()) -> RowCursor:
+        return _SqliteCursor(await self._db.execute(sql, params))
 
     async def release_space(self, pages: int) -> int:
         """Give back to the file system up to `pages` pages that deletions freed (SQLite's
@@ -304,18 +335,6 @@ class Connection:
                           "space, the file's owner and mode, and the system log for I/O "
                           "errors)")
 
-    async def _move(self, sql: str, params: Sequence[Any]) -> bool:
-        async def work() -> int:
-            return (await self._change(sql, params))[0]
-
-        return await self._transaction(work) == 1
-
-    async def _ids_of(self, sql: str, params: Sequence[Any]) -> list[int]:
-        async def work() -> list[Any]:
-            return await self._rows(sql, params)
-
-        return sorted(int(row[0]) for row in await self._transaction(work))
-
     @classmethod
     async def open_readonly(cls, path: str) -> Self:
         """Open an existing store for reading only (`mcdaemon report` and `status`).
@@ -375,6 +394,10 @@ class Connection:
                                  f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon")
             raise StoreError(f"{path} is not an mcdaemon store (no schema; check store.path)")
         return store
+
+    async def schema_version(self) -> int | None:
+        version = int(await self._read(lambda: self._scalar("PRAGMA user_version")))
+        return version or None
 
     async def tables(self) -> set[str]:
         """The names of the store's tables (a store of an older schema lacks the newer ones)."""

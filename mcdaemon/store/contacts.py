@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 
 log = structlog.get_logger("mcdaemon.store")
 
@@ -40,7 +40,7 @@ def _contact(row: Sequence[Any]) -> Contact:
     return Contact(str(row[0]), row[1], tags, str(row[3] or ""), float(row[4] or 0.0))
 
 
-class Contacts(Connection):
+class Contacts(Plumbing):
     """Contacts."""
 
     async def contacts_for(self, numbers: Sequence[str]) -> dict[str, Contact]:
@@ -74,7 +74,7 @@ class Contacts(Connection):
             added = sum(1 for number in numbers if number not in known)
             merged = [known[contact.e164].merged(contact) if contact.e164 in known else contact
                       for contact in contacts]
-            await self._db.executemany(
+            await self._many(
                 "INSERT INTO contacts (e164, name, tags, source, updated_at) VALUES (?,?,?,?,?)"
                 " ON CONFLICT (e164) DO UPDATE SET name = excluded.name, tags = excluded.tags,"
                 " source = excluded.source, updated_at = excluded.updated_at",

@@ -97,8 +97,13 @@ class OutboxStore(Protocol):
         """Queued texts past `expires_at` become `expired` (one transaction); their ids."""
         ...
 
+    async def renew_leases(self, now: float) -> int:
+        """Extend this daemon's claims in flight to `now + claim_lease`; how many."""
+        ...
+
     async def recover_in_flight(self, mode: str, now: float) -> list[int]:
-        """At start-up, texts left `sending`: `resend` (queued, `duplicate_risk`) or `drop`."""
+        """Texts left `sending` by a daemon that is gone (lease expired, or a dead process of
+        this host), never this daemon's own: `resend` (queued, `duplicate_risk`) or `drop`."""
         ...
 
     async def message(self, message_id: int) -> OutboxMessage:
@@ -298,6 +303,10 @@ class StatusStore(Protocol):
         """Set one status line (an upsert)."""
         ...
 
+    async def clear_status(self, name: str) -> None:
+        """Delete one status line (a daemon's heartbeat at its clean stop); none: a no-op."""
+        ...
+
     async def statuses(self) -> dict[str, tuple[str, float]]:
         """Every status line: (value, when it was set)."""
         ...
@@ -424,6 +433,11 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
         """Where the store is (a file, or a database's address): for messages and logs."""
         ...
 
+    #: this daemon (`PID@HOST`), as the texts it claims name it
+    owner: str
+    #: how long its claims hold without a renewal (seconds)
+    claim_lease: float
+
     def atomic(self) -> contextlib.AbstractAsyncContextManager[None]:
         """One transaction for every store call the task makes inside the block: committed
         when it ends, rolled back if it raises; other tasks' calls wait for it."""
@@ -442,15 +456,20 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
         """The names of the store's tables (an older schema lacks the newer ones)."""
         ...
 
+    async def schema_version(self) -> int | None:
+        """The schema the database holds (None: it has none, not an mcdaemon store)."""
+        ...
+
     async def release_space(self, pages: int) -> int:
         """Give back to the file system up to `pages` pages freed by deletions, in one short
-        step; how many (SQLite: `incremental_vacuum`; a backend that reclaims space itself
-        returns 0)."""
+        step; how many (SQLite: `incremental_vacuum`; PostgreSQL: 0, its autovacuum makes
+        the freed space reusable)."""
         ...
 
     async def compact(self) -> None:
         """Rewrite the store without its free space, and release space as it is freed from
-        then on; needs the store to itself (SQLite: VACUUM)."""
+        then on; needs the store to itself (SQLite: VACUUM; PostgreSQL: VACUUM of mcdaemon's
+        tables, outside a transaction)."""
         ...
 
     async def space(self) -> dict[str, int | bool]:

@@ -14,6 +14,7 @@ import structlog
 
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
+from mcdaemon.store.plumbing import gone_from_this_host
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import CALLER_KINDS, TRANSITIONS, _may_become, _quoted
 
@@ -73,14 +74,15 @@ class NewCall:
 
 
 _INSERT_CALL = (
-    "INSERT OR IGNORE INTO calls (pbx, call_id, caller, caller_e164, caller_name, did, grp,"
+    "INSERT INTO calls (pbx, call_id, caller, caller_e164, caller_name, did, grp,"
     " outcome, started, ended, wait_seconds, partial, record, textable, reason, detail,"
     " decision_group, template, variant, decided_at)")
 
 
 _INSERT_FIRST_TEXT = (
-    "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
-    " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at)")
+    "INSERT INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
+    " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at, owner,"
+    " lease_until)")
 
 
 #: how the `record` column (json.dumps of CallRecord.as_dict) marks an adopted call and one
@@ -155,11 +157,21 @@ class CallsAndOutbox(Receipts):
                  for index, (call, destination) in enumerate(zip(calls, resolved, strict=True))
                  if call.decision.text and destination and call.decision.body]
 
+        # in the order of their keys: daemons sharing a store insert the same calls in the
+        # same order, so they wait for each other's rows rather than deadlock
+        in_order = sorted(call_rows, key=lambda row: (row[0], row[1]))
+        marks = f"({','.join('?' * len(call_rows[0]))})"
+
         async def work() -> tuple[list[int | None], list[OutboxMessage]]:
-            fresh = set(keys) - await self._stored_keys(keys)
-            await self._db.executemany(
-                f"{_INSERT_CALL} VALUES ({','.join('?' * len(call_rows[0]))})",
-                [row for key, row in zip(keys, call_rows, strict=True) if key in fresh])
+            # the calls this transaction inserted; a call already stored (a replay, or another
+            # daemon watching the same PBX) keeps its first decision and gets no text here
+            fresh: set[tuple[str, str]] = set()
+            for start in range(0, len(in_order), 400):
+                chunk = in_order[start:start + 400]
+                fresh.update((str(pbx), str(call_id)) for pbx, call_id in await self._rows(
+                    f"{_INSERT_CALL} VALUES {','.join(marks for _ in chunk)}"
+                    " ON CONFLICT DO NOTHING RETURNING pbx, call_id",
+                    [value for row in chunk for value in row]))
             result: list[int | None] = [None] * len(calls)
             claimed: list[OutboxMessage] = []
             left = max(0, claim)
@@ -170,10 +182,10 @@ class CallsAndOutbox(Receipts):
                 born_claimed = due and left > 0  # stands
                 left -= born_claimed
                 inserted = await self._rows(
-                    f"{_INSERT_FIRST_TEXT} VALUES ({','.join('?' * (len(row) + 3))})"
-                    f" RETURNING {_MESSAGE_COLUMNS}",
-                    (*row, "sending" if born_claimed else "queued", int(born_claimed),
-                     now if born_claimed else None))
+                    f"{_INSERT_FIRST_TEXT} VALUES ({','.join('?' * (len(row) + 5))})"
+                    f" ON CONFLICT DO NOTHING RETURNING {_MESSAGE_COLUMNS}",
+                    (*row, *(("sending", 1, now, self.owner, now + self.claim_lease)
+                             if born_claimed else ("queued", 0, None, None, None))))
                 if inserted:
                     message = _message(inserted[0])
                     result[index] = message.id
@@ -209,13 +221,13 @@ class CallsAndOutbox(Receipts):
                               variant: str | None, now: float, not_before: float,
                               expires_at: float | None,
                               call_ended_at: float | None) -> int | None:
-        inserted, row_id = await self._change(
-            "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body, grp,"
+        row_id = await self._scalar(
+            "INSERT INTO messages (pbx, call_id, kind, seq, destination, body, grp,"
             " variant, not_before, expires_at, call_ended_at, created_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
             (pbx, call_id, kind, seq, destination, body, group, variant, not_before,
              expires_at, call_ended_at, now))
-        return row_id if inserted == 1 else None
+        return None if row_id is None else int(row_id)
 
     async def enqueue_message(self, *, pbx: str, call_id: str, kind: str, seq: int,
                               destination: str, body: str, now: float,
@@ -236,25 +248,31 @@ class CallsAndOutbox(Receipts):
         return await self._transaction(work)
 
     async def claim_due(self, now: float, limit: int) -> list[OutboxMessage]:
-        """Move up to `limit` due messages from queued to sending, atomically, and return them.
+        """Move up to `limit` due messages from queued to sending, atomically, and return them,
+        leased to this daemon (`owner`) until `now + claim_lease` (`renew_leases` extends it).
 
-        One statement: two claimers (tasks, processes, later hosts) never get the same
-        message. Texts to callers are held while `disable` is in force for all or their group.
+        One statement: two claimers (tasks, processes, hosts) never get the same message.
+        Texts to callers are held while `disable` is in force for all or their group.
         """
         if limit <= 0:
             return []
+        # the texts to take are picked once (MATERIALIZED: PostgreSQL could otherwise run a
+        # LIMITed subquery again for each row it updates, and take more than `limit`)
         sql = (
-            "UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?"
-            f" WHERE {_may_become('sending')} AND id IN (SELECT id FROM messages AS due"
+            "WITH picked AS MATERIALIZED (SELECT id FROM messages AS due"
             f"  WHERE due.{_may_become('sending')} AND due.not_before <= ?"
             "  AND (due.expires_at IS NULL OR due.expires_at > ?)"
             f"  AND (due.kind NOT IN ({_quoted(CALLER_KINDS)}) OR NOT EXISTS (SELECT 1 FROM"
             "   switches WHERE enabled = 0 AND (name = 'global' OR name = 'group:' || due.grp)))"
-            "  ORDER BY due.not_before, due.id LIMIT ?)"
+            f"  ORDER BY due.not_before, due.id LIMIT ?{self._SKIP_LOCKED})"
+            " UPDATE messages SET state = 'sending', attempts = attempts + 1, sending_at = ?,"
+            " owner = ?, lease_until = ?"
+            f" WHERE {_may_become('sending')} AND id IN (SELECT id FROM picked)"
             f" RETURNING {_MESSAGE_COLUMNS}")
 
         async def work() -> list[Any]:
-            return await self._rows(sql, (now, now, now, limit))
+            return await self._rows(sql, (now, now, limit, now, self.owner,
+                                          now + self.claim_lease))
 
         rows = await self._transaction(work)
         return sorted((_message(row) for row in rows), key=lambda m: (m.not_before, m.id))
@@ -342,19 +360,19 @@ class CallsAndOutbox(Receipts):
             elif ok:
                 failed.append((now, outcome.error_code, outcome.detail, message_id))
         # the guards repeat what was decided above; the trigger would refuse anything else
-        await self._db.executemany(
+        await self._many(
             "UPDATE messages SET state = 'submitted', submitted_at = ?, parts = ?,"
             f" smsc_ids = ?, error_code = NULL WHERE id = ? AND {_may_become('submitted')}",
             submitted)
-        await self._db.executemany(
-            "INSERT OR IGNORE INTO message_parts (message_id, part_no, smsc_id)"
-            " VALUES (?, ?, ?)", parts)
-        await self._db.executemany(
+        await self._many(
+            "INSERT INTO message_parts (message_id, part_no, smsc_id)"
+            " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", parts)
+        await self._many(
             "UPDATE messages SET state = 'queued', not_before = ?, error_code = ?,"
-            " error_detail = ?, duplicate_risk = MAX(duplicate_risk, ?),"
-            f" attempts = MAX(0, attempts - ?) WHERE id = ? AND {_may_become('queued')}",
-            queued)
-        await self._db.executemany(
+            " error_detail = ?, duplicate_risk = CASE WHEN ? = 1 THEN 1 ELSE duplicate_risk END,"
+            " attempts = attempts - CASE WHEN attempts > 0 THEN ? ELSE 0 END"
+            f" WHERE id = ? AND {_may_become('queued')}", queued)
+        await self._many(
             "UPDATE messages SET state = 'failed', final_at = ?, error_code = ?,"
             f" error_detail = ? WHERE id = ? AND {_may_become('failed')}", failed)
         if sent_ids:
@@ -372,23 +390,48 @@ class CallsAndOutbox(Receipts):
             f" WHERE {_may_become('expired')} AND expires_at IS NOT NULL AND expires_at <= ?"
             " RETURNING id", (now, now))
 
+    async def renew_leases(self, now: float) -> int:
+        """Extend the leases of this daemon's texts in flight to `now + claim_lease` (the
+        daemon does it every second: while it runs, no other daemon takes them over)."""
+        async def work() -> int:
+            return await self._change(
+                "UPDATE messages SET lease_until = ? WHERE state = 'sending' AND owner = ?",
+                (now + self.claim_lease, self.owner))
+
+        return await self._transaction(work)
+
     async def recover_in_flight(self, mode: str, now: float) -> list[int]:
-        """At start-up, before anything is claimed: texts left in `sending` by an unclean stop
-        may or may not have reached the SMSC.
+        """Texts left in `sending` by a daemon that stopped uncleanly may or may not have
+        reached the SMSC: those whose lease expired by `now`, those of a daemon of this host
+        that is gone (a restart after `kill -9` need not wait for the lease), and those
+        claimed without a lease (by an older mcdaemon). Never this daemon's own.
 
         `resend`: queue them again, marked `duplicate_risk`; `drop`: fail them (`crash_drop`).
+        At start-up, and then every second: another daemon sharing the store takes over the
+        texts of one that died.
         """
         if mode == "drop":
-            return await self._ids_of(
-                "UPDATE messages SET state = 'failed', final_at = ?, error_detail ="
-                " 'crash_drop: interrupted mid-submit; not resent (outbox.after_crash)'"
-                " WHERE state = 'sending' RETURNING id", (now,))
-        if mode == "resend":
-            return await self._ids_of(
-                "UPDATE messages SET state = 'queued', duplicate_risk = 1, not_before = ?,"
-                " error_detail = 'resent after an unclean stop: may arrive twice'"
-                " WHERE state = 'sending' RETURNING id", (now,))
-        raise ValueError(f"recover_in_flight: mode must be 'resend' or 'drop', not {mode!r}")
+            change = ("state = 'failed', final_at = ?, error_detail ="
+                      " 'crash_drop: interrupted mid-submit; not resent (outbox.after_crash)'")
+        elif mode == "resend":
+            change = ("state = 'queued', duplicate_risk = 1, not_before = ?,"
+                      " error_detail = 'resent after an unclean stop: may arrive twice'")
+        else:
+            raise ValueError(
+                f"recover_in_flight: mode must be 'resend' or 'drop', not {mode!r}")
+
+        async def work() -> list[Any]:
+            owners = [str(owner) for owner, in await self._rows(
+                "SELECT DISTINCT owner FROM messages WHERE state = 'sending'"
+                " AND owner IS NOT NULL AND owner <> ?", (self.owner,))]
+            gone = [owner for owner in owners if gone_from_this_host(owner)]
+            return await self._rows(
+                f"UPDATE messages SET {change} WHERE state = 'sending'"
+                " AND (owner IS NULL OR lease_until IS NULL OR (owner <> ? AND"
+                f" (lease_until <= ?{''.join(' OR owner = ?' for _ in gone)})))"
+                " RETURNING id", (now, self.owner, now, *gone))
+
+        return sorted(int(row[0]) for row in await self._transaction(work))
 
     async def message(self, message_id: int) -> OutboxMessage:
         rows = await self._read(lambda: self._rows(
@@ -414,14 +457,9 @@ class CallsAndOutbox(Receipts):
 
     async def call(self, pbx: str, call_id: str) -> dict[str, Any] | None:
         """The stored row of one call (columns by name), or None."""
-        async def work() -> dict[str, Any] | None:
-            async with self._db.execute("SELECT * FROM calls WHERE pbx = ? AND call_id = ?",
-                                        (pbx, call_id)) as cursor:
-                row = await cursor.fetchone()
-                names = [column[0] for column in cursor.description]
-            return dict(zip(names, row, strict=True)) if row else None
-
-        return await self._read(work)
+        rows = await self._read(lambda: self._dict_rows(
+            "SELECT * FROM calls WHERE pbx = ? AND call_id = ?", (pbx, call_id)))
+        return rows[0] if rows else None
 
     async def count_calls(self) -> int:
         return int(await self._read(lambda: self._scalar("SELECT COUNT(*) FROM calls")))
@@ -453,7 +491,8 @@ class CallsAndOutbox(Receipts):
 
         async def work() -> PolicyView:
             row = (await self._rows(
-                f"SELECT SUM(created_at > ?), COUNT(*) FROM messages WHERE {counted}"
+                "SELECT SUM(CASE WHEN created_at > ? THEN 1 ELSE 0 END), COUNT(*) FROM messages"
+                f" WHERE {counted}"
                 " AND created_at > ?", (hour, day)))[0]
             opted_out, last_text, prefix_hour = False, None, 0
             if e164:
@@ -487,8 +526,9 @@ class CallsAndOutbox(Receipts):
 
         async def work() -> list[PolicyView]:
             # one statement for the whole batch
-            parts = [f"SELECT 'total', SUM(created_at > ?), COUNT(*) FROM messages WHERE"
-                     f" {counted} AND created_at > ?",
+            # the second column is text in every branch (PostgreSQL's UNION wants one type)
+            parts = ["SELECT 'total', CAST(SUM(CASE WHEN created_at > ? THEN 1 ELSE 0 END)"
+                     f" AS TEXT), COUNT(*) FROM messages WHERE {counted} AND created_at > ?",
                      "SELECT 'off', name, NULL FROM switches WHERE enabled = 0"]
             params: list[Any] = [hour, day]
             for length in sorted({len(prefix) for prefix in prefixes}):

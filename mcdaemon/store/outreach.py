@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcdaemon.core.followups import STOP_KINDS, PlannedText, cancel_detail
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 
 #: contact_events kinds that cancel an open campaign (a reply is not a conversation)
 CAMPAIGN_STOPS = frozenset({"answered_call", "agent_call"})
@@ -96,7 +96,7 @@ def _campaign(row: Sequence[Any]) -> Campaign:
     return Campaign(*row)
 
 
-class Outreach(Connection):
+class Outreach(Plumbing):
     """Follow-ups and call-back campaigns: contact_events, campaigns, campaign_attempts,
     campaign_calls, and the follow-up messages of the outbox."""
 
@@ -139,7 +139,7 @@ class Outreach(Connection):
 
     async def _close_campaign(self, campaign_id: int, state: str, reason: str,
                               at: float) -> list[tuple[int, str]]:
-        changed, _ = await self._change(
+        changed = await self._change(
             "UPDATE campaigns SET state = ?, reason = ?, updated_at = ?, closed_at = ?"
             " WHERE id = ? AND state = 'open'", (state, reason, at, at, campaign_id))
         if not changed:
@@ -202,15 +202,15 @@ class Outreach(Connection):
         async def work() -> tuple[list[int], str | None]:
             ids: list[int] = []
             for step in planned:
-                inserted, row_id = await self._change(
-                    "INSERT OR IGNORE INTO messages (pbx, call_id, kind, seq, destination, body,"
+                row_id = await self._scalar(
+                    "INSERT INTO messages (pbx, call_id, kind, seq, destination, body,"
                     " grp, variant, not_before, expires_at, call_ended_at, created_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
                     (first.pbx, first.call_id, "followup", step.seq, first.destination, step.body,
                      first.group, None, step.not_before, step.expires_at, first.call_ended_at,
                      now))
-                if inserted and row_id is not None:
-                    ids.append(row_id)
+                if row_id is not None:
+                    ids.append(int(row_id))
             kind = await self._scalar(
                 "SELECT kind FROM contact_events WHERE e164 = ? AND at >= ? ORDER BY at, id"
                 " LIMIT 1", (first.destination, since))
@@ -249,8 +249,9 @@ class Outreach(Connection):
         into the number's open one. (campaign id, created); None if this call was handled
         before (a replay or a restart starts nothing)."""
         async def work() -> tuple[int, bool] | None:
-            taken, _ = await self._change(
-                "INSERT OR IGNORE INTO campaign_calls (pbx, call_id, campaign_id) VALUES (?,?,0)",
+            taken = await self._change(
+                "INSERT INTO campaign_calls (pbx, call_id, campaign_id) VALUES (?,?,0)"
+                " ON CONFLICT DO NOTHING",
                 (pbx, call_id))
             if not taken:
                 return None
@@ -262,12 +263,10 @@ class Outreach(Connection):
                 created = False
                 campaign_id = int(open_id)
             else:
-                _, row_id = await self._change(
+                campaign_id = int(await self._scalar(
                     "INSERT INTO campaigns (e164, grp, pbx, source_pbx, source_call_id,"
-                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?)",
-                    (e164, group, campaign_pbx, pbx, call_id, now, now))
-                assert row_id is not None
-                campaign_id = row_id
+                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?) RETURNING id",
+                    (e164, group, campaign_pbx, pbx, call_id, now, now)))
                 created = True
                 await self._change("INSERT INTO campaign_attempts (campaign_id, seq, due_at)"
                                    " VALUES (?,?,?)", (campaign_id, 1, first_due))
@@ -288,9 +287,9 @@ class Outreach(Connection):
 
     async def defer_attempt(self, attempt_id: int, due_at: float, detail: str) -> bool:
         async def work() -> int:
-            return (await self._change(
+            return await self._change(
                 "UPDATE campaign_attempts SET due_at = ?, detail = ? WHERE id = ?"
-                " AND state = 'scheduled'", (due_at, detail, attempt_id)))[0]
+                " AND state = 'scheduled'", (due_at, detail, attempt_id))
 
         return bool(await self._transaction(work))
 
@@ -310,7 +309,7 @@ class Outreach(Connection):
                 (attempt_id,))
             if busy:
                 return False
-            changed, _ = await self._change(
+            changed = await self._change(
                 "UPDATE campaign_attempts SET state = 'dialing', action_id = ?, started_at = ?"
                 " WHERE id = ? AND state = 'scheduled' AND EXISTS (SELECT 1 FROM campaigns"
                 " WHERE id = campaign_attempts.campaign_id AND state = 'open')",
@@ -357,9 +356,9 @@ class Outreach(Connection):
     async def mark_connected(self, attempt_id: int, uniqueid: str | None,
                              detail: str) -> bool:
         async def work() -> int:
-            return (await self._change(
+            return await self._change(
                 "UPDATE campaign_attempts SET state = 'connected', uniqueid = ?, detail = ?"
-                " WHERE id = ? AND state = 'dialing'", (uniqueid, detail, attempt_id)))[0]
+                " WHERE id = ? AND state = 'dialing'", (uniqueid, detail, attempt_id))
 
         return bool(await self._transaction(work))
 
@@ -387,8 +386,9 @@ class Outreach(Connection):
                 await self._close_campaign(campaign_id, "exhausted", "no attempt reached the "
                                            "caller", now)
                 return "exhausted"
-            await self._change("INSERT OR IGNORE INTO campaign_attempts (campaign_id, seq, due_at)"
-                               " VALUES (?,?,?)", (campaign_id, seq + 1, next_due))
+            await self._change("INSERT INTO campaign_attempts (campaign_id, seq, due_at)"
+                               " VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                               (campaign_id, seq + 1, next_due))
             await self._change("UPDATE campaigns SET updated_at = ? WHERE id = ?",
                                (now, campaign_id))
             return "next"

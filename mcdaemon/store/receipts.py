@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from mcdaemon.core.receipts import exact_receipt_id, normalised_id, other_base_readings
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 from mcdaemon.store.schema import _may_become
 
 log = structlog.get_logger("mcdaemon.store")
@@ -124,7 +124,7 @@ def _part_state(receipt_state: str) -> str:
     return "submitted"  # ACCEPTD, ENROUTE…: not final yet
 
 
-class Receipts(Connection):
+class Receipts(Plumbing):
     """Delivery receipts."""
 
     async def apply_receipt(self, receipted_id: str | None, state: str, error: str | None,
@@ -164,7 +164,7 @@ class Receipts(Connection):
                          receipt.text_id, receipt.state, receipt.error, receipt.at,
                          match.part.message_id if match.part else None, match.matched_by,
                          json.dumps(receipt.raw, ensure_ascii=False)))
-        await self._db.executemany(
+        await self._many(
             "INSERT INTO receipts (smsc_id, candidates, receipted_id, text_id, state, error,"
             " at, message_id, matched_by, raw) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
         return [match.part.message_id if match.part else None for match in matches]
@@ -216,7 +216,7 @@ class Receipts(Connection):
                                          part.message_id, part.part_no))
                 part.pending = False
                 settle_at[part.message_id] = receipt.at
-        await self._db.executemany(
+        await self._many(
             "UPDATE message_parts SET state = ?, error = ?, receipt_at = ?"
             " WHERE message_id = ? AND part_no = ? AND state = 'submitted'", part_updates)
         for message_id, at in settle_at.items():
@@ -231,10 +231,12 @@ class Receipts(Connection):
     async def _settle(self, message_id: int, at: float) -> str | None:
         """Move the message to its final state once its parts say so; that state, if moved."""
         rows = await self._rows(
-            "SELECT m.parts, COUNT(p.part_no), SUM(p.state = 'delivered'),"
-            " SUM(p.state = 'undeliverable'), MAX(CASE WHEN p.state = 'undeliverable'"
-            " THEN p.error END) FROM messages AS m LEFT JOIN message_parts AS p"
-            " ON p.message_id = m.id WHERE m.id = ? GROUP BY m.id", (message_id,))
+            "SELECT m.parts, COUNT(p.part_no),"
+            " SUM(CASE WHEN p.state = 'delivered' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN p.state = 'undeliverable' THEN 1 ELSE 0 END),"
+            " MAX(CASE WHEN p.state = 'undeliverable' THEN p.error END)"
+            " FROM messages AS m LEFT JOIN message_parts AS p ON p.message_id = m.id"
+            " WHERE m.id = ? GROUP BY m.id", (message_id,))
         parts, recorded, delivered, bad, error = rows[0]
         if bad:
             final, detail = "undeliverable", f"receipt error {error}" if error else "undeliverable"
@@ -242,7 +244,7 @@ class Receipts(Connection):
             final, detail = "delivered", None
         else:
             return None
-        moved, _ = await self._change(
+        moved = await self._change(
             "UPDATE messages SET state = ?, final_at = ?,"
             " error_detail = COALESCE(?, error_detail)"
             f" WHERE id = ? AND {_may_become(final)}", (final, at, detail, message_id))
@@ -259,7 +261,8 @@ class Receipts(Connection):
         rows = sorted(await self._rows(
             "SELECT id, receipted_id, text_id, smsc_id, state, error, at FROM receipts"
             " WHERE message_id IS NULL AND at >= ?"
-            f" AND COALESCE(matched_by, '') <> '{AMBIGUOUS}'", (since,)))
+            f" AND COALESCE(matched_by, '') <> '{AMBIGUOUS}'", (since,)),
+            key=lambda row: int(row[0]))
         if not rows:
             return
         # a receipt stored before its ids were kept apart: its first id as the exact one
@@ -267,7 +270,7 @@ class Receipts(Connection):
                               text_id, state, error, at)
                     for _, receipted_id, text_id, smsc_id, state, error, at in rows]
         matches = await self._apply_to_parts(receipts)
-        await self._db.executemany(
+        await self._many(
             "UPDATE receipts SET message_id = ?, matched_by = ? WHERE id = ?",
             [(match.part.message_id if match.part else None, match.matched_by, row[0])
              for row, match in zip(rows, matches, strict=True) if match.matched_by])
@@ -288,8 +291,9 @@ class Receipts(Connection):
         of those `ambiguous` (they named more than one text). Read through the partial index
         `receipts_unmatched`: bounded by the unmatched receipts of the period, not history."""
         async def work() -> dict[str, int]:
-            columns = {str(row[1]) for row in await self._rows("PRAGMA table_info(receipts)")}
-            ambiguous = (f"SUM(matched_by = '{AMBIGUOUS}')" if "matched_by" in columns
+            columns = await self._columns("receipts")
+            ambiguous = (f"SUM(CASE WHEN matched_by = '{AMBIGUOUS}' THEN 1 ELSE 0 END)"
+                         if "matched_by" in columns
                          else "0")
             row = (await self._rows(
                 f"SELECT COUNT(*), {ambiguous} FROM receipts"

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import structlog
 
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 from mcdaemon.store.schema import CALLER_KINDS, _may_become, _quoted
 
 log = structlog.get_logger("mcdaemon.store")
 
 
-class RepliesAndOptOuts(Connection):
+class RepliesAndOptOuts(Plumbing):
     """Replies and opt-outs."""
 
     async def add_inbound(self, source: str, destination: str, text: str, at: float,
                           keyword: str | None = None) -> int:
         """Keep a text from a caller (MO); returns its id."""
         async def work() -> int:
-            _, row_id = await self._change(
+            row_id = await self._scalar(
                 "INSERT INTO inbound (source, destination, text, at, keyword)"
-                " VALUES (?,?,?,?,?)", (source, destination, text, at, keyword))
+                " VALUES (?,?,?,?,?) RETURNING id", (source, destination, text, at, keyword))
             return int(row_id or 0)
 
         return await self._transaction(work)
@@ -29,8 +29,8 @@ class RepliesAndOptOuts(Connection):
         """True if the number was not opted out before. Its queued texts to callers fail
         (`opted_out`) in the same transaction: a deferred text never follows a STOP."""
         async def work() -> bool:
-            inserted, _ = await self._change(
-                "INSERT OR IGNORE INTO opt_outs (e164, at, keyword) VALUES (?,?,?)",
+            inserted = await self._change(
+                "INSERT INTO opt_outs (e164, at, keyword) VALUES (?,?,?) ON CONFLICT DO NOTHING",
                 (e164, at, keyword))
             await self._change(
                 "UPDATE messages SET state = 'failed', final_at = ?,"
@@ -44,7 +44,7 @@ class RepliesAndOptOuts(Connection):
     async def opt_in(self, e164: str, at: float) -> bool:
         """True if the number was opted out (the opt-out is deleted; `inbound` keeps history)."""
         async def work() -> bool:
-            return (await self._change("DELETE FROM opt_outs WHERE e164 = ?", (e164,)))[0] == 1
+            return await self._change("DELETE FROM opt_outs WHERE e164 = ?", (e164,)) == 1
 
         return await self._transaction(work)
 

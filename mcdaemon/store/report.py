@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
 import structlog
 
 from mcdaemon.core.records import MISSED_OUTCOMES
+from mcdaemon.store.plumbing import RowCursor
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import TRANSITIONS, _quoted
 
@@ -81,7 +81,7 @@ _CALLER_TEXTS = (
     " c.decision_group, c.did, c.grp, m.state"
     " FROM messages AS m JOIN calls AS c ON c.pbx = m.pbx AND c.call_id = m.call_id"
     " WHERE m.kind = 'first' AND m.submitted_at IS NOT NULL"
-    " AND c.ended >= ? AND c.ended <= ? ORDER BY m.destination, m.submitted_at")
+    " AND c.ended >= ? AND c.ended <= ? ORDER BY m.destination{order}, m.submitted_at")
 
 
 class ReportQueries(Receipts):
@@ -116,7 +116,8 @@ class ReportQueries(Receipts):
                        f" AND m.state IN ({_UNSENT})"
                        " AND c.ended >= ? AND c.ended <= ?"
                        " GROUP BY c.decision_group, c.did, c.grp, m.state", window),
-            "missed": (f"SELECT CAST(ended / {BUCKET} AS INTEGER), decision_group, did, grp,"
+            "missed": (f"SELECT {self._WHOLE.format(f'ended / {BUCKET}')}, decision_group,"
+                       " did, grp,"
                        f" COUNT(*) FROM calls WHERE ended >= ? AND ended <= ? AND outcome IN"
                        f" ({_MISSED}) GROUP BY 1, decision_group, did, grp", window),
         }
@@ -163,12 +164,7 @@ class ReportQueries(Receipts):
                f" WHERE c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED})"
                " ORDER BY c.ended DESC, c.pbx, c.call_id LIMIT ? OFFSET ?")
 
-        async def work() -> list[dict[str, Any]]:
-            async with self._db.execute(sql, (since, until, limit, offset)) as cursor:
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
-
-        return await self._read(work)
+        return await self._read(lambda: self._dict_rows(sql, (since, until, limit, offset)))
 
     async def report_callers(self, since: float,
                              until: float) -> AsyncIterator[CallerHistory]:
@@ -176,29 +172,31 @@ class ReportQueries(Receipts):
         a time, by number: three queries ordered by number (the first texts through the
         index `messages_callers`), merged as they are read, so only one caller's rows are
         held at once."""
-        async with self._lock:
-            inbound = _Rows(await self._db.execute(
-                "SELECT source, text, at FROM inbound WHERE at >= ? ORDER BY source, at, id",
-                (since,)))
-            opt_outs = _Rows(await self._db.execute(
-                "SELECT e164, at FROM opt_outs WHERE at >= ? ORDER BY e164", (since,)))
+        order = self._BYTE_ORDER  # the numbers in the order Python compares them
+        async with self._streaming():
+            inbound = _Rows(await self._cursor(
+                f"SELECT source, text, at FROM inbound WHERE at >= ?"
+                f" ORDER BY source{order}, at, id", (since,)))
+            opt_outs = _Rows(await self._cursor(
+                f"SELECT e164, at FROM opt_outs WHERE at >= ? ORDER BY e164{order}", (since,)))
+            texts = await self._cursor(_CALLER_TEXTS.format(order=order), (since, until))
             caller: CallerHistory | None = None
-            async with self._db.execute(_CALLER_TEXTS, (since, until)) as texts:
-                while rows := await texts.fetchmany(_FETCH):
-                    for (number, pbx, call_id, submitted_at, ended, variant, template,
-                         decision_group, did, grp, state) in rows:
-                        if state not in _SENT_STATES:  # submitted, then failed: not sent
-                            continue
-                        if caller is None or caller.number != number:
-                            if caller is not None:
-                                yield caller
-                            caller = CallerHistory(number)
-                            while (row := await inbound.head(number)) is not None:
-                                caller.inbound.append((str(row[1] or ""), float(row[2])))
-                            while (row := await opt_outs.head(number)) is not None:
-                                caller.opt_outs.append(float(row[1]))
-                        caller.texts.append(SentText(pbx, call_id, submitted_at, ended, variant,
-                                                     template, decision_group, did, grp, state))
+            while rows := await texts.fetch(_FETCH):
+                for (number, pbx, call_id, submitted_at, ended, variant, template,
+                     decision_group, did, grp, state) in rows:
+                    if state not in _SENT_STATES:  # submitted, then failed: not sent
+                        continue
+                    if caller is None or caller.number != number:
+                        if caller is not None:
+                            yield caller
+                        caller = CallerHistory(number)
+                        while (row := await inbound.head(number)) is not None:
+                            caller.inbound.append((str(row[1] or ""), float(row[2])))
+                        while (row := await opt_outs.head(number)) is not None:
+                            caller.opt_outs.append(float(row[1]))
+                    caller.texts.append(SentText(pbx, call_id, submitted_at, ended, variant,
+                                                 template, decision_group, did, grp, state))
+            await texts.close()
             await inbound.close()
             await opt_outs.close()
             if caller is not None:
@@ -224,9 +222,9 @@ class ReportQueries(Receipts):
                 " AND c.ended <= ? AND c.ended >= ? ORDER BY c.ended DESC, m.id DESC LIMIT 1",
                 (e164, at, at, at - window))
             pbx, call_id = (str(rows[0][0]), str(rows[0][1])) if rows else (None, None)
-            _, row_id = await self._change(
+            row_id = await self._scalar(
                 "INSERT INTO bookings (e164, value, currency, note, at, pbx, call_id,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                " created_at) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
                 (e164, value, currency, note, at, pbx, call_id, recorded))
             return Booking(int(row_id or 0), e164, value, currency, note, at, pbx, call_id)
 
@@ -237,7 +235,7 @@ class _Rows:
     """A query's rows ordered by number, read `_FETCH` at a time as the numbers asked for
     come: `head(number)` takes the next row of that number (None: there is no more)."""
 
-    def __init__(self, cursor: aiosqlite.Cursor) -> None:
+    def __init__(self, cursor: RowCursor) -> None:
         self._cursor = cursor
         self._rows: list[Any] = []
         self._at = 0
@@ -248,7 +246,7 @@ class _Rows:
             if self._at >= len(self._rows):
                 if self._done:
                     return None
-                self._rows, self._at = list(await self._cursor.fetchmany(_FETCH)), 0
+                self._rows, self._at = await self._cursor.fetch(_FETCH), 0
                 self._done = not self._rows
                 continue
             row = self._rows[self._at]

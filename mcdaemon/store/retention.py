@@ -8,7 +8,7 @@ it; a call goes only once none of its texts, bookings or campaign links is left 
 are created after it ended, so they come due after it); a campaign goes with its attempts
 and its links to calls. Each kind is one short transaction of at most `limit` rows of its
 main table, found through an index on its time, so a decision never waits long behind it
-(`pipeline/retention.py` runs the steps; `tests/store/test_query_plans.py` checks the
+(`pipeline/retention.py` runs the steps; `tests/store/test_sqlite_query_plans.py` checks the
 indexes).
 
 The report's figures for a window inside the retention stay what they were: a call and its
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcdaemon.config.model import RetentionConfig
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 
 #: dead webhook deliveries are kept at least this long, whatever store.retention.webhooks
 DEAD_WEBHOOKS_KEPT = 30 * 86400.0
@@ -42,7 +42,7 @@ def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-class Retention(Connection):
+class Retention(Plumbing):
     """Removing history past its retention, and what `mcdaemon store info` shows of it."""
 
     async def prune_step(self, retention: RetentionConfig, now: float,
@@ -63,8 +63,8 @@ class Retention(Connection):
     async def _delete_ids(self, table: str, column: str, ids: Sequence[int]) -> int:
         if not ids:
             return 0
-        return (await self._change(f"DELETE FROM {table} WHERE {column} IN ({_marks(ids)})",
-                                   ids))[0]
+        return await self._change(f"DELETE FROM {table} WHERE {column} IN ({_marks(ids)})",
+                                  ids)
 
     async def _oldest_ids(self, sql: str, params: Sequence[Any]) -> list[int]:
         return [int(row[0]) for row in await self._rows(sql, params)]
@@ -112,9 +112,9 @@ class Retention(Connection):
             " AND NOT EXISTS (SELECT 1 FROM campaign_calls AS k WHERE k.pbx = c.pbx"
             "  AND k.call_id = c.call_id)"
             " ORDER BY c.ended LIMIT ?", (before, limit))
-        removed["calls"] = (await self._change(
+        removed["calls"] = await self._change(
             "DELETE FROM calls WHERE " + " OR ".join("(pbx = ? AND call_id = ?)" for _ in calls),
-            [value for key in calls for value in key]))[0] if calls else 0
+            [value for key in calls for value in key]) if calls else 0
         return removed
 
     async def _prune_outreach(self, retention: RetentionConfig, now: float,

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 from mcdaemon.store.schema import TRANSITIONS, _quoted
 
 log = structlog.get_logger("mcdaemon.store")
@@ -21,7 +21,7 @@ LIVE_STATES = ("queued", "sending", "submitted")
 SETTLED_WINDOW = 86_400.0
 
 
-class Status(Connection):
+class Status(Plumbing):
     """The daemon's switches (`mcdaemon enable|disable`) and status rows, and the outbox's."""
 
     async def set_switch(self, name: str, enabled: bool, at: float) -> None:
@@ -47,6 +47,13 @@ class Status(Connection):
 
         await self._transaction(work)
 
+    async def clear_status(self, name: str) -> None:
+        """Delete one status line (a daemon's heartbeat at its clean stop); none: a no-op."""
+        async def work() -> None:
+            await self._change("DELETE FROM status WHERE name = ?", (name,))
+
+        await self._transaction(work)
+
     async def statuses(self) -> dict[str, tuple[str, float]]:
         rows = await self._read(lambda: self._rows("SELECT name, value, at FROM status"))
         return {name: (value, at) for name, value, at in rows}
@@ -57,7 +64,7 @@ class Status(Connection):
         texts of the last `SETTLED_WINDOW` at risk of a duplicate.
 
         Read every few seconds (metrics, `status`): each count is an index search bounded by
-        a state or by time, never by the whole history (tests/store/test_query_plans.py)."""
+        a state or by time, never by the whole history (tests/store/test_sqlite_query_plans.py)."""
         recent = now - SETTLED_WINDOW
         live = _quoted(LIVE_STATES)
         settled = [state for state in TRANSITIONS if state not in LIVE_STATES]

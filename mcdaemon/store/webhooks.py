@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.plumbing import Plumbing
 
 log = structlog.get_logger("mcdaemon.store")
 
@@ -49,7 +49,7 @@ class WebhookResult:
     error: str | None = None
 
 
-class WebhookQueue(Connection):
+class WebhookQueue(Plumbing):
     """The webhook queue."""
 
     async def enqueue_webhooks(self, rows: Sequence[WebhookIn], now: float) -> int:
@@ -58,14 +58,20 @@ class WebhookQueue(Connection):
         if not rows:
             return 0
 
+        values = [(row.delivery_id, row.endpoint, row.event, row.event_key, row.order_key,
+                   row.body, now, now) for row in rows]
+
         async def work() -> int:
-            before = self._db.total_changes
-            await self._db.executemany(
-                "INSERT OR IGNORE INTO webhooks (delivery_id, endpoint, event, event_key,"
-                " order_key, body, next_at, created_at) VALUES (?,?,?,?,?,?,?,?)",
-                [(row.delivery_id, row.endpoint, row.event, row.event_key, row.order_key,
-                  row.body, now, now) for row in rows])
-            return self._db.total_changes - before
+            added = 0
+            for start in range(0, len(values), 500):
+                chunk = values[start:start + 500]
+                added += len(await self._rows(
+                    "INSERT INTO webhooks (delivery_id, endpoint, event, event_key, order_key,"
+                    " body, next_at, created_at) VALUES "
+                    + ",".join("(?,?,?,?,?,?,?,?)" for _ in chunk)
+                    + " ON CONFLICT DO NOTHING RETURNING id",
+                    [value for row in chunk for value in row]))
+            return added
 
         return await self._transaction(work)
 
@@ -98,12 +104,12 @@ class WebhookQueue(Connection):
         """Record attempts in one transaction: `delivered`, `dead`, or `pending` again at
         `next_at` (a retry). Each counts one attempt; a row no longer pending is left."""
         async def work() -> None:
-            await self._db.executemany(
+            await self._many(
                 "UPDATE webhooks SET state = ?, attempts = attempts + 1,"
-                " next_at = COALESCE(?, next_at), last_error = ?,"
-                " final_at = CASE WHEN ? = 'pending' THEN NULL ELSE ? END"
+                " next_at = COALESCE(?, next_at), last_error = ?, final_at = ?"
                 " WHERE id = ? AND state = 'pending'",
-                [(result.state, result.next_at, result.error, result.state, now, result.id)
+                [(result.state, result.next_at, result.error,
+                  None if result.state == "pending" else now, result.id)
                  for result in results])
 
         if results:
@@ -123,11 +129,5 @@ class WebhookQueue(Connection):
         """The queue's rows (columns by name), oldest first: for tests and inspection."""
         where = "" if state is None else " WHERE state = ?"
 
-        async def work() -> list[dict[str, Any]]:
-            async with self._db.execute(f"SELECT * FROM webhooks{where} ORDER BY id",
-                                        () if state is None else (state,)) as cursor:
-                names = [column[0] for column in cursor.description]
-                return [dict(zip(names, row, strict=True))
-                        for row in await cursor.fetchall()]
-
-        return await self._read(work)
+        return await self._read(lambda: self._dict_rows(
+            f"SELECT * FROM webhooks{where} ORDER BY id", () if state is None else (state,)))

@@ -1,5 +1,7 @@
 """`mcdaemon store info` and `mcdaemon store compact`, and the migration of a store made
-before retention: what an administrator sees of the store's size and history."""
+before retention: what an administrator sees of the store's size and history. Converting an
+old store to give space back is SQLite's (its file); PostgreSQL's info and compact are
+tested on a real server."""
 
 from __future__ import annotations
 
@@ -18,21 +20,24 @@ from mcdaemon.cli import main
 from mcdaemon.commands.store import compact, show_info
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import Config
+from mcdaemon.core.daemons import DaemonBeat, process_id
 from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.pipeline.housekeeping import heartbeat_value
-from mcdaemon.store import _MIGRATIONS, SCHEMA_VERSION, Store
+from mcdaemon.store import SCHEMA_VERSION, PgStore, Store, StoreInterface, migration_steps
+
+from pg_server import raw_rows
 
 DAY = 86400.0
 
 
-def config_for(path: Path, **retention: str) -> Config:
+def config_for(path: Path | str, **retention: str) -> Config:
+    where = {"url": path} if str(path).startswith("postgresql:") else {"path": str(path)}
     return config_from_dict({
         "region": "GB", "timezone": "UTC", "inbound": {"contexts": ["from-carrier"]},
-        "store": {"path": str(path), "retention": retention},
+        "store": {**where, "retention": retention},
         "ami": [{"name": "lab", "username": "mcd", "secret": "s"}]})
 
 
-async def add_calls(store: Store, count: int, ended: float) -> None:
+async def add_calls(store: StoreInterface, count: int, ended: float) -> None:
     for number in range(count):
         caller = f"+4477009{number:05d}"
         record = CallRecord(pbx="lab", call_id=f"{ended}-{number}", caller=caller,
@@ -71,12 +76,12 @@ async def test_info_shows_each_tables_rows_their_ages_and_what_retention_removes
 
 
 def old_store(path: Path, calls: int) -> None:
-    """A store of schema 8 (before retention), with calls, as an older mcdaemon left it."""
+    """A store of schema 9 (before retention), with calls, as an older mcdaemon left it."""
     raw = sqlite3.connect(path)
-    for migration in _MIGRATIONS[:8]:
-        for statement in migration:
+    for number in range(9):
+        for statement in migration_steps(number, "sqlite"):
             raw.execute(statement)
-    raw.execute("PRAGMA user_version = 8")
+    raw.execute("PRAGMA user_version = 9")
     raw.executemany(
         "INSERT INTO calls (pbx, call_id, outcome, ended, record, textable, reason,"
         " decided_at) VALUES ('lab', ?, 'queue_abandon', ?, '{}', 0, 'not_mobile', ?)",
@@ -101,9 +106,9 @@ async def test_a_store_made_before_retention_is_migrated_saying_how_long_to_expe
 
     events = [entry["event"] for entry in logged]
     assert events[:1] == ["migrating the store: the daemon starts when it is done"]
-    assert logged[0]["schema_from"] == 8 and logged[0]["schema_to"] == SCHEMA_VERSION
+    assert logged[0]["schema_from"] == 9 and logged[0]["schema_to"] == SCHEMA_VERSION
     assert "expected_seconds" in logged[0]
-    assert events[-1] == f"store migrated from schema 8 to {SCHEMA_VERSION}"
+    assert events[-1] == f"store migrated from schema 9 to {SCHEMA_VERSION}"
     raw = sqlite3.connect(path)
     try:
         indexes = {name for name, in raw.execute(
@@ -113,17 +118,17 @@ async def test_a_store_made_before_retention_is_migrated_saying_how_long_to_expe
     assert {"receipts_at", "inbound_at", "messages_final"} <= indexes
 
 
-async def test_compact_converts_an_old_store_only_while_the_daemon_is_stopped(
+async def test_compact_converts_an_old_sqlite_store_only_while_the_daemon_is_stopped(
         tmp_path: Path) -> None:
     path = tmp_path / "mcdaemon.db"
     old_store(path, 0)
+    daemon = DaemonBeat(process_id(), process_id())  # this process: it runs
     store = await Store.open(str(path))
     try:
         await add_calls(store, 400, time.time() - DAY)
         await store._db.execute("DELETE FROM messages")  # as retention would, long after
         await store.checkpoint()
-        await store.set_status("daemon", "running", time.time())
-        await store.set_status("heartbeat", heartbeat_value(), time.time())
+        await store.set_status(daemon.row, daemon.value(), time.time())
         assert (await store.space())["free_bytes"] > 0
     finally:
         await store.close()
@@ -134,7 +139,7 @@ async def test_compact_converts_an_old_store_only_while_the_daemon_is_stopped(
     async def stop_daemon() -> None:
         stopped = await Store.open(str(path))
         try:
-            await stopped.set_status("daemon", "stopped", time.time())
+            await stopped.clear_status(daemon.row)  # as a daemon's clean stop does
         finally:
             await stopped.close()
 
@@ -153,6 +158,33 @@ async def test_compact_converts_an_old_store_only_while_the_daemon_is_stopped(
         assert await again.count_calls() == 400
     finally:
         await again.close()
+
+
+@pytest.mark.postgres
+async def test_info_and_compact_of_a_postgresql_store(pg_url: str) -> None:
+    now = time.time()
+    store = await PgStore.open(pg_url)
+    try:
+        await add_calls(store, 3, now - 20 * DAY)
+        await add_calls(store, 2, now - 2 * DAY)
+    finally:
+        await store.close()
+    out = io.StringIO()
+
+    assert await show_info(config_for(pg_url, calls="10d"), out, as_json=True) == 0
+
+    info = json.loads(out.getvalue())
+    assert info["tables"]["calls"]["rows"] == 5
+    assert info["tables"]["calls"]["past_retention"] == 3
+    assert abs(info["tables"]["calls"]["oldest"] - (now - 20 * DAY)) < 1
+    assert info["releases_space"] is True and info["bytes"] > 0 and info["free_bytes"] == 0
+    table = io.StringIO()
+    assert await show_info(config_for(pg_url, calls="10d"), table, as_json=False) == 0
+    assert "autovacuum" in table.getvalue()
+    compacted = io.StringIO()
+    assert await compact(config_for(pg_url), compacted) == 0  # beside a daemon: a VACUUM
+    assert "store compacted" in compacted.getvalue()
+    assert await raw_rows(pg_url, "SELECT COUNT(*) FROM calls") == [(5,)]
 
 
 @pytest.fixture

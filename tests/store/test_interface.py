@@ -1,7 +1,8 @@
-"""The store's interface (`store/interface.py`) declares everything `Store` offers.
+"""The store's interface (`store/interface.py`) declares everything each backend offers
+(`Store`, SQLite; `PgStore`, PostgreSQL).
 
-mypy checks that `Store` satisfies `StoreInterface` (types); this checks the other way, at
-run time: no public method of `Store` is missing from the interface (so code annotated with
+mypy checks that each satisfies `StoreInterface` (types); this checks the other way, at
+run time: no public method of a backend is missing from the interface (so code annotated with
 it can call everything the service calls), each owner's Protocol is its query class's public
 methods, and the parameters (names, kinds, defaults) are the same.
 """
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from mcdaemon.store import Connection, Store
+from mcdaemon.store import Connection, PgConnection, PgStore, Store
 from mcdaemon.store.contacts import Contacts
 from mcdaemon.store.interface import (
     ContactsStore,
@@ -40,7 +41,7 @@ from mcdaemon.store.webhooks import WebhookQueue
 #: how a backend is made, not what it does: the code that opens a store names the backend
 CONSTRUCTION = {"open", "open_readonly"}
 #: set on each instance by the backend's constructor, so not in `dir(Store)`
-INSTANCE_ATTRIBUTES = {"path"}
+INSTANCE_ATTRIBUTES = {"path", "owner", "claim_lease"}
 
 OWNERS: list[tuple[type[Any], type[Any]]] = [
     (OutboxStore, CallsAndOutbox), (ReceiptsStore, Receipts), (RepliesStore, RepliesAndOptOuts),
@@ -66,11 +67,19 @@ def public(cls: type[Any], *, own: bool = False) -> set[str]:
     return {name for name in names if not name.startswith("_")}
 
 
-def test_every_public_name_of_store_is_in_the_interface() -> None:
-    missing = public(Store) - CONSTRUCTION - members(StoreInterface)
-    assert not missing, f"Store methods missing from StoreInterface: {sorted(missing)}"
-    extra = members(StoreInterface) - INSTANCE_ATTRIBUTES - public(Store)
-    assert not extra, f"StoreInterface declares what Store lacks: {sorted(extra)}"
+BACKENDS = [(Store, Connection), (PgStore, PgConnection)]
+backends = pytest.mark.parametrize(("backend", "connection"), BACKENDS,
+                                   ids=["sqlite", "postgresql"])
+
+
+@backends
+def test_every_public_name_of_a_backend_is_in_the_interface(backend: type[Any],
+                                                            connection: type[Any]) -> None:
+    missing = public(backend) - CONSTRUCTION - members(StoreInterface)
+    assert not missing, f"{backend.__name__} methods missing from StoreInterface: " \
+        f"{sorted(missing)}"
+    extra = members(StoreInterface) - INSTANCE_ATTRIBUTES - public(backend)
+    assert not extra, f"StoreInterface declares what {backend.__name__} lacks: {sorted(extra)}"
 
 
 @pytest.mark.parametrize(("protocol", "owner"), OWNERS, ids=lambda x: x.__name__)
@@ -78,11 +87,13 @@ def test_each_owner_protocol_is_its_query_class(protocol: type[Any], owner: type
     assert members(protocol) == public(owner, own=True)
 
 
-def test_the_connection_calls_are_declared_once_on_store_interface() -> None:
-    connection = public(Connection, own=True) - CONSTRUCTION
-    assert connection <= public(StoreInterface, own=True)
+@backends
+def test_the_connection_calls_are_declared_once_on_store_interface(backend: type[Any],
+                                                                    connection: type[Any]) -> None:
+    assert public(connection, own=True) - CONSTRUCTION <= public(StoreInterface, own=True)
     owned = set().union(*(members(protocol) for protocol, _ in OWNERS))
-    assert members(StoreInterface) == owned | public(StoreInterface, own=True)
+    declared_here = public(StoreInterface, own=True) | set(StoreInterface.__annotations__)
+    assert members(StoreInterface) == owned | declared_here
 
 
 def _shape(function: Any) -> list[tuple[str, Any, Any]]:
@@ -90,10 +101,11 @@ def _shape(function: Any) -> list[tuple[str, Any, Any]]:
     return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
 
 
+@backends
 @pytest.mark.parametrize("name", sorted(members(StoreInterface) - INSTANCE_ATTRIBUTES))
-def test_parameters_match(name: str) -> None:
+def test_parameters_match(name: str, backend: type[Any], connection: type[Any]) -> None:
     declared = getattr(StoreInterface, name)
-    implemented = getattr(Store, name)
+    implemented = getattr(backend, name)
     assert _shape(declared) == _shape(implemented)
     assert inspect.iscoroutinefunction(declared) == inspect.iscoroutinefunction(implemented)
 
@@ -102,7 +114,8 @@ async def test_instance_attributes_are_set_by_the_backend(tmp_path: Path) -> Non
     store = await Store.open(str(tmp_path / "store.db"))
     try:
         for name in INSTANCE_ATTRIBUTES:
-            assert isinstance(inspect.getattr_static(StoreInterface, name), property)
+            assert name in StoreInterface.__annotations__ or isinstance(
+                inspect.getattr_static(StoreInterface, name), property)
             assert hasattr(store, name)
         assert store.path == str(tmp_path / "store.db")
     finally:

@@ -14,7 +14,6 @@ import io
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +35,12 @@ from mcdaemon.core.receipts import (
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.report.kpis import as_table
 from mcdaemon.sim.smsc import TestSmsc
-from mcdaemon.store import AMBIGUOUS, ReceiptIn, Store, SubmitOutcome
+from mcdaemon.store import AMBIGUOUS, ReceiptIn, Store, SubmitOutcome, open_store_readonly
+
+from pg_server import is_postgresql, open_at, raw_rows
 
 T0 = 1_736_157_600.0  # the fake clock of the store-level tests starts here
 WAIT = 10.0  # bound for a storm's receipts on loopback
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(str(tmp_path / "mcdaemon.db"))
-    yield opened
-    await opened.close()
 
 
 def _call(call_id: str, number: str, ended: float) -> CallRecord:
@@ -81,13 +75,9 @@ async def state_of(store: Store, message_id: int) -> str:
     return (await store.message(message_id)).state
 
 
-def receipts_table(store_path: Path) -> list[tuple[object, ...]]:
-    raw = sqlite3.connect(store_path)
-    try:
-        return raw.execute("SELECT receipted_id, text_id, message_id, matched_by FROM receipts"
-                           " ORDER BY id").fetchall()
-    finally:
-        raw.close()
+async def receipts_table(location: str) -> list[tuple[object, ...]]:
+    return await raw_rows(location, "SELECT receipted_id, text_id, message_id, matched_by"
+                                    " FROM receipts ORDER BY id")
 
 
 # ---------------------------------------------------------------------- reading a receipt
@@ -217,7 +207,7 @@ async def test_a_reused_id_goes_to_the_text_sent_before_the_receipt_arrived(
 
 
 async def test_a_reused_id_naming_two_pending_texts_is_kept_unmatched_warned_and_counted(
-        store: Store, tmp_path: Path) -> None:
+        store: Store, location: str) -> None:
     first = await sent(store, 1, "3", claimed=T0)
     second = await sent(store, 2, "3", claimed=T0 + 10)  # the first never got its receipt
 
@@ -230,7 +220,7 @@ async def test_a_reused_id_naming_two_pending_texts_is_kept_unmatched_warned_and
     assert warning["receipted_id"] == "3"
     assert warning["candidates"] == [f"message {first} part 1 id 3",
                                      f"message {second} part 1 id 3"]
-    assert receipts_table(tmp_path / "mcdaemon.db") == [("3", None, None, AMBIGUOUS)]
+    assert await receipts_table(location) == [("3", None, None, AMBIGUOUS)]
     assert await store.unmatched_receipts(T0) == {"unmatched": 1, "ambiguous": 1}
     # a later submit does not make it less ambiguous: it is not replayed
     await sent(store, 3, "3", claimed=T0 + 30)
@@ -240,12 +230,12 @@ async def test_a_reused_id_naming_two_pending_texts_is_kept_unmatched_warned_and
 # ---------------------------------------------------------------------- another base
 
 async def test_a_text_only_receipt_in_another_base_lands_on_the_one_pending_text_that_fits(
-        store: Store, tmp_path: Path) -> None:
+        store: Store, location: str) -> None:
     message_id = await sent(store, 1, "1f4a", claimed=T0)  # hex in submit_sm_resp
 
     assert await store.apply_receipt(None, "DELIVRD", None, T0 + 5, text_id="8010") == \
         message_id
-    assert receipts_table(tmp_path / "mcdaemon.db") == [(None, "8010", message_id,
+    assert await receipts_table(location) == [(None, "8010", message_id,
                                                          "other_base")]
 
 
@@ -303,17 +293,22 @@ async def test_a_text_only_receipt_in_another_base_waits_for_the_texts_in_flight
 
 # ---------------------------------------------------------------------- counting
 
-async def test_unmatched_receipts_are_counted_per_period_through_the_partial_index(
-        store: Store, tmp_path: Path) -> None:
+async def test_unmatched_receipts_are_counted_per_period(store: Store) -> None:
     await store.apply_receipt("nobody-1", "DELIVRD", None, T0)
     await store.apply_receipt("nobody-2", "DELIVRD", None, T0 + 100)
 
     assert await store.unmatched_receipts(T0 + 50) == {"unmatched": 1, "ambiguous": 0}
     assert await store.unmatched_receipts(T0, T0 + 50) == {"unmatched": 1, "ambiguous": 0}
-    raw = sqlite3.connect(tmp_path / "mcdaemon.db")
+
+
+async def test_unmatched_receipts_are_counted_through_sqlites_partial_index(
+        sqlite_store: Store, db_path: str) -> None:
+    await sqlite_store.apply_receipt("nobody-1", "DELIVRD", None, T0)
+    raw = sqlite3.connect(db_path)
     try:
         plan = " ".join(str(row) for row in raw.execute(
-            "EXPLAIN QUERY PLAN SELECT COUNT(*), SUM(matched_by = 'ambiguous') FROM receipts"
+            "EXPLAIN QUERY PLAN SELECT COUNT(*), SUM(CASE WHEN matched_by = 'ambiguous' THEN 1"
+            " ELSE 0 END) FROM receipts"
             " WHERE message_id IS NULL AND at >= ? AND at <= ?", (T0, T0 + 50)))
     finally:
         raw.close()
@@ -469,16 +464,17 @@ async def test_a_storm_against_a_decimal_id_smsc_lands_every_receipt_on_its_own_
 
 # ---------------------------------------------------------------------- status and report
 
-def minimal_config(store_path: Path) -> Config:
+def minimal_config(location: str) -> Config:
+    store = {"url": location} if is_postgresql(location) else {"path": location}
     return config_from_dict({
         "region": "GB", "timezone": "Europe/London", "company": "Acme Ltd",
-        "inbound": {"contexts": ["from-carrier"]}, "store": {"path": str(store_path)},
+        "inbound": {"contexts": ["from-carrier"]}, "store": store,
         "groups": {"sales": {"triggers": ["missed"],
                              "templates": {"default": "Sorry we missed your call."}}}})
 
 
-async def ambiguous_and_stray_receipts(path: Path, now: float) -> None:
-    store = await Store.open(str(path))
+async def ambiguous_and_stray_receipts(location: str, now: float) -> None:
+    store = await open_at(location)
     try:
         await sent(store, 1, "3", claimed=now - 100)
         await sent(store, 2, "3", claimed=now - 90)
@@ -490,11 +486,10 @@ async def ambiguous_and_stray_receipts(path: Path, now: float) -> None:
 
 
 async def test_status_counts_the_receipts_left_unmatched_in_the_last_day(
-        tmp_path: Path) -> None:
-    path = tmp_path / "mcdaemon.db"
+        location: str) -> None:
     now = time.time()
-    await ambiguous_and_stray_receipts(path, now)
-    config = minimal_config(path)
+    await ambiguous_and_stray_receipts(location, now)
+    config = minimal_config(location)
 
     status = await gather_status(config, now)
     out = io.StringIO()
@@ -506,12 +501,11 @@ async def test_status_counts_the_receipts_left_unmatched_in_the_last_day(
 
 
 async def test_the_report_counts_the_receipts_of_its_period_left_unmatched(
-        tmp_path: Path) -> None:
-    path = tmp_path / "mcdaemon.db"
+        location: str) -> None:
     now = time.time()
-    await ambiguous_and_stray_receipts(path, now)
-    config = minimal_config(path)
-    reader = await Store.open_readonly(str(path))
+    await ambiguous_and_stray_receipts(location, now)
+    config = minimal_config(location)
+    reader = await open_store_readonly(config.store)
     try:
         report = await read_report(reader, config, since=now - 86_400, until=now)
     finally:

@@ -1,13 +1,12 @@
 """Retention: history past `store.retention` goes, in bounded batches; opt-outs, texts not
 sent yet, webhook deliveries still pending and open campaigns never do; no row is left
 pointing at one removed; and what decides (cooldowns, caps) and what the report says about
-the retained window are the same before and after."""
+the retained window are the same before and after. On both backends (`location`: a SQLite
+file or a PostgreSQL database); giving space back is each backend's own."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 from unittest.mock import patch
 
 import pytest
@@ -18,7 +17,9 @@ from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.pipeline.retention import Retention as RetentionStage
-from mcdaemon.store import Store, WebhookIn, WebhookResult
+from mcdaemon.store import PgStore, Store, WebhookIn, WebhookResult
+
+from pg_server import is_postgresql, raw_rows
 
 DAY = 86400.0
 NOW = 1_780_000_000.0
@@ -40,14 +41,7 @@ def text(caller: str, *, send_after: float | None = None) -> Decision:
                     expires_at=None, destination=caller)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(str(tmp_path / "mcdaemon.db"))
-    yield opened
-    await opened.close()
-
-
-async def texted_call(store: Store, call_id: str, caller: str, at: float, *,
+async def texted_call(store: Store | PgStore, call_id: str, caller: str, at: float, *,
                       receipt: str = "DELIVRD") -> int:
     """A missed call texted at `at`, submitted in two parts, with its receipts."""
     message_id = await store.record_call(missed_call(call_id, caller, at), text(caller),
@@ -60,7 +54,8 @@ async def texted_call(store: Store, call_id: str, caller: str, at: float, *,
     return message_id
 
 
-async def prune_all(store: Store, now: float = NOW, limit: int = 500) -> dict[str, int]:
+async def prune_all(store: Store | PgStore, now: float = NOW,
+                    limit: int = 500) -> dict[str, int]:
     total: dict[str, int] = {}
     while removed := await store.prune_step(RETENTION, now, limit=limit):
         for table, count in removed.items():
@@ -68,17 +63,13 @@ async def prune_all(store: Store, now: float = NOW, limit: int = 500) -> dict[st
     return total
 
 
-def rows(path: str, sql: str) -> list[tuple[object, ...]]:
-    raw = sqlite3.connect(path)
-    try:
-        return raw.execute(sql).fetchall()
-    finally:
-        raw.close()
+def store_section(location: str) -> dict[str, Any]:
+    return {"url": location} if is_postgresql(location) else {"path": location}
 
 
-def dangling(path: str) -> list[tuple[object, ...]]:
+async def dangling(location: str) -> list[tuple[object, ...]]:
     """Rows that name a row that is not there."""
-    return rows(path, """
+    return await raw_rows(location, """
         SELECT 'message without call', m.id FROM messages AS m WHERE m.kind = 'first'
           AND NOT EXISTS (SELECT 1 FROM calls AS c WHERE c.pbx = m.pbx AND c.call_id = m.call_id)
         UNION ALL SELECT 'part without message', p.message_id FROM message_parts AS p
@@ -88,7 +79,7 @@ def dangling(path: str) -> list[tuple[object, ...]]:
           AND NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = r.message_id)
         UNION ALL SELECT 'attempt without campaign', a.id FROM campaign_attempts AS a
           WHERE NOT EXISTS (SELECT 1 FROM campaigns AS c WHERE c.id = a.campaign_id)
-        UNION ALL SELECT 'campaign link without call', k.call_id FROM campaign_calls AS k
+        UNION ALL SELECT 'campaign link without call', k.campaign_id FROM campaign_calls AS k
           WHERE NOT EXISTS (SELECT 1 FROM calls AS c WHERE c.pbx = k.pbx
           AND c.call_id = k.call_id)
         UNION ALL SELECT 'booking without call', b.id FROM bookings AS b
@@ -96,7 +87,8 @@ def dangling(path: str) -> list[tuple[object, ...]]:
           WHERE c.pbx = b.pbx AND c.call_id = b.call_id)""")
 
 
-async def test_history_past_retention_goes_and_nothing_is_left_dangling(store: Store) -> None:
+async def test_history_past_retention_goes_and_nothing_is_left_dangling(
+        store: Store | PgStore, location: str) -> None:
     await texted_call(store, "old", "+447700900001", OLD)
     await store.add_inbound("+447700900001", "lab", "who is this?", OLD + 60)
     await store.add_booking("+447700900001", 50.0, OLD + 3600, now=OLD + 3600)
@@ -122,13 +114,14 @@ async def test_history_past_retention_goes_and_nothing_is_left_dangling(store: S
                        "campaigns": 1, "campaign_attempts": 1, "campaign_calls": 1}
     assert [message.id for message in await store.messages()] == [recent]
     assert await store.call("lab", "recent") is not None
-    assert rows(store.path, "SELECT source FROM inbound") == [("+447700900002",)]
-    assert rows(store.path, "SELECT COUNT(*) FROM receipts") == [(2,)]
-    assert dangling(store.path) == []
+    assert await raw_rows(location, "SELECT source FROM inbound") == [("+447700900002",)]
+    assert await raw_rows(location, "SELECT COUNT(*) FROM receipts") == [(2,)]
+    assert await dangling(location) == []
     assert await prune_all(store) == {}  # nothing more: a second pass removes nothing
 
 
-async def test_what_is_pending_or_must_hold_for_ever_is_never_removed(store: Store) -> None:
+async def test_what_is_pending_or_must_hold_for_ever_is_never_removed(
+        store: Store | PgStore, location: str) -> None:
     # an opt-out from long ago: the number stays opted out, with when
     await store.opt_out("+447700900003", "STOP", OLD)
     # a text deferred long ago and never sent (a queued text is not history)
@@ -149,16 +142,17 @@ async def test_what_is_pending_or_must_hold_for_ever_is_never_removed(store: Sto
     await prune_all(store)
 
     assert await store.is_opted_out("+447700900003")
-    assert rows(store.path, "SELECT at FROM opt_outs") == [(OLD,)]
+    assert await raw_rows(location, "SELECT at FROM opt_outs") == [(OLD,)]
     assert [(m.call_id, m.state) for m in await store.messages()] == [("deferred", "queued")]
     assert await store.call("lab", "deferred") is not None  # its text still needs it
     assert [row["state"] for row in await store.webhooks()] == ["pending"]
     assert [(c.id, c.state) for c in await store.campaigns()] == [(opened[0], "open")]
     assert await store.call("lab", "cb") is not None  # its campaign still names it
-    assert dangling(store.path) == []
+    assert await dangling(location) == []
 
 
-async def test_each_step_removes_a_bounded_batch_oldest_first(store: Store) -> None:
+async def test_each_step_removes_a_bounded_batch_oldest_first(
+        store: Store | PgStore, location: str) -> None:
     for number in range(30):
         await texted_call(store, f"c{number:02d}", f"+4477009001{number:02d}",
                           OLD + number * 60)
@@ -167,13 +161,13 @@ async def test_each_step_removes_a_bounded_batch_oldest_first(store: Store) -> N
 
     assert first["messages"] == 10 and first["message_parts"] == 20
     assert first["calls"] == 10
-    assert sorted(call_id for _, call_id in rows(
-        store.path, "SELECT pbx, call_id FROM calls"))[0] == "c10"
+    assert sorted(call_id for _, call_id in await raw_rows(
+        location, "SELECT pbx, call_id FROM calls"))[0] == "c10"
     assert (await prune_all(store, limit=10))["messages"] == 20
-    assert rows(store.path, "SELECT COUNT(*) FROM calls") == [(0,)]
+    assert await raw_rows(location, "SELECT COUNT(*) FROM calls") == [(0,)]
 
 
-async def test_decisions_read_the_same_history_after_pruning(store: Store) -> None:
+async def test_decisions_read_the_same_history_after_pruning(store: Store | PgStore) -> None:
     await texted_call(store, "old", "+447700900006", OLD)
     await texted_call(store, "month", "+447700900007", RECENT)
     await texted_call(store, "hour", "+447700900008", NOW - 600)
@@ -191,7 +185,8 @@ async def test_decisions_read_the_same_history_after_pruning(store: Store) -> No
     assert after[2].texts_last_hour == before[2].texts_last_hour == 1
 
 
-async def test_space_freed_by_retention_is_given_back(store: Store) -> None:
+async def test_sqlite_gives_the_space_freed_by_retention_back(sqlite_store: Store) -> None:
+    store = sqlite_store
     for number in range(300):
         await texted_call(store, f"c{number:03d}", f"+447700901{number:03d}", OLD)
     await store.checkpoint()
@@ -209,10 +204,31 @@ async def test_space_freed_by_retention_is_given_back(store: Store) -> None:
     assert (await store.space())["free_bytes"] == 0
 
 
+@pytest.mark.postgres
+async def test_postgresql_reuses_freed_space_and_compact_vacuums_beside_the_daemons(
+        pg_url: str) -> None:
+    store = await PgStore.open(pg_url)
+    try:
+        for number in range(30):
+            await texted_call(store, f"c{number:03d}", f"+447700901{number:03d}", OLD)
+        before = await store.space()
+        assert before["releases_space"] is True and int(before["bytes"]) > 0
+
+        await prune_all(store)
+
+        assert await store.release_space(100) == 0  # autovacuum's work, not the daemon's
+        await store.compact()  # VACUUM: outside a transaction, beside the daemons
+        after = await store.space()
+        assert after["free_bytes"] == 0 and int(after["bytes"]) > 0
+        assert await raw_rows(pg_url, "SELECT COUNT(*) FROM messages") == [(0,)]
+    finally:
+        await store.close()
+
+
 async def test_the_report_of_the_retained_window_is_the_same_after_pruning(
-        store: Store) -> None:
+        store: Store | PgStore, location: str) -> None:
     config = config_from_dict({"region": "GB", "inbound": {"contexts": ["from-carrier"]},
-                               "store": {"path": store.path}, "groups": {"sales": {}}})
+                               "store": store_section(location), "groups": {"sales": {}}})
     for number in range(5):
         caller = f"+4477009002{number:02d}"
         await texted_call(store, f"old{number}", caller, OLD + number)
@@ -235,11 +251,11 @@ async def test_the_report_of_the_retained_window_is_the_same_after_pruning(
 
 
 async def test_the_daemons_retention_stage_works_off_a_backlog_and_says_what_it_removed(
-        store: Store) -> None:
+        store: Store | PgStore, location: str) -> None:
     for number in range(12):
         await texted_call(store, f"c{number:02d}", f"+4477009003{number:02d}", OLD)
     config = config_from_dict({"region": "GB", "inbound": {"contexts": ["from-carrier"]},
-                               "store": {"path": store.path}})
+                               "store": store_section(location)})
     stage = RetentionStage(lambda: config, lambda: store, clock=lambda: NOW)
 
     with patch("mcdaemon.pipeline.retention.PRUNE_BATCH", 5), capture_logs() as logged:

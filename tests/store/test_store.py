@@ -10,31 +10,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
+import socket
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import (
-    _MIGRATIONS,
     FINAL_STATES,
     SCHEMA_VERSION,
     TRANSITIONS,
     NewCall,
+    PgStore,
     ReceiptIn,
     Store,
     StoreError,
     SubmitOutcome,
+    migration_steps,
 )
 
+from pg_server import open_at, raw_rows
+
 T0 = 1_736_157_600.0  # a Monday morning; the fake clock starts here
+EXAMPLES = itertools.count()  # hypothesis's examples share one store: one call each
 CALLER = "+447700900123"
 
 
@@ -54,18 +61,6 @@ def text(caller: str = CALLER, *, send_after: float | None = None,
 
 
 NO_TEXT = Decision(text=False, reason="not_mobile", detail="landline")
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> str:
-    return str(tmp_path / "state" / "mcdaemon.db")
-
-
-@pytest.fixture
-async def store(db_path: str) -> AsyncIterator[Store]:
-    opened = await Store.open(db_path)
-    yield opened
-    await opened.close()
 
 
 async def queued_message(store: Store, call_id: str = "c1", caller: str = CALLER,
@@ -248,14 +243,14 @@ async def test_claim_takes_only_due_unexpired_messages_oldest_first(store: Store
     assert (await store.message(stale)).state == "queued"  # expire_due settles it
 
 
-async def test_two_daemons_on_one_file_never_claim_the_same_message(db_path: str) -> None:
-    first, second = await Store.open(db_path), await Store.open(db_path)
+async def test_two_daemons_on_one_store_never_claim_the_same_message(location: str) -> None:
+    first, second = await open_at(location), await open_at(location)
     try:
         ids = {await queued_message(first, f"c{n}") for n in range(60)}
 
-        async def claim_concurrently(store: Store) -> list[int]:
+        async def claim_concurrently(store: Store | PgStore) -> list[int]:
             # 20 claims of 2 at once: one daemon alone can take at most 40 of the 60 texts,
-            # so claiming them all needs both daemons, racing on the same file
+            # so claiming them all needs both daemons, racing on the same store
             batches = await asyncio.gather(*(store.claim_due(T0 + 1, 2) for _ in range(20)))
             return [message.id for batch in batches for message in batch]
 
@@ -321,16 +316,15 @@ async def test_a_delivered_message_never_goes_back(store: Store) -> None:
     assert (await store.message(message_id)).state == "delivered"
 
 
-async def test_the_database_itself_refuses_a_backward_move(store: Store, db_path: str) -> None:
+async def test_the_database_itself_refuses_a_backward_move(store: Store,
+                                                           location: str) -> None:
     message_id = await submitted_message(store, ["abc"])
     await store.apply_receipt("abc", "DELIVRD", None, T0 + 3, {})
 
-    raw = sqlite3.connect(db_path)
-    try:
-        with pytest.raises(sqlite3.IntegrityError, match="only move forward"):
-            raw.execute("UPDATE messages SET state = 'queued' WHERE id = ?", (message_id,))
-    finally:
-        raw.close()
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.CheckViolationError),
+                       match="only move forward"):
+        await raw_rows(location, "UPDATE messages SET state = 'queued' WHERE id = ?",
+                       message_id)
     assert (await store.message(message_id)).state == "delivered"
 
 
@@ -419,14 +413,16 @@ def reachable(state: str) -> set[str]:
 @given(steps=st.lists(st.sampled_from(["claim", "submit", "retry", "fail", "expire", "deliver",
                                        "undeliv", "recover_resend", "recover_drop"]),
                       max_size=12))
-def test_no_sequence_of_operations_moves_a_message_backwards(tmp_path: Path,
+def test_no_sequence_of_operations_moves_a_message_backwards(location: str,
                                                              steps: list[str]) -> None:
     async def run() -> None:
-        path = tmp_path / f"{abs(hash(tuple(steps)))}-{len(steps)}.db"
-        path.unlink(missing_ok=True)
-        store = await Store.open(str(path))
+        store = await open_at(location)
+        store.claim_lease = 0.0  # a recovery below stands for a restart: nothing waits for it
         try:
-            message_id = await queued_message(store)
+            store.owner = f"before example {next(EXAMPLES)}"
+            await store.recover_in_flight("drop", T0)  # an earlier example's text is left
+            await store.expire_due(T0 + 10**9)  # out of the claims below
+            message_id = await queued_message(store, f"c{next(EXAMPLES)}")
             clock, state = T0, "queued"
             for step in steps:
                 clock += 1
@@ -444,7 +440,8 @@ def test_no_sequence_of_operations_moves_a_message_backwards(tmp_path: Path,
                 elif step in ("deliver", "undeliv"):
                     await store.apply_receipt("id-1", "DELIVRD" if step == "deliver"
                                               else "UNDELIV", None, clock, {})
-                else:
+                else:  # a restarted daemon recovers what the one before left in flight
+                    store.owner = f"restarted at {clock}"
                     await store.recover_in_flight(step.removeprefix("recover_"), clock)
                 new = (await store.message(message_id)).state
                 assert new in reachable(state), (state, step, new)
@@ -503,14 +500,10 @@ async def test_a_text_only_receipt_matches_its_one_pending_text_in_another_base_
     assert (message.state, message.smsc_ids) == ("delivered", ("1f4a",))
 
 
-async def test_an_unmatched_receipt_is_kept_raw(store: Store, db_path: str) -> None:
+async def test_an_unmatched_receipt_is_kept_raw(store: Store, location: str) -> None:
     assert await store.apply_receipt("nobody", "DELIVRD", None, T0, {"text": "Zoë"}) is None
 
-    raw = sqlite3.connect(db_path)
-    try:
-        rows = raw.execute("SELECT smsc_id, state, message_id, raw FROM receipts").fetchall()
-    finally:
-        raw.close()
+    rows = await raw_rows(location, "SELECT smsc_id, state, message_id, raw FROM receipts")
     assert rows == [("nobody", "DELIVRD", None, json.dumps({"text": "Zoë"}, ensure_ascii=False))]
 
 
@@ -603,13 +596,14 @@ async def test_expiry_leaves_texts_already_handed_to_the_smsc_alone(store: Store
 
 
 async def test_after_a_crash_in_flight_texts_are_resent_with_a_duplicate_warning(
-        db_path: str) -> None:
-    crashed = await Store.open(db_path)
+        location: str) -> None:
+    crashed = await open_at(location)
+    crashed.owner = "4242@another-host"  # the daemon before the restart
     message_id = await queued_message(crashed)
     await crashed.claim_due(T0, 1)
     await crashed.close()  # as if killed: the message is left in 'sending'
 
-    store = await Store.open(db_path)
+    store = await open_at(location)
     try:
         assert await store.recover_in_flight("resend", T0 + 60) == [message_id]
         message = await store.message(message_id)
@@ -625,6 +619,7 @@ async def test_after_a_crash_in_flight_texts_are_resent_with_a_duplicate_warning
 async def test_after_a_crash_in_flight_texts_can_be_dropped_instead(store: Store) -> None:
     message_id = await queued_message(store)
     await store.claim_due(T0, 1)
+    store.owner = "a restarted daemon"
 
     assert await store.recover_in_flight("drop", T0 + 60) == [message_id]
     message = await store.message(message_id)
@@ -632,6 +627,74 @@ async def test_after_a_crash_in_flight_texts_can_be_dropped_instead(store: Store
     assert message.error_detail is not None and message.error_detail.startswith("crash_drop")
     with pytest.raises(ValueError, match="resend"):
         await store.recover_in_flight("maybe", T0)
+
+
+async def test_a_daemon_takes_over_the_texts_of_one_whose_lease_expired_and_no_others(
+        location: str) -> None:
+    """Two daemons share the store: B leaves A's texts in flight alone while A renews its
+    leases; once A stops renewing (it died), B resends them once, marked duplicate_risk."""
+    a, b = await open_at(location), await open_at(location)
+    a.owner, b.owner = "101@host-a", "202@host-b"
+    try:
+        ids = [await queued_message(a, f"c{n}") for n in range(3)]
+        claimed = await a.claim_due(T0, 2)
+        assert [m.id for m in claimed] == ids[:2]
+        assert [m.id for m in await b.claim_due(T0, 5)] == ids[2:]
+        assert await b.recover_in_flight("resend", T0 + 20) == []  # A's lease holds
+        assert await a.renew_leases(T0 + 25) == 2
+        assert await b.recover_in_flight("resend", T0 + 50) == []  # renewed until T0 + 55
+        assert await a.recover_in_flight("resend", T0 + 99) == [ids[2]]  # B died meanwhile
+
+        assert await b.recover_in_flight("resend", T0 + 56) == ids[:2]
+        assert await b.recover_in_flight("resend", T0 + 57) == []  # once
+        retaken = await b.claim_due(T0 + 57, 5)
+        assert [(m.id, m.duplicate_risk, m.attempts) for m in retaken] == [
+            (ids[0], True, 2), (ids[1], True, 2)]
+        assert not await a.mark_retry(ids[2], not_before=T0, error_code=None, detail="late",
+                                      now=T0 + 99)  # A's own text was taken back to queued
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_restart_on_the_same_host_resends_at_once_without_waiting_for_the_lease(
+        location: str) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this host that no longer runs: the daemon before kill -9
+    crashed = await open_at(location)
+    crashed.owner = f"{gone.pid}@{socket.gethostname()}"
+    message_id = await queued_message(crashed)
+    await crashed.claim_due(T0, 1)
+    await crashed.close()
+
+    store = await open_at(location)
+    try:
+        assert await store.recover_in_flight("resend", T0 + 1) == [message_id]
+        assert (await store.message(message_id)).duplicate_risk
+    finally:
+        await store.close()
+
+
+async def test_a_stop_or_a_switch_set_through_one_daemon_holds_for_another_at_once(
+        location: str) -> None:
+    a, b = await open_at(location), await open_at(location)
+    a.owner, b.owner = "101@host-a", "202@host-b"
+    try:
+        deferred = await b.record_call(missed_call("c1"), text(send_after=T0 + 60),
+                                       now=T0, destination=CALLER)
+        other = await queued_message(b, "c2", caller="+447700900456")
+        await a.opt_out(CALLER, "STOP", T0 + 1)  # the reply reached daemon A
+        await a.set_switch("global", False, T0 + 2)
+
+        assert await b.claim_due(T0 + 61, 10) == []  # B's texts: one opted out, one held
+        assert (await b.message(deferred or 0)).state == "failed"
+        view = await b.policy_view(CALLER, "sales", T0 + 3)
+        assert view.opted_out and not view.global_enabled
+        await a.set_switch("global", True, T0 + 4)
+        assert [m.id for m in await b.claim_due(T0 + 61, 10)] == [other]
+    finally:
+        await a.close()
+        await b.close()
 
 
 # ---------------------------------------------------------------------- opt-outs and the policy
@@ -719,16 +782,16 @@ async def test_a_disabled_switch_holds_queued_texts_to_callers(store: Store) -> 
     assert [m.id for m in await store.claim_due(T0, 10)] == [sales]
 
 
-# ---------------------------------------------------------------------- the file itself
+# ---------------------------------------------------------------------- restarts and migrations
 
-async def test_data_survives_a_restart(db_path: str) -> None:
-    first = await Store.open(db_path)
+async def test_data_survives_a_restart(location: str) -> None:
+    first = await open_at(location)
     message_id = await queued_message(first)
     await first.opt_out("+447700900999", "STOP", T0)
     await first.set_switch("global", False, T0)
     await first.close()
 
-    again = await Store.open(db_path)
+    again = await open_at(location)
     try:
         assert (await again.message(message_id)).state == "queued"
         assert await again.is_opted_out("+447700900999")
@@ -738,6 +801,8 @@ async def test_data_survives_a_restart(db_path: str) -> None:
     finally:
         await again.close()
 
+
+# ---------------------------------------------------------------------- the SQLite file itself
 
 def schema_of(db_path: str) -> tuple[int, list[tuple[Any, ...]]]:
     raw = sqlite3.connect(db_path)
@@ -749,7 +814,7 @@ def schema_of(db_path: str) -> tuple[int, list[tuple[Any, ...]]]:
     return int(version), objects
 
 
-async def test_reopening_a_current_store_migrates_nothing_and_keeps_its_data(
+async def test_reopening_a_current_sqlite_store_migrates_nothing_and_keeps_its_data(
         db_path: str) -> None:
     first = await Store.open(db_path)
     message_id = await queued_message(first)
@@ -768,10 +833,11 @@ async def test_reopening_a_current_store_migrates_nothing_and_keeps_its_data(
     assert schema_of(db_path) == schema
 
 
-async def test_a_store_of_the_first_schema_is_upgraded_with_its_data(db_path: str) -> None:
+async def test_a_sqlite_store_of_the_first_schema_is_upgraded_with_its_data(
+        db_path: str) -> None:
     Path(db_path).parent.mkdir(parents=True)
     old = sqlite3.connect(db_path)
-    for statement in _MIGRATIONS[0]:
+    for statement in migration_steps(0, "sqlite"):
         old.execute(statement)
     old.execute("INSERT INTO messages (id, pbx, call_id, kind, seq, destination, body, state,"
                 " parts, not_before, created_at) VALUES (7, 'lab', 'c1', 'first', 0, ?, 'Hi',"
@@ -798,7 +864,8 @@ async def test_a_store_of_the_first_schema_is_upgraded_with_its_data(db_path: st
         check.close()
 
 
-async def test_a_store_from_a_newer_mcdaemon_is_refused_untouched(db_path: str) -> None:
+async def test_a_sqlite_store_from_a_newer_mcdaemon_is_refused_untouched(
+        db_path: str) -> None:
     Path(db_path).parent.mkdir(parents=True)
     newer = sqlite3.connect(db_path)
     newer.execute("CREATE TABLE from_the_future (x)")
@@ -822,9 +889,9 @@ async def test_a_file_that_is_not_a_database_is_refused_clearly(tmp_path: Path) 
         await Store.open(str(path))
 
 
-async def test_the_cli_can_read_while_the_daemon_holds_a_write_transaction(
-        store: Store, db_path: str) -> None:
-    await queued_message(store)
+async def test_the_cli_can_read_while_the_daemon_holds_a_sqlite_write_transaction(
+        sqlite_store: Store, db_path: str) -> None:
+    await queued_message(sqlite_store)
     writer = sqlite3.connect(db_path, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("UPDATE status SET value = value")
@@ -867,6 +934,7 @@ async def test_a_store_in_a_read_only_directory_is_refused_clearly(tmp_path: Pat
 # ---------------------------------------------------------------------- what the CLI shows
 
 async def test_outbox_stats_count_every_state_and_the_oldest_due_text(store: Store) -> None:
+    assert (await store.outbox_stats(T0))["oldest_queued_age"] is None
     delivered = await submitted_message(store, ["d-1"], call_id="delivered")
     await store.apply_receipt("d-1", "DELIVRD", None, T0 + 3, {})
     await queued_message(store, "old", now=T0 + 100)
@@ -884,11 +952,6 @@ async def test_outbox_stats_count_every_state_and_the_oldest_due_text(store: Sto
         "by_state": {"queued": 3, "sending": 0, "submitted": 0, "delivered": 1,
                      "undeliverable": 0, "unknown": 0, "failed": 1, "expired": 0},
         "oldest_queued_age": 300.0, "deferred": 1, "duplicate_risk": 0}
-    empty = await Store.open(store.path + ".empty")
-    try:
-        assert (await empty.outbox_stats(T0))["oldest_queued_age"] is None
-    finally:
-        await empty.close()
 
 
 async def test_statuses_keep_the_latest_value_of_each_name(store: Store) -> None:
@@ -899,32 +962,31 @@ async def test_statuses_keep_the_latest_value_of_each_name(store: Store) -> None
     await store.set_status("ami", "connected", at=T0 + 2)
 
     assert await store.statuses() == {"ami": ("connected", T0 + 2), "smpp": ("bound", T0 + 1)}
+    await store.clear_status("ami")  # a daemon's heartbeat row at its clean stop
+    await store.clear_status("never-set")
+    assert await store.statuses() == {"smpp": ("bound", T0 + 1)}
 
 
-async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(tmp_path: Path) -> None:
-    store = await Store.open(str(tmp_path / "views.db"))
-    try:
-        for number, caller in enumerate(("+447700900001", "+447700900002", "+447400123456")):
-            record = CallRecord(pbx="lab", call_id=f"1.{number}", caller=caller,
-                                caller_name=None, caller_e164=caller, did="1", group="sales",
-                                outcome=Outcome.QUEUE_ABANDON, stages=(), started=0.0,
-                                ended=100.0, wait_seconds=1.0)
-            await store.record_call(record, Decision(True, "text", group="sales", body="hi",
-                                                     destination=caller),
-                                    now=100.0 + number, destination=caller)
-        await store.opt_out("+447700900002", "STOP", 150.0)
-        await store.set_switch("group:sales", False, 150.0)
-        callers = [("+447700900001", "sales", "+4477009"), ("+447700900002", "support", "+447"),
-                   (None, None, None), ("+447999999999", "sales", "+4479999")]
-        batch = await store.policy_views(callers, 200.0)
-        single = [await store.policy_view(e164, group, 200.0, prefix=prefix)
-                  for e164, group, prefix in callers]
-        assert batch == single
-        # the opted-out number's queued text was failed by the opt-out: it no longer counts
-        assert batch[0].last_text_at == 100.0 and batch[0].prefix_texts_last_hour == 1
-        assert not batch[0].group_enabled and batch[1].opted_out
-    finally:
-        await store.close()
+async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(store: Store) -> None:
+    for number, caller in enumerate(("+447700900001", "+447700900002", "+447400123456")):
+        record = CallRecord(pbx="lab", call_id=f"1.{number}", caller=caller,
+                            caller_name=None, caller_e164=caller, did="1", group="sales",
+                            outcome=Outcome.QUEUE_ABANDON, stages=(), started=0.0,
+                            ended=100.0, wait_seconds=1.0)
+        await store.record_call(record, Decision(True, "text", group="sales", body="hi",
+                                                 destination=caller),
+                                now=100.0 + number, destination=caller)
+    await store.opt_out("+447700900002", "STOP", 150.0)
+    await store.set_switch("group:sales", False, 150.0)
+    callers = [("+447700900001", "sales", "+4477009"), ("+447700900002", "support", "+447"),
+               (None, None, None), ("+447999999999", "sales", "+4479999")]
+    batch = await store.policy_views(callers, 200.0)
+    single = [await store.policy_view(e164, group, 200.0, prefix=prefix)
+              for e164, group, prefix in callers]
+    assert batch == single
+    # the opted-out number's queued text was failed by the opt-out: it no longer counts
+    assert batch[0].last_text_at == 100.0 and batch[0].prefix_texts_last_hour == 1
+    assert not batch[0].group_enabled and batch[1].opted_out
 
 
 async def test_the_texts_handed_back_are_the_rows_as_stored(store: Store) -> None:
@@ -943,8 +1005,8 @@ async def test_the_texts_handed_back_are_the_rows_as_stored(store: Store) -> Non
         "queued", "sending", "queued", "queued"]
 
 
-async def test_a_decision_waits_for_another_process_writing_without_stalling_the_loop(
-        store: Store, db_path: str) -> None:
+async def test_a_decision_waits_for_another_process_writing_sqlite_without_stalling_the_loop(
+        sqlite_store: Store, db_path: str) -> None:
     """While another process (the CLI) holds SQLite's write lock, the decision's write waits
     for it in aiosqlite's thread: the event loop goes on meanwhile."""
     other = sqlite3.connect(db_path, isolation_level=None)
@@ -961,7 +1023,7 @@ async def test_a_decision_waits_for_another_process_writing_without_stalling_the
     loop = asyncio.get_running_loop()
     loop.call_later(0.3, other.execute, "COMMIT")
     try:
-        ids, claimed = await store.record_calls_and_claim(
+        ids, claimed = await sqlite_store.record_calls_and_claim(
             [NewCall(missed_call("c1"), text())], now=T0, destinations=[CALLER], claim=1)
     finally:
         ticker.cancel()

@@ -1,6 +1,10 @@
 """What runs every second or on every decision reads an index bounded by time or state,
 never a scan of the history (calls, texts, receipts, replies, webhooks, outreach).
 
+SQLite only: the plans are SQLite's (`EXPLAIN QUERY PLAN`, its statement trace); the
+PostgreSQL backend runs the same statements over the same indexes (migration 10), whose
+plans its planner picks by the table's statistics.
+
 Each store call below is run against a real store while SQLite's trace records every
 statement it executes; each statement's `EXPLAIN QUERY PLAN` must not SCAN a table that
 grows with the history. Plans do not depend on timing, so these assertions hold on any
@@ -43,6 +47,7 @@ def text(caller: str = CALLER) -> Decision:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A SQLite store (this module's plans are SQLite's), with a little of everything."""
     opened = await Store.open(str(tmp_path / "mcdaemon.db"))
     # a little of everything, so that no statement is planned against an empty table alone
     await opened.record_calls([NewCall(missed_call(f"c{n}", f"+4477009001{n:02d}"),
@@ -135,7 +140,7 @@ PERIODIC = {
 
 
 @pytest.mark.parametrize("name", sorted(PERIODIC))
-async def test_periodic_and_per_decision_queries_search_indexes(store: Store,
+async def test_sqlite_plans_periodic_and_per_decision_queries_search_indexes(store: Store,
                                                                 name: str) -> None:
     plans = await plans_of(store, lambda: PERIODIC[name](store))
 
@@ -143,7 +148,7 @@ async def test_periodic_and_per_decision_queries_search_indexes(store: Store,
     assert scans_of_history(plans) == []
 
 
-async def test_the_check_finds_a_scan_of_the_history(store: Store) -> None:
+async def test_sqlite_plan_check_finds_a_scan_of_the_history(store: Store) -> None:
     """The assertion above could fail: a count over every text ever sent is a scan."""
     async def count_everything() -> None:
         await store._db.execute_fetchall("SELECT state, COUNT(*) FROM messages GROUP BY state")

@@ -1,0 +1,31 @@
+"""Fixtures every layer may use: the real PostgreSQL server (`tests/pg_server.py`), started
+once per session when a test asks for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from pg_server import PgServer, migrated_template, running_server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> str:
+    """The name of a database holding the current schema: a test's store is a copy of it."""
+    return asyncio.run(migrated_template(pg_server))
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after it)."""
+    url = pg_server.database()
+    yield url
+    pg_server.drop(url)
