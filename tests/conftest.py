@@ -29,3 +29,11 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
     url = pg_server.database()
     yield url
     pg_server.drop(url)
+
+
+@pytest.fixture(scope="module")
+def own_pg_server() -> Iterator[PgServer]:
+    """A server of the module's own, which its tests may shut down and start again
+    (`halt`, `resume`) without touching the session's."""
+    with running_server() as server:
+        yield server

@@ -673,6 +673,7 @@ def _read_store(section: Section) -> StoreConfig:
     path = section.str("path", DEFAULT_STORE_PATH)
     password = section.secret("password")
     sslmode = section.str("sslmode", "")
+    outage_max = section.duration("outage_max", 300.0, minimum=1)
     if url:
         if section.data.get("path"):
             section.error("url", "give only one of store.path (SQLite, one host) and "
@@ -692,7 +693,8 @@ def _read_store(section: Section) -> StoreConfig:
                 section.error(key, "only with store.url (PostgreSQL); the SQLite store "
                                    "(store.path) has no password")
     section.done()
-    return StoreConfig(path=path, url=url, password=password, sslmode=sslmode)
+    return StoreConfig(path=path, url=url, password=password, sslmode=sslmode,
+                       outage_max=outage_max)
 
 
 def runtime_problems(config: Config) -> list[str]:

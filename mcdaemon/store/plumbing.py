@@ -19,6 +19,13 @@ class StoreError(Exception):
     """The store cannot be used; the message says what to fix."""
 
 
+class StoreUnreachable(StoreError):
+    """The connection to a PostgreSQL store was lost or refused, and the store rides the outage
+    out (`store.outage_max`): whatever the call was doing was not kept; the store's next call
+    waits for the server (reconnecting with back-off) and raises `StoreError` once the outage
+    has lasted longer than `outage_max`."""
+
+
 #: the store whose transaction the current task has open (`atomic()`)
 _open_transaction: contextvars.ContextVar[Plumbing | None] = contextvars.ContextVar(
     "mcdaemon_store_transaction", default=None)
@@ -58,6 +65,8 @@ class Plumbing:
     one transaction, or part of the task's `atomic()`) or `_read(work)` (a read)."""
 
     path: str
+    #: since when (time.monotonic()) the database cannot be reached; None while it can
+    unreachable_since: float | None = None
     #: this daemon, as the texts it claims name it; and how long its claims hold
     owner: str
     claim_lease: float
