@@ -43,6 +43,7 @@ class OutageWatch:
     async def run(self) -> None:
         outage: float | None = None  # the outage being reported (its unreachable_since)
         warned = 0.0
+        held_most = 0  # the most calls it held
         while True:
             await asyncio.sleep(OUTAGE_CHECK)
             store = self._store()
@@ -50,23 +51,26 @@ class OutageWatch:
             now = time.monotonic()
             if since is None:
                 if outage is not None:
-                    log.warning("the store's database is back: deciding the calls held",
-                                store=store.path, held=self._held(),
+                    log.warning("the store's database is back: the calls held are decided "
+                                "now", store=store.path, held_most=held_most,
                                 down_for=round(now - outage, 1))
                 outage = None
                 continue
             # the housekeeping waits for the store meanwhile; the daemon itself is alive
             sdnotify.notify("WATCHDOG=1")
             left = max(0.0, self._config().store.outage_max - (now - since))
-            fields = dict(store=store.path, held=self._held(), down_for=round(now - since, 1),
+            held = self._held()
+            fields = dict(store=store.path, held=held, down_for=round(now - since, 1),
                           gives_up_in=round(left, 1))
             if self._dropped():
                 fields["dropped"] = self._dropped()
             if outage != since:
-                outage, warned = since, now
+                outage, warned, held_most = since, now, held
                 log.error("the store's database cannot be reached: ended calls are held in "
                           "memory and nothing is sent until it is back; the daemon exits if "
                           "it stays away longer than store.outage_max", **fields)
-            elif now - warned >= OUTAGE_REPEAT:
+                continue
+            held_most = max(held_most, held)
+            if now - warned >= OUTAGE_REPEAT:
                 warned = now
                 log.warning("the store's database is still unreachable", **fields)

@@ -411,9 +411,11 @@ class PgConnection(Plumbing):
             url, password, ssl = self._reconnect
             try:
                 db = await asyncpg.connect(dsn=url, password=password, ssl=ssl,
-                                           timeout=RECONNECT_MAX)
+                                           timeout=min(RECONNECT_MAX,
+                                                       max(0.1, self._outage_max - down)))
             except _driver_errors():  # refused, reset, timed out (an OSError), shutting down
-                await asyncio.sleep(delay)
+                left = self._outage_max - (time.monotonic() - since)
+                await asyncio.sleep(max(0.0, min(delay, left)) + 0.01)  # give up on time
                 delay = min(2 * delay, RECONNECT_MAX)
                 continue
             self._db.terminate()
