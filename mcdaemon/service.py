@@ -200,6 +200,14 @@ class Service:
             else:
                 log.error("a worker stopped unexpectedly", worker=task.get_name(),
                           error=repr(error))
+        if not crashed and self.store.unreachable_since is not None:
+            # asked to stop while the database is away: the shutdown's writes would wait
+            # for it up to store.outage_max; what is held is said, as when giving up
+            log.error("stopping while the store cannot be reached",
+                      store=self.config.store.address)
+            self._store_failed = True
+            await self._stop_after_store_failure([*workers, stopper])
+            return 1
         if self._store_failed:
             await self._stop_after_store_failure([*workers, stopper])
         else:

@@ -1,7 +1,8 @@
 """The daemon (a process of its own) rides out its PostgreSQL server going away mid-storm: the
 AMI intake goes on, the calls that end meanwhile are held, nothing is sent that is not
 committed, and once the server is back every call is decided and texted once. A server that
-stays away longer than `store.outage_max` makes the daemon say what it held and exit 1.
+stays away longer than `store.outage_max` (or a stop asked for meanwhile) makes the daemon say
+what it held and exit 1.
 Against a server of the module's own, shut down as its administrator would (`pg_ctl stop -m
 fast`), never the session's."""
 
@@ -135,3 +136,29 @@ async def test_the_server_away_longer_than_outage_max_stops_the_daemon_saying_wh
     held = said(log, "calls that ended were not decided")
     assert held and held[0]["count"] > 0  # counts, not numbers
     assert not any("+44" in str(line) or "07" + "700" in str(line) for line in held)
+
+
+async def test_asked_to_stop_while_the_server_is_away_the_daemon_stops_at_once(
+        tmp_path: Path, own_pg_server: PgServer, own_url: str) -> None:
+    storm = read_transcript(recording_path("busy_storm"))
+    async with TestSmsc(password=SMPP_PASSWORD, response_delay=0.05) as smsc, \
+            AmiTestServer([storm], secret=AMI_SECRET, speed=1.0) as pbx:
+        daemon, log = await start_daemon(tmp_path, own_url, pbx.port, smsc.port, "5m")
+        try:
+            await wait_until(lambda: len(smsc.submits) >= 3, 60, "the storm's first texts")
+            own_pg_server.halt()
+            try:
+                await wait_until(lambda: bool(said(log, "cannot be reached")), 30,
+                                 "the daemon's warning that the database is away")
+                await asyncio.sleep(2.0)  # calls end meanwhile: held
+                daemon.send_signal(signal.SIGTERM)  # not waiting out the 5 minutes
+                code = await asyncio.wait_for(daemon.wait(), 30)
+            finally:
+                own_pg_server.resume()
+        finally:
+            if daemon.returncode is None:
+                daemon.send_signal(signal.SIGKILL)
+                await daemon.wait()
+    assert code == 1, log.read_text()[-3000:]
+    assert said(log, "stopping while the store cannot be reached")
+    assert said(log, "calls that ended were not decided")
