@@ -25,9 +25,11 @@ systemd's `Restart=on-failure` starts it again once the store can be written. On
 in flight then may be sent twice; the restart marks them `duplicate_risk`.
 
 The stages live in `mcdaemon.pipeline`, one module each: `intake` (AMI → tracker → policy →
-store), `sending` (the dispatcher and the submit results), `receiving` (receipts and replies)
-and `housekeeping` (the once-a-second work). This module only builds them, connects them
-(queues, events, callbacks) and runs and stops them, with signals, sd_notify and reload.
+store), `sending` (the dispatcher and the submit results), `receiving` (receipts and
+replies), `housekeeping` (the once-a-second work) and `heartbeat` (this daemon's row among
+those sharing the store, and its share of the throughput). This module only builds them,
+connects them (queues, events, callbacks) and runs and stops them, with signals, sd_notify
+and reload.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import structlog
 
 from mcdaemon.adapters import sdnotify
 from mcdaemon.adapters.agi import AgiError, AgiHooks
-from mcdaemon.adapters.ami import AmiConnection, AmiItem
+from mcdaemon.adapters.ami import AmiConnection, AmiFeed
 from mcdaemon.adapters.metrics import Metrics, MetricsError
 from mcdaemon.adapters.smpp import SmppSender
 from mcdaemon.config.load import reload_config
@@ -55,6 +57,7 @@ from mcdaemon.core.tracker import NEEDED_EVENTS, NEEDED_VARIABLES
 from mcdaemon.outreach.callbacks import Outreach
 from mcdaemon.pipeline.backfill import Backfill
 from mcdaemon.pipeline.deciding import Decider, DecisionObserver
+from mcdaemon.pipeline.heartbeat import Heartbeat
 from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, Intake
 from mcdaemon.pipeline.outage import OutageWatch
@@ -77,7 +80,7 @@ class Service:
         self._config_path = Path(config_path) if config_path else None
         self._clock = clock
         self._install_signals = install_signal_handlers
-        self._ami_queue: asyncio.Queue[AmiItem] = asyncio.Queue()
+        self._ami_queue = AmiFeed()  # bounded: a connection ahead of the consumer waits
         self._smpp_events: asyncio.Queue[SmppEvent] = asyncio.Queue()
         self._connections = [
             AmiConnection(pbx, self._ami_queue, event_names=NEEDED_EVENTS,
@@ -127,10 +130,17 @@ class Service:
                                   outreach=self._outreach,
                                   texts_queued=self._dispatcher.texts_queued,
                                   report_links=self._report_links)
+        # this daemon's row among those sharing the store: its links, its throughput share
+        self._heartbeat = Heartbeat(current_config, current_store,
+                                    links=lambda: {conn.pbx: conn.state
+                                                   for conn in self._connections},
+                                    smsc=lambda: self._sender.state,
+                                    watched=self._watch_connected,
+                                    share=self._sender.share_throughput)
         self._housekeeping = Housekeeping(current_config, current_store, metrics=self.metrics,
                                           clock=clock, notify=self._notify,
                                           expire_calls=self._intake.expire,
-                                          watched=self._watch_connected)
+                                          beat=self._heartbeat.beat)
         self._outage = OutageWatch(current_config, current_store,
                                    held=lambda: self._intake.undecided,
                                    dropped=lambda: self._intake.dropped)
@@ -162,8 +172,7 @@ class Service:
                         count=len(recovered), action=self.config.outbox.after_crash,
                         message_ids=recovered)
         await self._backfill.load()  # the last moments watched, before this start
-        await self.store.set_status("daemon", "running", now)
-        await self.store.set_status("smpp", "binding", now)
+        await self._heartbeat.beat(now)  # `status` lists it; the peers share the throughput
         if self._install_signals:
             self._add_signal_handlers()
         await self._sender.start()
@@ -235,7 +244,8 @@ class Service:
         sdnotify.notify("STOPPING=1")
         log.info("stopping")
         await self._agi.stop()
-        await self._watch_connected(self._clock())
+        async with self.store.atomic():
+            await self._watch_connected(self._clock())
         await self._close_ami()
         # the calls already decided are in the store; decide what the tracker has queued
         await self._intake.drain()
@@ -253,8 +263,7 @@ class Service:
         await self._webhooks.stop(timeout=2.0)
         await self._backfill.stop()
         await self._cancel(workers)
-        await self.store.set_status("daemon", "stopped", self._clock())
-        await self.store.set_status("smpp", "down", self._clock())
+        await self._heartbeat.leave()
         await self._contacts.close()
         await self.metrics.stop()
         await self.store.close()
@@ -318,7 +327,7 @@ class Service:
             log.error("config reload refused; the running config stays",
                       problems=exc.problems)
             return
-        changed = [name for name in ("ami", "smpp", "metrics", "agi") if
+        changed = [name for name in ("ami", "smpp", "metrics", "agi", "daemon") if
                    getattr(new, name) != getattr(self.config, name)]
         if changed:
             log.warning("config reload: these sections need a restart to take effect",
@@ -335,7 +344,7 @@ class Service:
 
     async def _watch_connected(self, now: float) -> None:
         """The PBXs connected are watched at `now` (the backfill's window starts there)."""
-        await self._backfill.tick(sorted(self._intake.connected), now)
+        await self._backfill.save(sorted(self._intake.connected), now)
 
     def _staff_notes_queued(self, count: int) -> None:
         self.metrics.text_transition("queued", count)

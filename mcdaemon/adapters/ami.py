@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import random
 import socket
@@ -96,7 +97,7 @@ class AmiEvents:
     burst of events costs the loop one queue item per read, and the work per event is done
     in the consumer's time slices, between which decisions already made go on."""
 
-    __slots__ = ("_variables", "_wanted", "at", "frames", "pbx")
+    __slots__ = ("_variables", "_wanted", "at", "frames", "pbx", "size")
 
     def __init__(self, pbx: str, at: float, frames: list[bytes],
                  wanted: frozenset[str] | None = None,
@@ -104,6 +105,7 @@ class AmiEvents:
         self.pbx = pbx
         self.at = at  # time.time() when the read arrived
         self.frames = frames  # each starting b"Event: ", without its closing empty line
+        self.size = sum(map(len, frames))  # bytes (what an AmiFeed counts)
         self._wanted = wanted  # event names read (None: all)
         self._variables = variables  # VarSet variables read (None: all)
 
@@ -161,6 +163,49 @@ class AmiStatus:
 
 #: what an AmiConnection puts on its queue, in arrival order
 AmiItem = AmiEvent | AmiEvents | AmiStatus
+
+#: bytes of events an AmiFeed holds before the connections that add to it stop reading
+FEED_LIMIT: Final = 8 * 1024 * 1024
+
+
+class AmiFeed(asyncio.Queue[AmiItem]):
+    """The queue from the AMI connections to the consumer, bounded by the bytes of the events
+    it holds: memory stays bounded however many PBXs send at once. A connection that adds
+    events while it holds more than `limit` stops reading its socket (`hold`: the kernel's
+    buffers, then TCP, hold the PBX back), until the consumer has taken it below half; the
+    events are read late, never lost. A storm of one PBX never gets near it; 200 PBXs in a
+    storm at once do, for the fraction of a second the consumer needs to catch up. (Were a
+    socket held until the kernel's buffers filled and Asterisk's manager `writetimeout`
+    passed, Asterisk would end the session: the reconnect reconciles, as after any drop.)"""
+
+    def __init__(self, limit: int = FEED_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+        self.size = 0  # bytes of the frames of the AmiEvents queued
+        self._held: list[Callable[[], None]] = []  # how to resume the connections held
+
+    @property
+    def over_limit(self) -> bool:
+        return self.size > self.limit
+
+    def hold(self, resume: Callable[[], None]) -> None:
+        """A connection stopped reading: `resume()` once the consumer has caught up."""
+        self._held.append(resume)
+
+    def put_nowait(self, item: AmiItem) -> None:
+        super().put_nowait(item)
+        if isinstance(item, AmiEvents):
+            self.size += item.size
+
+    def get_nowait(self) -> AmiItem:
+        item = super().get_nowait()
+        if isinstance(item, AmiEvents):
+            self.size -= item.size
+            if self._held and self.size <= self.limit // 2:
+                held, self._held = self._held, []
+                for resume in held:
+                    resume()
+        return item
 
 
 def event_filter(event_names: frozenset[str], variables: frozenset[str] | None) -> str:
@@ -334,6 +379,8 @@ class AmiConnection:
         # CoreShowChannels in progress: its Action and the channels born while it runs
         self._listing: Any = None
         self._born_while_listing: set[str] = set()
+        #: the session whose reading the AmiFeed stopped until the consumer catches up
+        self._held: FramedProtocol | None = None
         self.banner = ""
 
     @property
@@ -511,6 +558,8 @@ class AmiConnection:
             try:
                 await asyncio.wait_for(self._action({"Action": "Ping"}), cfg.ping_timeout)
             except TimeoutError:
+                if self._held is not None and self._held is self._protocol:
+                    continue  # the answer waits unread behind events we have not read yet
                 raise ConnectionError(
                     f"no answer to Ping within {cfg.ping_timeout:g} s (half-open link)"
                 ) from None
@@ -548,8 +597,10 @@ class AmiConnection:
             try:
                 if sink is not None:
                     sink(raw + _SEPARATOR, at)
-                if raw.startswith(b"Event: ") and self._listing is None \
-                        and (tagged is None or tagged not in raw):
+                if raw.startswith(b"Event: ") and (tagged is None or tagged not in raw):
+                    if self._listing is not None and raw.startswith(b"Event: Newchannel\r"):
+                        # alive, not yet listed: the list's end reports it live
+                        self._born_while_listing.add(FrameFields(raw).get("Uniqueid", ""))
                     events.append(raw)  # the common case: read later, by the consumer
                     continue
                 if events:
@@ -591,7 +642,21 @@ class AmiConnection:
         self._out.put_nowait(AmiEvent(self.pbx, at, fields))
 
     def _queue_events(self, frames: list[bytes], at: float) -> None:
-        self._out.put_nowait(AmiEvents(self.pbx, at, frames, self._wanted, self._variables))
+        out = self._out
+        out.put_nowait(AmiEvents(self.pbx, at, frames, self._wanted, self._variables))
+        protocol = self._protocol
+        if isinstance(out, AmiFeed) and out.over_limit and protocol is not None \
+                and not protocol.closed:
+            protocol.transport.pause_reading()  # until the consumer catches up
+            self._held = protocol
+            out.hold(functools.partial(self._resume_reading, protocol))
+
+    def _resume_reading(self, protocol: FramedProtocol) -> None:
+        if self._held is protocol:
+            self._held = None
+        if protocol is self._protocol and not protocol.closed \
+                and not protocol.transport.is_closing():
+            protocol.transport.resume_reading()
 
     def _listing_done(self, listing: Any, at: float) -> None:
         channels = tuple({key: value for key, value in message.items()

@@ -30,6 +30,8 @@ the link drops is `unbound` and `in_doubt`.
 The rate. A token bucket: smpp.throughput submits per second, holding 50 ms worth (at
 least one), a smooth flow, since some SMSCs (Jasmin) throttle on the gap between two
 submits. ESME_RTHROTTLED or ESME_RMSGQFUL halves the rate for THROTTLE_BACKOFF seconds.
+smpp.throughput is the account's: with several daemons sharing a store, each sends its share
+(`share_throughput`, from the daemons' heartbeats).
 
 Acknowledgement after storage. A deliver_sm (a receipt, a reply, a STOP) is not answered
 when it arrives: what it says goes on the events queue with `acknowledge` set to a function
@@ -73,6 +75,7 @@ from smpplib import consts, exceptions, smpp
 
 from mcdaemon.config.model import MAX_ADDRESS, SmppConfig
 from mcdaemon.core import sms
+from mcdaemon.core.daemons import throughput_share
 from mcdaemon.core.outbox import SubmitResult
 from mcdaemon.core.receipts import (
     DeliveryReceipt,
@@ -241,6 +244,7 @@ class SmppSender:
         self._slow_factor = 1.0  # < 1 for THROTTLE_BACKOFF s after the SMSC said "throttled"
         self._slow_until = 0.0
         self._slowed_at = float("-inf")  # monotonic time of the last halving
+        self._throughput = config.throughput  # this daemon's share of smpp.throughput
 
     @property
     def state(self) -> str:
@@ -251,12 +255,23 @@ class SmppSender:
         return self._in_flight
 
     @property
+    def throughput(self) -> float:
+        """Submits per second this daemon may send: its share of smpp.throughput."""
+        return self._throughput
+
+    def share_throughput(self, daemons_alive: int) -> None:
+        """smpp.throughput is the account's limit: `daemons_alive` daemons (this one
+        included) share it equally."""
+        self._throughput = throughput_share(self.config.throughput, daemons_alive)
+
+    @property
     def rate(self) -> float:
-        """Submits per second allowed now: smpp.throughput, less while the SMSC throttles us."""
+        """Submits per second allowed now: this daemon's throughput, less while the SMSC
+        throttles us."""
         if time.monotonic() < self._slow_until:
-            return max(MIN_RATE, self.config.throughput * self._slow_factor)
+            return max(MIN_RATE, self._throughput * self._slow_factor)
         self._slow_factor = 1.0
-        return self.config.throughput
+        return self._throughput
 
     def _throttled(self, sent_at: float) -> None:
         """Halve the rate, once per burst: the other answers to submits sent before the last

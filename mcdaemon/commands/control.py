@@ -1,8 +1,9 @@
 """`mcdaemon enable|disable|status`: the run-time switches and a look at a running daemon.
 
 Both work through the store, not by signalling the daemon: the daemon reads the switches for
-every call (so a switch takes effect within a second) and writes its connection states and a
-heartbeat there once a second.
+every call (so a switch takes effect within a second) and writes its heartbeat there once a
+second, with its connection states (`core.daemons`): `status` lists every daemon alive on the
+store and the PBXs each watches.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from mcdaemon.config.model import Config
+from mcdaemon.core.daemons import DaemonBeat, alive, read_beats
 from mcdaemon.pipeline.backfill import LAST_BACKFILL
 from mcdaemon.store import StoreInterface, open_store, open_store_readonly
 
-#: a heartbeat older than this means the daemon is not running (it writes one every second)
-HEARTBEAT_STALE = 10.0
 #: `status` counts the delivery receipts left unmatched, and the calls adopted or backfilled,
 #: in this last stretch (s)
 RECENT_WINDOW = 86_400.0
@@ -46,12 +46,12 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
 
 
 
-def gone_pid(heartbeat: str) -> int | None:
-    """The heartbeat's pid (`pipeline.housekeeping.heartbeat_value`) when it was written on
-    this host and that process is gone."""
-    pid_text, _, host = heartbeat.partition("@")
+def gone_pid(process: str) -> int | None:
+    """The pid of a heartbeat's process (`PID@HOST`, `core.daemons.process_id`) when it ran
+    on this host and is gone."""
+    pid_text, _, host = process.partition("@")
     if host != socket.gethostname() or not pid_text.isdigit():
-        return None  # another host or PID namespace, or an older daemon: the age decides
+        return None  # another host or PID namespace: the heartbeat's age decides
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
@@ -61,12 +61,19 @@ def gone_pid(heartbeat: str) -> int | None:
     return None
 
 
+def _best(states: list[str], up: str) -> str:
+    """A link several daemons report: up if one has it up, else what the first says."""
+    return up if up in states else (states[0] if states else "unknown")
+
+
 def local_time(at: float, timezone: str) -> str:
     return dt.datetime.fromtimestamp(at, ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 async def gather_status(config: Config, now: float) -> dict[str, Any]:
-    """What `status` shows; read through a read-only connection (no write access needed)."""
+    """What `status` shows; read through a read-only connection (no write access needed).
+    The daemons alive are those whose heartbeat (`core.daemons`) is fresh, less those this
+    host knows are gone (killed since their last beat)."""
     store: StoreInterface = await open_store_readonly(config.store)
     try:
         switches = await store.switches()
@@ -76,21 +83,28 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
         recovered = await store.recovered_calls(now - RECENT_WINDOW)
     finally:
         await store.close()
-    heartbeat = statuses.get("heartbeat")
-    running = (statuses.get("daemon", ("stopped", 0))[0] == "running" and heartbeat is not None
-               and now - heartbeat[1] < HEARTBEAT_STALE)
-    gone = gone_pid(heartbeat[0]) if running and heartbeat is not None else None
-    if gone is not None:  # killed (SIGKILL, OOM) since its last heartbeat
-        running = False
+    daemons: list[DaemonBeat] = []
+    gone: list[int] = []
+    for beat in alive(read_beats(statuses), now):
+        pid = gone_pid(beat.process)
+        if pid is None:
+            daemons.append(beat)
+        else:
+            gone.append(pid)
+    running = bool(daemons)
     return {
         "daemon": "running" if running else "not running",
-        "daemon_detail": f"pid {gone} is gone" if gone is not None else "",
+        "daemon_detail": f"pid {gone[0]} is gone" if gone and not running else "",
+        "daemons": [{"name": beat.id, "process": beat.process,
+                     "seen_ago": round(max(0.0, now - beat.seen), 1), "smsc": beat.smsc,
+                     "pbxs": dict(beat.pbxs)} for beat in daemons],
         "texting": {
             "global": config.policy.enabled and switches.get("global", True),
             **{group.name: group.enabled and switches.get(f"group:{group.name}", True)
                for group in config.groups}},
-        "smsc": statuses.get("smpp", ("unknown", 0))[0] if running else "down",
-        "ami": {pbx.name: statuses.get(f"ami:{pbx.name}", ("unknown", 0))[0] if running
+        "smsc": _best([beat.smsc for beat in daemons], "bound") if running else "down",
+        "ami": {pbx.name: _best([beat.pbxs[pbx.name] for beat in daemons
+                                 if pbx.name in beat.pbxs], "connected") if running
                 else "disconnected" for pbx in config.ami},
         "outbox": outbox,
         "receipts_last_24h": receipts,
@@ -101,6 +115,19 @@ async def gather_status(config: Config, now: float) -> dict[str, Any]:
     }
 
 
+def _daemon_line(daemon: dict[str, Any]) -> str:
+    """One daemon alive: its name, its SMSC bind, the PBXs it watches (those down by name)."""
+    pbxs: dict[str, str] = daemon["pbxs"]
+    down = [f"{name} {state}" for name, state in pbxs.items() if state != "connected"]
+    name = daemon["name"]
+    who = name if name == daemon["process"] else f"{name} ({daemon['process']})"
+    line = (f"{who}: smsc {daemon['smsc']}; watching {len(pbxs)} PBX(s), "
+            f"{len(pbxs) - len(down)} connected")
+    if down:
+        line += "; not connected: " + ", ".join(down[:10]) + (", ..." if len(down) > 10 else "")
+    return line
+
+
 async def show_status(config: Config, out: TextIO, *, as_json: bool, health: bool) -> int:
     status = await gather_status(config, time.time())
     if as_json:
@@ -108,6 +135,8 @@ async def show_status(config: Config, out: TextIO, *, as_json: bool, health: boo
     else:
         detail = f" ({status['daemon_detail']})" if status["daemon_detail"] else ""
         print(f"daemon:   {status['daemon']}{detail}", file=out)
+        for daemon in status["daemons"]:
+            print(f"  {_daemon_line(daemon)}", file=out)
         switches = status["texting"]
         print("texting:  " + ", ".join(f"{name} {'on' if on else 'off'}"
                                        for name, on in switches.items()), file=out)

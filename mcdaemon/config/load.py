@@ -36,6 +36,7 @@ from mcdaemon.config.model import (
     AmiConfig,
     CapsConfig,
     Config,
+    DaemonConfig,
     GroupConfig,
     InboundConfig,
     MetricsConfig,
@@ -195,6 +196,15 @@ def _read_smpp(section: Section, region: str) -> SmppConfig:
             smpp = dataclasses.replace(smpp, source_addr=sender.address)
     section.done()
     return smpp
+
+
+def _read_daemon(section: Section) -> DaemonConfig:
+    name = section.str("name", "") or None
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+        section.error("name", "use 1-64 letters, digits, '_', '.', '@' or '-' (or leave it "
+                              "out: the daemon is then named by its process, PID@HOST)")
+    section.done()
+    return DaemonConfig(name=name)
 
 
 def _read_outbox(section: Section) -> OutboxConfig:
@@ -624,6 +634,7 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     ami = _one_pbx_queue_log(inbound_section, ami)
     inbound = _read_inbound(inbound_section)
     store = _read_store(top.section("store"))
+    daemon = _read_daemon(top.section("daemon"))
     smpp = _read_smpp(top.section("smpp"), region)
     outbox = _read_outbox(top.section("outbox"))
     company = top.str("company", "")
@@ -656,7 +667,7 @@ def _build(data: Any, *, source: str, base_dir: Path | None,
     warnings.extend(webhook_warnings)
     warnings.extend(f"{source}: {warning}" for warning in agi_warnings)
     config = Config(source=source, region=region, timezone=timezone, ami=ami, inbound=inbound,
-                    store=store, smpp=smpp, outbox=outbox,
+                    store=store, daemon=daemon, smpp=smpp, outbox=outbox,
                     raw=data if isinstance(data, dict) else {}, warnings=tuple(warnings),
                     company=company, policy=policy, groups=groups,
                     log_full_numbers=log_full_numbers, metrics=metrics, webhooks=webhooks,

@@ -102,6 +102,14 @@ class StoreConfig:
         return self.url or self.path
 
 
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """This daemon among those sharing a store."""
+
+    #: its name in `status` and its heartbeat row; None: its process, `PID@HOST`
+    name: str | None = None
+
+
 #: the longest SMPP 3.4 address (source_addr, destination_addr), in characters: a C-octet
 #: string of at most 21 octets, its NUL included. Here rather than in smpp.py, which imports
 #: this module.
@@ -232,6 +240,7 @@ class Config:
     ami: tuple[AmiConfig, ...] = ()
     inbound: InboundConfig = field(default_factory=InboundConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     smpp: SmppConfig = field(default_factory=SmppConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -1,8 +1,10 @@
 """Backfill from the queue_log: the queue calls finished while no AMI link watched the PBX.
 
 The store keeps, per PBX, the last moment its AMI link was known up (status row
-`watched:<pbx>`: written at a connect, every second while connected, at a drop and at a clean
-stop). At each connect, the first after start and every reconnect, that PBX's own queue_log
+`watched:<pbx>`: every second while connected, the moments of connects and drops included,
+and at a clean stop, all PBXs in the heartbeat's one commit: a link that moves never waits
+for the disk, and a row a crash leaves a second behind only widens the next window). At
+each connect, the first after start and every reconnect, that PBX's own queue_log
 (`ami[].queue_log`, and its `.1`, read in a thread) is read for the blind window, from that
 moment (less BACKFILL_OVERLAP) to now and no further back than `outbox.max_age`. Its finished
 calls become CallRecords and go to the one decider live calls go to (`pipeline/deciding`:
@@ -89,8 +91,8 @@ def recovered(calls: Sequence[QueueCall], pbx: str, region: str,
 
 class Backfill:
     """The watched moments of the PBXs, and the backfill at each connect. `load()` once at
-    start; `link_moved(pbx, state, at, ended)` as a link moves; `tick(pbxs, now)` every
-    second for the PBXs connected."""
+    start; `link_moved(pbx, state, at, ended)` as a link moves; `save(pbxs, now)` every
+    second with the PBXs connected."""
 
     def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  clock: Clock, decide: Decide) -> None:
@@ -99,6 +101,7 @@ class Backfill:
         self._clock = clock
         self._decide = decide
         self._watched: dict[str, float] = {}
+        self._unsaved: set[str] = set()  # PBXs whose watched moment the store lacks
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
@@ -107,27 +110,30 @@ class Backfill:
             if name.startswith(WATCHED):
                 self._watched[name.removeprefix(WATCHED)] = at
 
-    async def mark(self, pbx: str, at: float) -> None:
-        """The link to `pbx` was up at `at`."""
+    def mark(self, pbx: str, at: float) -> None:
+        """The link to `pbx` was up at `at` (stored at the next `save`)."""
         self._watched[pbx] = max(at, self._watched.get(pbx, at))
-        await self._store().set_status(WATCHED + pbx, "up", at)
+        self._unsaved.add(pbx)
 
-    async def tick(self, pbxs: Sequence[str], now: float) -> None:
-        """Every second: one commit for all the PBXs connected, not one each."""
-        async with self._store().atomic():
-            for pbx in pbxs:
-                await self.mark(pbx, now)
+    async def save(self, pbxs: Sequence[str], now: float) -> None:
+        """The PBXs connected are watched at `now`: store it, with the moments marked since
+        the last save, in the caller's transaction (the heartbeat's: one commit a second)."""
+        for pbx in pbxs:
+            self.mark(pbx, now)
+        unsaved, self._unsaved = self._unsaved, set()
+        store = self._store()
+        for pbx in sorted(unsaved):
+            await store.set_status(WATCHED + pbx, "up", self._watched[pbx])
 
-    async def link_moved(self, pbx: str, state: str, at: float,
-                         ended_in_gap: list[CallRecord]) -> list[CallRecord]:
+    def link_moved(self, pbx: str, state: str, at: float,
+                   ended_in_gap: list[CallRecord]) -> list[CallRecord]:
         """An AMI link's state (a connect, or the drop of a link that was up), with the
         calls that ended unseen while it was down; returns those the intake is to decide
         (none when a backfill of the blind window takes them)."""
-        if state != "connected":
-            await self.mark(pbx, at)
-            return ended_in_gap
         since = self._watched.get(pbx)
-        await self.mark(pbx, at)
+        self.mark(pbx, at)
+        if state != "connected":
+            return ended_in_gap
         path = next((entry.queue_log for entry in self._config().ami if entry.name == pbx),
                     None)
         if since is None or path is None:

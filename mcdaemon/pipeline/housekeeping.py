@@ -1,6 +1,6 @@
-"""The once-a-second work: the watchdog and the heartbeat, the leases of the texts in flight
-(renewed; another daemon's, expired, taken over), the PBXs watched (the backfill's
-window starts there), the calls the trackers held too long, the texts too old to send, and
+"""The once-a-second work: the watchdog and the heartbeat (with the PBXs' links and watched
+moments: `pipeline.heartbeat`), the leases of the texts in flight (renewed; another daemon's,
+expired, taken over), the calls the trackers held too long, the texts too old to send, and
 (every OUTBOX_SNAPSHOT_INTERVAL) receipts given up on and the outbox's gauges.
 
 Expired texts are marked with their webhook events in one transaction (`Store.atomic`).
@@ -9,8 +9,6 @@ Expired texts are marked with their webhook events in one transaction (`Store.at
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -29,12 +27,6 @@ Clock = Callable[[], float]
 HOUSEKEEPING_INTERVAL = 1.0
 
 
-def heartbeat_value() -> str:
-    """What the daemon writes in its heartbeat row: `PID@HOST`, so `status` on the same host
-    (not from another container or machine sharing the file) can ask whether it still runs."""
-    return f"{os.getpid()}@{socket.gethostname()}"
-
-
 class Housekeeping:
     """Runs as one task: `run()`. `expire_calls(now)` closes the calls the trackers held too
     long and hands them to the decider."""
@@ -42,14 +34,14 @@ class Housekeeping:
     def __init__(self, config: Callable[[], Config], store: Callable[[], StoreInterface], *,
                  metrics: Metrics, clock: Clock, notify: Notifier,
                  expire_calls: Callable[[float], None],
-                 watched: Callable[[float], Awaitable[None]] | None = None) -> None:
+                 beat: Callable[[float], Awaitable[None]] | None = None) -> None:
         self._config = config
         self._store = store
         self._metrics = metrics
         self._clock = clock
         self._notify = notify
         self._expire_calls = expire_calls
-        self._watched = watched  # records that the connected PBXs are watched at `now`
+        self._beat = beat  # the daemon's heartbeat (pipeline.heartbeat)
 
     async def _leases(self, store: StoreInterface, now: float) -> None:
         """Keep this daemon's texts in flight its own, and take over those of a daemon sharing
@@ -81,10 +73,9 @@ class Housekeeping:
                                     receipt_timeout=self._config().smpp.receipt_timeout)
                 self._metrics.observe_outbox(await store.outbox_stats(now))
             sdnotify.notify("WATCHDOG=1")
-            await store.set_status("heartbeat", heartbeat_value(), now)
+            if self._beat is not None:
+                await self._beat(now)
             await self._leases(store, now)
-            if self._watched is not None:
-                await self._watched(now)
             self._expire_calls(now)
             async with store.atomic():
                 expired = await store.expire_due(now)

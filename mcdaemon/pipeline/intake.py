@@ -11,7 +11,7 @@ they ended), else decided as they are (partial).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -29,7 +29,7 @@ log = structlog.get_logger("mcdaemon.service")  # the name log lines carried bef
 
 Clock = Callable[[], float]
 #: (pbx, state, at, the calls that ended unseen while it was down) -> those left to decide
-LinkMoved = Callable[[str, str, float, list[CallRecord]], Awaitable[list[CallRecord]]]
+LinkMoved = Callable[[str, str, float, list[CallRecord]], list[CallRecord]]
 
 #: the AMI consumer lets the other tasks run after this many events in a row
 CONSUMER_BATCH = 200
@@ -88,7 +88,7 @@ class Intake:
                     if count % CONSUMER_BATCH == 0:
                         await asyncio.sleep(0)  # a long read: let the decider write meanwhile
             else:
-                self._hand_to_decider(await self._take(item))
+                self._hand_to_decider(self._take(item))
 
     def expire(self, now: float) -> None:
         """Close the calls the trackers have held too long; the decider decides them."""
@@ -129,19 +129,18 @@ class Intake:
     async def drain(self) -> None:
         """At shutdown: track what the AMI queue still holds and decide every call ended."""
         while not self._queue.empty():
-            self._hand_to_decider(await self._take(self._queue.get_nowait()))
+            self._hand_to_decider(self._take(self._queue.get_nowait()))
         await self._decide_pending()
 
-    async def _take(self, item: AmiItem) -> list[CallRecord]:
-        """One item of the AMI queue, whole: a connection state is also recorded for
-        `status`."""
+    def _take(self, item: AmiItem) -> list[CallRecord]:
+        """One item of the AMI queue, whole. A connection state waits for no disk: the
+        heartbeat stores the links' states once a second for all PBXs (`status`)."""
         if isinstance(item, AmiStatus):
             self._metrics.ami_connection_state(item.pbx, item.state)
-            await self._store().set_status(f"ami:{item.pbx}", item.state, item.at)
             was_up = item.pbx in self.connected
             records = self._track_status(item)
             if self._link_moved is not None and (item.state == "connected" or was_up):
-                records = await self._link_moved(item.pbx, item.state, item.at, records)
+                records = self._link_moved(item.pbx, item.state, item.at, records)
             return records
         if isinstance(item, AmiEvents):
             return [record for event in item for record in self._track_event(event)]

@@ -68,7 +68,6 @@ class Receiver:
                     await self._handle_reply(item)
                 else:
                     self._metrics.smpp_bind_state(item.state)
-                    await self._store().set_status("smpp", item.state, item.at)
                     self._report_links()
                     if item.state == "bound":
                         self._texts_queued()

@@ -76,12 +76,12 @@ class Dispatcher:
         self._wake.set()
 
     def _claim_limit(self) -> int:
-        """How many texts may be claimed and not yet settled: the window plus what the
-        throughput sends in CLAIM_AHEAD seconds, so the sender always has the next
+        """How many texts may be claimed and not yet settled: the window plus what this
+        daemon's throughput sends in CLAIM_AHEAD seconds, so the sender always has the next
         text at hand when an answer frees a slot of the window (a claim per answer would set
         the pace), while a crash leaves few texts in `sending`."""
-        smpp = self._config().smpp
-        return smpp.window + max(smpp.window, math.ceil(smpp.throughput * CLAIM_AHEAD))
+        window = self._config().smpp.window
+        return window + max(window, math.ceil(self._sender.throughput * CLAIM_AHEAD))
 
     def claim_room(self) -> int:
         """How many due texts the decider may claim in its own commit: none unless bound and

@@ -295,6 +295,10 @@ class StatusStore(Protocol):
         """Set one status line (an upsert)."""
         ...
 
+    async def clear_status(self, name: str) -> None:
+        """Delete one status line (a daemon's heartbeat at its clean stop); none: a no-op."""
+        ...
+
     async def statuses(self) -> dict[str, tuple[str, float]]:
         """Every status line: (value, when it was set)."""
         ...

@@ -12,6 +12,8 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from mcdaemon.core.daemons import process_id
+
 T = TypeVar("T")
 
 
@@ -37,9 +39,8 @@ _open_transaction: contextvars.ContextVar[Plumbing | None] = contextvars.Context
 CLAIM_LEASE = 30.0
 
 
-def this_daemon() -> str:
-    """Who claims texts (`owner`): `PID@HOST`, as the heartbeat says it."""
-    return f"{os.getpid()}@{socket.gethostname()}"
+#: who claims texts (`owner`): `PID@HOST`, the process its heartbeat names (`core.daemons`)
+this_daemon = process_id
 
 
 def gone_from_this_host(owner: str) -> bool:

@@ -41,6 +41,13 @@ class Status(Plumbing):
 
         await self._transaction(work)
 
+    async def clear_status(self, name: str) -> None:
+        """Delete one status line (a daemon's heartbeat at its clean stop); none: a no-op."""
+        async def work() -> None:
+            await self._change("DELETE FROM status WHERE name = ?", (name,))
+
+        await self._transaction(work)
+
     async def statuses(self) -> dict[str, tuple[str, float]]:
         rows = await self._read(lambda: self._rows("SELECT name, value, at FROM status"))
         return {name: (value, at) for name, value, at in rows}

@@ -16,6 +16,7 @@ from mcdaemon.adapters.ami import (
     AmiConnection,
     AmiEvent,
     AmiEvents,
+    AmiFeed,
     AmiItem,
     AmiStatus,
     FramedProtocol,
@@ -305,6 +306,30 @@ async def test_two_pbxs_on_one_queue_are_told_apart_by_name() -> None:
     hangups = events(items, "Hangup")
     assert sum(1 for item in hangups if item.pbx == "london") == count_events(first, "Hangup")
     assert sum(1 for item in hangups if item.pbx == "leeds") == count_events(second, "Hangup")
+
+
+async def test_a_connection_ahead_of_its_consumer_stops_reading_and_loses_nothing() -> None:
+    """An AmiFeed holds a bounded amount of events: the connection adding beyond it stops
+    reading its socket until the consumer has caught up; every event arrives, in order, on
+    the same connection (a Ping unanswered meanwhile is not a dead link: its answer waits
+    unread behind the events)."""
+    storm = recording("busy_storm")
+    limit = 32 * 1024
+    feed = AmiFeed(limit)
+    async with AmiTestServer([storm], speed=0) as server, \
+            running(AmiConnection(ami_config(server.port, event_filter=False), feed)):
+        await asyncio.sleep(2.5)  # nobody consumes meanwhile: longer than ping_timeout
+        held = feed.size
+        assert 0 < held <= limit + 256 * 1024  # the limit, and the read that crossed it
+        expected = count_events(storm, "Hangup")
+        items = await collect_until(feed, lambda got: len(events(got, "Hangup")) >= expected,
+                                    limit=30.0)
+        assert feed.size <= limit
+        assert server.connections == 1
+    received = [item.fields.get("Uniqueid") for item in events(items, "Hangup")]
+    sent = [parse_frame(frame.raw).get("Uniqueid") for frame in storm.frames
+            if frame.raw.startswith(b"Event: Hangup\r")]
+    assert received == sent
 
 
 async def test_originate_is_queued_and_its_response_arrives_as_an_event() -> None:

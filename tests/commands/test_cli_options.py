@@ -14,6 +14,7 @@ from mcdaemon.cli import DEFAULT_CONFIG, build_parser
 from mcdaemon.commands.control import gather_status
 from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.reader import ConfigError
+from mcdaemon.core.daemons import DaemonBeat
 from mcdaemon.store import Store
 
 from commands.test_cli_errors import write_config
@@ -80,8 +81,9 @@ async def test_status_says_not_running_as_soon_as_the_daemons_process_is_gone(
     store = await Store.open(config.store.path)
     now = 1_700_000_000.0
     try:
-        await store.set_status("daemon", "running", now - 60)
-        await store.set_status("heartbeat", heartbeat.replace("PID", str(os.getpid())), now - 1)
+        process = heartbeat.replace("PID", str(os.getpid()))
+        beat = DaemonBeat(process, process, "bound", {"lab": "connected"})
+        await store.set_status(beat.row, beat.value(), now - 1)
     finally:
         await store.close()
     status = await gather_status(config, now)

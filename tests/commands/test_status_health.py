@@ -4,6 +4,7 @@ every link is up. A link that is down is retried by the daemon, but is worth a r
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from mcdaemon.commands.control import show_status
 from mcdaemon.config.load import config_from_dict
-from mcdaemon.pipeline.housekeeping import heartbeat_value
+from mcdaemon.core.daemons import DaemonBeat, process_id
 from mcdaemon.store import Store
 
 
@@ -20,10 +21,8 @@ async def health(tmp_path: Path, *, ami: str, smsc: str) -> int:
     store = await Store.open(str(path))
     now = time.time()
     try:
-        await store.set_status("daemon", "running", now)
-        await store.set_status("heartbeat", heartbeat_value(), now)  # this process: alive
-        await store.set_status("ami:lab", ami, now)
-        await store.set_status("smpp", smsc, now)
+        beat = DaemonBeat(process_id(), process_id(), smsc, {"lab": ami})  # this process
+        await store.set_status(beat.row, beat.value(), now)
     finally:
         await store.close()
     config = config_from_dict({
@@ -42,3 +41,36 @@ async def health(tmp_path: Path, *, ami: str, smsc: str) -> int:
 async def test_health_needs_every_link_up(tmp_path: Path, ami: str, smsc: str,
                                           code: int) -> None:
     assert await health(tmp_path, ami=ami, smsc=smsc) == code
+
+
+async def test_status_lists_the_daemons_alive_and_the_pbxs_each_watches(tmp_path: Path) -> None:
+    path = tmp_path / "mcdaemon.db"
+    store = await Store.open(str(path))
+    now = time.time()
+    try:
+        for beat, seen in [
+                (DaemonBeat("east", process_id(), "bound", {"lab": "connected", "b": "connected"}),
+                 now),
+                (DaemonBeat("west", process_id(), "bound", {"lab": "connected",
+                                                            "c": "disconnected"}), now - 1),
+                (DaemonBeat("gone", process_id(), "bound", {"lab": "connected"}), now - 60)]:
+            await store.set_status(beat.row, beat.value(), seen)
+    finally:
+        await store.close()
+    config = config_from_dict({
+        "region": "GB", "inbound": {"contexts": ["from-carrier"]},
+        "store": {"path": str(path)},
+        "ami": [{"name": name, "username": "mcd", "secret": "s"} for name in ["lab", "b", "c"]]})
+    out = io.StringIO()
+    assert await show_status(config, out, as_json=False, health=False) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "daemon:   running"
+    assert lines[1] == f"  east ({process_id()}): smsc bound; watching 2 PBX(s), 2 connected"
+    assert lines[2] == (f"  west ({process_id()}): smsc bound; watching 2 PBX(s), 1 connected;"
+                        " not connected: c disconnected")
+    assert "ami c: disconnected" in lines and "ami b: connected" in lines
+    out = io.StringIO()
+    await show_status(config, out, as_json=True, health=False)
+    shown = json.loads(out.getvalue())
+    assert [daemon["name"] for daemon in shown["daemons"]] == ["east", "west"]
+    assert shown["daemons"][1]["pbxs"] == {"lab": "connected", "c": "disconnected"}

@@ -232,6 +232,7 @@ def test_reload_refuses_a_new_database_path(tmp_path: Path) -> None:
      "groups.a.variants.default: an A/B test needs at least two variants"),
     ({"groups": {"a": {"templates": {"queue_abandn": "x"}}}},
      "groups.a.templates.queue_abandn: not a template name"),
+    ({"daemon": {"name": "host 1"}}, "daemon.name: use 1-64 letters, digits"),
 ])
 def test_problems_name_the_key_and_the_fix(data: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -962,6 +962,9 @@ async def test_statuses_keep_the_latest_value_of_each_name(store: Store) -> None
     await store.set_status("ami", "connected", at=T0 + 2)
 
     assert await store.statuses() == {"ami": ("connected", T0 + 2), "smpp": ("bound", T0 + 1)}
+    await store.clear_status("ami")  # a daemon's heartbeat row at its clean stop
+    await store.clear_status("never-set")
+    assert await store.statuses() == {"smpp": ("bound", T0 + 1)}
 
 
 async def test_policy_views_for_a_batch_equal_one_policy_view_per_caller(store: Store) -> None:
