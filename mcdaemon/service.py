@@ -214,7 +214,6 @@ class Service:
             # for it up to store.outage_max; what is held is said, as when giving up
             log.error("stopping while the store cannot be reached",
                       store=self.config.store.address)
-            self._store_failed = True
             await self._stop_after_store_failure([*workers, stopper])
             return 1
         if self._store_failed:

@@ -362,7 +362,7 @@ class PgConnection(Plumbing):
         async with self._lock:
             token = None
             try:
-                await asyncio.shield(self._reachable())
+                await self._reachable()  # not shielded: the lock must hold while it runs
                 transaction = self._db.transaction()
                 await self._failing_loudly(asyncio.shield(transaction.start()))
                 token = _open_transaction.set(self)
