@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -41,20 +39,6 @@ CLAIM_LEASE = 30.0
 
 #: who claims texts (`owner`): `PID@HOST`, the process its heartbeat names (`core.daemons`)
 this_daemon = process_id
-
-
-def gone_from_this_host(owner: str) -> bool:
-    """True if `owner` (`PID@HOST`) names a process of this host that no longer runs."""
-    pid, _, host = owner.partition("@")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it runs, as another user
-        return False
-    return False
 
 
 class Plumbing:
