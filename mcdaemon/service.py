@@ -16,7 +16,10 @@ being written form the next: group commit, never a deferral), and a receipt or a
 answered to the SMSC only once it is stored. What a state change causes (webhook events, staff
 notes, follow-ups, call-back campaigns) is written in the same transaction (`Store.atomic`).
 
-A store that cannot be written (disk full, I/O error, read-only or corrupt file) stops the
+A PostgreSQL server that goes away is waited for, up to `store.outage_max`: the AMI intake
+goes on, ended calls are held (`pipeline/outage` says so), nothing is sent, and the stages
+carry on once the store has connected again (`_riding_out`). A store that cannot be written
+(disk full, I/O error, read-only or corrupt file; the server away for longer) stops the
 daemon at once: the sender stops taking texts, the SMSC is unbound and `run` returns 1, so
 systemd's `Restart=on-failure` starts it again once the store can be written. Only the texts
 in flight then may be sent twice; the restart marks them `duplicate_risk`.
@@ -36,6 +39,7 @@ import contextlib
 import signal
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -56,10 +60,11 @@ from mcdaemon.pipeline.deciding import Decider, DecisionObserver
 from mcdaemon.pipeline.heartbeat import Heartbeat
 from mcdaemon.pipeline.housekeeping import Housekeeping
 from mcdaemon.pipeline.intake import Clock, Intake
+from mcdaemon.pipeline.outage import OutageWatch
 from mcdaemon.pipeline.receiving import Receiver, SmppEvent
 from mcdaemon.pipeline.retention import Retention
 from mcdaemon.pipeline.sending import Dispatcher
-from mcdaemon.store import StoreError, StoreInterface, open_store
+from mcdaemon.store import StoreError, StoreInterface, StoreUnreachable, open_store
 from mcdaemon.webhooks import delivery as webhooks
 from mcdaemon.webhooks.notify import Notifier
 
@@ -140,6 +145,9 @@ class Service:
                                           clock=clock, notify=self._notify,
                                           expire_calls=self._intake.expire,
                                           beat=self._heartbeat.beat)
+        self._outage = OutageWatch(current_config, current_store,
+                                   held=lambda: self._intake.undecided,
+                                   dropped=lambda: self._intake.dropped)
         self._retention = Retention(current_config, current_store, clock=clock)
 
     # ------------------------------------------------------------------ lifecycle
@@ -196,9 +204,11 @@ class Service:
             asyncio.create_task(self._intake.decide(), name="decider"),
             asyncio.create_task(self._dispatcher.dispatch(), name="dispatcher"),
             asyncio.create_task(self._dispatcher.record_results(), name="submit results"),
-            asyncio.create_task(self._receiver.consume(), name="receipts"),
-            asyncio.create_task(self._housekeeping.run(), name="housekeeping"),
-            asyncio.create_task(self._retention.run(), name="retention"),
+            asyncio.create_task(self._riding_out(self._receiver.consume), name="receipts"),
+            asyncio.create_task(self._riding_out(self._housekeeping.run),
+                                name="housekeeping"),
+            asyncio.create_task(self._riding_out(self._retention.run), name="retention"),
+            asyncio.create_task(self._outage.run(), name="outage watch"),
             asyncio.create_task(self._webhooks.run(self.store), name="webhooks"),
             asyncio.create_task(self._outreach.run(self.store), name="outreach"),
         ]
@@ -221,6 +231,13 @@ class Service:
             else:
                 log.error("a worker stopped unexpectedly", worker=task.get_name(),
                           error=repr(error))
+        if not crashed and self.store.unreachable_since is not None:
+            # asked to stop while the database is away: the shutdown's writes would wait
+            # for it up to store.outage_max; what is held is said, as when giving up
+            log.error("stopping while the store cannot be reached",
+                      store=self.config.store.address)
+            await self._stop_after_store_failure([*workers, stopper])
+            return 1
         if self._store_failed:
             await self._stop_after_store_failure([*workers, stopper])
         else:
@@ -231,6 +248,17 @@ class Service:
                 await self._stop_after_store_failure([*workers, stopper])
                 return 1
         return 1 if crashed else 0
+
+    @staticmethod
+    async def _riding_out(stage: Callable[[], Awaitable[None]]) -> None:
+        """Run a stage again when the store's server went away under one of its `atomic()`
+        blocks (nothing of it was kept; a reply or receipt stays unacknowledged, so the SMSC
+        sends it again): its next store call waits for the server, or gives up."""
+        while True:
+            try:
+                return await stage()
+            except StoreUnreachable:
+                continue
 
     async def _shutdown(self, workers: list[asyncio.Task[object]]) -> None:
         """Stop taking calls, let in-flight submits finish (or persist), unbind, close."""
@@ -276,9 +304,9 @@ class Service:
         with contextlib.suppress(Exception):
             await self._backfill.stop()
         await self._cancel(workers)
-        if undecided:
+        if undecided or self._intake.dropped:
             log.error("calls that ended were not decided: the store could not record them",
-                      count=undecided)
+                      count=undecided, dropped=self._intake.dropped)
         with contextlib.suppress(Exception):
             await self._contacts.close()
         with contextlib.suppress(Exception):

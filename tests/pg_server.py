@@ -83,6 +83,7 @@ class PgServer:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self._names = itertools.count(1)
+        self._options = ""  # the server's settings, kept for `resume`
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.binaries / argv[0]), *argv[1:]]
@@ -98,10 +99,20 @@ class PgServer:
                   "--locale=C", "--no-sync")
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
                    " -c max_connections=300")
-        if not self.durable:  # the tests kill daemons, never the server: speed over fsync
+        if not self.durable:  # speed over fsync (a test that stops the server: `halt`)
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log), "-w",
-                  "-t", "60", "start")
+        self._options = options
+        self.resume()
+
+    def halt(self) -> None:
+        """Shut the server down as its administrator would (`pg_ctl stop -m fast`: sessions
+        ended, transactions rolled back, the commits kept); `resume()` starts it again. Only
+        on a server of the test's own, never the session's."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def resume(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options, "-l", str(self.log),
+                  "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):

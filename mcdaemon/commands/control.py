@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import sys
 import time
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 from mcdaemon.config.model import Config
-from mcdaemon.core.daemons import DaemonBeat, alive, read_beats
+from mcdaemon.core.daemons import DaemonBeat, alive, gone_pid, read_beats
 from mcdaemon.pipeline.backfill import LAST_BACKFILL
 from mcdaemon.store import LIVE_STATES, StoreInterface, open_store, open_store_readonly
 
@@ -42,21 +40,6 @@ async def set_switch(config: Config, group: str | None, enabled: bool, out: Text
     print(f"{what} {'enabled' if enabled else 'disabled'} (the running daemon applies it to "
           "the next call)", file=out)
     return 0
-
-
-def gone_pid(process: str) -> int | None:
-    """The pid of a heartbeat's process (`PID@HOST`, `core.daemons.process_id`) when it ran
-    on this host and is gone."""
-    pid_text, _, host = process.partition("@")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return None  # another host or PID namespace: the heartbeat's age decides
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return int(pid_text)
-    except PermissionError:
-        pass  # alive, as another user (the daemon's)
-    return None
 
 
 def daemons_running(statuses: dict[str, tuple[str, float]],

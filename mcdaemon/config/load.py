@@ -706,6 +706,7 @@ def _read_store(section: Section) -> StoreConfig:
     password = section.secret("password")
     sslmode = section.str("sslmode", "")
     retention = _read_retention(section.section("retention"))
+    outage_max = section.duration("outage_max", 300.0, minimum=1)
     if url:
         if section.data.get("path"):
             section.error("url", "give only one of store.path (SQLite, one host) and "
@@ -726,7 +727,7 @@ def _read_store(section: Section) -> StoreConfig:
                                    "(store.path) has no password")
     section.done()
     return StoreConfig(path=path, url=url, password=password, sslmode=sslmode,
-                       retention=retention)
+                       retention=retention, outage_max=outage_max)
 
 
 def runtime_problems(config: Config) -> list[str]:

@@ -112,6 +112,8 @@ class StoreConfig:
     url: str = ""  # postgresql://user@host:5432/db, without its password
     password: str = field(default="", repr=False)
     sslmode: str = ""  # libpq's sslmode for asyncpg's `ssl`; empty: asyncpg's default
+    #: how long a PostgreSQL server may stay unreachable before the daemon gives up (exit 1)
+    outage_max: float = 300.0
 
     @property
     def address(self) -> str:

@@ -50,6 +50,21 @@ class DaemonBeat:
                           separators=(",", ":"))
 
 
+def gone_pid(process: str) -> int | None:
+    """The pid of `process` (`PID@HOST`) when it ran on this host and runs no more; None for
+    another host (or PID namespace), where only the heartbeat's age can tell."""
+    pid_text, _, host = process.partition("@")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return int(pid_text)
+    except PermissionError:  # alive, as another user (the daemon's)
+        pass
+    return None
+
+
 def read_beats(statuses: Mapping[str, tuple[str, float]]) -> list[DaemonBeat]:
     """Every daemon heartbeat among the status rows, newest first (a row that does not parse,
     from another version, is left out)."""

@@ -7,9 +7,11 @@ the sender's window has room for, which go to the sender only once that is on di
 the store already holds (keyed by (pbx, call id): one seen live and again in the queue_log,
 or a backfill run twice) is left alone, so it is decided once and notified once.
 
-The running daemon's intake and backfill share one `Decider` (its `lock`: one batch at a time,
-so the caps count across both); `mcdaemon backfill` builds one without a sender (the daemon
-sends what it queued). A call's "call decided" line is logged before its "text submitted" line.
+A batch the store could not take because its server went away is held and decided again
+once the server is back (`decide`). The running daemon's intake and backfill share one
+`Decider` (its `lock`: one batch at a time, so the caps count across both); `mcdaemon
+backfill` builds one without a sender (the daemon sends what it queued). A call's "call
+decided" line is logged before its "text submitted" line.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mcdaemon.core.policy import (
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach.callbacks import Outreach
-from mcdaemon.store import NewCall, OutboxMessage, StoreInterface
+from mcdaemon.store import NewCall, OutboxMessage, StoreInterface, StoreUnreachable
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")  # the name log lines carried before the move
@@ -89,24 +91,38 @@ class Decider:
         self._tripped_reasons: set[str] = set()
 
     async def decide(self, records: Sequence[CallRecord]) -> list[Decided]:
-        """Decide and record the calls the store does not hold yet; what was decided now."""
+        """Decide and record the calls the store does not hold yet; what was decided now.
+
+        While a PostgreSQL store's server is away the batch is held and decided again from
+        the start (the store's next call waits for the server; nothing of the lost attempt
+        was kept, nothing was sent): up to store.outage_max, then `StoreError` stops the
+        daemon. The policy decides at that time, so `outbox.max_age` still applies."""
         async with self.lock:
-            if not records:
-                return []
-            store = self._store()
-            known = await store.recorded_calls([(r.pbx, r.call_id) for r in records])
-            fresh: list[CallRecord] = []
-            for record in records:
-                key = (record.pbx, record.call_id)
-                if key in known:
-                    log.debug("call already recorded: not decided again", pbx=record.pbx,
-                              call_id=record.call_id)
-                else:
-                    known.add(key)  # twice in one batch: its first record stands
-                    fresh.append(record)
-            if not fresh:
-                return []
-            return await self._decide_and_store(store, fresh)
+            while True:
+                try:
+                    return await self._decide_fresh(records)
+                except StoreUnreachable:
+                    log.debug("the store went away while deciding: holding the batch",
+                              calls=len(records))
+
+    async def _decide_fresh(self, records: Sequence[CallRecord]) -> list[Decided]:
+        """The calls of `records` the store does not hold yet, decided and recorded."""
+        if not records:
+            return []
+        store = self._store()
+        known = await store.recorded_calls([(r.pbx, r.call_id) for r in records])
+        fresh: list[CallRecord] = []
+        for record in records:
+            key = (record.pbx, record.call_id)
+            if key in known:
+                log.debug("call already recorded: not decided again", pbx=record.pbx,
+                          call_id=record.call_id)
+            else:
+                known.add(key)  # twice in one batch: its first record stands
+                fresh.append(record)
+        if not fresh:
+            return []
+        return await self._decide_and_store(store, fresh)
 
     async def decisions(self, store: StoreInterface,
                         records: Sequence[CallRecord]) -> list[Decision]:

@@ -33,6 +33,10 @@ LinkMoved = Callable[[str, str, float, list[CallRecord]], list[CallRecord]]
 
 #: the AMI consumer lets the other tasks run after this many events in a row
 CONSUMER_BATCH = 200
+#: the most ended calls held undecided (while a PostgreSQL store's server is away): the
+#: oldest are kept, the newer ones dropped and counted (a restart's queue_log backfill
+#: recovers the queue calls among them)
+HELD_MAX = 20_000
 
 
 class Intake:
@@ -58,11 +62,14 @@ class Intake:
         self.connected: set[str] = set()
         self._ended: list[CallRecord] = []  # calls the tracker closed, not yet decided
         self._ended_ready = asyncio.Event()
+        self._deciding = 0  # of those, the batch the decider has (held, if the store is away)
+        #: ended calls dropped undecided: more than HELD_MAX were waiting for the store
+        self.dropped = 0
 
     @property
     def undecided(self) -> int:
-        """Calls that ended and are not decided yet."""
-        return len(self._ended)
+        """Calls that ended and are not decided yet (those being decided included)."""
+        return len(self._ended) + self._deciding
 
     def update_settings(self, config: Config) -> None:
         for tracker in self.trackers.values():
@@ -91,9 +98,17 @@ class Intake:
         self._hand_to_decider(records)
 
     def _hand_to_decider(self, records: list[CallRecord]) -> None:
-        if records:
-            self._ended.extend(records)
-            self._ended_ready.set()
+        if not records:
+            return
+        room = HELD_MAX - self.undecided
+        if len(records) > room:
+            if self.dropped == 0:
+                log.error("too many ended calls wait for the store: the newer ones are "
+                          "dropped undecided", held=self.undecided, held_max=HELD_MAX)
+            self.dropped += len(records) - max(room, 0)
+            records = records[:max(room, 0)]
+        self._ended.extend(records)
+        self._ended_ready.set()
 
     async def decide(self) -> None:
         while True:
@@ -105,7 +120,11 @@ class Intake:
         """Decide every call handed over so far (after the batch being written, if any)."""
         batch, self._ended = self._ended, []
         if batch:
-            await self._decider.decide(batch)
+            self._deciding = len(batch)
+            try:
+                await self._decider.decide(batch)
+            finally:
+                self._deciding = 0
 
     async def drain(self) -> None:
         """At shutdown: track what the AMI queue still holds and decide every call ended."""

@@ -25,7 +25,7 @@ from mcdaemon.config.model import Config
 from mcdaemon.core.outbox import SubmitResult, submit_outcome
 from mcdaemon.logs import mask_number
 from mcdaemon.outreach.callbacks import Outreach
-from mcdaemon.store import OutboxMessage, StoreInterface, SubmitOutcome
+from mcdaemon.store import OutboxMessage, StoreInterface, StoreUnreachable, SubmitOutcome
 from mcdaemon.webhooks.notify import Notifier
 
 log = structlog.get_logger("mcdaemon.service")  # the name log lines carried before the move
@@ -153,11 +153,18 @@ class Dispatcher:
             await self.store_results()
 
     async def store_results(self) -> None:
-        """Store every submit result gathered so far in one transaction, then log each."""
+        """Store every submit result gathered so far in one transaction, then log each (again,
+        once reconnected, if a PostgreSQL store's server went away meanwhile: the texts stay
+        `sending`, this daemon's, until their results are kept)."""
         async with self._storing:
             batch, self._results = self._results, []
-            if batch:
-                await self._store_batch(batch)
+            while batch:
+                try:
+                    await self._store_batch(batch)
+                    return
+                except StoreUnreachable:
+                    log.debug("the store went away while storing submit results: held",
+                              results=len(batch))
 
     async def _store_batch(self, batch: list[tuple[OutboxMessage, SubmitResult, float]]
                            ) -> None:

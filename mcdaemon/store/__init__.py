@@ -73,7 +73,7 @@ from mcdaemon.store.interface import (
 from mcdaemon.store.outbox import CallsAndOutbox, NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Outreach, Stopped
 from mcdaemon.store.pg_connection import PgConnection, SslMode
-from mcdaemon.store.plumbing import StoreError
+from mcdaemon.store.plumbing import StoreError, StoreUnreachable
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
 from mcdaemon.store.report import Booking, CallerHistory, ReportQueries, SentText
@@ -118,9 +118,9 @@ def _ssl(config: StoreConfig) -> SslMode | None:
 async def open_store(config: StoreConfig) -> StoreInterface:
     """Open (creating and migrating) the store the config names: PostgreSQL when `store.url`
     is set, else the SQLite file `store.path`. The one place that chooses the backend."""
-    if config.url:
+    if config.url:  # a server that goes away is waited for (store.outage_max)
         return await PgStore.open(config.url, password=config.password or None,
-                                  ssl=_ssl(config))
+                                  ssl=_ssl(config), outage_max=config.outage_max)
     return await Store.open(config.path)
 
 
@@ -161,7 +161,8 @@ __all__ = [
     "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "PgConnection", "PgStore",
     "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "RetentionStore", "SentText",
     "StatusStore", "Stopped",
-    "Store", "StoreError", "StoreInterface", "SubmitOutcome", "WebhookDelivery", "WebhookIn",
+    "Store", "StoreError", "StoreInterface", "StoreUnreachable", "SubmitOutcome",
+    "WebhookDelivery", "WebhookIn",
     "WebhookResult", "WebhooksStore", "check_postgresql", "migration_steps", "open_store",
     "open_store_readonly",
 ]

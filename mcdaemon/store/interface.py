@@ -437,6 +437,9 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
     owner: str
     #: how long its claims hold without a renewal (seconds)
     claim_lease: float
+    #: since when (time.monotonic()) a PostgreSQL store's server cannot be reached (its calls
+    #: wait for it, up to store.outage_max); None while it can, and always for SQLite
+    unreachable_since: float | None
 
     def atomic(self) -> contextlib.AbstractAsyncContextManager[None]:
         """One transaction for every store call the task makes inside the block: committed

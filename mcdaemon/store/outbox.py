@@ -6,15 +6,16 @@ and the caller's history the policy reads.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from mcdaemon.core.daemons import gone_pid
 from mcdaemon.core.outbox import SubmitOutcome
 from mcdaemon.core.records import CallRecord, Decision, PolicyView
-from mcdaemon.store.plumbing import gone_from_this_host
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import CALLER_KINDS, TRANSITIONS, _may_become, _quoted
 
@@ -424,7 +425,7 @@ class CallsAndOutbox(Receipts):
             owners = [str(owner) for owner, in await self._rows(
                 "SELECT DISTINCT owner FROM messages WHERE state = 'sending'"
                 " AND owner IS NOT NULL AND owner <> ?", (self.owner,))]
-            gone = [owner for owner in owners if gone_from_this_host(owner)]
+            gone = [owner for owner in owners if gone_pid(owner) not in (None, os.getpid())]
             return await self._rows(
                 f"UPDATE messages SET {change} WHERE state = 'sending'"
                 " AND (owner IS NULL OR lease_until IS NULL OR (owner <> ? AND"

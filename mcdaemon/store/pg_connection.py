@@ -19,6 +19,16 @@ are read a batch at a time through cursors of one read-only transaction (`_strea
 Errors that mean the database cannot keep what the daemon would acknowledge (connection lost,
 disk full, read-only, shut down by its administrator) raise `StoreError`; a constraint or
 syntax error is a bug and stays what it is.
+
+Riding out an outage (`outage_max`, the daemon's store): when the server goes away (the
+connection lost or refused, the server shutting down), the call that met it raises
+`StoreUnreachable` (nothing it did was kept) and the next calls wait, under the lock, while the
+connection is made again with back-off; a read or a transaction of its own is simply run again
+on the new connection. Only what an `atomic()` block did reaches its caller as
+`StoreUnreachable`, to be done again. Past `outage_max` they raise `StoreError`: the daemon
+stops. A connection lost during a COMMIT is `StoreError` at once: whether it was kept is
+unknown, and the restart settles it (texts left in `sending` are resent once, marked
+`duplicate_risk`). Disk full, read-only or a corrupt database still stop the daemon at once.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +48,7 @@ from mcdaemon.store.plumbing import (
     Plumbing,
     RowCursor,
     StoreError,
+    StoreUnreachable,
     _open_transaction,
     this_daemon,
 )
@@ -64,6 +76,14 @@ MIN_POSTGRESQL = 110000
 #: (25006: a standby, or default_transaction_read_only)
 _UNUSABLE_CLASSES = ("08", "53", "57", "58", "XX")
 _READ_ONLY = "25006"
+#: of those, the server gone: connection exception (08), admin or crash shutdown, not yet
+#: accepting connections (57P01-57P03); what an outage of the server looks like
+_GONE_CLASS = "08"
+_GONE_STATES = ("57P01", "57P02", "57P03")
+
+#: the back-off between attempts to connect again while the server is away (seconds)
+RECONNECT_FIRST = 0.5
+RECONNECT_MAX = 5.0
 
 #: SQLSTATEs after which the whole transaction is simply run again: it lost to another daemon
 _RETRIED = ("40001", "40P01")  # serialization failure, deadlock detected
@@ -91,6 +111,18 @@ def _means_unusable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         return "closed" in str(exc)  # the connection was closed under the daemon
     return isinstance(exc, OSError)
+
+
+def _means_gone(exc: BaseException) -> bool:
+    """The server went away (or refuses connections): an outage, not a broken database."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        return state.startswith(_GONE_CLASS) or state in _GONE_STATES
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc)  # the connection was closed under the daemon
+    return isinstance(exc, asyncpg.exceptions.InternalClientError | OSError)
 
 
 def _retried(exc: BaseException) -> bool:
@@ -149,9 +181,15 @@ class PgConnection(Plumbing):
     _WHOLE = "CAST(trunc({}) AS BIGINT)"
     _BYTE_ORDER = ' COLLATE "C"'
 
-    def __init__(self, db: asyncpg.Connection, url: str) -> None:
+    def __init__(self, db: asyncpg.Connection, url: str, password: str | None = None,
+                 ssl: SslMode | None = None) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        self._reconnect = (url, password, ssl)
+        #: how long the server may stay away before the store gives up (None: not at all,
+        #: every loss is `StoreError` at once: the CLI's stores)
+        self._outage_max: float | None = None
+        self.unreachable_since: float | None = None
         self.path = shown_url(url)
         self.owner = this_daemon()
         self.claim_lease = CLAIM_LEASE
@@ -167,7 +205,7 @@ class PgConnection(Plumbing):
                              "store.url, the password (store.password_env or "
                              "store.password_file) and that the server accepts this "
                              "host)") from exc
-        store = cls(db, url)
+        store = cls(db, url, password, ssl)
         if db.get_server_version().major * 10000 < MIN_POSTGRESQL:
             await db.close()
             raise StoreError(f"the PostgreSQL server of {store.path} is too old "
@@ -176,15 +214,17 @@ class PgConnection(Plumbing):
 
     @classmethod
     async def open(cls, url: str, *, password: str | None = None,
-                   ssl: SslMode | None = None) -> Self:
+                   ssl: SslMode | None = None, outage_max: float | None = None) -> Self:
         """Connect and migrate the store at `url` (the tables are created in the
-        connection's schema, `public` unless the URL or the role says otherwise)."""
+        connection's schema, `public` unless the URL or the role says otherwise). With
+        `outage_max`, a server that goes away later is waited for that long (seconds)."""
         store = await cls._connect(url, password, ssl)
         try:
             await store._failing_loudly(store._migrate())
         except BaseException:
             await store._db.close()
             raise
+        store._outage_max = outage_max
         return store
 
     async def _migrate(self) -> None:
@@ -291,34 +331,41 @@ class PgConnection(Plumbing):
 
         async def locked() -> T:
             async with self._lock:
-                return await work()
+                while True:
+                    await self._reachable()
+                    with contextlib.suppress(StoreUnreachable):  # read again, reconnected
+                        return await self._failing_loudly(work())
 
-        return await asyncio.shield(self._failing_loudly(locked()))
+        return await asyncio.shield(locked())
 
     async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` in one transaction, whole or not at all (again, if it lost a deadlock
         or a serialization conflict to another daemon); inside `atomic()`, as part of it."""
         if _open_transaction.get() is self:
             return await work()
-        for attempt in range(1, _ATTEMPTS + 1):
+        attempt = 0
+        while True:
             try:
                 return await asyncio.shield(
                     self._failing_loudly(self._locked_transaction(work)))
+            except StoreUnreachable:
+                continue  # rolled back with the connection: run again once reconnected
             except _driver_errors() as exc:
+                attempt += 1
                 if not _retried(exc) or attempt == _ATTEMPTS:
                     raise
                 log.info("a store transaction met another daemon's; running it again",
                          sqlstate=getattr(exc, "sqlstate", None), attempt=attempt)
-        raise AssertionError("unreachable")
 
     async def _locked_transaction(self, work: Callable[[], Awaitable[T]]) -> T:
         async with self._lock:
+            await self._reachable()
             transaction = self._db.transaction()
             await transaction.start()
             token = _open_transaction.set(self)
             try:
                 result = await work()
-                await transaction.commit()
+                await self._committed(transaction)
             except BaseException:
                 with contextlib.suppress(*_driver_errors()):
                     await transaction.rollback()
@@ -336,15 +383,22 @@ class PgConnection(Plumbing):
             return
         async with self._lock:
             token = None
-            transaction = self._db.transaction()
             try:
+                await self._reachable()  # not shielded: the lock must hold while it runs
+                transaction = self._db.transaction()
                 await self._failing_loudly(asyncio.shield(transaction.start()))
                 token = _open_transaction.set(self)
-                yield
-                await asyncio.shield(self._failing_loudly(transaction.commit()))
+                try:
+                    yield
+                except _driver_errors() as exc:  # the block's statements run unwrapped
+                    if (translated := self._translated(exc)) is not exc:
+                        raise translated from exc
+                    raise
+                await asyncio.shield(self._committed(transaction))
             except BaseException:
-                with contextlib.suppress(*_driver_errors(), asyncio.CancelledError):
-                    await asyncio.shield(transaction.rollback())
+                if token is not None:
+                    with contextlib.suppress(*_driver_errors(), asyncio.CancelledError):
+                        await asyncio.shield(transaction.rollback())
                 raise
             finally:
                 if token is not None:
@@ -354,9 +408,20 @@ class PgConnection(Plumbing):
     async def _streaming(self) -> AsyncIterator[None]:
         """One read-only transaction (one snapshot for every cursor; asyncpg's cursors live
         only inside a transaction), the connection held until the block ends."""
-        async with self._lock, self._db.transaction(readonly=True,
-                                                    isolation="repeatable_read"):
-            yield
+        async with self._lock:
+            await self._reachable()
+            transaction = self._db.transaction(readonly=True, isolation="repeatable_read")
+            await self._failing_loudly(transaction.start())
+            try:
+                yield
+            except BaseException as exc:
+                with contextlib.suppress(*_driver_errors()):
+                    await transaction.rollback()
+                if isinstance(exc, _driver_errors()) and (
+                        translated := self._translated(exc)) is not exc:
+                    raise translated from exc
+                raise
+            await self._failing_loudly(transaction.commit())
 
     async def _cursor(self, sql: str, params: Sequence[Any] = ()) -> RowCursor:
         return _PgCursor(await self._db.cursor(_numbered(sql), *params))
@@ -388,13 +453,65 @@ class PgConnection(Plumbing):
 
         return {"bytes": int(await self._read(work)), "free_bytes": 0, "releases_space": True}
 
+    async def _committed(self, transaction: Any) -> None:
+        """COMMIT; the server lost meanwhile is `StoreError`: whether it was kept is unknown."""
+        try:
+            await self._failing_loudly(transaction.commit())
+        except StoreUnreachable as exc:
+            raise StoreError(f"the connection to the store {self.path} was lost during a "
+                             f"commit, which may or may not have been kept: {exc.__cause__} "
+                             "(stopping; the restart settles it)") from exc.__cause__
+
+    async def _reachable(self) -> None:
+        """Under the lock, before a call: while the server is away, connect again with
+        back-off; past `outage_max`, StoreError."""
+        if self._outage_max is None or (self.unreachable_since is None
+                                        and not self._db.is_closed()):
+            return
+        import asyncpg
+
+        since = self.unreachable_since = self.unreachable_since or time.monotonic()
+        delay = RECONNECT_FIRST
+        while True:
+            down = time.monotonic() - since
+            if down > self._outage_max:
+                raise StoreError(
+                    f"the store {self.path} has been unreachable for {down:.0f} s, longer "
+                    f"than store.outage_max ({self._outage_max:.0f} s): giving up (check "
+                    "that the PostgreSQL server is running and reachable from this host)")
+            url, password, ssl = self._reconnect
+            try:
+                db = await asyncpg.connect(dsn=url, password=password, ssl=ssl,
+                                           timeout=min(RECONNECT_MAX,
+                                                       max(0.1, self._outage_max - down)))
+            except _driver_errors():  # refused, reset, timed out (an OSError), shutting down
+                left = self._outage_max - (time.monotonic() - since)
+                await asyncio.sleep(max(0.0, min(delay, left)) + 0.01)  # give up on time
+                delay = min(2 * delay, RECONNECT_MAX)
+                continue
+            self._db.terminate()
+            self._db = db
+            self.unreachable_since = None  # the daemon's OutageWatch says it is back
+            return
+
+    def _translated(self, exc: BaseException) -> BaseException:
+        """A driver's error as the store's: the server gone (while riding outages out),
+        `StoreUnreachable`; the database unusable, `StoreError`; else itself (a bug)."""
+        if self._outage_max is not None and (_means_gone(exc) or self._db.is_closed()):
+            self.unreachable_since = self.unreachable_since or time.monotonic()
+            return StoreUnreachable(f"the store {self.path} cannot be reached: {exc}")
+        if _means_unusable(exc) or self._db.is_closed():
+            return StoreError(
+                f"the store {self.path} cannot be used: {exc} (check that the PostgreSQL "
+                "server is running and reachable, its free disk space, and that the "
+                "database is not read-only)")
+        return exc
+
     async def _failing_loudly(self, work: Awaitable[T]) -> T:
         try:
             return await work
         except _driver_errors() as exc:
-            if _means_unusable(exc) or self._db.is_closed():
-                raise StoreError(
-                    f"the store {self.path} cannot be used: {exc} (check that the PostgreSQL "
-                    "server is running and reachable, its free disk space, and that the "
-                    "database is not read-only)") from exc
-            raise
+            translated = self._translated(exc)
+            if translated is exc:
+                raise
+            raise translated from exc

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -19,6 +17,13 @@ T = TypeVar("T")
 
 class StoreError(Exception):
     """The store cannot be used; the message says what to fix."""
+
+
+class StoreUnreachable(StoreError):
+    """The connection to a PostgreSQL store was lost or refused, and the store rides the outage
+    out (`store.outage_max`): whatever the call was doing was not kept; the store's next call
+    waits for the server (reconnecting with back-off) and raises `StoreError` once the outage
+    has lasted longer than `outage_max`."""
 
 
 #: the store whose transaction the current task has open (`atomic()`)
@@ -34,20 +39,6 @@ CLAIM_LEASE = 30.0
 
 #: who claims texts (`owner`): `PID@HOST`, the process its heartbeat names (`core.daemons`)
 this_daemon = process_id
-
-
-def gone_from_this_host(owner: str) -> bool:
-    """True if `owner` (`PID@HOST`) names a process of this host that no longer runs."""
-    pid, _, host = owner.partition("@")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it runs, as another user
-        return False
-    return False
 
 
 class RowCursor(Protocol):
@@ -70,6 +61,8 @@ class Plumbing:
     one transaction, or part of the task's `atomic()`) or `_read(work)` (a read)."""
 
     path: str
+    #: since when (time.monotonic()) the database cannot be reached; None while it can
+    unreachable_since: float | None = None
     #: this daemon, as the texts it claims name it; and how long its claims hold
     owner: str
     claim_lease: float

@@ -41,7 +41,7 @@ from mcdaemon.store.webhooks import WebhookQueue
 #: how a backend is made, not what it does: the code that opens a store names the backend
 CONSTRUCTION = {"open", "open_readonly"}
 #: set on each instance by the backend's constructor, so not in `dir(Store)`
-INSTANCE_ATTRIBUTES = {"path", "owner", "claim_lease"}
+INSTANCE_ATTRIBUTES = {"path", "owner", "claim_lease", "unreachable_since"}
 
 OWNERS: list[tuple[type[Any], type[Any]]] = [
     (OutboxStore, CallsAndOutbox), (ReceiptsStore, Receipts), (RepliesStore, RepliesAndOptOuts),
