@@ -35,6 +35,7 @@ from mcdaemon.store import (
     Store,
     StoreError,
     SubmitOutcome,
+    WebhookIn,
     migration_steps,
 )
 
@@ -1032,3 +1033,31 @@ async def test_a_decision_waits_for_another_process_writing_sqlite_without_stall
     assert ids[0] is not None and [message.id for message in claimed] == ids
     assert claimed[0].state == "sending" and claimed[0].attempts == 1
     assert ticks >= 1  # the loop went on ticking while the write waited
+
+
+async def test_webhooks_are_claimed_due_oldest_first_behind_their_keys_older_ones(
+        store: Store) -> None:
+    """A claim takes pending deliveries due by `now`, in the order they were queued, up to
+    its limit; never one in flight (`busy`), one due later, one settled, or one behind an
+    older pending delivery of its endpoint and order key."""
+    def row(name: str, order: str, endpoint: str = "crm") -> WebhookIn:
+        return WebhookIn(f"d-{name}", endpoint, "missed_call", name, order, "{}")
+
+    await store.enqueue_webhooks([row("a1", "call:a"), row("b1", "call:b"),
+                                  row("a2", "call:a"), row("c1", "call:c"),
+                                  row("a1-chat", "call:a", "chat")], T0)
+    ids = {item["delivery_id"]: item["id"] for item in await store.webhooks()}
+    await store.mark_webhook_retry(ids["d-b1"], next_at=T0 + 60, error="HTTP 500", now=T0)
+    await store.mark_webhook_delivered(ids["d-c1"], T0)
+
+    due = await store.claim_due_webhooks(T0 + 1, 10)
+    assert [item.delivery_id for item in due] == ["d-a1", "d-a1-chat"]
+    assert [item.delivery_id for item in await store.claim_due_webhooks(T0 + 1, 1)] == [
+        "d-a1"]
+    assert [item.delivery_id for item in await store.claim_due_webhooks(
+        T0 + 1, 10, busy=[ids["d-a1"]])] == ["d-a1-chat"]
+    assert [item.delivery_id for item in await store.claim_due_webhooks(T0 + 60, 10)] == [
+        "d-a1", "d-b1", "d-a1-chat"]
+    await store.mark_webhook_delivered(ids["d-a1"], T0 + 2)
+    assert [item.delivery_id for item in await store.claim_due_webhooks(T0 + 2, 10)] == [
+        "d-a2", "d-a1-chat"]
