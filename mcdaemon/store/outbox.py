@@ -86,6 +86,13 @@ _INSERT_FIRST_TEXT = (
     " lease_until)")
 
 
+def _last_text(number: str, counted: str) -> str:
+    """When `number` (a placeholder or a column) was last texted: its newest text that
+    `counted` takes, found from the newest back in `messages_destination` (a MAX reads every
+    text the caller was ever sent: 17 ms for one of 7,216 on bench/history.py's year)."""
+    return (f"SELECT created_at FROM messages WHERE destination = {number} AND {counted}"
+            " ORDER BY created_at DESC LIMIT 1")
+
 #: how the `record` column (json.dumps of CallRecord.as_dict) marks an adopted call and one
 #: from the queue_log, for `recovered_calls`
 _ADOPTED = json.dumps({"adopted": True})[1:-1]
@@ -499,9 +506,7 @@ class CallsAndOutbox(Receipts):
             if e164:
                 opted_out = bool(await self._scalar("SELECT 1 FROM opt_outs WHERE e164 = ?",
                                                     (e164,)))
-                last_text = await self._scalar(
-                    f"SELECT MAX(created_at) FROM messages WHERE destination = ? AND {counted}",
-                    (e164,))
+                last_text = await self._scalar(_last_text("?", counted), (e164,))
             if prefix:
                 prefix_hour = int(await self._scalar(
                     f"SELECT COUNT(*) FROM messages WHERE {counted} AND created_at > ?"
@@ -541,8 +546,8 @@ class CallsAndOutbox(Receipts):
                 chunk = numbers[start:start + 10000]
                 marks = ",".join("?" * len(chunk))
                 parts.append(f"SELECT 'opted', e164, NULL FROM opt_outs WHERE e164 IN ({marks})")
-                parts.append(f"SELECT 'last', destination, MAX(created_at) FROM messages"
-                             f" WHERE destination IN ({marks}) AND {counted} GROUP BY 2")
+                parts.append(f"SELECT 'last', v.column1, ({_last_text('v.column1', counted)})"
+                             f" FROM (VALUES {','.join(['(?)'] * len(chunk))}) AS v")
                 statements.append((" UNION ALL ".join(parts), [*params, *chunk, *chunk]))
                 parts, params = [], []
             if parts:

@@ -186,3 +186,43 @@ async def test_sqlite_plan_check_finds_a_scan_of_the_history(store: Store) -> No
     found = scans_of_history(await plans_of(store, count_everything))
 
     assert len(found) == 2 and all(line.startswith("SCAN messages") for line in found)
+
+
+async def vm_steps(store: Store, call: Callable[[], Awaitable[object]]) -> int:
+    """The work `call`'s statements make SQLite do, in hundreds of its virtual machine's
+    instructions (the same on any machine: not a time)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    await store._db.set_progress_handler(count, 100)
+    try:
+        await call()
+    finally:
+        await store._db.set_progress_handler(cast(Any, None), 0)
+    return steps
+
+
+async def test_sqlite_a_callers_last_text_is_found_without_reading_every_text_of_theirs(
+        store: Store) -> None:
+    """The policy's view of a caller texted 500 times costs what one of a caller texted once
+    does: their newest text is read, not all of them (texts of two days ago: outside the
+    caps' windows, which count the same texts for both)."""
+    often, once = "+447700900777", "+447700900778"
+    await store.record_calls(
+        [NewCall(missed_call(f"often{n}", often), text(often)) for n in range(500)]
+        + [NewCall(missed_call("once", once), text(once))],
+        now=T0 - 2 * 86_400, destinations=[None] * 501)
+
+    for view in ("policy_view", "policy_views"):
+        def of(caller: str, view: str = view) -> Callable[[], Awaitable[object]]:
+            if view == "policy_view":
+                return lambda: store.policy_view(caller, "sales", T0)
+            return lambda: store.policy_views([(caller, "sales", None)], T0)
+
+        light, heavy = await vm_steps(store, of(once)), await vm_steps(store, of(often))
+
+        assert heavy <= light + 2, (view, light, heavy)

@@ -752,6 +752,28 @@ async def test_policy_view_counts_texts_on_a_fake_clock(store: Store) -> None:
     assert (tomorrow.texts_last_day, tomorrow.last_text_at) == (0, None)
 
 
+async def test_a_callers_last_text_is_their_newest_that_counts(store: Store) -> None:
+    """Texted last: the newest text of a caller kind that did not fail or expire, past any
+    newer one that did, and past texts of other kinds (an opt-out confirmation)."""
+    await queued_message(store, "counted", CALLER, now=T0 - 7200)
+    later = await queued_message(store, "later", CALLER, now=T0 - 3600)
+    failed = await queued_message(store, "failed", CALLER, now=T0 - 60)
+    await store.claim_due(T0 - 50, 10)
+    await store.mark_failed(failed, error_code=11, detail="invalid destination", now=T0 - 50)
+    await store.enqueue_message(pbx="-", call_id=f"optout:{CALLER}", kind="optout_confirm",
+                                seq=0, destination=CALLER, body="Done.", now=T0 - 30,
+                                not_before=None, expires_at=None)
+    callers = [(CALLER, "sales", None), ("+447700900555", "sales", None)]
+
+    single = [await store.policy_view(e164, group, T0) for e164, group, _ in callers]
+
+    assert [view.last_text_at for view in single] == [T0 - 3600, None]
+    assert await store.policy_views(callers, T0) == single
+    await store.mark_failed(later, error_code=11, detail="invalid destination", now=T0)
+    assert [view.last_text_at for view in await store.policy_views(callers, T0)] == [
+        T0 - 7200, None]
+
+
 async def test_switches_reach_the_policy_view(store: Store) -> None:
     assert await store.switches() == {}
     view = await store.policy_view(CALLER, "sales", T0)
