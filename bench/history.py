@@ -28,6 +28,10 @@ Then, in one run:
                 indexes dropped) and opened: how long the migration takes per million rows
 
     python bench/history.py [--days 365] [--runs 4] [--dir /tmp/mcd-history] [--reuse]
+    python bench/history.py --reuse --only storm [--compare OTHER/.venv/bin/python]
+
+`--only storm` measures the storms alone, on the empty store and the seeded one in turns
+(and, with `--compare`, another checkout's daemon in turns with this one's).
 
 Targets: p99 with a year <= 1.5 x the empty store's and <= 100 ms; report <= 15 s within
 512 MB; status <= 0.2 s; the size bounded by the retention window.
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -245,15 +250,31 @@ def remove_storm(path: Path) -> None:
 
 # ---------------------------------------------------------------------- measuring
 
-async def storm(store: Path | None, runs: int, label: str) -> list[float]:
+async def storm(store: Path | None, runs: int, label: str,
+                daemon_python: str = sys.executable) -> list[float]:
     latencies: list[float] = []
     for _ in range(runs):
-        run = await latency.replay(sys.executable, label, 1.0, 100.0, None, None, store=store)
+        run = await latency.replay(daemon_python, label, 1.0, 100.0, None, None, store=store)
         latency.print_run(run)
         latencies += run.latency.values()
         if store is not None:
             remove_storm(store)
     return latencies
+
+
+def storms(year: Path, runs: int, daemons: list[tuple[str, str]]) -> dict[str, list[float]]:
+    """`--only storm`: each daemon's storms on an empty store and on `year`, one run of each
+    at a time, the daemons (and the stores) in turns: a before and an after compared in the
+    same minutes of a noisy machine. Each run is printed; the latencies pooled per row."""
+    pooled: dict[str, list[float]] = {}
+    for number in range(runs):
+        order = daemons if number % 2 == 0 else daemons[::-1]
+        for label, python in order:
+            for name, store in (("empty", None), ("year", year)):
+                row = f"{label} {name}" if len(daemons) > 1 else name
+                pooled.setdefault(row, []).extend(
+                    asyncio.run(storm(store, 1, row, python)))
+    return pooled
 
 
 def child(argv: list[str]) -> tuple[float, float, int]:
@@ -360,6 +381,16 @@ def main(arguments: argparse.Namespace) -> None:
     results: dict[str, object] = {"days": arguments.days, "size_gb": round(size(year), 2)}
     if arguments.seed_only:
         return
+    if arguments.only == "storm":
+        daemons = [("after", os.path.abspath(arguments.daemon_python))]
+        if arguments.compare:
+            daemons.insert(0, ("before", os.path.abspath(arguments.compare)))
+        print(f"storm at real speed, {arguments.runs} run(s) each, in turns:")
+        for row, values in storms(year, arguments.runs, daemons).items():
+            print(f"  {row:12} {len(values)} texted   p50 {ms(values, 0.5):5.1f}  p99 "
+                  f"{ms(values, 0.99):5.1f}  max {ms(values, 1.0):5.1f} ms")
+        print("target: storm p99 year <= 1.5 x empty and <= 100 ms")
+        return
 
     print(f"storm at real speed, {arguments.runs} run(s) each:")
     on_empty = asyncio.run(storm(None, arguments.runs, "empty"))
@@ -404,4 +435,10 @@ if __name__ == "__main__":
     parser.add_argument("--migration", action="store_true",
                         help="also time migration 9 on a copy of the seeded store")
     parser.add_argument("--seed-only", action="store_true", help="seed the store, measure nothing")
+    parser.add_argument("--only", choices=["storm"], help="measure only this (storm: the "
+                        "storms on the empty and the seeded store, in turns)")
+    parser.add_argument("--daemon-python", default=sys.executable, metavar="PATH",
+                        help="with --only storm: the interpreter that runs the daemon")
+    parser.add_argument("--compare", metavar="PATH", help="with --only storm: also run the "
+                        "daemon of this interpreter ('before'), in turns with --daemon-python's")
     main(parser.parse_args())
