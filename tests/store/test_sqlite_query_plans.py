@@ -158,3 +158,16 @@ async def test_sqlite_plan_check_finds_a_scan_of_the_history(store: Store) -> No
     found = scans_of_history(await plans_of(store, count_everything))
 
     assert len(found) == 2 and all(line.startswith("SCAN messages") for line in found)
+
+
+async def test_sqlite_plan_report_texts_read_one_covering_index_in_number_order(
+        store: Store) -> None:
+    """A year of texts streams for the report without a sort, a join or a row read."""
+    async def stream() -> None:
+        async for _ in store.report_texts(T0 - 1, T0 + 3600):
+            pass
+
+    plans = await plans_of(store, stream)
+
+    [texts] = [plan for sql, plan in plans.items() if "submitted_at IS NOT NULL" in sql]
+    assert texts == "SCAN messages USING COVERING INDEX messages_callers"
