@@ -24,8 +24,9 @@ Then, in one run:
     retention   the store's size, then every kind's retention set to `--retain` days and
                 `prune_step` run at the daemon's batch size until nothing is past it, the
                 space released: the size after, and how long it took
-    migration   (--migration) the seeded store taken back to schema 9 (migration 10's
-                indexes dropped) and opened: how long the migration takes per million rows
+    migration   (--migration) the seeded store taken back to schema 9 (migration 10's and
+                11's indexes dropped, the texts' template column too) and opened: how long
+                the migrations take per million rows
 
     python bench/history.py [--days 365] [--runs 4] [--dir /tmp/mcd-history] [--reuse]
     python bench/history.py --reuse --only storm [--compare OTHER/.venv/bin/python]
@@ -70,11 +71,12 @@ MISSED = (("queue_abandon", 0.55), ("queue_timeout", 0.1), ("ring_no_answer", 0.
 GROUPS = ("sales", "support")
 
 
-def retention_indexes() -> list[str]:
-    """Migration 10's statements (retention's and the report's indexes), as SQLite runs them."""
+def since_schema_9() -> list[str]:
+    """Migrations 10 and 11 (retention's and the report's indexes, the texts' template), as
+    SQLite runs them."""
     from mcdaemon.store import migration_steps
 
-    return list(migration_steps(9, "sqlite"))
+    return [*migration_steps(9, "sqlite"), *migration_steps(10, "sqlite")]
 
 
 # ---------------------------------------------------------------------- seeding
@@ -126,13 +128,14 @@ def seed(path: Path, days: int, per_day: int, end: float, rng: random.Random) ->
             fate = rng.random()
             state = ("delivered" if fate < 0.92 else "undeliverable" if fate < 0.96 else
                      "unknown" if fate < 0.99 else "failed")
-            submitted = None if state == "failed" else ended + 1.0
+            # most within a second or two of the hangup, a few held up by the SMSC
+            submitted = None if state == "failed" else ended + 0.3 + rng.expovariate(1.5)
             final = ended + (3600 * 6 if state == "unknown" else 30.0)
             ids = [f"{message_id:08x}{part}" for part in range(1, parts + 1)] \
                 if submitted else []
             rows["messages"].append((
                 message_id, "lab", call_id, "first", 0, caller,
-                BODY.format(name=name or "there"), group, variant, state, 1,
+                BODY.format(name=name or "there"), group, variant, outcome, state, 1,
                 len(ids), ended + 0.3, ended + 900, ended, ended + 0.3, ended + 0.4,
                 submitted, final, 11 if state == "failed" else None,
                 "invalid destination" if state == "failed" else None, 0, json.dumps(ids)))
@@ -191,10 +194,10 @@ INSERTS = {
              " detail, decision_group, template, variant, decided_at)"
              " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "messages": "INSERT INTO messages (id, pbx, call_id, kind, seq, destination, body, grp,"
-                " variant, state, attempts, parts, not_before, expires_at, call_ended_at,"
-                " created_at, sending_at, submitted_at, final_at, error_code, error_detail,"
-                " duplicate_risk, smsc_ids) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                "?,?)",
+                " variant, template, state, attempts, parts, not_before, expires_at,"
+                " call_ended_at, created_at, sending_at, submitted_at, final_at, error_code,"
+                " error_detail, duplicate_risk, smsc_ids)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "message_parts": "INSERT INTO message_parts (message_id, part_no, smsc_id, state, error,"
                      " receipt_at) VALUES (?,?,?,?,?,?)",
     "receipts": "INSERT INTO receipts (id, smsc_id, state, error, at, message_id, raw,"
@@ -342,14 +345,15 @@ def size(store: Path) -> float:
 
 
 def migration(store: Path, folder: Path) -> tuple[float, int]:
-    """Seconds migration 10 takes on a copy of the store taken back to schema 9, and the
-    rows of the tables it indexes."""
+    """Seconds migrations 10 and 11 take on a copy of the store taken back to schema 9, and
+    the rows of the tables they index."""
     copy = folder / "schema9.db"
     shutil.copyfile(store, copy)
     db = sqlite3.connect(copy)
-    for statement in retention_indexes():
+    for statement in since_schema_9():
         if statement.startswith("CREATE INDEX"):
-            db.execute("DROP INDEX " + statement.split()[2])
+            db.execute("DROP INDEX IF EXISTS " + statement.split()[2])
+    db.execute("ALTER TABLE messages DROP COLUMN template")
     db.execute("CREATE INDEX calls_ended ON calls (ended)")  # as schema 9 had it
     db.execute("PRAGMA user_version = 9")
     rows = sum(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in (
@@ -433,7 +437,7 @@ if __name__ == "__main__":
                         help="reuse the seeded store of an earlier run if there is one (the "
                              "retention step at the end shrinks it: reseed for its figures)")
     parser.add_argument("--migration", action="store_true",
-                        help="also time migration 9 on a copy of the seeded store")
+                        help="also time migrations 10 and 11 on a copy of the seeded store")
     parser.add_argument("--seed-only", action="store_true", help="seed the store, measure nothing")
     parser.add_argument("--only", choices=["storm"], help="measure only this (storm: the "
                         "storms on the empty and the seeded store, in turns)")

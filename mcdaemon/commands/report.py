@@ -4,6 +4,7 @@ through `report.kpis.ReportBuilder`, printed as a table, CSV or JSON, and drawn 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import sys
@@ -37,19 +38,32 @@ RECENT_CALLS = 25
 
 
 async def read_report(store: ReportStore, config: Config, *, since: float, until: float,
-                      group: str | None = None, recent: int = RECENT_CALLS) -> Report:
-    """The report of calls that ended in [since, until]: the store's aggregates, then its
-    texted callers one at a time, through `ReportBuilder` (memory: counts, not rows)."""
+                      group: str | None = None, recent: int = RECENT_CALLS,
+                      aggregates: ReportStore | None = None) -> Report:
+    """The report of calls that ended in [since, until]: the store's texted callers a batch
+    at a time and its aggregates, through `ReportBuilder` (memory: counts, not rows).
+
+    With `aggregates`, a second connection to the same store, the aggregates are read on it
+    while the texts stream: the database counts the calls while Python counts the texts."""
     builder = ReportBuilder(config, since=since, until=until, group=group)
-    builder.add_counts(await store.report_counts(since, until))
+    builder.add_booked(await store.report_booked(since))
     offset = 0
     while True:
         page = await store.report_recent(since, until, 200, offset)
         if not builder.add_recent(page, recent) or len(page) < 200:
             break
         offset += len(page)
-    async for caller in store.report_callers(since, until):
-        builder.add_caller(caller)
+    counting = None if aggregates is None else asyncio.ensure_future(
+        aggregates.report_counts(since, until))
+    try:
+        async for batch in store.report_texts(since, until):
+            builder.add_texts(batch)
+        builder.add_counts(await (store.report_counts(since, until) if counting is None
+                                  else counting))
+    except BaseException:
+        if counting is not None:
+            counting.cancel()
+        raise
     return builder.report()
 
 
@@ -67,6 +81,12 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 1
     try:
+        aggregates: StoreInterface = await open_store_readonly(config.store)
+    except StoreError as exc:
+        await store.close()
+        print(f"mcdaemon report: {exc}", file=sys.stderr)
+        return 1
+    try:
         if group is not None and config.group(group) is None:
             everything = ReportBuilder(config, since=start, until=now)
             everything.add_counts(await store.report_counts(start, now))
@@ -75,9 +95,11 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
                 print(f"mcdaemon report: no group {group!r} in {config.source} or in the "
                       f"store (groups: {names})", file=sys.stderr)
                 return 2
-        report = await read_report(store, config, since=start, until=now, group=group)
+        report = await read_report(store, config, since=start, until=now, group=group,
+                                   aggregates=aggregates)
     finally:
         await store.close()
+        await aggregates.close()
     {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
     if html is not None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from mcdaemon.report.kpis import (
@@ -91,9 +91,9 @@ def render(report: Report) -> str:
     parts.append(_legend())
     parts.append(daily_chart(report.days))
     parts.append("<h2>Time to first text</h2>")
+    sent = sum(report.times_to_first_text.values())
     parts.append(f'<p class="note">From the end of the call to the SMSC accepting the text; '
-                 f"{len(report.times_to_first_text)} sent text(s). Texts deferred to the next "
-                 "opening are included.</p>")
+                 f"{sent} sent text(s). Texts deferred to the next opening are included.</p>")
     parts.append(histogram(report.times_to_first_text))
     for test in report.ab_tests:
         parts.append(f"<h2>A/B test: group {_e(test.group)}, template "
@@ -210,15 +210,16 @@ def daily_chart(days: Sequence[Day]) -> str:
     return "".join(out)
 
 
-def histogram(seconds: Sequence[float]) -> str:
-    """Counts of the time to first text per bin (`BINS`)."""
+def histogram(milliseconds: Mapping[int, int]) -> str:
+    """Counts of the time to first text ({milliseconds: how many texts}) per bin (`BINS`)."""
     width, height, left, right, top, bottom = 960.0, 260.0, 44.0, 10.0, 18.0, 40.0
     plot_w, plot_h = width - left - right, height - top - bottom
     y0 = top + plot_h
     counts = [0] * len(BINS)
-    for value in seconds:
-        counts[next(index for index, (upper, _) in enumerate(BINS) if value < upper)] += 1
-    if not seconds:
+    for value, count in milliseconds.items():
+        counts[next(index for index, (upper, _) in enumerate(BINS)
+                    if value / 1000 < upper)] += count
+    if not any(counts):
         return _empty(width, "no text was sent in the period")
     axis_top, step = _nice_ceiling(float(max(counts)))
     slot = plot_w / len(BINS)

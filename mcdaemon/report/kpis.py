@@ -1,9 +1,10 @@
 """`mcdaemon report` and `mcdaemon record-booking`: what texting back missed calls achieves.
 
 `ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`), the
-latest missed calls (`report_recent`) and the texted callers one at a time (`report_callers`)
-in, a `Report` out, holding counts, not rows (a year of history in a few hundred MB at most);
-`commands/report.read_report` feeds it from a read-only connection. `as_json`, `as_csv` and
+latest missed calls (`report_recent`), the booked texts (`report_booked`) and the sent texts
+by number, a batch of whole callers at a time (`report_texts`) in, a `Report` out, holding
+counts, not rows (a year of a busy PBX in 65 MB); `commands/report.read_report` feeds it from
+read-only connections. `as_json`, `as_csv` and
 `as_table` print the report and `report.html` draws it. The README's "KPI report" section is
 the user's version of these definitions; keep both in step.
 
@@ -50,10 +51,11 @@ import datetime as dt
 import json
 import math
 import re
-from array import array
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
@@ -62,7 +64,17 @@ from mcdaemon.core import keywords
 from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
 from mcdaemon.logs import mask_number
-from mcdaemon.store.report import BUCKET, CallerHistory, SentText
+from mcdaemon.store.report import BUCKET, TextBatch
+
+#: `SentText` rows' keys, counted by `Counter` in C
+_NUMBER = itemgetter(0)
+_TEXT_KEY = itemgetter(4, 5, 6, 2)  # group, template, variant, state
+_WAIT_KEY = itemgetter(4, 8)  # group, wait_ms
+_BUCKET = itemgetter(9)  # quarter hour
+_NUMBER_GROUP = itemgetter(0, 4)
+_NUMBER_ARM = itemgetter(0, 4, 5, 6)
+_SECOND = itemgetter(1)
+_ARM = itemgetter(1, 2, 3)
 
 DAY = 86400.0
 #: a reply or an opt-out counts for a text if it comes within this long after it
@@ -182,6 +194,20 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(p / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def histogram_percentile(counts: Mapping[int, int], p: float) -> float | None:
+    """`percentile` of durations held as {milliseconds: how many}, in seconds."""
+    total = sum(counts.values())
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(p / 100 * total))
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= rank:
+            return value / 1000
+    raise AssertionError("unreachable: the ranks add up to the total")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +357,8 @@ class Report:
     currencies: tuple[str, ...]
     unattributed_bookings: int
     days: tuple[Day, ...] = ()
-    times_to_first_text: Sequence[float] = ()
+    #: the times to first text of the sent texts: {milliseconds: how many texts}
+    times_to_first_text: Mapping[int, int] = field(default_factory=dict)
     recent: tuple[RecentCall, ...] = field(default=())
     #: delivery receipts of the period matched to no text, of those naming several texts:
     #: the delivery rate misses what they would say (docs/receipts.md)
@@ -387,6 +414,31 @@ def _within(times: Sequence[float], starts: Iterable[float], window: float) -> f
     return best
 
 
+def _first_within(times: Sequence[float], start: float) -> float | None:
+    """The earliest of the sorted `times` in [start, start + REPLY_WINDOW]."""
+    index = bisect.bisect_left(times, start)
+    if index < len(times) and times[index] <= start + REPLY_WINDOW:
+        return times[index]
+    return None
+
+
+def _reply_times(inbound: Iterable[tuple[str, float]],
+                 opt_outs: Iterable[float]) -> tuple[list[float], list[float]]:
+    """A caller's replies (texts to us that are no keyword) and opt-outs (STOP-like texts
+    and `opt_outs` rows), each sorted by time."""
+    replies: list[float] = []
+    stops = list(opt_outs)
+    for text, at in inbound:
+        kind = keywords.classify_reply(text)
+        if kind is None:
+            replies.append(at)
+        elif kind == "opt_out":
+            stops.append(at)
+    replies.sort()
+    stops.sort()
+    return replies, stops
+
+
 def _reach(campaigns: Sequence[tuple[Any, ...]] | None) -> Ratio | None:
     """Campaign rows (id, e164, grp, state, reason, created_at, closed_at)."""
     if campaigns is None:
@@ -408,7 +460,7 @@ class _Scope:
     delivered: int = 0
     pending: int = 0
     not_sent: int = 0
-    waits: array[float] = field(default_factory=lambda: array("d"))
+    waits: Counter[int] = field(default_factory=Counter)  # milliseconds: how many
     callers: int = 0
     replied: int = 0
     opted: int = 0
@@ -424,8 +476,9 @@ class _Scope:
             send_rate=Ratio(self.sent, self.textable),
             texts_pending=self.pending, texts_not_sent=self.not_sent,
             delivery_rate=Ratio(self.delivered, self.sent),
-            time_to_first_text=Spread(len(self.waits), percentile(self.waits, 50),
-                                      percentile(self.waits, 90)),
+            time_to_first_text=Spread(self.waits.total(),
+                                      histogram_percentile(self.waits, 50),
+                                      histogram_percentile(self.waits, 90)),
             texted_callers=self.callers,
             reply_rate=Ratio(self.replied, self.callers),
             opt_out_rate=Ratio(self.opted, self.callers),
@@ -444,12 +497,14 @@ class _ArmCounts:
 
 
 class ReportBuilder:
-    """The report, built from the store's aggregates and one texted caller at a time
-    (`Store.report_counts`, `report_recent`, `report_callers`): what it holds is counts per
-    scope, day and A/B arm, and the times to first text (one float each).
+    """The report, built from the store's aggregates and its texts a batch of callers at a
+    time (`Store.report_counts`, `report_recent`, `report_booked`, `report_texts`): what it
+    holds is counts per
+    scope, quarter hour and A/B arm, and the times to first text to the millisecond.
 
-    Feed it `add_counts`, then `add_recent`, then every `add_caller`; `report()` is the
-    result. `commands/report.read_report` does that from a store."""
+    Feed it `add_booked` and `add_recent`, then every `add_texts`, and `add_counts` (before
+    or after the texts); `report()` is the result. `commands/report.read_report` does that
+    from a store."""
 
     def __init__(self, config: Config, *, since: float, until: float,
                  group: str | None = None) -> None:
@@ -462,13 +517,26 @@ class ReportBuilder:
         self._scopes: dict[str, _Scope] = defaultdict(_Scope)
         self._arms: dict[tuple[str, str, str], _ArmCounts] = defaultdict(_ArmCounts)
         self._missed_days: dict[dt.date, int] = defaultdict(int)
+        #: the streamed texts, counted as the store names their group (`SentText.group`),
+        #: mapped to the report's groups when it is made: texts by (group, template,
+        #: variant, state), by (group, wait_ms), by quarter hour sent; texted callers by
+        #: group, by (group, template, variant), and overall
+        self._texts: Counter[tuple[Any, Any, Any, str]] = Counter()
+        self._waits: Counter[tuple[Any, Any]] = Counter()
+        self._text_buckets: Counter[int] = Counter()
+        self._callers: Counter[Any] = Counter()
+        self._arm_callers: Counter[tuple[Any, Any, Any]] = Counter()
+        self._overall_callers = 0
         self._text_days: dict[dt.date, int] = defaultdict(int)
+        self._text_groups: dict[Any, str] = {}  # a text's group as the report names it
+        self._counted = False
         self._reply_days: dict[dt.date, int] = defaultdict(int)
         self._bucket_days: dict[int, dt.date] = {}
         self._counts: dict[str, list[Any]] = {}
-        self._booked: set[tuple[str, str]] = set()  # calls with a booking
+        self._booked: set[int] = set()  # first texts of calls with a booking
+        self._booked_numbers: set[str] = set()  # and their numbers
         self._recent: list[dict[str, Any]] = []
-        self._recent_replied: dict[tuple[str, str], bool] = {}
+        self._recent_replied: dict[int, bool] = {}  # by text id
         self._recent_numbers: set[str] = set()
 
     def group_of(self, decision_group: Any, did: Any, grp: Any) -> str:
@@ -493,10 +561,15 @@ class ReportBuilder:
         """The groups of the window's calls (before a --group filter)."""
         return {self.group_of(*row[:3]) for row in self._counts.get("calls", [])}
 
+    def add_booked(self, booked: Iterable[tuple[int, str]]) -> None:
+        """`Store.report_booked(since)`, before the texts."""
+        for text_id, number in booked:
+            self._booked.add(text_id)
+            self._booked_numbers.add(number)
+
     def add_counts(self, counts: dict[str, list[Any]]) -> None:
         """`Store.report_counts(since, until)`."""
         self._counts = counts
-        self._booked = {(str(pbx), str(call_id)) for pbx, call_id in counts.get("booked", [])}
         for *key, outcome, reason, textable, count, numbered in counts.get("calls", []):
             group = self.group_of(*key)
             if not self._in_scope(group):
@@ -535,79 +608,124 @@ class ReportBuilder:
                     self._recent_numbers.add(str(call["destination"]))
         return len(self._recent) < limit
 
-    def add_caller(self, caller: CallerHistory) -> None:
-        """One texted caller (`Store.report_callers`). Called once per texted caller of the
-        window (half a million in a busy year): kept lean."""
-        replies: list[float] = []
-        opt_outs: list[float] = []
-        if caller.inbound or caller.opt_outs:
-            opt_outs = list(caller.opt_outs)
-            for text, at in caller.inbound:
-                kind = keywords.classify_reply(text)
-                if kind is None:
-                    replies.append(at)
-                elif kind == "opt_out":
-                    opt_outs.append(at)
-            opt_outs.sort()
-        if caller.number in self._recent_numbers:
-            for sent in caller.texts:
-                self._recent_replied[(sent.pbx, sent.call_id)] = _within(
-                    replies, [sent.submitted_at], REPLY_WINDOW) is not None
-        by_group: dict[str, list[SentText]] = {}
-        for sent in caller.texts:
-            group = self.group_of(sent.decision_group, sent.did, sent.grp)
-            if self._group is None or group == self._group:
-                by_group.setdefault(group, []).append(sent)
-        if not by_group:
+    def add_texts(self, batch: TextBatch) -> None:
+        """A batch of texted callers (`Store.report_texts`). A busy year streams a million
+        and a half texts: each is counted by `Counter` from `itemgetter` keys (no Python
+        code runs per text), and only the callers who texted us, opted out, booked or are
+        on the HTML page's recent calls are then looked at one by one (`_add_engaged`)."""
+        rows = batch.texts
+        if self._group is not None:  # --group: only its texts count, for everything
+            rows = [row for row in rows if self._text_group(row[4]) == self._group]
+        self._texts.update(map(_TEXT_KEY, rows))
+        self._waits.update(map(_WAIT_KEY, rows))
+        self._text_buckets.update(map(_BUCKET, rows))
+        self._callers.update(map(_SECOND, set(map(_NUMBER_GROUP, rows))))
+        self._arm_callers.update(map(_ARM, set(map(_NUMBER_ARM, rows))))
+        numbers = set(map(_NUMBER, rows))
+        self._overall_callers += len(numbers)
+        engaged = numbers & (batch.inbound.keys() | batch.opt_outs.keys())
+        engaged |= numbers & self._booked_numbers
+        engaged |= numbers & self._recent_numbers
+        if not engaged:
             return
-        every = caller.texts if self._group is None else [
-            sent for texts in by_group.values() for sent in texts]
-        scopes = [(self._overall, every)]
-        scopes += [(self._scopes[group], texts) for group, texts in by_group.items()]
-        for scope, texts in scopes:
-            scope.callers += 1
-            scope.sent += len(texts)
-            for sent in texts:
-                if sent.state == "delivered":
-                    scope.delivered += 1
-                if sent.ended is not None:
-                    scope.waits.append(max(0.0, sent.submitted_at - sent.ended))
-            if replies:
-                scope.replied += self._replied(replies, texts)
-            if opt_outs:
-                scope.opted += self._replied(opt_outs, texts)
-            if self._booked:
-                scope.booked += self._any_booked(texts)
-        for sent in every:
-            self._text_days[self._day(sent.submitted_at)] += 1
-        if replies:
-            first_reply = _within(replies, [sent.submitted_at for sent in every],
-                                  REPLY_WINDOW)
-            if first_reply is not None:
-                self._reply_days[self._day(first_reply)] += 1
-        arms: dict[tuple[str, str, str], list[SentText]] = {}
-        for group, texts in by_group.items():
-            for sent in texts:
-                if sent.variant is not None:
-                    arms.setdefault((group, str(sent.template or "-"), sent.variant),
-                                    []).append(sent)
-        for key, texts in arms.items():
-            arm = self._arms[key]
-            arm.texts += len(texts)
-            arm.callers += 1
-            if replies:
-                arm.replied += self._replied(replies, texts)
-            if self._booked:
-                arm.booked += self._any_booked(texts)
+        for number, texts in groupby([row for row in rows if row[0] in engaged], _NUMBER):
+            self._add_engaged(number, list(texts), batch.inbound.get(number, ()),
+                              batch.opt_outs.get(number, ()))
 
-    @staticmethod
-    def _replied(times: list[float], texts: list[SentText]) -> bool:
-        return _within(times, [sent.submitted_at for sent in texts], REPLY_WINDOW) is not None
+    def _add_engaged(self, number: str, texts: list[Any], inbound: Sequence[tuple[str, float]],
+                     opt_outs: Sequence[float]) -> None:
+        """A texted caller who texted us, opted out, booked or is on the recent calls' list:
+        `texts` are its sent texts (rows of `SentText`'s columns) by time.
 
-    def _any_booked(self, texts: list[SentText]) -> bool:
-        return any((sent.pbx, sent.call_id) in self._booked for sent in texts)
+        Per scope (overall, group) and A/B arm the caller counts once: as replied, opted out
+        or booked when any of its texts there was followed by a reply or an opt-out within
+        `REPLY_WINDOW`, or led to a booking."""
+        replies, stops = _reply_times(inbound, opt_outs)
+        booked_texts = self._booked
+        recent = number in self._recent_numbers
+        groups: dict[str, list[bool]] = {}  # group: [replied, opted out, booked]
+        arms: dict[tuple[str, str, str], list[bool]] = {}  # arm: [replied, booked]
+        first_reply: float | None = None
+        names = self._text_groups
+        for _, at, _, _, decided_by, template, variant, text_id, _, _ in texts:
+            group = names.get(decided_by) or self._text_group(decided_by)
+            flags = groups.get(group)
+            if flags is None:
+                flags = groups[group] = [False, False, False]
+            arm = None
+            if variant is not None:
+                key = (group, template or "-", variant)
+                arm = arms.get(key)
+                if arm is None:
+                    arm = arms[key] = [False, False]
+            reply = _first_within(replies, at) if replies else None
+            if reply is not None:
+                flags[0] = True
+                if arm is not None:
+                    arm[0] = True
+                if first_reply is None or reply < first_reply:
+                    first_reply = reply
+            if recent:
+                self._recent_replied[text_id] = reply is not None
+            if stops and _first_within(stops, at) is not None:
+                flags[1] = True
+            if text_id in booked_texts:
+                flags[2] = True
+                if arm is not None:
+                    arm[1] = True
+        if not groups:
+            return
+        reached = [any(column) for column in zip(*groups.values(), strict=True)]
+        for scope, (replied, opted, booked) in [
+                (self._overall, reached),
+                *((self._scopes[group], flags) for group, flags in groups.items())]:
+            scope.replied += replied
+            scope.opted += opted
+            scope.booked += booked
+        for key, (replied, booked) in arms.items():
+            counts = self._arms[key]
+            counts.replied += replied
+            counts.booked += booked
+        if first_reply is not None:
+            self._reply_days[self._day(first_reply)] += 1
+
+    def _text_group(self, decided_by: Any) -> str:
+        """A text's group (`SentText.group`) as the report names it."""
+        group = self._text_groups.get(decided_by)
+        if group is None:
+            group = self._text_groups[decided_by] = self.group_of(decided_by, None, None)
+        return group
+
+    def _count_texts(self) -> None:
+        """The streamed counts, by the store's group names, into the report's scopes, arms
+        and days (once, when the report is made)."""
+        if self._counted:
+            return
+        self._counted = True
+        overall, scopes, group_of = self._overall, self._scopes, self._text_group
+        for (decided_by, template, variant, state), count in self._texts.items():
+            group = group_of(decided_by)
+            for counted in (overall, scopes[group]):
+                counted.sent += count
+                counted.delivered += count if state == "delivered" else 0
+            if variant is not None:
+                self._arms[(group, str(template or "-"), variant)].texts += count
+        for (decided_by, wait_ms), count in self._waits.items():
+            if wait_ms is not None:
+                scopes[group_of(decided_by)].waits[max(0, int(wait_ms))] += count
+                overall.waits[max(0, int(wait_ms))] += count
+        for bucket, count in self._text_buckets.items():
+            self._text_days[self._day(float(bucket) * BUCKET)] += count
+        for decided_by, callers in self._callers.items():
+            scopes[group_of(decided_by)].callers += callers
+        overall.callers = self._overall_callers
+        for (decided_by, template, variant), callers in self._arm_callers.items():
+            if variant is not None:
+                key = (group_of(decided_by), str(template or "-"), variant)
+                self._arms[key].callers += callers
 
     def report(self) -> Report:
+        self._count_texts()
         config, group = self._config, self._group
         names = [configured.name for configured in config.groups] if group is None else [group]
         names += sorted(self._seen - set(names))
@@ -628,7 +746,7 @@ class ReportBuilder:
             ab_tests=tuple(self._ab_tests()),
             currencies=tuple(str(row[0]) for row in self._counts.get("currencies", [])),
             unattributed_bookings=int(unattributed), days=self._days(),
-            times_to_first_text=self._overall.waits, recent=self._recent_calls(),
+            times_to_first_text=dict(self._overall.waits), recent=self._recent_calls(),
             unmatched_receipts=int(unmatched or 0), ambiguous_receipts=int(ambiguous or 0))
 
     def _ab_tests(self) -> list[AbTest]:
@@ -659,11 +777,12 @@ class ReportBuilder:
 
     def _days(self) -> tuple[Day, ...]:
         first = self._day(self._since)
-        last = max([self._day(self._until), *self._text_days, *self._reply_days])
+        text_days = self._text_days
+        last = max([self._day(self._until), *text_days, *self._reply_days])
         result: list[Day] = []
         current = first
         while current <= last:
-            result.append(Day(current, self._missed_days[current], self._text_days[current],
+            result.append(Day(current, self._missed_days[current], text_days[current],
                               self._reply_days[current]))
             current += dt.timedelta(days=1)
         return tuple(result)
@@ -671,7 +790,6 @@ class ReportBuilder:
     def _recent_calls(self) -> tuple[RecentCall, ...]:
         result: list[RecentCall] = []
         for call in self._recent:
-            key = (str(call["pbx"]), str(call["call_id"]))
             number = call["caller_e164"] or call["caller"]
             ended = dt.datetime.fromtimestamp(float(call["ended"] or 0), self._zone)
             result.append(RecentCall(
@@ -682,7 +800,8 @@ class ReportBuilder:
                 caller_name=str(call["caller_name"] or ""), outcome=str(call["outcome"]),
                 reason=str(call["reason"]),
                 text=str(call["text_state"]) if call["text_state"] else "-",
-                replied=self._recent_replied.get(key, False)))
+                replied=call["text_id"] is not None and self._recent_replied.get(
+                int(call["text_id"]), False)))
         return tuple(result)
 
 

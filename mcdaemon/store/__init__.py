@@ -76,7 +76,7 @@ from mcdaemon.store.pg_connection import PgConnection, SslMode
 from mcdaemon.store.plumbing import StoreError, StoreUnreachable
 from mcdaemon.store.receipts import AMBIGUOUS, AppliedReceipts, ReceiptIn
 from mcdaemon.store.replies import RepliesAndOptOuts
-from mcdaemon.store.report import Booking, CallerHistory, ReportQueries, SentText
+from mcdaemon.store.report import Booking, ReportQueries, SentText, TextBatch
 from mcdaemon.store.retention import Retention
 from mcdaemon.store.schema import (
     _MIGRATIONS,
@@ -157,11 +157,11 @@ async def open_store_readonly(config: StoreConfig) -> StoreInterface:
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIN_SQLITE", "SCHEMA_VERSION",
     "SETTLED_WINDOW", "TRANSITIONS", "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking",
-    "CallerHistory", "Campaign", "Connection", "Contact", "ContactsStore", "FirstText",
+    "Campaign", "Connection", "Contact", "ContactsStore", "FirstText",
     "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "PgConnection", "PgStore",
     "ReceiptIn", "ReceiptsStore", "RepliesStore", "ReportStore", "RetentionStore", "SentText",
     "StatusStore", "Stopped",
-    "Store", "StoreError", "StoreInterface", "StoreUnreachable", "SubmitOutcome",
+    "Store", "StoreError", "StoreInterface", "StoreUnreachable", "SubmitOutcome", "TextBatch",
     "WebhookDelivery", "WebhookIn",
     "WebhookResult", "WebhooksStore", "check_postgresql", "migration_steps", "open_store",
     "open_store_readonly",

@@ -31,7 +31,7 @@ from mcdaemon.store.contacts import Contact
 from mcdaemon.store.outbox import NewCall, OutboxMessage
 from mcdaemon.store.outreach import Attempt, Campaign, FirstText, Stopped
 from mcdaemon.store.receipts import AppliedReceipts, ReceiptIn
-from mcdaemon.store.report import Booking, CallerHistory
+from mcdaemon.store.report import Booking, TextBatch
 from mcdaemon.store.schema import CALLER_KINDS
 from mcdaemon.store.webhooks import WebhookDelivery, WebhookIn, WebhookResult
 
@@ -270,14 +270,19 @@ class ReportStore(Protocol):
         table the store does not have yet gives no rows. Reads only."""
         ...
 
+    async def report_booked(self, since: float) -> list[tuple[int, str]]:
+        """The first texts (id, number) of the calls with a booking since `since`."""
+        ...
+
     async def report_recent(self, since: float, until: float, limit: int,
                             offset: int = 0) -> list[dict[str, Any]]:
         """The window's missed calls, latest first, with their first text. Reads only."""
         ...
 
-    def report_callers(self, since: float, until: float) -> AsyncIterator[CallerHistory]:
-        """Each texted caller of the window with their sent texts, replies and opt-outs, one
-        at a time by number: only one caller's rows are held at once. Reads only."""
+    def report_texts(self, since: float, until: float) -> AsyncIterator[TextBatch]:
+        """The sent first texts of the window by number, a batch of whole callers at a
+        time, with their replies and opt-outs: only a batch of rows is held at once. Reads
+        only."""
         ...
 
     async def add_booking(self, e164: str, value: float, at: float, *,

@@ -82,8 +82,8 @@ _INSERT_CALL = (
 
 _INSERT_FIRST_TEXT = (
     "INSERT INTO messages (pbx, call_id, kind, seq, destination, body, grp, variant,"
-    " not_before, expires_at, call_ended_at, created_at, state, attempts, sending_at, owner,"
-    " lease_until)")
+    " template, not_before, expires_at, call_ended_at, created_at, state, attempts,"
+    " sending_at, owner, lease_until)")
 
 
 def _last_text(number: str, counted: str) -> str:
@@ -110,13 +110,13 @@ def _call_row(call: NewCall, now: float) -> tuple[Any, ...]:
 
 
 def _first_text(call: NewCall, destination: str, now: float) -> tuple[tuple[Any, ...], bool]:
-    """A call's first text as `_INSERT_FIRST_TEXT`'s first 12 columns, and whether it is
+    """A call's first text as `_INSERT_FIRST_TEXT`'s first 13 columns, and whether it is
     due now (it may then be born claimed)."""
     record, decision = call.record, call.decision
     due = (decision.send_after is None or decision.send_after <= now) and (
         decision.expires_at is None or decision.expires_at > now)
     return (record.pbx, record.call_id, "first", 0, destination, decision.body,
-            decision.group, decision.variant,
+            decision.group, decision.variant, decision.template,
             decision.send_after if decision.send_after is not None else now,
             decision.expires_at, record.ended, now), due
 

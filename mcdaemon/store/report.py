@@ -1,18 +1,21 @@
 """What `mcdaemon report` reads, and the bookings `mcdaemon record-booking` adds.
 
-The report never holds the window's rows: the store aggregates what can be counted in SQL
-(`report_counts`: calls, texts and bookings by group key, missed calls by quarter hour), and
-streams what is decided per caller (`report_callers`: each texted caller's sent texts, replies
-and opt-outs, one caller at a time, merged from three queries ordered by number). `report.kpis`
-turns both into the KPIs.
+The report never holds the window's rows: the store aggregates what SQL counts without a sort
+of every text (`report_counts`: calls and bookings by group key, texts not sent, missed calls
+by quarter hour), and streams the sent texts by number with the callers' replies and opt-outs
+(`report_texts`: a batch of whole callers at a time, merged from three queries ordered by
+number), which `report.kpis` counts (per text in C, per caller only for those who replied,
+opted out or booked). Both are read on connections of their own, at the same time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -24,9 +27,10 @@ from mcdaemon.store.schema import TRANSITIONS, _quoted
 log = structlog.get_logger("mcdaemon.store")
 
 #: states of a first text the SMSC took ("sent")
-_SENT_STATES = ("submitted", "delivered", "undeliverable", "unknown")
+_SENT_STATES = frozenset({"submitted", "delivered", "undeliverable", "unknown"})
 _UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
+_NUMBER = itemgetter(0)
 #: `report_counts`' quarter hours: every time zone's midnight falls on one
 BUCKET = 900
 #: rows fetched at a time from a streamed query
@@ -47,57 +51,61 @@ class Booking:
     call_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class SentText:
-    """A sent first text of a call of the report's window, with what the report groups by."""
+class SentText(NamedTuple):
+    """The columns of a sent first text of a call of the report's window, as `report_texts`
+    reads them from the index `messages_callers` (its rows are plain rows of these columns:
+    a busy year streams a million and a half of them)."""
 
-    pbx: str
-    call_id: str
+    number: str  # its destination
     submitted_at: float
-    ended: float | None
-    variant: str | None
-    template: str | None
-    decision_group: str | None
-    did: str | None
-    grp: str | None
     state: str
+    ended: float | None  # its call's end
+    group: str | None  # the group that decided to text
+    template: str | None
+    variant: str | None
+    id: int  # the text's (`report_counts`' booked texts, `report_recent`'s text_id)
+    wait_ms: int | None  # submitted_at - ended in whole milliseconds
+    bucket: int  # submitted_at's quarter hour (BUCKET)
 
 
 @dataclass(slots=True)
-class CallerHistory:
-    """One texted caller: their sent texts of the window (by time), and their texts to us
-    and opt-outs since the window began (by time)."""
+class TextBatch:
+    """Sent first texts of whole callers, by number (`texts`, rows of `SentText`'s columns,
+    each caller's by time), and the texts to us (text, at) and opt-outs (at) since the window
+    began of those of the batch's numbers that have any, each by time."""
 
-    number: str
-    texts: list[SentText] = field(default_factory=list)
-    inbound: list[tuple[str, float]] = field(default_factory=list)  # (text, at)
-    opt_outs: list[float] = field(default_factory=list)
+    texts: list[Any]
+    inbound: dict[str, list[tuple[str, float]]]
+    opt_outs: dict[str, list[float]]
 
 
-#: read in the order of the index `messages_callers`, joined through `calls_texts`: neither
-#: the texts' nor the calls' rows are read, nothing is sorted (the state is checked as read)
+#: `SentText`'s columns, read in the order of the index `messages_callers`, which holds them
+#: all: the texts' rows are not read, their calls not joined, nothing is sorted (`NOT IN`:
+#: a condition on the state that no index can serve, so SQLite keeps reading by number)
 _CALLER_TEXTS = (
-    "SELECT m.destination, m.pbx, m.call_id, m.submitted_at, c.ended, m.variant, c.template,"
-    " c.decision_group, c.did, c.grp, m.state"
-    " FROM messages AS m JOIN calls AS c ON c.pbx = m.pbx AND c.call_id = m.call_id"
-    " WHERE m.kind = 'first' AND m.submitted_at IS NOT NULL"
-    " AND c.ended >= ? AND c.ended <= ? ORDER BY m.destination{order}, m.submitted_at")
+    "SELECT destination, submitted_at, state, call_ended_at, grp, {template}, variant, id,"
+    " {wait}, {bucket} FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
+    f" AND state NOT IN ({_UNSENT}) AND call_ended_at >= ? AND call_ended_at <= ?"
+    " ORDER BY destination{order}, submitted_at")
+#: the template of a store older than schema 11 (read as it is): its call's
+_CALL_TEMPLATE = ("(SELECT c.template FROM calls AS c WHERE c.pbx = messages.pbx"
+                  " AND c.call_id = messages.call_id)")
 
 
 class ReportQueries(Receipts):
-    """What `mcdaemon report` reads: aggregates and one caller at a time."""
+    """What `mcdaemon report` reads: aggregates, and the texts a batch of callers at a time."""
 
     async def report_counts(self, since: float, until: float) -> dict[str, list[Any]]:
         """The window's aggregates, as rows of plain values. Calls are those that ended in
         [since, until]; a group key is (decision_group, did, grp).
 
         `calls`: (key…, outcome, reason, textable, count, of them with a number); `unsent`:
-        their first texts not sent (key…, state, count; the sent ones, submitted, come with
-        `report_callers`); `bookings`: attributed to missed calls of the window since `since`
-        (key…, count, value); `booked`: the calls (pbx, call_id) with a booking since `since`;
-        `missed`: missed calls by quarter hour (BUCKET) (bucket, key…, count); `currencies`:
-        (currency) of attributed bookings since `since`; `unattributed`: (count) of
-        unattributed bookings in the window; `campaigns`: call-back campaigns opened in the
+        their first texts not sent (key…, state, count; the sent ones come with
+        `report_texts`; a text's key is (its group, None, None)); `bookings`: attributed to
+        missed calls of the window since `since` (key…, count, value); `missed`: missed
+        calls by quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of
+        attributed bookings since `since`; `unattributed`: (count) of unattributed bookings
+        in the window; `campaigns`: call-back campaigns opened in the
         window (id, e164, grp, state, reason, created_at, closed_at); `receipts_unmatched`:
         one (unmatched, ambiguous). A table the store does not have yet gives no rows.
 
@@ -110,12 +118,10 @@ class ReportQueries(Receipts):
                       " SUM(CASE WHEN caller_e164 IS NOT NULL AND caller_e164 <> '' THEN 1"
                       " ELSE 0 END) FROM calls WHERE +ended >= ? AND +ended <= ?"
                       " GROUP BY decision_group, did, grp, outcome, reason, textable", window),
-            "unsent": ("SELECT c.decision_group, c.did, c.grp, m.state, COUNT(*)"
-                       " FROM messages AS m JOIN calls AS c ON c.pbx = m.pbx"
-                       " AND c.call_id = m.call_id WHERE m.kind = 'first'"
-                       f" AND m.state IN ({_UNSENT})"
-                       " AND c.ended >= ? AND c.ended <= ?"
-                       " GROUP BY c.decision_group, c.did, c.grp, m.state", window),
+            "unsent": ("SELECT grp, NULL, NULL, state, COUNT(*) FROM messages"
+                       f" WHERE kind = 'first' AND state IN ({_UNSENT})"
+                       " AND call_ended_at >= ? AND call_ended_at <= ?"
+                       " GROUP BY grp, state", window),
             "missed": (f"SELECT {self._WHOLE.format(f'ended / {BUCKET}')}, decision_group,"
                        " did, grp,"
                        f" COUNT(*) FROM calls WHERE ended >= ? AND ended <= ? AND outcome IN"
@@ -127,8 +133,6 @@ class ReportQueries(Receipts):
                 " AS b JOIN calls AS c ON c.pbx = b.pbx AND c.call_id = b.call_id WHERE"
                 f" c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED}) AND b.at >= ?"
                 " GROUP BY c.decision_group, c.did, c.grp", (since, until, since))
-            queries["booked"] = ("SELECT DISTINCT pbx, call_id FROM bookings WHERE at >= ?"
-                                 " AND call_id IS NOT NULL", (since,))
             queries["currencies"] = (
                 "SELECT DISTINCT currency FROM bookings WHERE at >= ? AND pbx IS NOT NULL"
                 " AND call_id IS NOT NULL AND currency IS NOT NULL AND currency <> ''"
@@ -142,7 +146,7 @@ class ReportQueries(Receipts):
                                     " ORDER BY id", window)
 
         async def work() -> dict[str, list[Any]]:
-            found: dict[str, list[Any]] = {"bookings": [], "booked": [], "currencies": [],
+            found: dict[str, list[Any]] = {"bookings": [], "currencies": [],
                                            "unattributed": [(0,)], "campaigns": []}
             for name, (sql, params) in queries.items():
                 found[name] = [tuple(row) for row in await self._rows(sql, params)]
@@ -153,54 +157,87 @@ class ReportQueries(Receipts):
         counts["receipts_unmatched"] = [(receipts["unmatched"], receipts["ambiguous"])]
         return counts
 
+    async def report_booked(self, since: float) -> list[tuple[int, str]]:
+        """The first texts (id, number) of the calls with a booking since `since`."""
+        if "bookings" not in await self.tables():
+            return []
+        rows = await self._read(lambda: self._rows(
+            "SELECT DISTINCT m.id, m.destination FROM bookings AS b JOIN messages AS m"
+            " ON m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
+            " WHERE b.at >= ? AND b.call_id IS NOT NULL", (since,)))
+        return [(int(row[0]), str(row[1])) for row in rows]
+
     async def report_recent(self, since: float, until: float, limit: int,
                             offset: int = 0) -> list[dict[str, Any]]:
         """Missed calls of the window, latest first (then by pbx, call_id), `limit` from
-        `offset`, each with its first text's state, destination and submit time (or None)."""
+        `offset`, each with its first text's state, destination, submit time and id (or None)."""
         sql = ("SELECT c.pbx, c.call_id, c.caller, c.caller_e164, c.caller_name, c.outcome,"
                " c.reason, c.ended, c.decision_group, c.did, c.grp, m.state AS text_state,"
-               " m.destination, m.submitted_at FROM calls AS c LEFT JOIN messages AS m"
-               " ON m.pbx = c.pbx AND m.call_id = c.call_id AND m.kind = 'first'"
+               " m.destination, m.submitted_at, m.id AS text_id FROM calls AS c"
+               " LEFT JOIN messages AS m ON m.pbx = c.pbx AND m.call_id = c.call_id"
+               " AND m.kind = 'first'"
                f" WHERE c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED})"
                " ORDER BY c.ended DESC, c.pbx, c.call_id LIMIT ? OFFSET ?")
 
         return await self._read(lambda: self._dict_rows(sql, (since, until, limit, offset)))
 
-    async def report_callers(self, since: float,
-                             until: float) -> AsyncIterator[CallerHistory]:
-        """Each caller with a sent first text of a call that ended in [since, until], one at
-        a time, by number: three queries ordered by number (the first texts through the
-        index `messages_callers`), merged as they are read, so only one caller's rows are
-        held at once."""
+    async def report_texts(self, since: float, until: float) -> AsyncIterator[TextBatch]:
+        """The sent first texts of the calls that ended in [since, until], by number, a
+        batch of whole callers at a time, with their texts to us and opt-outs: three queries
+        ordered by number (the texts through the index `messages_callers`), merged as they
+        are read, so only a batch of rows is held at once. The next batch of texts is read
+        while this one is used."""
         order = self._BYTE_ORDER  # the numbers in the order Python compares them
+        template = ("template" if "template" in await self._read(
+            lambda: self._columns("messages")) else _CALL_TEMPLATE)
+        sql = _CALLER_TEXTS.format(
+            order=order, template=template,
+            wait=self._WHOLE.format("(submitted_at - call_ended_at) * 1000"),
+            bucket=self._WHOLE.format(f"submitted_at / {BUCKET}"))
         async with self._streaming():
             inbound = _Rows(await self._cursor(
                 f"SELECT source, text, at FROM inbound WHERE at >= ?"
                 f" ORDER BY source{order}, at, id", (since,)))
             opt_outs = _Rows(await self._cursor(
-                f"SELECT e164, at FROM opt_outs WHERE at >= ? ORDER BY e164{order}", (since,)))
-            texts = await self._cursor(_CALLER_TEXTS.format(order=order), (since, until))
-            caller: CallerHistory | None = None
-            while rows := await texts.fetch(_FETCH):
-                for (number, pbx, call_id, submitted_at, ended, variant, template,
-                     decision_group, did, grp, state) in rows:
-                    if state not in _SENT_STATES:  # submitted, then failed: not sent
-                        continue
-                    if caller is None or caller.number != number:
-                        if caller is not None:
-                            yield caller
-                        caller = CallerHistory(number)
-                        while (row := await inbound.head(number)) is not None:
-                            caller.inbound.append((str(row[1] or ""), float(row[2])))
-                        while (row := await opt_outs.head(number)) is not None:
-                            caller.opt_outs.append(float(row[1]))
-                    caller.texts.append(SentText(pbx, call_id, submitted_at, ended, variant,
-                                                 template, decision_group, did, grp, state))
+                f"SELECT e164, at FROM opt_outs WHERE at >= ? ORDER BY e164{order}, at",
+                (since,)))
+            texts = await self._cursor(sql, (since, until))
+            held: list[Any] = []  # the last number's texts, which may go on in the next rows
+            rows = await texts.fetch(_FETCH)
+            while True:
+                batch = held + rows
+                cut = len(batch)
+                if rows:  # hold back the last number's rows
+                    while cut > 0 and batch[cut - 1][0] == batch[-1][0]:
+                        cut -= 1
+                ready, held = batch[:cut], batch[cut:]
+                if ready:
+                    last = ready[-1][0]
+                    await inbound.read_through(last)
+                    await opt_outs.read_through(last)
+                    texted = set(map(_NUMBER, ready))
+                    replies = {number: [(str(text or ""), float(at)) for _, text, at in found]
+                               for number, found in inbound.take_through(last).items()
+                               if number in texted}
+                    stops = {number: [float(at) for _, at in found]
+                             for number, found in opt_outs.take_through(last).items()
+                             if number in texted}
+                if not rows:
+                    if ready:
+                        yield TextBatch(ready, replies, stops)
+                    break
+                # the connection is free until the next rows are taken: it reads them
+                upcoming = asyncio.ensure_future(texts.fetch(_FETCH))
+                try:
+                    if ready:
+                        yield TextBatch(ready, replies, stops)
+                    rows = await upcoming
+                except BaseException:
+                    upcoming.cancel()
+                    raise
             await texts.close()
             await inbound.close()
             await opt_outs.close()
-            if caller is not None:
-                yield caller
 
     async def add_booking(self, e164: str, value: float, at: float, *,
                           currency: str | None = None, note: str | None = None,
@@ -232,31 +269,30 @@ class ReportQueries(Receipts):
 
 
 class _Rows:
-    """A query's rows ordered by number, read `_FETCH` at a time as the numbers asked for
-    come: `head(number)` takes the next row of that number (None: there is no more)."""
+    """A query's rows ordered by number, read `_FETCH` at a time as far as the numbers
+    asked for next (`read_through`), then taken (`take_through`)."""
 
     def __init__(self, cursor: RowCursor) -> None:
         self._cursor = cursor
         self._rows: list[Any] = []
-        self._at = 0
         self._done = False
 
-    async def head(self, number: str) -> Any:
-        while True:
-            if self._at >= len(self._rows):
-                if self._done:
-                    return None
-                self._rows, self._at = await self._cursor.fetch(_FETCH), 0
-                self._done = not self._rows
-                continue
-            row = self._rows[self._at]
-            if row[0] < number:  # a number without texts in the window
-                self._at += 1
-                continue
-            if row[0] == number:
-                self._at += 1
-                return row
-            return None
+    async def read_through(self, number: str) -> None:
+        """Read until a row after `number` is held, or there are no more."""
+        while not self._done and (not self._rows or self._rows[-1][0] <= number):
+            more = await self._cursor.fetch(_FETCH)
+            self._done = not more
+            self._rows += more
+
+    def take_through(self, number: str) -> dict[str, list[Any]]:
+        """The rows held up to `number`, by number (read through it first)."""
+        taken: dict[str, list[Any]] = {}
+        rows, at = self._rows, 0
+        while at < len(rows) and rows[at][0] <= number:
+            taken.setdefault(rows[at][0], []).append(rows[at])
+            at += 1
+        del rows[:at]
+        return taken
 
     async def close(self) -> None:
         await self._cursor.close()

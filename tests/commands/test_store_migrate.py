@@ -91,8 +91,9 @@ async def test_a_sqlite_store_moves_into_an_empty_database_whole_with_its_ids(
         assert await pg.call("lab", "c2") == await sqlite.call("lab", "c2")
         assert await pg.report_counts(T0 - 1, T0 + 99) == await sqlite.report_counts(
             T0 - 1, T0 + 99)
-        assert [caller async for caller in pg.report_callers(T0 - 1, T0 + 99)] == [
-            caller async for caller in sqlite.report_callers(T0 - 1, T0 + 99)]
+        assert [[tuple(row) for row in batch.texts] async for batch in pg.report_texts(
+            T0 - 1, T0 + 99)] == [[tuple(row) for row in batch.texts]
+                                  async for batch in sqlite.report_texts(T0 - 1, T0 + 99)]
         assert await pg.switches() == {"group:sales": False}
         assert await pg.campaigns() == await sqlite.campaigns()
         assert await pg.contacts_for(["+447700900001"]) == await sqlite.contacts_for(

@@ -1,13 +1,15 @@
-"""`report_callers` streams: each texted caller once, with their texts, replies and opt-outs,
-merged from three queries read a batch at a time. On both backends, with batches of two
-rows, so every merge crosses batch boundaries (PostgreSQL: cursors of one transaction)."""
+"""`report_texts` streams the sent first texts by number, a batch of whole callers at a
+time, with the replies and opt-outs of the batch's callers, merged from three queries read a
+batch at a time. On both backends, with batches of two rows, so every merge crosses batch
+boundaries (PostgreSQL: cursors of one transaction)."""
 
 from __future__ import annotations
 
+import sqlite3
 from unittest.mock import patch
 
 from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.store import PgStore, Store
+from mcdaemon.store import PgStore, Store, migration_steps
 
 T0 = 1_736_157_600.0
 
@@ -41,12 +43,101 @@ async def test_each_texted_caller_comes_once_with_their_replies_across_batches(
     await store.opt_out(callers[4], "STOP", T0 + 300)
 
     with patch("mcdaemon.store.report._FETCH", 2):
-        streamed = [caller async for caller in store.report_callers(T0 - 1, T0 + 3600)]
+        batches = [batch async for batch in store.report_texts(T0 - 1, T0 + 3600)]
 
-    assert [caller.number for caller in streamed] == callers
-    assert [len(caller.texts) for caller in streamed] == [2, 1, 2, 1, 2, 1, 2]
-    assert [[text for text, _ in caller.inbound] for caller in streamed] == [
-        [] if n == 3 else [f"hi {n}", f"again {n}"] for n in range(7)]
-    assert [caller.opt_outs for caller in streamed] == [
-        [T0 + 300] if n == 4 else [] for n in range(7)]
-    assert all(text.state == "submitted" for caller in streamed for text in caller.texts)
+    numbers = [row[0] for batch in batches for row in batch.texts]
+    assert numbers == sorted(numbers)
+    for batch in batches:  # a caller's texts all come in one batch
+        assert not {row[0] for row in batch.texts} & {
+            row[0] for other in batches if other is not batch for row in other.texts}
+    texts = {caller: [tuple(row) for batch in batches for row in batch.texts
+                      if row[0] == caller] for caller in callers}
+    assert [len(texts[caller]) for caller in callers] == [2, 1, 2, 1, 2, 1, 2]
+    first = texts[callers[0]][0]
+    assert first[1:8] == (T0 + 2, "submitted", T0, "sales", "queue_abandon", None, first[7])
+    assert first[8:] == (2000, int((T0 + 2) // 900))  # wait_ms, quarter hour
+    inbound = {number: found for batch in batches for number, found in batch.inbound.items()}
+    assert inbound == {caller: [(f"hi {n}", T0 + 60 + n), (f"again {n}", T0 + 120 + n)]
+                       for n, caller in enumerate(callers) if n != 3}
+    # numbers never texted are read past, not handed on with a batch of texts
+    opt_outs = {number: found for batch in batches for number, found in batch.opt_outs.items()}
+    assert opt_outs == {callers[4]: [T0 + 300]}
+    for batch in batches:
+        assert set(batch.inbound) | set(batch.opt_outs) <= {row[0] for row in batch.texts}
+
+
+async def test_texts_not_sent_and_calls_outside_the_window_are_left_out(
+        store: Store | PgStore) -> None:
+    await texted(store, "in", "+447700900101", T0)
+    await texted(store, "late", "+447700900102", T0 + 7200)
+    await store.record_call(
+        CallRecord(pbx="lab", call_id="queued", caller="447700900103", caller_name=None,
+                   caller_e164="+447700900103", did=None, group="sales",
+                   outcome=Outcome.QUEUE_ABANDON, stages=("queue",), started=T0 - 30,
+                   ended=T0, wait_seconds=20.0),
+        Decision(text=True, reason="sent", group="sales", body="Sorry.",
+                 template="queue_abandon", destination="+447700900103"),
+        now=T0, destination="+447700900103")
+
+    batches = [batch async for batch in store.report_texts(T0 - 1, T0 + 3600)]
+
+    assert [row[0] for batch in batches for row in batch.texts] == ["+447700900101"]
+
+
+async def test_sqlite_store_of_schema_10_is_read_as_it_is_then_its_texts_get_their_templates(
+        db_path: str) -> None:
+    """Before migration 11 a text's template is its call's (read through a subquery by a
+    report of an unmigrated store); the migration copies it onto the text."""
+    store = await Store.open(db_path)
+    for n, (template, variant) in enumerate([("queue_abandon", "short"),
+                                             ("voicemail", "control"), ("voicemail", None)]):
+        caller = f"+4477009002{n:02d}"
+        record = CallRecord(pbx="lab", call_id=f"v{n}", caller=caller.lstrip("+"),
+                            caller_name=None, caller_e164=caller, did=None, group="sales",
+                            outcome=Outcome.QUEUE_ABANDON, stages=("queue",),
+                            started=T0 - 30, ended=T0, wait_seconds=20.0)
+        await store.record_call(record, Decision(
+            text=True, reason="sent", group="sales", body="Sorry.", template=template,
+            variant=variant, destination=caller), now=T0, destination=caller)
+    for claimed in await store.claim_due(T0, 10):
+        await store.mark_submitted(claimed.id, [f"id-{claimed.id}"], T0 + 1)
+    expected = [("+447700900200", "queue_abandon", "short"),
+                ("+447700900201", "voicemail", "control"),
+                ("+447700900202", "voicemail", None)]
+    assert await texts_of(store) == expected
+    await store.close()
+    old = sqlite3.connect(db_path)  # back to schema 10, as an older mcdaemon left it
+    for statement in migration_steps(9, "sqlite"):
+        if statement.startswith("CREATE INDEX messages_callers"):
+            old.execute("DROP INDEX messages_callers")
+            old.execute(statement)
+        elif statement.startswith("CREATE INDEX calls_texts"):
+            old.execute(statement)
+    old.execute("ALTER TABLE messages DROP COLUMN template")
+    old.execute("PRAGMA user_version = 10")
+    old.commit()
+    old.close()
+
+    readonly = await Store.open_readonly(db_path)
+    try:
+        assert await texts_of(readonly) == expected
+    finally:
+        await readonly.close()
+    migrated = await Store.open(db_path)
+    try:
+        assert await texts_of(migrated) == expected
+    finally:
+        await migrated.close()
+    check = sqlite3.connect(db_path)
+    try:
+        assert check.execute("SELECT destination, template FROM messages ORDER BY id"
+                             ).fetchall() == [(number, template) for number, template, _
+                                              in expected]
+    finally:
+        check.close()
+
+
+async def texts_of(store: Store) -> list[tuple[str, str | None, str | None]]:
+    """(number, template, variant) of each streamed text."""
+    return [(row[0], row[5], row[6]) async for batch in store.report_texts(T0 - 1, T0 + 60)
+            for row in batch.texts]

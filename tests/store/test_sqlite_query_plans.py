@@ -188,6 +188,19 @@ async def test_sqlite_plan_check_finds_a_scan_of_the_history(store: Store) -> No
     assert len(found) == 2 and all(line.startswith("SCAN messages") for line in found)
 
 
+async def test_sqlite_plan_report_texts_read_one_covering_index_in_number_order(
+        store: Store) -> None:
+    """A year of texts streams for the report without a sort, a join or a row read."""
+    async def stream() -> None:
+        async for _ in store.report_texts(T0 - 1, T0 + 3600):
+            pass
+
+    plans = await plans_of(store, stream)
+
+    [texts] = [plan for sql, plan in plans.items() if "submitted_at IS NOT NULL" in sql]
+    assert texts == "SCAN messages USING COVERING INDEX messages_callers"
+
+
 async def vm_steps(store: Store, call: Callable[[], Awaitable[object]]) -> int:
     """The work `call`'s statements make SQLite do, in hundreds of its virtual machine's
     instructions (the same on any machine: not a time)."""
