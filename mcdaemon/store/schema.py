@@ -282,7 +282,10 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
     # 11: the report's texted callers without a join to their calls: a first text carries
     # its call's template (its group, variant and call end it had already), and
     # `messages_callers` holds, by number, all the report reads of it; the calls' index for
-    # that join goes (one index less to keep up on every call recorded)
+    # that join goes (one index less to keep up on every call recorded). And what every
+    # decision counts (the caps: texts of the last hour and day, by kind, state and prefix)
+    # and the gauges every 10 s (the day's settled texts by state) come from their indexes
+    # alone, not from a day of texts' rows
     (
         "ALTER TABLE messages ADD COLUMN template TEXT",
         "UPDATE messages SET template = (SELECT c.template FROM calls AS c"
@@ -291,6 +294,10 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         "CREATE INDEX messages_callers ON messages (destination, submitted_at, state,"
         " call_ended_at, grp, template, variant, pbx, call_id, kind) WHERE kind = 'first'",
         "DROP INDEX calls_texts",
+        "DROP INDEX messages_created",
+        "CREATE INDEX messages_created ON messages (created_at, kind, state, destination)",
+        "DROP INDEX messages_final",
+        "CREATE INDEX messages_final ON messages (final_at, state) WHERE final_at IS NOT NULL",
     ),
 )
 

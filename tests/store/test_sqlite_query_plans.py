@@ -239,3 +239,15 @@ async def test_sqlite_a_callers_last_text_is_found_without_reading_every_text_of
         light, heavy = await vm_steps(store, of(once)), await vm_steps(store, of(often))
 
         assert heavy <= light + 2, (view, light, heavy)
+
+
+@pytest.mark.parametrize("name", ["policy_views", "outbox_stats"])
+async def test_sqlite_plan_the_caps_and_the_gauges_count_a_day_from_indexes_alone(
+        store: Store, name: str) -> None:
+    """What every decision counts (a day's texts for the caps) and the gauges every 10 s (the
+    day's settled texts) read no text's row: a busy day is thousands of them."""
+    plans = await plans_of(store, lambda: PERIODIC[name](store))
+
+    lines = [line for plan in plans.values() for line in plan.splitlines()
+             if "messages_created" in line or "messages_final" in line]
+    assert lines and all("COVERING INDEX" in line for line in lines), lines
