@@ -14,9 +14,9 @@ webhook deliveries of the last 7 days (what retention keeps of them). The histor
 Then, in one run:
 
     storm       bench/latency.py's replay of the recorded storm (50 calls, real speed) to
-                `mcdaemon run` on an empty store and on the seeded one, `--runs` times each
-                (the storm's rows are removed from the seeded store after each run):
-                hangup -> submit_sm p50 / p99 over all runs
+                `mcdaemon run` on an empty store and on the seeded one, in turns, `--runs`
+                times each (the storm's rows are removed from the seeded store after each
+                run): hangup -> submit_sm p50 / p99 over all runs
     report      `mcdaemon report --since 365d` (and `--html`) as a process of its own: wall
                 time and peak RSS (getrusage of a process whose only child it is)
     status      `mcdaemon status`: the store's part in-process (`gather_status`) and the
@@ -396,9 +396,9 @@ def main(arguments: argparse.Namespace) -> None:
         print("target: storm p99 year <= 1.5 x empty and <= 100 ms")
         return
 
-    print(f"storm at real speed, {arguments.runs} run(s) each:")
-    on_empty = asyncio.run(storm(None, arguments.runs, "empty"))
-    on_year = asyncio.run(storm(year, arguments.runs, "year"))
+    print(f"storm at real speed, {arguments.runs} run(s) each, in turns:")
+    pooled = storms(year, arguments.runs, [("after", os.path.abspath(arguments.daemon_python))])
+    on_empty, on_year = pooled["empty"], pooled["year"]
     results["storm_empty_ms"] = (round(ms(on_empty, 0.5), 1), round(ms(on_empty, 0.99), 1))
     results["storm_year_ms"] = (round(ms(on_year, 0.5), 1), round(ms(on_year, 0.99), 1))
     results["texted"] = (len(on_empty), len(on_year))

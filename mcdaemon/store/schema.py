@@ -42,6 +42,9 @@ FINAL_STATES = frozenset(state for state, nexts in TRANSITIONS.items() if not ne
 #: message kinds that are texts to callers: they count for cooldowns and the fraud shield,
 #: and an opt-out or a `disable` switch holds them back even once queued
 CALLER_KINDS = ("first", "followup")
+#: the texts the caps count (`Store.policy_views`): to callers, not failed or expired
+COUNTED_TEXTS = (f"kind IN ({', '.join(repr(kind) for kind in CALLER_KINDS)})"
+                 " AND state NOT IN ('failed', 'expired')")
 
 
 def _may_become(target: str) -> str:
@@ -283,9 +286,10 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
     # its call's template (its group, variant and call end it had already), and
     # `messages_callers` holds, by number, all the report reads of it; the calls' index for
     # that join goes (one index less to keep up on every call recorded). And what every
-    # decision counts (the caps: texts of the last hour and day, by kind, state and prefix)
-    # and the gauges every 10 s (the day's settled texts by state) come from their indexes
-    # alone, not from a day of texts' rows
+    # decision counts (the caps: the texts of the last hour and day, and of the hour by
+    # prefix) is a range of an index that holds only those texts, and the gauges every 10 s
+    # (the day's settled texts by state) come from their index alone: a busy day is
+    # thousands of texts, no longer read row by row
     (
         "ALTER TABLE messages ADD COLUMN template TEXT",
         "UPDATE messages SET template = (SELECT c.template FROM calls AS c"
@@ -294,8 +298,8 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         "CREATE INDEX messages_callers ON messages (destination, submitted_at, state,"
         " call_ended_at, grp, template, variant, pbx, call_id, kind) WHERE kind = 'first'",
         "DROP INDEX calls_texts",
-        "DROP INDEX messages_created",
-        "CREATE INDEX messages_created ON messages (created_at, kind, state, destination)",
+        "CREATE INDEX messages_counted ON messages (created_at, destination, kind, state)"
+        f" WHERE {COUNTED_TEXTS}",
         "DROP INDEX messages_final",
         "CREATE INDEX messages_final ON messages (final_at, state) WHERE final_at IS NOT NULL",
     ),
