@@ -71,8 +71,8 @@ _NUMBER = itemgetter(0)
 _TEXT_KEY = itemgetter(4, 5, 6, 2)  # group, template, variant, state
 _WAIT_KEY = itemgetter(4, 8)  # group, wait_ms
 _BUCKET = itemgetter(9)  # quarter hour
-_NUMBER_GROUP = itemgetter(0, 4)
-_NUMBER_ARM = itemgetter(0, 4, 5, 6)
+_NUMBER_ARM = itemgetter(0, 4, 5, 6)  # number, group, template, variant
+_NUMBER_GROUP_OF_ARM = itemgetter(0, 1)
 _SECOND = itemgetter(1)
 _ARM = itemgetter(1, 2, 3)
 
@@ -619,9 +619,11 @@ class ReportBuilder:
         self._texts.update(map(_TEXT_KEY, rows))
         self._waits.update(map(_WAIT_KEY, rows))
         self._text_buckets.update(map(_BUCKET, rows))
-        self._callers.update(map(_SECOND, set(map(_NUMBER_GROUP, rows))))
-        self._arm_callers.update(map(_ARM, set(map(_NUMBER_ARM, rows))))
-        numbers = set(map(_NUMBER, rows))
+        by_arm = set(map(_NUMBER_ARM, rows))  # a caller has a text or two per arm
+        self._arm_callers.update(map(_ARM, by_arm))
+        by_group = set(map(_NUMBER_GROUP_OF_ARM, by_arm))
+        self._callers.update(map(_SECOND, by_group))
+        numbers = set(map(_NUMBER, by_group))
         self._overall_callers += len(numbers)
         engaged = numbers & (batch.inbound.keys() | batch.opt_outs.keys())
         engaged |= numbers & self._booked_numbers
