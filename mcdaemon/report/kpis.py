@@ -187,17 +187,9 @@ class Spread:
     p90: float | None
 
 
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """Nearest rank: the smallest value with at least p % of the values at or below it."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def histogram_percentile(counts: Mapping[int, int], p: float) -> float | None:
-    """`percentile` of durations held as {milliseconds: how many}, in seconds."""
+    """Nearest rank, of durations held as {milliseconds: how many}: the smallest with at
+    least p % of them at or below it, in seconds; None when there are none."""
     total = sum(counts.values())
     if total == 0:
         return None
@@ -401,17 +393,6 @@ def call_group(decision_group: str | None, did: str | None, grp: str | None,
                       ended=0.0, wait_seconds=0.0)
     matched = match_group(stub, config)
     return matched.name if matched else NO_GROUP
-
-
-def _within(times: Sequence[float], starts: Iterable[float], window: float) -> float | None:
-    """The earliest of the sorted `times` that falls in some [start, start + window]."""
-    best: float | None = None
-    for start in starts:
-        index = bisect.bisect_left(times, start)
-        if index < len(times) and times[index] <= start + window and (
-                best is None or times[index] < best):
-            best = times[index]
-    return best
 
 
 def _first_within(times: Sequence[float], start: float) -> float | None:

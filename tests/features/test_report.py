@@ -44,8 +44,8 @@ from mcdaemon.report.kpis import (
     as_csv,
     as_json,
     as_table,
+    histogram_percentile,
     parse_since,
-    percentile,
     two_proportion_z_test,
 )
 from mcdaemon.store import (
@@ -378,10 +378,11 @@ def test_the_z_test_matches_the_textbook_numbers() -> None:
 
 
 def test_percentiles_are_nearest_rank() -> None:
-    assert percentile([], 50) is None
-    assert percentile([7.0], 90) == 7.0
-    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0], 90) == 9.0
-    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
+    assert histogram_percentile({}, 50) is None
+    assert histogram_percentile({7000: 1}, 90) == 7.0
+    assert histogram_percentile({ms * 1000: 1 for ms in range(1, 11)}, 90) == 9.0
+    assert histogram_percentile({3000: 1, 1000: 1, 2000: 1, 4000: 1}, 50) == 2.0
+    assert histogram_percentile({1500: 3, 250: 1}, 50) == 1.5  # counts weigh
     assert Ratio(0, 0).value is None and Ratio(0, 5).value == 0.0
 
 
