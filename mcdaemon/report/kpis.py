@@ -64,14 +64,22 @@ from mcdaemon.core import keywords
 from mcdaemon.core.policy import INVALID_NUMBER, NOT_MOBILE, WITHHELD, match_group
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Outcome
 from mcdaemon.logs import mask_number
-from mcdaemon.store.report import BUCKET, TextBatch
+from mcdaemon.store.report import BUCKET, SentText, TextBatch
+
+
+def _columns(*names: str) -> itemgetter[Any]:
+    """The named `SentText` columns of a streamed row (a plain row: no attribute names)."""
+    return itemgetter(*(SentText._fields.index(name) for name in names))
+
 
 #: `SentText` rows' keys, counted by `Counter` in C
-_NUMBER = itemgetter(0)
-_TEXT_KEY = itemgetter(4, 5, 6, 2)  # group, template, variant, state
-_WAIT_KEY = itemgetter(4, 8)  # group, wait_ms
-_BUCKET = itemgetter(9)  # quarter hour
-_NUMBER_ARM = itemgetter(0, 4, 5, 6)  # number, group, template, variant
+_NUMBER = _columns("number")
+_GROUP = _columns("group")
+_TEXT_KEY = _columns("group", "template", "variant", "state")
+_WAIT_KEY = _columns("group", "wait_ms")
+_BUCKET = _columns("bucket")
+_NUMBER_ARM = _columns("number", "group", "template", "variant")
+#: keys of the (number, group, template, variant) tuples above
 _NUMBER_GROUP_OF_ARM = itemgetter(0, 1)
 _SECOND = itemgetter(1)
 _ARM = itemgetter(1, 2, 3)
@@ -596,7 +604,7 @@ class ReportBuilder:
         on the HTML page's recent calls are then looked at one by one (`_add_engaged`)."""
         rows = batch.texts
         if self._group is not None:  # --group: only its texts count, for everything
-            rows = [row for row in rows if self._text_group(row[4]) == self._group]
+            rows = [row for row in rows if self._text_group(_GROUP(row)) == self._group]
         self._texts.update(map(_TEXT_KEY, rows))
         self._waits.update(map(_WAIT_KEY, rows))
         self._text_buckets.update(map(_BUCKET, rows))
@@ -611,7 +619,8 @@ class ReportBuilder:
         engaged |= numbers & self._recent_numbers
         if not engaged:
             return
-        for number, texts in groupby([row for row in rows if row[0] in engaged], _NUMBER):
+        for number, texts in groupby([row for row in rows if _NUMBER(row) in engaged],
+                                     _NUMBER):
             self._add_engaged(number, list(texts), batch.inbound.get(number, ()),
                               batch.opt_outs.get(number, ()))
 

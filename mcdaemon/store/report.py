@@ -249,7 +249,7 @@ class ReportQueries(Receipts):
         further) by `at`. None found: it is kept unattributed.
         """
         recorded = time.time() if now is None else now
-        sent = _quoted(("submitted", "delivered", "undeliverable", "unknown"))
+        sent = _quoted(sorted(_SENT_STATES))
 
         async def work() -> Booking:
             rows = await self._rows(
