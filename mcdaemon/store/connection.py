@@ -194,13 +194,13 @@ class Connection(Plumbing):
             return [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
 
     async def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement; the rows it changed.
-
-        `total_changes` is read from the connection between trips, under the store's lock;
-        no trigger of the schema writes rows, so the difference is this statement's."""
-        before = self._db.total_changes
-        await self._db.execute(sql, params)
-        return self._db.total_changes - before
+        """Run one statement; the rows it changed (not those its triggers changed: a call
+        removed also updates `call_counts`)."""
+        cursor = await self._db.execute(sql, params)
+        try:
+            return max(cursor.rowcount, 0)
+        finally:
+            await cursor.close()
 
     async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._db.executemany(sql, rows)

@@ -2,7 +2,8 @@
 
 The report never holds the window's rows: the store aggregates what SQL counts without a sort
 of every text (`report_counts`: calls and bookings by group key, texts not sent, missed calls
-by quarter hour), and streams the sent texts by number with the callers' replies and opt-outs
+by quarter hour; the calls from the counts the database keeps as they are recorded), and
+streams the sent texts by number with the callers' replies and opt-outs
 (`report_texts`: a batch of whole callers at a time, merged from three queries ordered by
 number), which `report.kpis` counts (per text in C, per caller only for those who replied,
 opted out or booked). Both are read on connections of their own, at the same time.
@@ -11,6 +12,7 @@ opted out or booked). Both are read on connections of their own, at the same tim
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import structlog
 from mcdaemon.core.records import MISSED_OUTCOMES
 from mcdaemon.store.plumbing import RowCursor
 from mcdaemon.store.receipts import Receipts
-from mcdaemon.store.schema import TRANSITIONS, _quoted
+from mcdaemon.store.schema import CALL_BUCKET, TRANSITIONS, _quoted
 
 log = structlog.get_logger("mcdaemon.store")
 
@@ -32,7 +34,7 @@ _UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 _NUMBER = itemgetter(0)
 #: `report_counts`' quarter hours: every time zone's midnight falls on one
-BUCKET = 900
+BUCKET = CALL_BUCKET
 #: rows fetched at a time from a streamed query
 _FETCH = 5000
 
@@ -92,6 +94,11 @@ _CALL_TEMPLATE = ("(SELECT c.template FROM calls AS c WHERE c.pbx = messages.pbx
                   " AND c.call_id = messages.call_id)")
 
 
+def _total(column: str) -> str:
+    """SUM of an integer column as an integer (PostgreSQL's SUM of a BIGINT is NUMERIC)."""
+    return f"CAST(SUM({column}) AS BIGINT)"
+
+
 class ReportQueries(Receipts):
     """What `mcdaemon report` reads: aggregates, and the texts a batch of callers at a time."""
 
@@ -109,53 +116,86 @@ class ReportQueries(Receipts):
         window (id, e164, grp, state, reason, created_at, closed_at); `receipts_unmatched`:
         one (unmatched, ambiguous). A table the store does not have yet gives no rows.
 
-        Each reads an index: the calls' counts walk `calls_groups` in the order of their
-        groups (`+ended`: not a search by time followed by a sort of every call)."""
+        The calls are counted from `call_counts` (schema 12), which the database keeps per
+        quarter hour as calls are recorded and removed: a year is some 200,000 of its rows,
+        not 3.6 million calls; only the calls of the window's two partial quarter hours
+        are read one by one."""
         tables = await self.tables()
         window = (since, until)
-        queries: dict[str, tuple[str, tuple[Any, ...]]] = {
-            "calls": ("SELECT decision_group, did, grp, outcome, reason, textable, COUNT(*),"
-                      " SUM(CASE WHEN caller_e164 IS NOT NULL AND caller_e164 <> '' THEN 1"
-                      " ELSE 0 END) FROM calls WHERE +ended >= ? AND +ended <= ?"
-                      " GROUP BY decision_group, did, grp, outcome, reason, textable", window),
-            "unsent": ("SELECT grp, NULL, NULL, state, COUNT(*) FROM messages"
-                       f" WHERE kind = 'first' AND state IN ({_UNSENT})"
-                       " AND call_ended_at >= ? AND call_ended_at <= ?"
-                       " GROUP BY grp, state", window),
-            "missed": (f"SELECT {self._WHOLE.format(f'ended / {BUCKET}')}, decision_group,"
-                       " did, grp,"
-                       f" COUNT(*) FROM calls WHERE ended >= ? AND ended <= ? AND outcome IN"
-                       f" ({_MISSED}) GROUP BY 1, decision_group, did, grp", window),
-        }
+        queries: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
+            "unsent": [("SELECT grp, NULL, NULL, state, COUNT(*) FROM messages"
+                        f" WHERE kind = 'first' AND state IN ({_UNSENT})"
+                        " AND call_ended_at >= ? AND call_ended_at <= ?"
+                        " GROUP BY grp, state", window)]}
+        if "call_counts" in tables:
+            queries.update(self._call_count_queries(since, until))
+        else:  # a store older than schema 12, read as it is: every call of the window
+            queries.update(self._call_queries("ended >= ? AND ended <= ?", window))
         if "bookings" in tables:
-            queries["bookings"] = (
+            queries["bookings"] = [(
                 "SELECT c.decision_group, c.did, c.grp, COUNT(*), SUM(b.value) FROM bookings"
                 " AS b JOIN calls AS c ON c.pbx = b.pbx AND c.call_id = b.call_id WHERE"
                 f" c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED}) AND b.at >= ?"
-                " GROUP BY c.decision_group, c.did, c.grp", (since, until, since))
-            queries["currencies"] = (
+                " GROUP BY c.decision_group, c.did, c.grp", (since, until, since))]
+            queries["currencies"] = [(
                 "SELECT DISTINCT currency FROM bookings WHERE at >= ? AND pbx IS NOT NULL"
                 " AND call_id IS NOT NULL AND currency IS NOT NULL AND currency <> ''"
-                " ORDER BY currency", (since,))
-            queries["unattributed"] = (
+                " ORDER BY currency", (since,))]
+            queries["unattributed"] = [(
                 "SELECT COUNT(*) FROM bookings WHERE call_id IS NULL AND at >= ? AND at <= ?",
-                window)
+                window)]
         if "campaigns" in tables:
-            queries["campaigns"] = ("SELECT id, e164, grp, state, reason, created_at, closed_at"
-                                    " FROM campaigns WHERE created_at >= ? AND created_at <= ?"
-                                    " ORDER BY id", window)
+            queries["campaigns"] = [("SELECT id, e164, grp, state, reason, created_at,"
+                                     " closed_at FROM campaigns WHERE created_at >= ?"
+                                     " AND created_at <= ? ORDER BY id", window)]
 
         async def work() -> dict[str, list[Any]]:
             found: dict[str, list[Any]] = {"bookings": [], "currencies": [],
                                            "unattributed": [(0,)], "campaigns": []}
-            for name, (sql, params) in queries.items():
-                found[name] = [tuple(row) for row in await self._rows(sql, params)]
+            for name, parts in queries.items():
+                found[name] = [tuple(row) for sql, params in parts
+                               for row in await self._rows(sql, params)]
             return found
 
         counts = await self._read(work)
         receipts = await self.unmatched_receipts(since, until)
         counts["receipts_unmatched"] = [(receipts["unmatched"], receipts["ambiguous"])]
         return counts
+
+    def _call_count_queries(self, since: float, until: float
+                            ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """`calls` and `missed` of [since, until]: the quarter hours wholly inside from
+        `call_counts`, the calls of the two partial ones at its ends (minutes) one by one."""
+        first, last = math.ceil(since / CALL_BUCKET), math.floor(until / CALL_BUCKET)
+        if first >= last:  # no whole quarter hour: every call of the window
+            return self._call_queries("ended >= ? AND ended <= ?", (since, until))
+        key = "NULLIF(decision_group, ''), NULLIF(did, ''), NULLIF(grp, '')"
+        whole = (first, last)
+        counted = {
+            "calls": [(f"SELECT {key}, outcome, reason, textable, {_total('calls')},"
+                       f" {_total('numbered')}"
+                       " FROM call_counts WHERE bucket >= ? AND bucket < ?"
+                       " GROUP BY decision_group, did, grp, outcome, reason, textable",
+                       whole)],
+            "missed": [(f"SELECT bucket, {key}, {_total('calls')} FROM call_counts"
+                        f" WHERE bucket >= ? AND bucket < ? AND outcome IN ({_MISSED})"
+                        " GROUP BY bucket, decision_group, did, grp", whole)]}
+        edges = self._call_queries(
+            "((ended >= ? AND ended < ?) OR (ended >= ? AND ended <= ?))",
+            (since, first * CALL_BUCKET, last * CALL_BUCKET, until))
+        return {name: counted[name] + edges[name] for name in counted}
+
+    def _call_queries(self, window: str, params: tuple[Any, ...]
+                      ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """`calls` and `missed` counted from the calls whose `ended` meets `window`."""
+        return {
+            "calls": [("SELECT decision_group, did, grp, outcome, reason, textable, COUNT(*),"
+                       " SUM(CASE WHEN caller_e164 IS NOT NULL AND caller_e164 <> '' THEN 1"
+                       f" ELSE 0 END) FROM calls WHERE {window}"
+                       " GROUP BY decision_group, did, grp, outcome, reason, textable", params)],
+            "missed": [(f"SELECT {self._WHOLE.format(f'ended / {BUCKET}')}, decision_group,"
+                        f" did, grp, COUNT(*) FROM calls WHERE {window} AND outcome IN"
+                        f" ({_MISSED}) GROUP BY 1, decision_group, did, grp", params)]}
 
     async def report_booked(self, since: float) -> list[tuple[int, str]]:
         """The first texts (id, number) of the calls with a booking since `since`."""

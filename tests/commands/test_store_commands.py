@@ -101,6 +101,10 @@ async def test_a_store_made_before_retention_is_migrated_saying_how_long_to_expe
     try:
         assert await store.count_calls() == 2000
         assert (await store.space())["releases_space"] is False  # only compact converts it
+        # migration 12 counted them per quarter hour for the report
+        counts = await store.report_counts(1_700_000_000.0, 1_700_000_000.0 + 86400)
+        assert sum(row[-2] for row in counts["calls"]) == 2000
+        assert sum(row[-1] for row in counts["missed"]) == 2000
     finally:
         await store.close()
 

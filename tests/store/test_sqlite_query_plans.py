@@ -201,6 +201,23 @@ async def test_sqlite_plan_report_texts_read_one_covering_index_in_number_order(
     assert texts == "SCAN messages USING COVERING INDEX messages_callers"
 
 
+async def test_sqlite_plan_report_counts_calls_from_their_counts_not_from_every_call(
+        store: Store) -> None:
+    """A year's report reads the quarter hours' counts the database keeps, and the calls
+    themselves only by time, at the window's two partial quarter hours."""
+    plans = await plans_of(store, lambda: store.report_counts(T0 - 365 * 86400 + 7, T0 + 60))
+
+    calls = {sql: plan for sql, plan in plans.items() if "FROM calls WHERE" in sql}
+    counted = {sql: plan for sql, plan in plans.items() if "FROM call_counts" in sql}
+    assert len(counted) == 2 and all(
+        "call_counts USING PRIMARY KEY (bucket>? AND bucket<?)" in plan
+        for plan in counted.values())
+    reads = [line for plan in calls.values() for line in plan.splitlines()
+             if line.startswith(("SEARCH", "SCAN"))]
+    assert len(calls) == 2 and len(reads) == 4 and all(
+        "INDEX calls_ended (ended>? AND ended<" in line for line in reads), calls
+
+
 async def vm_steps(store: Store, call: Callable[[], Awaitable[object]]) -> int:
     """The work `call`'s statements make SQLite do, in hundreds of its virtual machine's
     instructions (the same on any machine: not a time)."""
