@@ -133,10 +133,13 @@ class ReportQueries(Receipts):
             queries.update(self._call_queries("ended >= ? AND ended <= ?", window))
         if "bookings" in tables:
             queries["bookings"] = [(
+                # from the bookings to their calls (`CROSS JOIN`: SQLite keeps that order,
+                # not a walk of every call of the window looking for a booking)
                 "SELECT c.decision_group, c.did, c.grp, COUNT(*), SUM(b.value) FROM bookings"
-                " AS b JOIN calls AS c ON c.pbx = b.pbx AND c.call_id = b.call_id WHERE"
-                f" c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED}) AND b.at >= ?"
-                " GROUP BY c.decision_group, c.did, c.grp", (since, until, since))]
+                " AS b CROSS JOIN calls AS c WHERE c.pbx = b.pbx AND c.call_id = b.call_id"
+                f" AND c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED})"
+                " AND b.at >= ? GROUP BY c.decision_group, c.did, c.grp",
+                (since, until, since))]
             queries["currencies"] = [(
                 "SELECT DISTINCT currency FROM bookings WHERE at >= ? AND pbx IS NOT NULL"
                 " AND call_id IS NOT NULL AND currency IS NOT NULL AND currency <> ''"
@@ -198,13 +201,14 @@ class ReportQueries(Receipts):
                         f" ({_MISSED}) GROUP BY 1, decision_group, did, grp", params)]}
 
     async def report_booked(self, since: float) -> list[tuple[int, str]]:
-        """The first texts (id, number) of the calls with a booking since `since`."""
+        """The first texts (id, number) of the calls with a booking since `since`: from the
+        bookings to their texts (`CROSS JOIN`: not a walk of every text)."""
         if "bookings" not in await self.tables():
             return []
         rows = await self._read(lambda: self._rows(
-            "SELECT DISTINCT m.id, m.destination FROM bookings AS b JOIN messages AS m"
-            " ON m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
-            " WHERE b.at >= ? AND b.call_id IS NOT NULL", (since,)))
+            "SELECT DISTINCT m.id, m.destination FROM bookings AS b CROSS JOIN messages AS m"
+            " WHERE m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
+            " AND b.at >= ? AND b.call_id IS NOT NULL", (since,)))
         return [(int(row[0]), str(row[1])) for row in rows]
 
     async def report_recent(self, since: float, until: float, limit: int,

@@ -218,6 +218,26 @@ async def test_sqlite_plan_report_counts_calls_from_their_counts_not_from_every_
         "INDEX calls_ended (ended>? AND ended<" in line for line in reads), calls
 
 
+async def test_sqlite_plan_the_reports_bookings_lead_to_their_calls_and_texts(
+        store: Store) -> None:
+    """The bookings (thousands) are read first and their calls and texts found by key: not
+    every call of the window, or every text, searched for a booking."""
+    await store.add_booking(CALLER, 40.0, T0 + 60)
+
+    async def report() -> None:
+        await store.report_counts(T0 - 365 * 86400, T0 + 60)
+        await store.report_booked(T0 - 365 * 86400)
+
+    plans = await plans_of(store, report)
+
+    joins = [plan.splitlines() for sql, plan in plans.items() if "CROSS JOIN" in sql]
+    assert len(joins) == 2
+    for steps in joins:
+        reads = [step for step in steps if step.startswith(("SEARCH", "SCAN"))]
+        assert reads[0].startswith("SEARCH b USING INDEX bookings_at"), steps
+        assert "(pbx=? AND call_id=?" in reads[1], steps
+
+
 async def vm_steps(store: Store, call: Callable[[], Awaitable[object]]) -> int:
     """The work `call`'s statements make SQLite do, in hundreds of its virtual machine's
     instructions (the same on any machine: not a time)."""
