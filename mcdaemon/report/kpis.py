@@ -79,6 +79,9 @@ _TEXT_KEY = _columns("group", "template", "variant", "state")
 _WAIT_KEY = _columns("group", "wait_ms")
 _BUCKET = _columns("bucket")
 _NUMBER_ARM = _columns("number", "group", "template", "variant")
+_SUBMITTED = _columns("submitted_at")
+_ID = _columns("id")
+_ARM_OF_TEXT = _columns("group", "template", "variant")
 #: keys of the (number, group, template, variant) tuples above
 _NUMBER_GROUP_OF_ARM = itemgetter(0, 1)
 _SECOND = itemgetter(1)
@@ -403,12 +406,21 @@ def call_group(decision_group: str | None, did: str | None, grp: str | None,
     return matched.name if matched else NO_GROUP
 
 
-def _first_within(times: Sequence[float], start: float) -> float | None:
-    """The earliest of the sorted `times` in [start, start + REPLY_WINDOW]."""
-    index = bisect.bisect_left(times, start)
-    if index < len(times) and times[index] <= start + REPLY_WINDOW:
-        return times[index]
-    return None
+def _answered(times: Sequence[float], events: Iterable[float]) -> list[tuple[float, range]]:
+    """Which of the sorted text `times` each of the sorted `events` (replies, opt-outs)
+    follows within `REPLY_WINDOW`: the texts sent in the window before it, found by bisection
+    (a caller's texts are not each looked at); (event, indexes) for each that follows any."""
+    found = []
+    for event in events:
+        end = bisect.bisect_right(times, event)
+        start = bisect.bisect_left(times, event - REPLY_WINDOW, 0, end)
+        while start > 0 and times[start - 1] + REPLY_WINDOW >= event:  # the window's edge
+            start -= 1  # as `text + REPLY_WINDOW >= event` rounds, not `event - …`
+        while start < end and times[start] + REPLY_WINDOW < event:
+            start += 1
+        if start < end:
+            found.append((event, range(start, end)))
+    return found
 
 
 def _reply_times(inbound: Iterable[tuple[str, float]],
@@ -631,55 +643,56 @@ class ReportBuilder:
 
         Per scope (overall, group) and A/B arm the caller counts once: as replied, opted out
         or booked when any of its texts there was followed by a reply or an opt-out within
-        `REPLY_WINDOW`, or led to a booking."""
+        `REPLY_WINDOW`, or led to a booking. Only the texts a reply, an opt-out or a booking
+        points at are looked at (`_answered`): a frequent caller has many."""
         replies, stops = _reply_times(inbound, opt_outs)
-        booked_texts = self._booked
-        recent = number in self._recent_numbers
+        times = list(map(_SUBMITTED, texts))
+        replied = _answered(times, replies)
+        opted = _answered(times, stops)
+        booked: list[int] = []
+        if number in self._booked_numbers:
+            booked = [index for index, text_id in enumerate(map(_ID, texts))
+                      if text_id in self._booked]
+        if number in self._recent_numbers:
+            followed = {index for _, indexes in replied for index in indexes}
+            for index, text_id in enumerate(map(_ID, texts)):
+                self._recent_replied[text_id] = index in followed
+        # the (group, template, variant) of the texts each points at, taken in C
+        pointed: list[set[tuple[Any, Any, Any]]] = [
+            set(), set(), set(map(_ARM_OF_TEXT, map(texts.__getitem__, booked)))]
+        for flag, events in enumerate((replied, opted)):
+            for _, indexes in events:
+                pointed[flag].update(map(_ARM_OF_TEXT, texts[indexes.start:indexes.stop]))
         groups: dict[str, list[bool]] = {}  # group: [replied, opted out, booked]
         arms: dict[tuple[str, str, str], list[bool]] = {}  # arm: [replied, booked]
-        first_reply: float | None = None
-        names = self._text_groups
-        for _, at, _, _, decided_by, template, variant, text_id, _, _ in texts:
-            group = names.get(decided_by) or self._text_group(decided_by)
-            flags = groups.get(group)
-            if flags is None:
-                flags = groups[group] = [False, False, False]
-            arm = None
-            if variant is not None:
-                key = (group, template or "-", variant)
-                arm = arms.get(key)
-                if arm is None:
-                    arm = arms[key] = [False, False]
-            reply = _first_within(replies, at) if replies else None
-            if reply is not None:
-                flags[0] = True
-                if arm is not None:
-                    arm[0] = True
-                if first_reply is None or reply < first_reply:
-                    first_reply = reply
-            if recent:
-                self._recent_replied[text_id] = reply is not None
-            if stops and _first_within(stops, at) is not None:
-                flags[1] = True
-            if text_id in booked_texts:
-                flags[2] = True
-                if arm is not None:
-                    arm[1] = True
+        for flag, found in enumerate(pointed):
+            for decided_by, template, variant in found:
+                group = self._text_group(decided_by)
+                flags = groups.get(group)
+                if flags is None:
+                    flags = groups[group] = [False, False, False]
+                flags[flag] = True
+                if variant is not None and flag != 1:
+                    key = (group, template or "-", variant)
+                    arm = arms.get(key)
+                    if arm is None:
+                        arm = arms[key] = [False, False]
+                    arm[flag // 2] = True
         if not groups:
             return
         reached = [any(column) for column in zip(*groups.values(), strict=True)]
-        for scope, (replied, opted, booked) in [
+        for scope, (was_replied, was_opted, was_booked) in [
                 (self._overall, reached),
                 *((self._scopes[group], flags) for group, flags in groups.items())]:
-            scope.replied += replied
-            scope.opted += opted
-            scope.booked += booked
-        for key, (replied, booked) in arms.items():
+            scope.replied += was_replied
+            scope.opted += was_opted
+            scope.booked += was_booked
+        for key, (was_replied, was_booked) in arms.items():
             counts = self._arms[key]
-            counts.replied += replied
-            counts.booked += booked
-        if first_reply is not None:
-            self._reply_days[self._day(first_reply)] += 1
+            counts.replied += was_replied
+            counts.booked += was_booked
+        if replied:  # the earliest reply that followed a text
+            self._reply_days[self._day(replied[0][0])] += 1
 
     def _text_group(self, decided_by: Any) -> str:
         """A text's group (`SentText.group`) as the report names it."""
