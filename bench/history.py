@@ -24,9 +24,9 @@ Then, in one run:
     retention   the store's size, then every kind's retention set to `--retain` days and
                 `prune_step` run at the daemon's batch size until nothing is past it, the
                 space released: the size after, and how long it took
-    migration   (--migration) the seeded store taken back to schema 9 (migration 10's and
-                11's indexes dropped, the texts' template column too) and opened: how long
-                the migrations take per million rows
+    migration   (--migration) the seeded store taken back to schema 9 (migrations 10 to
+                12's indexes, tables and triggers dropped, the texts' template column too)
+                and opened: how long the migrations take per million rows
 
     python bench/history.py [--days 365] [--runs 4] [--dir /tmp/mcd-history] [--reuse]
     python bench/history.py --reuse --only storm [--compare OTHER/.venv/bin/python]
@@ -72,11 +72,11 @@ GROUPS = ("sales", "support")
 
 
 def since_schema_9() -> list[str]:
-    """Migrations 10 and 11 (retention's and the report's indexes, the texts' template), as
-    SQLite runs them."""
+    """Migrations 10 to 12 (retention's and the report's indexes, the texts' template, the
+    calls' counts), as SQLite runs them."""
     from mcdaemon.store import migration_steps
 
-    return [*migration_steps(9, "sqlite"), *migration_steps(10, "sqlite")]
+    return [statement for number in (9, 10, 11) for statement in migration_steps(number, "sqlite")]
 
 
 # ---------------------------------------------------------------------- seeding
@@ -345,14 +345,15 @@ def size(store: Path) -> float:
 
 
 def migration(store: Path, folder: Path) -> tuple[float, int]:
-    """Seconds migrations 10 and 11 take on a copy of the store taken back to schema 9, and
+    """Seconds migrations 10 to 12 take on a copy of the store taken back to schema 9, and
     the rows of the tables they index."""
     copy = folder / "schema9.db"
     shutil.copyfile(store, copy)
     db = sqlite3.connect(copy)
     for statement in since_schema_9():
-        if statement.startswith("CREATE INDEX"):
-            db.execute("DROP INDEX IF EXISTS " + statement.split()[2])
+        for kind in ("INDEX", "TRIGGER", "TABLE"):
+            if statement.startswith(f"CREATE {kind}"):
+                db.execute(f"DROP {kind} IF EXISTS " + statement.split()[2])
     db.execute("ALTER TABLE messages DROP COLUMN template")
     db.execute("CREATE INDEX calls_ended ON calls (ended)")  # as schema 9 had it
     db.execute("PRAGMA user_version = 9")
@@ -437,7 +438,7 @@ if __name__ == "__main__":
                         help="reuse the seeded store of an earlier run if there is one (the "
                              "retention step at the end shrinks it: reseed for its figures)")
     parser.add_argument("--migration", action="store_true",
-                        help="also time migrations 10 and 11 on a copy of the seeded store")
+                        help="also time migrations 10 to 12 on a copy of the seeded store")
     parser.add_argument("--seed-only", action="store_true", help="seed the store, measure nothing")
     parser.add_argument("--only", choices=["storm"], help="measure only this (storm: the "
                         "storms on the empty and the seeded store, in turns)")

@@ -75,9 +75,6 @@ def _columns(*names: str) -> itemgetter[Any]:
 #: `SentText` rows' keys, counted by `Counter` in C
 _NUMBER = _columns("number")
 _GROUP = _columns("group")
-_TEXT_KEY = _columns("group", "template", "variant", "state")
-_WAIT_KEY = _columns("group", "wait_ms")
-_BUCKET = _columns("bucket")
 _NUMBER_ARM = _columns("number", "group", "template", "variant")
 _SUBMITTED = _columns("submitted_at")
 _ID = _columns("id")
@@ -597,6 +594,14 @@ class ReportBuilder:
         for bucket, *key, count in counts.get("missed", []):
             if self._in_scope(self.group_of(*key)):
                 self._missed_days[self._day(float(bucket) * BUCKET)] += count
+        # the sent texts, as the store names their group (`_count_texts` maps it)
+        for decided_by, template, variant, state, wait_ms, count in counts.get("texts", []):
+            if self._in_scope(self._text_group(decided_by)):
+                self._texts[(decided_by, template, variant, state)] += count
+                self._waits[(decided_by, wait_ms)] += count
+        for bucket, decided_by, count in counts.get("text_buckets", []):
+            if self._in_scope(self._text_group(decided_by)):
+                self._text_buckets[bucket] += count
 
     def add_recent(self, calls: Iterable[dict[str, Any]], limit: int) -> bool:
         """Missed calls latest first (`Store.report_recent`); True while more are wanted."""
@@ -611,15 +616,12 @@ class ReportBuilder:
 
     def add_texts(self, batch: TextBatch) -> None:
         """A batch of texted callers (`Store.report_texts`). A busy year streams a million
-        and a half texts: each is counted by `Counter` from `itemgetter` keys (no Python
+        and a half texts: their callers are counted in sets of `itemgetter` keys (no Python
         code runs per text), and only the callers who texted us, opted out, booked or are
         on the HTML page's recent calls are then looked at one by one (`_add_engaged`)."""
         rows = batch.texts
         if self._group is not None:  # --group: only its texts count, for everything
             rows = [row for row in rows if self._text_group(_GROUP(row)) == self._group]
-        self._texts.update(map(_TEXT_KEY, rows))
-        self._waits.update(map(_WAIT_KEY, rows))
-        self._text_buckets.update(map(_BUCKET, rows))
         by_arm = set(map(_NUMBER_ARM, rows))  # a caller has a text or two per arm
         self._arm_callers.update(map(_ARM, by_arm))
         by_group = set(map(_NUMBER_GROUP_OF_ARM, by_arm))

@@ -1,12 +1,13 @@
 """What `mcdaemon report` reads, and the bookings `mcdaemon record-booking` adds.
 
-The report never holds the window's rows: the store aggregates what SQL counts without a sort
-of every text (`report_counts`: calls and bookings by group key, texts not sent, missed calls
-by quarter hour; the calls from the counts the database keeps as they are recorded), and
-streams the sent texts by number with the callers' replies and opt-outs
-(`report_texts`: a batch of whole callers at a time, merged from three queries ordered by
-number), which `report.kpis` counts (per text in C, per caller only for those who replied,
-opted out or booked). Both are read on connections of their own, at the same time.
+The report never holds the window's rows: the store aggregates (`report_counts`: calls and
+bookings by group key, missed calls by quarter hour, the calls from the counts the database
+keeps as they are recorded; the texts by state, wait and quarter hour sent), and streams
+the sent texts by number with the callers' replies and opt-outs (`report_texts`: a batch of
+whole callers at a time, merged from three queries ordered by number), from which
+`report.kpis` counts the texted callers (in C; one by one only those who replied, opted
+out or booked). The two are read on connections of their own, at the same time: SQLite
+counts the texts on one core while Python counts their callers on the other.
 """
 
 from __future__ import annotations
@@ -56,18 +57,15 @@ class Booking:
 class SentText(NamedTuple):
     """The columns of a sent first text of a call of the report's window, as `report_texts`
     reads them from the index `messages_callers` (its rows are plain rows of these columns:
-    a busy year streams a million and a half of them)."""
+    a busy year streams a million and a half of them): what the texted callers are counted
+    by. What the texts are counted by (state, wait, quarter hour) `report_counts` counts."""
 
     number: str  # its destination
     submitted_at: float
-    state: str
-    ended: float | None  # its call's end
     group: str | None  # the group that decided to text
     template: str | None
     variant: str | None
     id: int  # the text's (`report_counts`' booked texts, `report_recent`'s text_id)
-    wait_ms: int | None  # submitted_at - ended in whole milliseconds
-    bucket: int  # submitted_at's quarter hour (BUCKET)
 
 
 @dataclass(slots=True)
@@ -84,11 +82,11 @@ class TextBatch:
 #: `SentText`'s columns, read in the order of the index `messages_callers`, which holds them
 #: all: the texts' rows are not read, their calls not joined, nothing is sorted (`NOT IN`:
 #: a condition on the state that no index can serve, so SQLite keeps reading by number)
-_CALLER_TEXTS = (
-    "SELECT destination, submitted_at, state, call_ended_at, grp, {template}, variant, id,"
-    " {wait}, {bucket} FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
-    f" AND state NOT IN ({_UNSENT}) AND call_ended_at >= ? AND call_ended_at <= ?"
-    " ORDER BY destination{order}, submitted_at")
+_SENT_IN_WINDOW = ("FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
+                   f" AND state NOT IN ({_UNSENT}) AND call_ended_at >= ?"
+                   " AND call_ended_at <= ?")
+_CALLER_TEXTS = ("SELECT destination, submitted_at, grp, {template}, variant, id"
+                 f" {_SENT_IN_WINDOW} ORDER BY destination{{order}}, submitted_at")
 #: the template of a store older than schema 11 (read as it is): its call's
 _CALL_TEMPLATE = ("(SELECT c.template FROM calls AS c WHERE c.pbx = messages.pbx"
                   " AND c.call_id = messages.call_id)")
@@ -107,9 +105,12 @@ class ReportQueries(Receipts):
         [since, until]; a group key is (decision_group, did, grp).
 
         `calls`: (key…, outcome, reason, textable, count, of them with a number); `unsent`:
-        their first texts not sent (key…, state, count; the sent ones come with
-        `report_texts`; a text's key is (its group, None, None)); `bookings`: attributed to
-        missed calls of the window since `since` (key…, count, value); `missed`: missed
+        their first texts not sent (key…, state, count; a text's key is (its group, None,
+        None)); the sent ones (their callers come with `report_texts`) by `texts` (group,
+        template, variant, state, milliseconds from the call's end to the submit, count) and
+        `text_buckets` (quarter hour sent, group, count); `bookings`:
+        attributed to missed calls of the window since `since` (key…, count, value);
+        `missed`: missed
         calls by quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of
         attributed bookings since `since`; `unattributed`: (count) of unattributed bookings
         in the window; `campaigns`: call-back campaigns opened in the
@@ -127,6 +128,15 @@ class ReportQueries(Receipts):
                         f" WHERE kind = 'first' AND state IN ({_UNSENT})"
                         " AND call_ended_at >= ? AND call_ended_at <= ?"
                         " GROUP BY grp, state", window)]}
+        template = await self._template_of_text()
+        whole = self._WHOLE
+        queries["texts"] = [  # one sort of the texts for both (a busy year: ~100,000 rows)
+            (f"SELECT grp, {template}, variant, state,"
+             f" {whole.format('(submitted_at - call_ended_at) * 1000')}, COUNT(*)"
+             f" {_SENT_IN_WINDOW} GROUP BY 1, 2, 3, 4, 5", window)]
+        queries["text_buckets"] = [
+            (f"SELECT {whole.format(f'submitted_at / {BUCKET}')}, grp, COUNT(*)"
+             f" {_SENT_IN_WINDOW} GROUP BY 1, 2", window)]
         if "call_counts" in tables:
             queries.update(self._call_count_queries(since, until))
         else:  # a store older than schema 12, read as it is: every call of the window
@@ -200,6 +210,12 @@ class ReportQueries(Receipts):
                         f" did, grp, COUNT(*) FROM calls WHERE {window} AND outcome IN"
                         f" ({_MISSED}) GROUP BY 1, decision_group, did, grp", params)]}
 
+    async def _template_of_text(self) -> str:
+        """A first text's template: its column, or in a store older than schema 11 (read
+        as it is) its call's."""
+        columns = await self._read(lambda: self._columns("messages"))
+        return "template" if "template" in columns else _CALL_TEMPLATE
+
     async def report_booked(self, since: float) -> list[tuple[int, str]]:
         """The first texts (id, number) of the calls with a booking since `since`: from the
         bookings to their texts (`CROSS JOIN`: not a walk of every text)."""
@@ -232,12 +248,7 @@ class ReportQueries(Receipts):
         are read, so only a batch of rows is held at once. The next batch of texts is read
         while this one is used."""
         order = self._BYTE_ORDER  # the numbers in the order Python compares them
-        template = ("template" if "template" in await self._read(
-            lambda: self._columns("messages")) else _CALL_TEMPLATE)
-        sql = _CALLER_TEXTS.format(
-            order=order, template=template,
-            wait=self._WHOLE.format("(submitted_at - call_ended_at) * 1000"),
-            bucket=self._WHOLE.format(f"submitted_at / {BUCKET}"))
+        sql = _CALLER_TEXTS.format(order=order, template=await self._template_of_text())
         async with self._streaming():
             inbound = _Rows(await self._cursor(
                 f"SELECT source, text, at FROM inbound WHERE at >= ?"

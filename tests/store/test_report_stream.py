@@ -54,8 +54,7 @@ async def test_each_texted_caller_comes_once_with_their_replies_across_batches(
                       if row[0] == caller] for caller in callers}
     assert [len(texts[caller]) for caller in callers] == [2, 1, 2, 1, 2, 1, 2]
     first = texts[callers[0]][0]
-    assert first[1:8] == (T0 + 2, "submitted", T0, "sales", "queue_abandon", None, first[7])
-    assert first[8:] == (2000, int((T0 + 2) // 900))  # wait_ms, quarter hour
+    assert first[1:] == (T0 + 2, "sales", "queue_abandon", None, first[5])
     inbound = {number: found for batch in batches for number, found in batch.inbound.items()}
     assert inbound == {caller: [(f"hi {n}", T0 + 60 + n), (f"again {n}", T0 + 120 + n)]
                        for n, caller in enumerate(callers) if n != 3}
@@ -80,8 +79,13 @@ async def test_texts_not_sent_and_calls_outside_the_window_are_left_out(
         now=T0, destination="+447700900103")
 
     batches = [batch async for batch in store.report_texts(T0 - 1, T0 + 3600)]
+    counts = await store.report_counts(T0 - 1, T0 + 3600)
 
     assert [row[0] for batch in batches for row in batch.texts] == ["+447700900101"]
+    # the same texts counted: by state, by wait to the millisecond, by quarter hour sent
+    assert [tuple(row) for row in counts["texts"]] == [
+        ("sales", "queue_abandon", None, "submitted", 2000, 1)]
+    assert [tuple(row) for row in counts["text_buckets"]] == [(int((T0 + 2) // 900), "sales", 1)]
 
 
 def undo_migration_12(db: sqlite3.Connection) -> None:
@@ -133,6 +137,11 @@ async def test_sqlite_store_of_schema_10_is_read_as_it_is_then_its_texts_get_the
     readonly = await Store.open_readonly(db_path)
     try:
         assert await texts_of(readonly) == expected
+        counted = (await readonly.report_counts(T0 - 1, T0 + 60))["texts"]
+        assert {tuple(row) for row in counted} == {
+            ("sales", "queue_abandon", "short", "submitted", 1000, 1),
+            ("sales", "voicemail", None, "submitted", 1000, 1),
+            ("sales", "voicemail", "control", "submitted", 1000, 1)}
     finally:
         await readonly.close()
     migrated = await Store.open(db_path)
@@ -151,5 +160,5 @@ async def test_sqlite_store_of_schema_10_is_read_as_it_is_then_its_texts_get_the
 
 async def texts_of(store: Store) -> list[tuple[str, str | None, str | None]]:
     """(number, template, variant) of each streamed text."""
-    return [(row[0], row[5], row[6]) async for batch in store.report_texts(T0 - 1, T0 + 60)
+    return [(row[0], row[3], row[4]) async for batch in store.report_texts(T0 - 1, T0 + 60)
             for row in batch.texts]
