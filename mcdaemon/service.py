@@ -187,13 +187,19 @@ class Service:
             await self.store.close()
             return 1
         now = self._clock()
-        recovered = await self.store.recover_in_flight(self.config.outbox.after_crash, now)
-        if recovered:
-            log.warning("texts found in flight after an unclean stop",
-                        count=len(recovered), action=self.config.outbox.after_crash,
-                        message_ids=recovered)
-        await self._backfill.load()  # the last moments watched, before this start
-        await self._heartbeat.beat(now)  # `status` lists it; the peers share the throughput
+        try:
+            recovered = await self.store.recover_in_flight(self.config.outbox.after_crash, now)
+            if recovered:
+                log.warning("texts found in flight after an unclean stop",
+                            count=len(recovered), action=self.config.outbox.after_crash,
+                            message_ids=recovered)
+            await self._backfill.load()  # the last moments watched, before this start
+            await self._heartbeat.beat(now)  # `status` lists it; the peers share the throughput
+        except BaseException:  # a store that cannot write at start-up: stop, do not hang
+            await self._agi.stop()
+            await self.metrics.stop()
+            await self.store.close()
+            raise
         if self._install_signals:
             self._add_signal_handlers()
         await self._sender.start()

@@ -515,10 +515,10 @@ class ReportBuilder:
         self._scopes: dict[str, _Scope] = defaultdict(_Scope)
         self._arms: dict[tuple[str, str, str], _ArmCounts] = defaultdict(_ArmCounts)
         self._missed_days: dict[dt.date, int] = defaultdict(int)
-        #: the streamed texts, counted as the store names their group (`SentText.group`),
+        #: the sent texts, counted as the store names their group (`SentText.group`),
         #: mapped to the report's groups when it is made: texts by (group, template,
-        #: variant, state), by (group, wait_ms), by quarter hour sent; texted callers by
-        #: group, by (group, template, variant), and overall
+        #: variant, state), by (group, wait_ms), by quarter hour sent (`add_counts`); the
+        #: streamed texted callers by group, by (group, template, variant), and overall
         self._texts: Counter[tuple[Any, Any, Any, str]] = Counter()
         self._waits: Counter[tuple[Any, Any]] = Counter()
         self._text_buckets: Counter[int] = Counter()

@@ -108,14 +108,13 @@ class ReportQueries(Receipts):
         their first texts not sent (key…, state, count; a text's key is (its group, None,
         None)); the sent ones (their callers come with `report_texts`) by `texts` (group,
         template, variant, state, milliseconds from the call's end to the submit, count) and
-        `text_buckets` (quarter hour sent, group, count); `bookings`:
-        attributed to missed calls of the window since `since` (key…, count, value);
-        `missed`: missed
-        calls by quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of
-        attributed bookings since `since`; `unattributed`: (count) of unattributed bookings
-        in the window; `campaigns`: call-back campaigns opened in the
-        window (id, e164, grp, state, reason, created_at, closed_at); `receipts_unmatched`:
-        one (unmatched, ambiguous). A table the store does not have yet gives no rows.
+        `text_buckets` (quarter hour sent, group, count); `bookings`: attributed to missed
+        calls of the window since `since` (key…, count, value); `missed`: missed calls by
+        quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of attributed
+        bookings since `since`; `unattributed`: (count) of unattributed bookings in the
+        window; `campaigns`: call-back campaigns opened in the window (id, e164, grp, state,
+        reason, created_at, closed_at); `receipts_unmatched`: one (unmatched, ambiguous). A
+        table the store does not have yet gives no rows.
 
         The calls are counted from `call_counts` (schema 12), which the database keeps per
         quarter hour as calls are recorded and removed: a year is some 200,000 of its rows,

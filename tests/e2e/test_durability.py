@@ -19,15 +19,18 @@ import sqlite3
 import sys
 from collections import Counter
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
+from mcdaemon.config.load import load_config
 from mcdaemon.core.transcript import read_transcript
+from mcdaemon.service import Service
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.sim.smsc import TestSmsc
-from mcdaemon.store import Store
+from mcdaemon.store import Store, StoreError
 
-from e2e.harness import AMI_SECRET, SMPP_PASSWORD, wait_until, write_config
+from e2e.harness import AMI_SECRET, SMPP_PASSWORD, free_port, wait_until, write_config
 from recordings import recording_path
 
 STOPPERS = [f"+4477009{number:05d}" for number in range(90001, 90006)]  # not in the storm
@@ -108,9 +111,9 @@ async def test_a_store_that_cannot_grow_stops_the_daemon_and_the_restart_doubles
             AmiTestServer([storm], secret=AMI_SECRET, speed=1.0) as ami:
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               smpp={"throughput": 50, "window": WINDOW})
-        # the store's files may not grow past this (an empty store is ~250 KB): the storm's
-        # writes fail part-way
-        daemon = await start_daemon(config, log, file_size_limit=450_000)
+        # the store's files may not grow past this (an empty store is ~260 KB; creating it
+        # writes ~450 KB of log): the storm's writes fail part-way
+        daemon = await start_daemon(config, log, file_size_limit=520_000)
         try:
             code = await asyncio.wait_for(daemon.wait(), 90)
         finally:
@@ -144,3 +147,27 @@ async def test_a_store_that_cannot_grow_stops_the_daemon_and_the_restart_doubles
     assert set(sent) == mobiles
     assert doubled <= at_risk  # only texts in flight at the failure, and marked
     assert len(doubled) <= WINDOW
+
+
+async def test_a_store_that_cannot_be_written_at_start_up_ends_the_run_not_hangs_it(
+        tmp_path: Path) -> None:
+    """The first writes (texts in flight recovered, the heartbeat) fail: `run` raises the
+    store's error with the store closed, so the process exits 1 (`mcdaemon run: …`) instead
+    of waiting for ever on the database's open thread."""
+    config = write_config(tmp_path, ami_port=free_port(), smsc_port=free_port())
+    service = Service(load_config(config), config_path=config, install_signal_handlers=False)
+    store = await Store.open(str(tmp_path / "mcdaemon.db"))
+
+    async def cannot_write(*_: object) -> list[int]:
+        raise StoreError("the store cannot be used: disk I/O error")
+
+    async def opened() -> Store:
+        return store
+
+    with patch.object(store, "recover_in_flight", cannot_write), \
+            patch.object(service, "_open_store", opened):
+        with pytest.raises(StoreError, match="disk I/O error"):
+            await asyncio.wait_for(service.run(), 10)
+
+    with pytest.raises(ValueError):  # closed: aiosqlite's thread has ended
+        await store.count_calls()
