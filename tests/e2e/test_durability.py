@@ -165,9 +165,9 @@ async def test_a_store_that_cannot_be_written_at_start_up_ends_the_run_not_hangs
         return store
 
     with patch.object(store, "recover_in_flight", cannot_write), \
-            patch.object(service, "_open_store", opened):
-        with pytest.raises(StoreError, match="disk I/O error"):
-            await asyncio.wait_for(service.run(), 10)
+            patch.object(service, "_open_store", opened), \
+            pytest.raises(StoreError, match="disk I/O error"):
+        await asyncio.wait_for(service.run(), 10)
 
     with pytest.raises(ValueError):  # closed: aiosqlite's thread has ended
         await store.count_calls()
