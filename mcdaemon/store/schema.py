@@ -117,6 +117,7 @@ def _call_count_triggers() -> tuple[Dialects, ...]:
             ""),
     )
 
+
 def _may_become(target: str) -> str:
     """The SQL guard `state IN (…)` listing the states that may move to `target`."""
     sources = sorted(state for state, nexts in TRANSITIONS.items() if target in nexts)
@@ -382,18 +383,12 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
     # (a decision, the queue_log's backfill, retention, `store migrate`'s copy); a year is
     # ~200,000 rows, not 3.6 million calls read twice. The calls' index for the old read goes.
     (
-        Dialects(
-            f"CREATE TABLE call_counts ({_CALL_COUNT_COLUMNS}) WITHOUT ROWID",
-            f"CREATE TABLE call_counts ({_CALL_COUNT_COLUMNS.replace('INTEGER', 'BIGINT')})"),
-        Dialects(
-            f"INSERT INTO call_counts SELECT {', '.join(_call_count_key('calls', 'sqlite'))},"
-            " COUNT(*),"
-            f" SUM({_numbered('calls')}) FROM calls WHERE ended IS NOT NULL"
-            f" GROUP BY {', '.join(str(n) for n in range(1, 8))}",
-            "INSERT INTO call_counts SELECT"
-            f" {', '.join(_call_count_key('calls', 'postgresql'))},"
-            f" COUNT(*), SUM({_numbered('calls')}) FROM calls WHERE ended IS NOT NULL"
-            f" GROUP BY {', '.join(str(n) for n in range(1, 8))}"),
+        Dialects(f"CREATE TABLE call_counts ({_CALL_COUNT_COLUMNS}) WITHOUT ROWID",
+                 _for_postgresql(f"CREATE TABLE call_counts ({_CALL_COUNT_COLUMNS})")),
+        Dialects(*(f"INSERT INTO call_counts SELECT {', '.join(_call_count_key('calls', dialect))},"
+                   f" COUNT(*), SUM({_numbered('calls')}) FROM calls WHERE ended IS NOT NULL"
+                   f" GROUP BY {', '.join(str(n) for n in range(1, 8))}"
+                   for dialect in ("sqlite", "postgresql"))),
         *_call_count_triggers(),
         "DROP INDEX calls_groups",
     ),
