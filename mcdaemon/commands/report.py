@@ -44,7 +44,8 @@ async def read_report(store: ReportStore, config: Config, *, since: float, until
     at a time and its aggregates, through `ReportBuilder` (memory: counts, not rows).
 
     With `aggregates`, a second connection to the same store, the aggregates are read on it
-    while the texts stream: the database counts the calls while Python counts the texts."""
+    while the texts stream: the database counts while Python follows the callers who
+    answered."""
     builder = ReportBuilder(config, since=since, until=until, group=group)
     builder.add_booked(await store.report_booked(since))
     offset = 0
@@ -54,12 +55,12 @@ async def read_report(store: ReportStore, config: Config, *, since: float, until
             break
         offset += len(page)
     counting = None if aggregates is None else asyncio.ensure_future(
-        aggregates.report_counts(since, until))
+        aggregates.report_counts(since, until, builder.text_groups()))
     try:
         async for batch in store.report_texts(since, until):
             builder.add_texts(batch)
-        builder.add_counts(await (store.report_counts(since, until) if counting is None
-                                  else counting))
+        builder.add_counts(await (store.report_counts(since, until, builder.text_groups())
+                                  if counting is None else counting))
     except BaseException:
         if counting is not None:
             counting.cancel()
@@ -89,7 +90,8 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
     try:
         if group is not None and config.group(group) is None:
             everything = ReportBuilder(config, since=start, until=now)
-            everything.add_counts(await store.report_counts(start, now))
+            # the calls' groups are all it needs: no texted caller counted (`[]`)
+            everything.add_counts(await store.report_counts(start, now, []))
             if group not in everything.groups_seen():
                 names = ", ".join(g.name for g in config.groups) or "none"
                 print(f"mcdaemon report: no group {group!r} in {config.source} or in the "

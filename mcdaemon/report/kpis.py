@@ -75,14 +75,9 @@ def _columns(*names: str) -> itemgetter[Any]:
 #: `SentText` rows' keys, counted by `Counter` in C
 _NUMBER = _columns("number")
 _GROUP = _columns("group")
-_NUMBER_ARM = _columns("number", "group", "template", "variant")
 _SUBMITTED = _columns("submitted_at")
 _ID = _columns("id")
 _ARM_OF_TEXT = _columns("group", "template", "variant")
-#: keys of the (number, group, template, variant) tuples above
-_NUMBER_GROUP_OF_ARM = itemgetter(0, 1)
-_SECOND = itemgetter(1)
-_ARM = itemgetter(1, 2, 3)
 
 DAY = 86400.0
 #: a reply or an opt-out counts for a text if it comes within this long after it
@@ -517,8 +512,8 @@ class ReportBuilder:
         self._missed_days: dict[dt.date, int] = defaultdict(int)
         #: the sent texts, counted as the store names their group (`SentText.group`),
         #: mapped to the report's groups when it is made: texts by (group, template,
-        #: variant, state), by (group, wait_ms), by quarter hour sent (`add_counts`); the
-        #: streamed texted callers by group, by (group, template, variant), and overall
+        #: variant, state), by (group, wait_ms), by quarter hour sent; their callers by
+        #: group, by (group, template, variant), and overall (all `add_counts`)
         self._texts: Counter[tuple[Any, Any, Any, str]] = Counter()
         self._waits: Counter[tuple[Any, Any]] = Counter()
         self._text_buckets: Counter[int] = Counter()
@@ -554,6 +549,14 @@ class ReportBuilder:
             day = self._bucket_days[bucket] = dt.datetime.fromtimestamp(
                 bucket * BUCKET, self._zone).date()
         return day
+
+    def text_groups(self) -> list[str | None] | None:
+        """The groups the store names texts by (`SentText.group`) that count in the report:
+        None for all; with --group its name, and no group (None) if that is where texts
+        without one count. `Store.report_counts` counts the texted callers of those only."""
+        if self._group is None:
+            return None
+        return [self._group, *([None] if self._text_group(None) == self._group else [])]
 
     def groups_seen(self) -> set[str]:
         """The groups of the window's calls (before a --group filter)."""
@@ -602,6 +605,14 @@ class ReportBuilder:
         for bucket, decided_by, count in counts.get("text_buckets", []):
             if self._in_scope(self._text_group(decided_by)):
                 self._text_buckets[bucket] += count
+        for decided_by, callers in counts.get("callers", []):
+            if self._in_scope(self._text_group(decided_by)):
+                self._callers[decided_by] += callers
+        for decided_by, template, variant, callers in counts.get("arm_callers", []):
+            if self._in_scope(self._text_group(decided_by)):
+                self._arm_callers[(decided_by, template, variant)] += callers
+        [(overall_callers,)] = counts.get("all_callers") or [(0,)]
+        self._overall_callers = int(overall_callers or 0)
 
     def add_recent(self, calls: Iterable[dict[str, Any]], limit: int) -> bool:
         """Missed calls latest first (`Store.report_recent`); True while more are wanted."""
@@ -615,26 +626,12 @@ class ReportBuilder:
         return len(self._recent) < limit
 
     def add_texts(self, batch: TextBatch) -> None:
-        """A batch of texted callers (`Store.report_texts`). A busy year streams a million
-        and a half texts: their callers are counted in sets of `itemgetter` keys (no Python
-        code runs per text), and only the callers who texted us, opted out, booked or are
-        on the HTML page's recent calls are then looked at one by one (`_add_engaged`)."""
+        """A batch of callers who texted us, opted out or booked, with their sent texts
+        (`Store.report_texts`); the texted callers are counted by `add_counts`."""
         rows = batch.texts
         if self._group is not None:  # --group: only its texts count, for everything
             rows = [row for row in rows if self._text_group(_GROUP(row)) == self._group]
-        by_arm = set(map(_NUMBER_ARM, rows))  # a caller has a text or two per arm
-        self._arm_callers.update(map(_ARM, by_arm))
-        by_group = set(map(_NUMBER_GROUP_OF_ARM, by_arm))
-        self._callers.update(map(_SECOND, by_group))
-        numbers = set(map(_NUMBER, by_group))
-        self._overall_callers += len(numbers)
-        engaged = numbers & (batch.inbound.keys() | batch.opt_outs.keys())
-        engaged |= numbers & self._booked_numbers
-        engaged |= numbers & self._recent_numbers
-        if not engaged:
-            return
-        for number, texts in groupby([row for row in rows if _NUMBER(row) in engaged],
-                                     _NUMBER):
+        for number, texts in groupby(rows, _NUMBER):
             self._add_engaged(number, list(texts), batch.inbound.get(number, ()),
                               batch.opt_outs.get(number, ()))
 

@@ -264,9 +264,12 @@ class ContactsStore(Protocol):
 class ReportStore(Protocol):
     """What `mcdaemon report` reads, and bookings (`report.ReportQueries`)."""
 
-    async def report_counts(self, since: float, until: float) -> dict[str, list[Any]]:
-        """The window's aggregates by group key (calls, texts, bookings, missed calls per
-        quarter hour, currencies, unattributed bookings, campaigns, unmatched receipts); a
+    async def report_counts(self, since: float, until: float,
+                            groups: Sequence[str | None] | None = None
+                            ) -> dict[str, list[Any]]:
+        """The window's aggregates by group key (calls, texts, texted callers, bookings,
+        missed calls per quarter hour, currencies, unattributed bookings, campaigns,
+        unmatched receipts), the texted callers of the texts of `groups` only if given; a
         table the store does not have yet gives no rows. Reads only."""
         ...
 
@@ -280,9 +283,9 @@ class ReportStore(Protocol):
         ...
 
     def report_texts(self, since: float, until: float) -> AsyncIterator[TextBatch]:
-        """The sent first texts of the window by number, a batch of whole callers at a
-        time, with their replies and opt-outs: only a batch of rows is held at once. Reads
-        only."""
+        """The sent first texts of the window to the callers who texted us, opted out or
+        booked since `since`, by number, a batch of whole callers at a time, with their
+        replies and opt-outs: only a batch of rows is held at once. Reads only."""
         ...
 
     async def add_booking(self, e164: str, value: float, at: float, *,

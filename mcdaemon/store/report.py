@@ -2,12 +2,13 @@
 
 The report never holds the window's rows: the store aggregates (`report_counts`: calls and
 bookings by group key, missed calls by quarter hour, the calls from the counts the database
-keeps as they are recorded; the texts by state, wait and quarter hour sent), and streams
-the sent texts by number with the callers' replies and opt-outs (`report_texts`: a batch of
-whole callers at a time, merged from three queries ordered by number), from which
-`report.kpis` counts the texted callers (in C; one by one only those who replied, opted
-out or booked). The two are read on connections of their own, at the same time: SQLite
-counts the texts on one core while Python counts their callers on the other.
+keeps as they are recorded; the texts by state, wait and quarter hour sent and their
+callers per group and A/B arm, each from an index in the order it counts them), and
+streams the sent texts of the callers who replied, opted out or booked, by number, with
+their replies and opt-outs (`report_texts`: a batch of whole callers at a time, merged
+from three queries ordered by number), which `report.kpis` looks at one by one. The two
+are read on connections of their own, at the same time: SQLite counts on one core while
+Python follows the callers who answered on the other.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -25,7 +26,13 @@ import structlog
 from mcdaemon.core.records import MISSED_OUTCOMES
 from mcdaemon.store.plumbing import RowCursor
 from mcdaemon.store.receipts import Receipts
-from mcdaemon.store.schema import CALL_BUCKET, TRANSITIONS, _quoted
+from mcdaemon.store.schema import (
+    CALL_BUCKET,
+    SENT_QUARTER,
+    SENT_WAIT_MS,
+    TRANSITIONS,
+    _quoted,
+)
 
 log = structlog.get_logger("mcdaemon.store")
 
@@ -56,9 +63,9 @@ class Booking:
 
 class SentText(NamedTuple):
     """The columns of a sent first text of a call of the report's window, as `report_texts`
-    reads them from the index `messages_callers` (its rows are plain rows of these columns:
-    a busy year streams a million and a half of them): what the texted callers are counted
-    by. What the texts are counted by (state, wait, quarter hour) `report_counts` counts."""
+    reads them from the index `messages_callers` (its rows are plain rows of these columns):
+    what a caller who replied, opted out or booked is counted by, per group and A/B arm.
+    What the texts and the other callers are counted by `report_counts` counts."""
 
     number: str  # its destination
     submitted_at: float
@@ -70,23 +77,33 @@ class SentText(NamedTuple):
 
 @dataclass(slots=True)
 class TextBatch:
-    """Sent first texts of whole callers, by number (`texts`, rows of `SentText`'s columns,
-    each caller's by time), and the texts to us (text, at) and opt-outs (at) since the window
-    began of those of the batch's numbers that have any, each by time."""
+    """Sent first texts of whole callers who replied, opted out or booked, by number
+    (`texts`, rows of `SentText`'s columns, each caller's by time), and the texts to us
+    (text, at) and opt-outs (at) since the window began of those of the batch's numbers
+    that have any, each by time."""
 
     texts: list[Any]
     inbound: dict[str, list[tuple[str, float]]]
     opt_outs: dict[str, list[float]]
 
 
-#: `SentText`'s columns, read in the order of the index `messages_callers`, which holds them
-#: all: the texts' rows are not read, their calls not joined, nothing is sorted (`NOT IN`:
-#: a condition on the state that no index can serve, so SQLite keeps reading by number)
+#: the sent first texts of the calls that ended in [?, ?]: each of the report's indexes of
+#: them (`messages_callers`, `messages_sent_waits`, `messages_sent_quarters`) holds all
+#: their columns it reads, so the texts' rows are not read (`NOT IN`: a condition on the
+#: state that no index can serve, so SQLite keeps reading in the index's order)
 _SENT_IN_WINDOW = ("FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
                    f" AND state NOT IN ({_UNSENT}) AND call_ended_at >= ?"
                    " AND call_ended_at <= ?")
+#: the numbers who texted us or opted out since ? (the window's start), and from ? on
+#: booked; their sent texts are read by number from `messages_callers`
+_ANSWERED = ("SELECT source FROM inbound WHERE at >= ? UNION SELECT e164 FROM opt_outs"
+             " WHERE at >= ?")
+_BOOKED = (" UNION SELECT m.destination FROM bookings AS b CROSS JOIN messages AS m"
+           " WHERE m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
+           " AND b.at >= ? AND b.call_id IS NOT NULL")
 _CALLER_TEXTS = ("SELECT destination, submitted_at, grp, {template}, variant, id"
-                 f" {_SENT_IN_WINDOW} ORDER BY destination{{order}}, submitted_at")
+                 f" {_SENT_IN_WINDOW} AND destination IN ({{answered}})"
+                 " ORDER BY destination{order}, submitted_at")
 #: the template of a store older than schema 11 (read as it is): its call's
 _CALL_TEMPLATE = ("(SELECT c.template FROM calls AS c WHERE c.pbx = messages.pbx"
                   " AND c.call_id = messages.call_id)")
@@ -100,15 +117,20 @@ def _total(column: str) -> str:
 class ReportQueries(Receipts):
     """What `mcdaemon report` reads: aggregates, and the texts a batch of callers at a time."""
 
-    async def report_counts(self, since: float, until: float) -> dict[str, list[Any]]:
+    async def report_counts(self, since: float, until: float,
+                            groups: Sequence[str | None] | None = None
+                            ) -> dict[str, list[Any]]:
         """The window's aggregates, as rows of plain values. Calls are those that ended in
         [since, until]; a group key is (decision_group, did, grp).
 
         `calls`: (key…, outcome, reason, textable, count, of them with a number); `unsent`:
         their first texts not sent (key…, state, count; a text's key is (its group, None,
-        None)); the sent ones (their callers come with `report_texts`) by `texts` (group,
-        template, variant, state, milliseconds from the call's end to the submit, count) and
-        `text_buckets` (quarter hour sent, group, count); `bookings`: attributed to missed
+        None)); the sent ones by `texts` (group, template, variant, state, milliseconds from
+        the call's end to the submit, count) and `text_buckets` (quarter hour sent, group,
+        count); their callers (distinct numbers) by `callers` (group, count), `arm_callers`
+        (group, template, variant, count; texts with a variant) and `all_callers` (count),
+        of the texts of `groups` only if given (None there: the texts without a group);
+        `bookings`: attributed to missed
         calls of the window since `since` (key…, count, value); `missed`: missed calls by
         quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of attributed
         bookings since `since`; `unattributed`: (count) of unattributed bookings in the
@@ -127,15 +149,7 @@ class ReportQueries(Receipts):
                         f" WHERE kind = 'first' AND state IN ({_UNSENT})"
                         " AND call_ended_at >= ? AND call_ended_at <= ?"
                         " GROUP BY grp, state", window)]}
-        template = await self._template_of_text()
-        whole = self._WHOLE
-        queries["texts"] = [  # one sort of the texts for both (a busy year: ~100,000 rows)
-            (f"SELECT grp, {template}, variant, state,"
-             f" {whole.format('(submitted_at - call_ended_at) * 1000')}, COUNT(*)"
-             f" {_SENT_IN_WINDOW} GROUP BY 1, 2, 3, 4, 5", window)]
-        queries["text_buckets"] = [
-            (f"SELECT {whole.format(f'submitted_at / {BUCKET}')}, grp, COUNT(*)"
-             f" {_SENT_IN_WINDOW} GROUP BY 1, 2", window)]
+        queries.update(await self._sent_text_queries(since, until, groups))
         if "call_counts" in tables:
             queries.update(self._call_count_queries(since, until))
         else:  # a store older than schema 12, read as it is: every call of the window
@@ -173,6 +187,39 @@ class ReportQueries(Receipts):
         receipts = await self.unmatched_receipts(since, until)
         counts["receipts_unmatched"] = [(receipts["unmatched"], receipts["ambiguous"])]
         return counts
+
+    async def _sent_text_queries(self, since: float, until: float,
+                                 groups: Sequence[str | None] | None
+                                 ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """`texts`, `text_buckets` and the texted callers' counts of [since, until]: each
+        a read of an index in its order (schema 13), not a sort of every text."""
+        template = await self._template_of_text()
+        whole, window = self._WHOLE, (since, until)
+        scope: str = ""
+        scoped: tuple[str, ...] = ()
+        if groups is not None:  # an expression of `grp`: read in number order still, not
+            # by an index of the group (then every caller of the group sorted)
+            scoped = tuple(sorted({group or "" for group in groups}))
+            scope = (f" AND COALESCE(grp, '') IN ({', '.join('?' * len(scoped))})"
+                     if scoped else " AND FALSE")
+        return {
+            "texts": [(f"SELECT grp, {template}, variant, state,"
+                       f" {whole.format(SENT_WAIT_MS)}, COUNT(*) {_SENT_IN_WINDOW}"
+                       " GROUP BY 1, 2, 3, 4, 5", window)],
+            "text_buckets": [(f"SELECT {whole.format(SENT_QUARTER)}, grp, COUNT(*)"
+                              f" {_SENT_IN_WINDOW} GROUP BY 1, 2", window)],
+            # a caller's texts are a run of `messages_callers`, ordered by group, template
+            # and variant within it: DISTINCT reads it without a sort
+            "callers": [("SELECT grp, COUNT(*) FROM (SELECT DISTINCT destination, grp"
+                         f" {_SENT_IN_WINDOW}{scope}) AS texted GROUP BY grp",
+                         window + scoped)],
+            "arm_callers": [(
+                "SELECT grp, template, variant, COUNT(*) FROM (SELECT DISTINCT destination,"
+                f" grp, {template} AS template, variant {_SENT_IN_WINDOW}{scope}"
+                " AND variant IS NOT NULL) AS texted GROUP BY grp, template, variant",
+                window + scoped)],
+            "all_callers": [(f"SELECT COUNT(DISTINCT destination) {_SENT_IN_WINDOW}{scope}",
+                             window + scoped)]}
 
     def _call_count_queries(self, since: float, until: float
                             ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
@@ -241,13 +288,18 @@ class ReportQueries(Receipts):
         return await self._read(lambda: self._dict_rows(sql, (since, until, limit, offset)))
 
     async def report_texts(self, since: float, until: float) -> AsyncIterator[TextBatch]:
-        """The sent first texts of the calls that ended in [since, until], by number, a
-        batch of whole callers at a time, with their texts to us and opt-outs: three queries
+        """The sent first texts of the calls that ended in [since, until] to the numbers
+        that texted us or opted out since `since`, or booked since then, by number, a batch
+        of whole callers at a time, with their texts to us and opt-outs: three queries
         ordered by number (the texts through the index `messages_callers`), merged as they
         are read, so only a batch of rows is held at once. The next batch of texts is read
         while this one is used."""
         order = self._BYTE_ORDER  # the numbers in the order Python compares them
-        sql = _CALLER_TEXTS.format(order=order, template=await self._template_of_text())
+        answered, params = _ANSWERED, [since, until, since, since]
+        if "bookings" in await self.tables():
+            answered, params = answered + _BOOKED, [*params, since]
+        sql = _CALLER_TEXTS.format(order=order, template=await self._template_of_text(),
+                                   answered=answered)
         async with self._streaming():
             inbound = _Rows(await self._cursor(
                 f"SELECT source, text, at FROM inbound WHERE at >= ?"
@@ -255,7 +307,7 @@ class ReportQueries(Receipts):
             opt_outs = _Rows(await self._cursor(
                 f"SELECT e164, at FROM opt_outs WHERE at >= ? ORDER BY e164{order}, at",
                 (since,)))
-            texts = await self._cursor(sql, (since, until))
+            texts = await self._cursor(sql, params)
             held: list[Any] = []  # the last number's texts, which may go on in the next rows
             rows = await texts.fetch(_FETCH)
             while True:

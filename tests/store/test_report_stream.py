@@ -1,7 +1,8 @@
-"""`report_texts` streams the sent first texts by number, a batch of whole callers at a
-time, with the replies and opt-outs of the batch's callers, merged from three queries read a
-batch at a time. On both backends, with batches of two rows, so every merge crosses batch
-boundaries (PostgreSQL: cursors of one transaction)."""
+"""`report_texts` streams the sent first texts of the callers who texted us, opted out or
+booked, by number, a batch of whole callers at a time, with the replies and opt-outs of the
+batch's callers, merged from three queries read a batch at a time; `report_counts` counts
+the sent texts and all their callers. On both backends, with batches of two rows, so every
+merge crosses batch boundaries (PostgreSQL: cursors of one transaction)."""
 
 from __future__ import annotations
 
@@ -27,17 +28,19 @@ async def texted(store: Store | PgStore, call_id: str, caller: str, at: float) -
     await store.mark_submitted(claimed.id, [f"{call_id}-1"], at + 2)
 
 
-async def test_each_texted_caller_comes_once_with_their_replies_across_batches(
+async def test_each_caller_who_answered_comes_once_with_their_replies_across_batches(
         store: Store | PgStore) -> None:
-    callers = [f"+4477009001{n:02d}" for n in range(7)]
+    callers = [f"+4477009001{n:02d}" for n in range(9)]
     for n, caller in enumerate(callers):
         await texted(store, f"a{n}", caller, T0 + n)
         if n % 2 == 0:
             await texted(store, f"b{n}", caller, T0 + 600 + n)  # a second call, texted too
-    for n, caller in enumerate(callers):
+    for n, caller in enumerate(callers[:7]):
         if n != 3:
             await store.add_inbound(caller, "lab", f"hi {n}", T0 + 60 + n)
             await store.add_inbound(caller, "lab", f"again {n}", T0 + 120 + n)
+    await store.add_booking(callers[7], 90.0, T0 + 900)  # booked, never wrote: comes too
+    # callers[3] and callers[8] neither wrote nor booked: counted, not streamed
     await store.add_inbound("+447700900000", "lab", "never texted", T0 + 60)  # sorts first
     await store.add_inbound("+447700900999", "lab", "never texted", T0 + 60)  # sorts last
     await store.opt_out(callers[4], "STOP", T0 + 300)
@@ -52,12 +55,12 @@ async def test_each_texted_caller_comes_once_with_their_replies_across_batches(
             row[0] for other in batches if other is not batch for row in other.texts}
     texts = {caller: [tuple(row) for batch in batches for row in batch.texts
                       if row[0] == caller] for caller in callers}
-    assert [len(texts[caller]) for caller in callers] == [2, 1, 2, 1, 2, 1, 2]
+    assert [len(texts[caller]) for caller in callers] == [2, 1, 2, 0, 2, 1, 2, 1, 0]
     first = texts[callers[0]][0]
     assert first[1:] == (T0 + 2, "sales", "queue_abandon", None, first[5])
     inbound = {number: found for batch in batches for number, found in batch.inbound.items()}
     assert inbound == {caller: [(f"hi {n}", T0 + 60 + n), (f"again {n}", T0 + 120 + n)]
-                       for n, caller in enumerate(callers) if n != 3}
+                       for n, caller in enumerate(callers[:7]) if n != 3}
     # numbers never texted are read past, not handed on with a batch of texts
     opt_outs = {number: found for batch in batches for number, found in batch.opt_outs.items()}
     assert opt_outs == {callers[4]: [T0 + 300]}
@@ -81,11 +84,59 @@ async def test_texts_not_sent_and_calls_outside_the_window_are_left_out(
     batches = [batch async for batch in store.report_texts(T0 - 1, T0 + 3600)]
     counts = await store.report_counts(T0 - 1, T0 + 3600)
 
-    assert [row[0] for batch in batches for row in batch.texts] == ["+447700900101"]
+    assert [row[0] for batch in batches for row in batch.texts] == []  # none answered
     # the same texts counted: by state, by wait to the millisecond, by quarter hour sent
     assert [tuple(row) for row in counts["texts"]] == [
         ("sales", "queue_abandon", None, "submitted", 2000, 1)]
     assert [tuple(row) for row in counts["text_buckets"]] == [(int((T0 + 2) // 900), "sales", 1)]
+    assert [tuple(row) for row in counts["callers"]] == [("sales", 1)]
+    assert [tuple(row) for row in counts["all_callers"]] == [(1,)]
+    assert counts["arm_callers"] == []  # texts without an A/B variant
+
+
+async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
+        store: Store | PgStore) -> None:
+    """A caller texted often counts once in each group and arm it was texted in; a caller
+    texted by two groups counts once overall; `groups` counts only their texts' callers."""
+    plan = [("+447700900301", "sales", "a"), ("+447700900301", "sales", "a"),
+            ("+447700900301", "sales", "b"), ("+447700900301", "support", None),
+            ("+447700900302", "sales", "a"), ("+447700900303", "support", None),
+            ("+447700900303", "support", None), ("+447700900304", None, None)]
+    for n, (caller, group, variant) in enumerate(plan):
+        at = T0 + 60 * n
+        record = CallRecord(pbx="lab", call_id=f"c{n}", caller=caller.lstrip("+"),
+                            caller_name=None, caller_e164=caller, did=None, group=group,
+                            outcome=Outcome.QUEUE_ABANDON, stages=("queue",),
+                            started=at - 30, ended=at, wait_seconds=20.0)
+        await store.record_call(record, Decision(
+            text=True, reason="sent", group=group, body="Sorry.", template="queue_abandon",
+            variant=variant, destination=caller), now=at, destination=caller)
+        [claimed] = await store.claim_due(at, 1)
+        await store.mark_submitted(claimed.id, [f"c{n}-1"], at + 1)
+
+    counts = await store.report_counts(T0 - 1, T0 + 3600)
+    scoped = await store.report_counts(T0 - 1, T0 + 3600, ["support", None])
+    nothing = await store.report_counts(T0 - 1, T0 + 3600, [])
+
+    def rows(found: dict[str, list[tuple[object, ...]]], name: str) -> set[tuple[object, ...]]:
+        return {tuple(row) for row in found[name]}
+
+    assert rows(counts, "callers") == {("sales", 2), ("support", 2), (None, 1)}
+    assert rows(counts, "arm_callers") == {("sales", "queue_abandon", "a", 2),
+                                           ("sales", "queue_abandon", "b", 1)}
+    assert rows(counts, "all_callers") == {(4,)}
+    assert rows(scoped, "callers") == {("support", 2), (None, 1)}
+    assert rows(scoped, "all_callers") == {(3,)}
+    assert rows(nothing, "all_callers") == {(0,)} and rows(nothing, "callers") == set()
+    # the texts themselves are counted whatever `groups` says
+    assert sum(row[-1] for row in scoped["texts"]) == len(plan)
+
+
+def undo_migration_13(db: sqlite3.Connection) -> None:
+    """Schema 13 back to 12: the texts' expression indexes go (`messages_callers`, which it
+    rebuilt, is put back by the caller)."""
+    db.execute("DROP INDEX messages_sent_waits")
+    db.execute("DROP INDEX messages_sent_quarters")
 
 
 def undo_migration_12(db: sqlite3.Connection) -> None:
@@ -113,12 +164,14 @@ async def test_sqlite_store_of_schema_10_is_read_as_it_is_then_its_texts_get_the
             variant=variant, destination=caller), now=T0, destination=caller)
     for claimed in await store.claim_due(T0, 10):
         await store.mark_submitted(claimed.id, [f"id-{claimed.id}"], T0 + 1)
+        await store.add_inbound(claimed.destination, "lab", "thanks", T0 + 30)
     expected = [("+447700900200", "queue_abandon", "short"),
                 ("+447700900201", "voicemail", "control"),
                 ("+447700900202", "voicemail", None)]
     assert await texts_of(store) == expected
     await store.close()
     old = sqlite3.connect(db_path)  # back to schema 10, as an older mcdaemon left it
+    undo_migration_13(old)
     undo_migration_12(old)
     replaced = {"calls_groups"}
     for statement in migration_steps(10, "sqlite"):  # migration 11's indexes undone

@@ -188,17 +188,46 @@ async def test_sqlite_plan_check_finds_a_scan_of_the_history(store: Store) -> No
     assert len(found) == 2 and all(line.startswith("SCAN messages") for line in found)
 
 
-async def test_sqlite_plan_report_texts_read_one_covering_index_in_number_order(
+async def test_sqlite_plan_report_texts_read_the_texts_of_the_callers_who_answered_by_number(
         store: Store) -> None:
-    """A year of texts streams for the report without a sort, a join or a row read."""
+    """The texts of the callers who wrote, opted out or booked are searched by their
+    numbers in one covering index: no scan of every text, no row read."""
+    await store.add_booking(CALLER, 40.0, T0 + 60)
+
     async def stream() -> None:
         async for _ in store.report_texts(T0 - 1, T0 + 3600):
             pass
 
     plans = await plans_of(store, stream)
 
-    [texts] = [plan for sql, plan in plans.items() if "submitted_at IS NOT NULL" in sql]
-    assert texts == "SCAN messages USING COVERING INDEX messages_callers"
+    [texts] = [plan.splitlines() for sql, plan in plans.items()
+               if "submitted_at IS NOT NULL" in sql]
+    assert texts[0] == "SEARCH messages USING COVERING INDEX messages_callers (destination=?)"
+    assert "SEARCH b USING INDEX bookings_at (at>?)" in texts
+    assert not [step for step in texts if step.startswith("SCAN messages")], texts
+
+
+@pytest.mark.parametrize("groups", [None, ["sales"], ["sales", None]])
+async def test_sqlite_plan_report_counts_the_sent_texts_from_indexes_in_their_order(
+        store: Store, groups: list[str | None] | None) -> None:
+    """The texts by state and wait, by quarter hour, and their distinct callers are read
+    from indexes that hold them in the order counted: no sort of every text (the callers'
+    counts sort only the distinct callers, by group), a --group's too."""
+    plans = await plans_of(store, lambda: store.report_counts(T0 - 365 * 86400, T0 + 60,
+                                                              groups))
+
+    sent = {sql: plan.splitlines() for sql, plan in plans.items()
+            if "submitted_at IS NOT NULL" in sql and "state IN" not in sql}
+    assert len(sent) == 5, sent
+    [waits] = [plan for sql, plan in sent.items() if "submitted_at - call_ended_at" in sql]
+    [quarters] = [plan for sql, plan in sent.items() if "submitted_at / 900" in sql]
+    assert waits == ["SCAN messages USING COVERING INDEX messages_sent_waits"]
+    assert quarters == ["SCAN messages USING COVERING INDEX messages_sent_quarters"]
+    callers = [plan for sql, plan in sent.items() if "DISTINCT" in sql]
+    assert len(callers) == 3
+    for plan in callers:
+        assert "SCAN messages USING COVERING INDEX messages_callers" in plan, plan
+        assert "USE TEMP B-TREE FOR DISTINCT" not in plan, plan
 
 
 async def test_sqlite_plan_report_counts_calls_from_their_counts_not_from_every_call(
