@@ -511,10 +511,11 @@ class ReportBuilder:
         self._arms: dict[tuple[str, str, str], _ArmCounts] = defaultdict(_ArmCounts)
         self._missed_days: dict[dt.date, int] = defaultdict(int)
         #: the sent texts, counted as the store names their group (`SentText.group`),
-        #: mapped to the report's groups when it is made: texts by (group, template,
-        #: variant, state), by (group, wait_ms), by quarter hour sent; their callers by
-        #: group, by (group, template, variant), and overall (all `add_counts`)
-        self._texts: Counter[tuple[Any, Any, Any, str]] = Counter()
+        #: mapped to the report's groups when it is made: texts, of them delivered, and
+        #: their callers by (group, template, variant), texts by (group, wait_ms) and by
+        #: quarter hour sent; their callers by group, and overall (all `add_counts`)
+        self._texts: Counter[tuple[Any, Any, Any]] = Counter()
+        self._delivered: Counter[tuple[Any, Any, Any]] = Counter()
         self._waits: Counter[tuple[Any, Any]] = Counter()
         self._text_buckets: Counter[int] = Counter()
         self._callers: Counter[Any] = Counter()
@@ -598,9 +599,13 @@ class ReportBuilder:
             if self._in_scope(self.group_of(*key)):
                 self._missed_days[self._day(float(bucket) * BUCKET)] += count
         # the sent texts, as the store names their group (`_count_texts` maps it)
-        for decided_by, template, variant, state, wait_ms, count in counts.get("texts", []):
+        for decided_by, template, variant, sent, delivered, callers in counts.get("texts", []):
             if self._in_scope(self._text_group(decided_by)):
-                self._texts[(decided_by, template, variant, state)] += count
+                self._texts[(decided_by, template, variant)] += sent
+                self._delivered[(decided_by, template, variant)] += delivered
+                self._arm_callers[(decided_by, template, variant)] += callers
+        for decided_by, wait_ms, count in counts.get("waits", []):
+            if self._in_scope(self._text_group(decided_by)):
                 self._waits[(decided_by, wait_ms)] += count
         for bucket, decided_by, count in counts.get("text_buckets", []):
             if self._in_scope(self._text_group(decided_by)):
@@ -608,9 +613,6 @@ class ReportBuilder:
         for decided_by, callers in counts.get("callers", []):
             if self._in_scope(self._text_group(decided_by)):
                 self._callers[decided_by] += callers
-        for decided_by, template, variant, callers in counts.get("arm_callers", []):
-            if self._in_scope(self._text_group(decided_by)):
-                self._arm_callers[(decided_by, template, variant)] += callers
         [(overall_callers,)] = counts.get("all_callers") or [(0,)]
         self._overall_callers = int(overall_callers or 0)
 
@@ -707,11 +709,12 @@ class ReportBuilder:
             return
         self._counted = True
         overall, scopes, group_of = self._overall, self._scopes, self._text_group
-        for (decided_by, template, variant, state), count in self._texts.items():
+        for (decided_by, template, variant), count in self._texts.items():
             group = group_of(decided_by)
+            delivered = self._delivered[(decided_by, template, variant)]
             for counted in (overall, scopes[group]):
                 counted.sent += count
-                counted.delivered += count if state == "delivered" else 0
+                counted.delivered += delivered
             if variant is not None:
                 self._arms[(group, str(template or "-"), variant)].texts += count
         for (decided_by, wait_ms), count in self._waits.items():

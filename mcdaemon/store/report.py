@@ -41,6 +41,7 @@ _SENT_STATES = frozenset({"submitted", "delivered", "undeliverable", "unknown"})
 _UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 _NUMBER = itemgetter(0)
+_DELIVERED = "CASE WHEN state = 'delivered' THEN 1 ELSE 0 END"
 #: `report_counts`' quarter hours: every time zone's midnight falls on one
 BUCKET = CALL_BUCKET
 #: rows fetched at a time from a streamed query
@@ -125,11 +126,11 @@ class ReportQueries(Receipts):
 
         `calls`: (key…, outcome, reason, textable, count, of them with a number); `unsent`:
         their first texts not sent (key…, state, count; a text's key is (its group, None,
-        None)); the sent ones by `texts` (group, template, variant, state, milliseconds from
-        the call's end to the submit, count) and `text_buckets` (quarter hour sent, group,
-        count); their callers (distinct numbers) by `callers` (group, count), `arm_callers`
-        (group, template, variant, count; texts with a variant) and `all_callers` (count),
-        of the texts of `groups` only if given (None there: the texts without a group);
+        None)); the sent ones by `texts` (group, template, variant, count, of them
+        delivered, their callers: distinct numbers), `waits` (group, milliseconds from the
+        call's end to the submit, count) and `text_buckets` (quarter hour sent, group,
+        count); their callers by `callers` (group, count) and `all_callers` (count: of the
+        texts of `groups` only, if given; None there: the texts without a group);
         `bookings`: attributed to missed
         calls of the window since `since` (key…, count, value); `missed`: missed calls by
         quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of attributed
@@ -191,8 +192,8 @@ class ReportQueries(Receipts):
     async def _sent_text_queries(self, since: float, until: float,
                                  groups: Sequence[str | None] | None
                                  ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
-        """`texts`, `text_buckets` and the texted callers' counts of [since, until]: each
-        a read of an index in its order (schema 13), not a sort of every text."""
+        """`texts`, `waits`, `text_buckets` and the texted callers' counts of [since,
+        until]: each a read of an index in its order (schema 13), not a sort of every text."""
         template = await self._template_of_text()
         whole, window = self._WHOLE, (since, until)
         scope: str = ""
@@ -203,23 +204,19 @@ class ReportQueries(Receipts):
             scope = (f" AND COALESCE(grp, '') IN ({', '.join('?' * len(scoped))})"
                      if scoped else " AND FALSE")
         return {
-            "texts": [(f"SELECT grp, {template}, variant, state,"
-                       f" {whole.format(SENT_WAIT_MS)}, COUNT(*) {_SENT_IN_WINDOW}"
-                       " GROUP BY 1, 2, 3, 4, 5", window)],
+            "texts": [(f"SELECT grp, {template}, variant, COUNT(*),"
+                       f" {_total(_DELIVERED)}, COUNT(DISTINCT destination) {_SENT_IN_WINDOW}"
+                       " GROUP BY 1, 2, 3", window)],
+            "waits": [(f"SELECT grp, {whole.format(SENT_WAIT_MS)}, COUNT(*) {_SENT_IN_WINDOW}"
+                       " GROUP BY 1, 2", window)],
             "text_buckets": [(f"SELECT {whole.format(SENT_QUARTER)}, grp, COUNT(*)"
                               f" {_SENT_IN_WINDOW} GROUP BY 1, 2", window)],
-            # a caller's texts are a run of `messages_callers`, ordered by group, template
-            # and variant within it: DISTINCT reads it without a sort
+            # a caller's texts are a run of `messages_callers`, by group within it: DISTINCT
+            # reads it without a sort
             "callers": [("SELECT grp, COUNT(*) FROM (SELECT DISTINCT destination, grp"
-                         f" {_SENT_IN_WINDOW}{scope}) AS texted GROUP BY grp",
-                         window + scoped)],
-            "arm_callers": [(
-                "SELECT grp, template, variant, COUNT(*) FROM (SELECT DISTINCT destination,"
-                f" grp, {template} AS template, variant {_SENT_IN_WINDOW}{scope}"
-                " AND variant IS NOT NULL) AS texted GROUP BY grp, template, variant",
-                window + scoped)],
-            "all_callers": [(f"SELECT COUNT(DISTINCT destination) {_SENT_IN_WINDOW}{scope}",
-                             window + scoped)]}
+                         f" {_SENT_IN_WINDOW}) AS texted GROUP BY grp", window)],
+            "all_callers": [("SELECT COUNT(*) FROM (SELECT DISTINCT destination"
+                             f" {_SENT_IN_WINDOW}{scope}) AS texted", window + scoped)]}
 
     def _call_count_queries(self, since: float, until: float
                             ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:

@@ -402,16 +402,23 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
     ),
     # 13: the report's sent texts counted from indexes in the order it counts them, not by
     # sorts of every text (a busy year: 1.4 million): by number, group, template and
-    # variant (`messages_callers`: its texted callers per group and A/B arm are distinct
-    # runs of it); SQLite's by group, template, variant, state and wait, and by quarter hour
-    # sent, as indexes of those expressions (PostgreSQL counts them by hashing, unsorted)
+    # variant (`messages_callers`: its callers per group are distinct runs of it, and the
+    # texts of those who answered are found by number); SQLite's by group, template and
+    # variant (`messages_sent_arms`: the texts and the callers of an A/B arm are runs of
+    # it), and by group and wait and by quarter hour sent, as indexes of those expressions
+    # (PostgreSQL counts by hashing, unsorted); and the call-back campaigns opened in the
+    # report's window by time, not by a scan of them all
     (
+        "CREATE INDEX campaigns_created ON campaigns (created_at)",
         "DROP INDEX messages_callers",
         "CREATE INDEX messages_callers ON messages (destination, grp, template, variant,"
         f" submitted_at, state, call_ended_at, kind) WHERE {_SENT_FIRST}",
-        Dialects("CREATE INDEX messages_sent_waits ON messages (grp, template, variant, state,"
-                 f" CAST({SENT_WAIT_MS} AS INTEGER), call_ended_at, submitted_at, kind)"
+        Dialects("CREATE INDEX messages_sent_arms ON messages (grp, template, variant,"
+                 " destination, state, call_ended_at, submitted_at, kind)"
                  f" WHERE {_SENT_FIRST}", ""),
+        Dialects(f"CREATE INDEX messages_sent_waits ON messages (grp, CAST({SENT_WAIT_MS} AS"
+                 f" INTEGER), state, call_ended_at, submitted_at, kind) WHERE {_SENT_FIRST}",
+                 ""),
         Dialects(f"CREATE INDEX messages_sent_quarters ON messages (CAST({SENT_QUARTER} AS"
                  f" INTEGER), grp, state, call_ended_at, submitted_at, kind) WHERE {_SENT_FIRST}",
                  ""),

@@ -85,13 +85,13 @@ async def test_texts_not_sent_and_calls_outside_the_window_are_left_out(
     counts = await store.report_counts(T0 - 1, T0 + 3600)
 
     assert [row[0] for batch in batches for row in batch.texts] == []  # none answered
-    # the same texts counted: by state, by wait to the millisecond, by quarter hour sent
-    assert [tuple(row) for row in counts["texts"]] == [
-        ("sales", "queue_abandon", None, "submitted", 2000, 1)]
+    # the same texts counted: by arm (none delivered, one caller), by wait to the
+    # millisecond, by quarter hour sent
+    assert [tuple(row) for row in counts["texts"]] == [("sales", "queue_abandon", None, 1, 0, 1)]
+    assert [tuple(row) for row in counts["waits"]] == [("sales", 2000, 1)]
     assert [tuple(row) for row in counts["text_buckets"]] == [(int((T0 + 2) // 900), "sales", 1)]
     assert [tuple(row) for row in counts["callers"]] == [("sales", 1)]
     assert [tuple(row) for row in counts["all_callers"]] == [(1,)]
-    assert counts["arm_callers"] == []  # texts without an A/B variant
 
 
 async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
@@ -113,6 +113,7 @@ async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
             variant=variant, destination=caller), now=at, destination=caller)
         [claimed] = await store.claim_due(at, 1)
         await store.mark_submitted(claimed.id, [f"c{n}-1"], at + 1)
+    await store.apply_receipt("c0-1", "DELIVRD", None, T0 + 5)
 
     counts = await store.report_counts(T0 - 1, T0 + 3600)
     scoped = await store.report_counts(T0 - 1, T0 + 3600, ["support", None])
@@ -121,22 +122,27 @@ async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
     def rows(found: dict[str, list[tuple[object, ...]]], name: str) -> set[tuple[object, ...]]:
         return {tuple(row) for row in found[name]}
 
+    # (group, template, variant, texts, of them delivered, callers)
+    assert rows(counts, "texts") == {("sales", "queue_abandon", "a", 3, 1, 2),
+                                     ("sales", "queue_abandon", "b", 1, 0, 1),
+                                     ("support", "queue_abandon", None, 3, 0, 2),
+                                     (None, "queue_abandon", None, 1, 0, 1)}
     assert rows(counts, "callers") == {("sales", 2), ("support", 2), (None, 1)}
-    assert rows(counts, "arm_callers") == {("sales", "queue_abandon", "a", 2),
-                                           ("sales", "queue_abandon", "b", 1)}
     assert rows(counts, "all_callers") == {(4,)}
-    assert rows(scoped, "callers") == {("support", 2), (None, 1)}
     assert rows(scoped, "all_callers") == {(3,)}
-    assert rows(nothing, "all_callers") == {(0,)} and rows(nothing, "callers") == set()
-    # the texts themselves are counted whatever `groups` says
-    assert sum(row[-1] for row in scoped["texts"]) == len(plan)
+    assert rows(nothing, "all_callers") == {(0,)}
+    # the texts and the callers per group are counted whatever `groups` says
+    for found in (scoped, nothing):
+        assert rows(found, "texts") == rows(counts, "texts")
+        assert rows(found, "callers") == rows(counts, "callers")
 
 
 def undo_migration_13(db: sqlite3.Connection) -> None:
-    """Schema 13 back to 12: the texts' expression indexes go (`messages_callers`, which it
-    rebuilt, is put back by the caller)."""
-    db.execute("DROP INDEX messages_sent_waits")
-    db.execute("DROP INDEX messages_sent_quarters")
+    """Schema 13 back to 12: its new indexes go (`messages_callers`, which it rebuilt, is
+    put back by the caller)."""
+    for index in ("messages_sent_arms", "messages_sent_waits", "messages_sent_quarters",
+                  "campaigns_created"):
+        db.execute(f"DROP INDEX {index}")
 
 
 def undo_migration_12(db: sqlite3.Connection) -> None:
@@ -192,9 +198,8 @@ async def test_sqlite_store_of_schema_10_is_read_as_it_is_then_its_texts_get_the
         assert await texts_of(readonly) == expected
         counted = (await readonly.report_counts(T0 - 1, T0 + 60))["texts"]
         assert {tuple(row) for row in counted} == {
-            ("sales", "queue_abandon", "short", "submitted", 1000, 1),
-            ("sales", "voicemail", None, "submitted", 1000, 1),
-            ("sales", "voicemail", "control", "submitted", 1000, 1)}
+            ("sales", "queue_abandon", "short", 1, 0, 1), ("sales", "voicemail", None, 1, 0, 1),
+            ("sales", "voicemail", "control", 1, 0, 1)}
     finally:
         await readonly.close()
     migrated = await Store.open(db_path)

@@ -210,24 +210,30 @@ async def test_sqlite_plan_report_texts_read_the_texts_of_the_callers_who_answer
 @pytest.mark.parametrize("groups", [None, ["sales"], ["sales", None]])
 async def test_sqlite_plan_report_counts_the_sent_texts_from_indexes_in_their_order(
         store: Store, groups: list[str | None] | None) -> None:
-    """The texts by state and wait, by quarter hour, and their distinct callers are read
-    from indexes that hold them in the order counted: no sort of every text (the callers'
-    counts sort only the distinct callers, by group), a --group's too."""
+    """The texts and their callers by A/B arm, by wait, by quarter hour, and their callers
+    by group and overall are read from indexes that hold them in the order counted: no
+    sort of every text (the callers per group sort only the distinct callers), a --group's
+    too."""
     plans = await plans_of(store, lambda: store.report_counts(T0 - 365 * 86400, T0 + 60,
                                                               groups))
 
     sent = {sql: plan.splitlines() for sql, plan in plans.items()
             if "submitted_at IS NOT NULL" in sql and "state IN" not in sql}
     assert len(sent) == 5, sent
+    [arms] = [plan for sql, plan in sent.items() if "GROUP BY 1, 2, 3" in sql]
     [waits] = [plan for sql, plan in sent.items() if "submitted_at - call_ended_at" in sql]
     [quarters] = [plan for sql, plan in sent.items() if "submitted_at / 900" in sql]
+    assert arms[0] == "SCAN messages USING COVERING INDEX messages_sent_arms", arms
+    assert not [step for step in arms if "GROUP BY" in step], arms
     assert waits == ["SCAN messages USING COVERING INDEX messages_sent_waits"]
     assert quarters == ["SCAN messages USING COVERING INDEX messages_sent_quarters"]
-    callers = [plan for sql, plan in sent.items() if "DISTINCT" in sql]
-    assert len(callers) == 3
+    callers = [plan for sql, plan in sent.items() if "(SELECT DISTINCT destination" in sql]
+    assert len(callers) == 2
     for plan in callers:
         assert "SCAN messages USING COVERING INDEX messages_callers" in plan, plan
         assert "USE TEMP B-TREE FOR DISTINCT" not in plan, plan
+    [campaigns] = [plan for sql, plan in plans.items() if "FROM campaigns" in sql]
+    assert campaigns.startswith("SEARCH campaigns USING INDEX campaigns_created"), campaigns
 
 
 async def test_sqlite_plan_report_counts_calls_from_their_counts_not_from_every_call(
