@@ -44,19 +44,19 @@ async def read_report(store: ReportStore, config: Config, *, since: float, until
     at a time and its aggregates, through `ReportBuilder` (memory: counts, not rows).
 
     With `aggregates`, a second connection to the same store, the aggregates are read on it
-    while the texts stream: the database counts while Python follows the callers who
-    answered."""
+    from the start, while the booked texts, the recent calls and the texts of the callers
+    who answered are read on the first: the database counts while Python follows them."""
     builder = ReportBuilder(config, since=since, until=until, group=group)
-    builder.add_booked(await store.report_booked(since))
-    offset = 0
-    while True:
-        page = await store.report_recent(since, until, 200, offset)
-        if not builder.add_recent(page, recent) or len(page) < 200:
-            break
-        offset += len(page)
     counting = None if aggregates is None else asyncio.ensure_future(
         aggregates.report_counts(since, until, builder.text_groups()))
     try:
+        builder.add_booked(await store.report_booked(since))
+        offset = 0
+        while True:
+            page = await store.report_recent(since, until, 200, offset)
+            if not builder.add_recent(page, recent) or len(page) < 200:
+                break
+            offset += len(page)
         async for batch in store.report_texts(since, until):
             builder.add_texts(batch)
         builder.add_counts(await (store.report_counts(since, until, builder.text_groups())
