@@ -2,9 +2,9 @@
 
 `ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`), the
 latest missed calls (`report_recent`), the booked texts (`report_booked`) and the sent texts
-by number, a batch of whole callers at a time (`report_texts`) in, a `Report` out, holding
-counts, not rows (a year of a busy PBX in 65 MB); `commands/report.read_report` feeds it from
-read-only connections. `as_json`, `as_csv` and
+of the callers who answered by number, a batch of whole callers at a time (`report_texts`)
+in, a `Report` out, holding counts, not rows (a year of a busy PBX in 67 MB);
+`commands/report.read_report` feeds it from read-only connections. `as_json`, `as_csv` and
 `as_table` print the report and `report.html` draws it. The README's "KPI report" section is
 the user's version of these definitions; keep both in step.
 
@@ -490,10 +490,10 @@ class _ArmCounts:
 
 
 class ReportBuilder:
-    """The report, built from the store's aggregates and its texts a batch of callers at a
-    time (`Store.report_counts`, `report_recent`, `report_booked`, `report_texts`): what it
-    holds is counts per
-    scope, quarter hour and A/B arm, and the times to first text to the millisecond.
+    """The report, built from the store's aggregates and the texts of the callers who
+    answered a batch of callers at a time (`Store.report_counts`, `report_recent`,
+    `report_booked`, `report_texts`): what it holds is counts per scope, quarter hour and
+    A/B arm, and the times to first text to the millisecond.
 
     Feed it `add_booked` and `add_recent`, then every `add_texts`, and `add_counts` (before
     or after the texts); `report()` is the result. `commands/report.read_report` does that

@@ -17,6 +17,7 @@ from mcdaemon.core.transcript import read_transcript
 from mcdaemon.sim.amiserver import AmiTestServer
 from mcdaemon.sim.smsc import TestSmsc
 from mcdaemon.sim.variants import with_callers
+from mcdaemon.store import StoreError
 
 from e2e.harness import (
     AMI_SECRET,
@@ -69,10 +70,11 @@ async def test_two_daemons_share_the_accounts_throughput_and_one_left_takes_it_a
         beta, beta_task = await run_service(configs[1])
         try:
             async def alive() -> int:
-                if not Path(store["path"]).exists():
+                try:  # the file exists a moment before the first daemon writes its schema
+                    return len((await gather_status(load_config(configs[0]), time.time()))
+                               ["daemons"])
+                except StoreError:
                     return 0
-                return len((await gather_status(load_config(configs[0]), time.time()))
-                           ["daemons"])
 
             deadline = time.monotonic() + 10
             while await alive() < 2:
