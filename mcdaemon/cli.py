@@ -362,9 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
             ("info", "size on disk, rows and the oldest and newest of each table, what "
                      "retention removes next; reads the store only"),
-            ("compact", "give the space retention freed back to the file system (a SQLite "
-                        "store made before retention: once, with the daemon stopped; "
-                        "PostgreSQL: a VACUUM beside the daemons)")):
+            ("compact", "give the space retention freed back to the file system (SQLite: "
+                        "with the daemon stopped the file is rewritten, its indexes in "
+                        "order; beside it, in steps; PostgreSQL: a VACUUM beside the "
+                        "daemons)")):
         sub = store_commands.add_parser(name, help=help_text, description=help_text)
         _config_option(sub)
         _log_options(sub)

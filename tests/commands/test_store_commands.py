@@ -165,6 +165,41 @@ async def test_compact_converts_an_old_sqlite_store_only_while_the_daemon_is_sto
 
 
 @pytest.mark.postgres
+async def test_compact_gives_space_back_in_steps_beside_the_daemon_and_rewrites_once_stopped(
+        tmp_path: Path) -> None:
+    """A store that releases space as it goes: beside the running daemon `compact` releases
+    what is freed, in steps; with the daemon stopped it rewrites the file, which lays every
+    index out in order (a year's report read cold: 12 s against 27 s)."""
+    path = tmp_path / "mcdaemon.db"
+    daemon = DaemonBeat(process_id(), process_id())  # this process: it runs
+    store = await Store.open(str(path))
+    try:
+        await add_calls(store, 400, time.time() - DAY)
+        await store.set_status(daemon.row, daemon.value(), time.time())
+    finally:
+        await store.close()
+    config = config_for(path)
+
+    beside = io.StringIO()
+    assert await compact(config, beside) == 0
+    stopped = await Store.open(str(path))
+    try:
+        await stopped.clear_status(daemon.row)
+    finally:
+        await stopped.close()
+    rewritten = io.StringIO()
+    assert await compact(config, rewritten) == 0
+
+    assert "rewriting" not in beside.getvalue() and "store compacted" in beside.getvalue()
+    assert "rewriting" in rewritten.getvalue()
+    again = await Store.open(str(path))
+    try:
+        assert (await again.space())["releases_space"] is True
+        assert await again.count_calls() == 400
+    finally:
+        await again.close()
+
+
 async def test_info_and_compact_of_a_postgresql_store(pg_url: str) -> None:
     now = time.time()
     store = await PgStore.open(pg_url)
