@@ -2,8 +2,8 @@
 
 The report never holds the window's rows: the store aggregates (`report_counts`: calls and
 bookings by group key, missed calls by quarter hour, the calls from the counts the database
-keeps as they are recorded; the texts by state, wait and quarter hour sent and their
-callers per group and A/B arm, each from an index in the order it counts them), and
+keeps as they are recorded; the sent texts by A/B arm, wait and quarter hour sent and
+their callers per group and arm, each from an index in the order it counts them), and
 streams the sent texts of the callers who replied, opted out or booked, by number, with
 their replies and opt-outs (`report_texts`: a batch of whole callers at a time, merged
 from three queries ordered by number), which `report.kpis` looks at one by one. The two
@@ -89,19 +89,23 @@ class TextBatch:
 
 
 #: the sent first texts of the calls that ended in [?, ?]: each of the report's indexes of
-#: them (`messages_callers`, `messages_sent_waits`, `messages_sent_quarters`) holds all
-#: their columns it reads, so the texts' rows are not read (`NOT IN`: a condition on the
-#: state that no index can serve, so SQLite keeps reading in the index's order)
+#: them (`messages_callers`, `messages_sent_arms`, `messages_sent_waits`,
+#: `messages_sent_quarters`) holds all their columns it reads, so the texts' rows are not
+#: read (`NOT IN`: a condition on the state that no index can serve, so SQLite keeps
+#: reading in the index's order)
 _SENT_IN_WINDOW = ("FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
                    f" AND state NOT IN ({_UNSENT}) AND call_ended_at >= ?"
                    " AND call_ended_at <= ?")
-#: the numbers who texted us or opted out since ? (the window's start), and from ? on
-#: booked; their sent texts are read by number from `messages_callers`
+#: the first texts of the calls with a booking since ?: from the bookings to their texts
+#: (`CROSS JOIN`: not a walk of every text)
+_BOOKED_TEXTS = ("FROM bookings AS b CROSS JOIN messages AS m WHERE m.pbx = b.pbx"
+                 " AND m.call_id = b.call_id AND m.kind = 'first' AND b.at >= ?"
+                 " AND b.call_id IS NOT NULL")
+#: the numbers who texted us or opted out since ? (the window's start), and (`_BOOKED`)
+#: booked since ?; their sent texts are read by number from `messages_callers`
 _ANSWERED = ("SELECT source FROM inbound WHERE at >= ? UNION SELECT e164 FROM opt_outs"
              " WHERE at >= ?")
-_BOOKED = (" UNION SELECT m.destination FROM bookings AS b CROSS JOIN messages AS m"
-           " WHERE m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
-           " AND b.at >= ? AND b.call_id IS NOT NULL")
+_BOOKED = f" UNION SELECT m.destination {_BOOKED_TEXTS}"
 _CALLER_TEXTS = ("SELECT destination, submitted_at, grp, {template}, variant, id"
                  f" {_SENT_IN_WINDOW} AND destination IN ({{answered}})"
                  " ORDER BY destination{order}, submitted_at")
@@ -260,14 +264,11 @@ class ReportQueries(Receipts):
         return "template" if "template" in columns else _CALL_TEMPLATE
 
     async def report_booked(self, since: float) -> list[tuple[int, str]]:
-        """The first texts (id, number) of the calls with a booking since `since`: from the
-        bookings to their texts (`CROSS JOIN`: not a walk of every text)."""
+        """The first texts (id, number) of the calls with a booking since `since`."""
         if "bookings" not in await self.tables():
             return []
         rows = await self._read(lambda: self._rows(
-            "SELECT DISTINCT m.id, m.destination FROM bookings AS b CROSS JOIN messages AS m"
-            " WHERE m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
-            " AND b.at >= ? AND b.call_id IS NOT NULL", (since,)))
+            f"SELECT DISTINCT m.id, m.destination {_BOOKED_TEXTS}", (since,)))
         return [(int(row[0]), str(row[1])) for row in rows]
 
     async def report_recent(self, since: float, until: float, limit: int,
