@@ -120,7 +120,7 @@ class Connection(Plumbing):
                              "another store.path")
         if version == 0:  # before the first table: only an empty file can take it
             await db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        mode = await self._scalar("PRAGMA journal_mode = WAL")
+        mode = await self._journal_in_wal()
         if str(mode).lower() != "wal":
             log.warning("the store is not in WAL mode; readers may block the daemon",
                         path=self.path, journal_mode=mode)
@@ -136,6 +136,19 @@ class Connection(Plumbing):
         elif version < SCHEMA_VERSION:  # one line at the end, not one per step
             log.info(f"store migrated from schema {version} to {SCHEMA_VERSION}",
                      path=self.path, seconds=round(time.monotonic() - started, 1))
+
+    async def _journal_in_wal(self) -> str:
+        """Put the file in WAL mode; the journal mode it is in. Changing it needs the file
+        to itself and SQLite answers "locked" at once rather than waiting, so while another
+        daemon opening the same new store holds it, it is asked again until `busy_timeout`."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return str(await self._scalar("PRAGMA journal_mode = WAL"))
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _migrate(self, version: int) -> None:
         db = self._db
