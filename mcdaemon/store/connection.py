@@ -146,7 +146,7 @@ class Connection(Plumbing):
             try:
                 return str(await self._scalar("PRAGMA journal_mode = WAL"))
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(0.05)
 
