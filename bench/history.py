@@ -25,7 +25,7 @@ Then, in one run:
                 `prune_step` run at the daemon's batch size until nothing is past it, the
                 space released: the size after, and how long it took
     migration   (--migration) the seeded store taken back to schema 9 (migrations 10 to
-                13's indexes, tables and triggers dropped, the texts' template column too)
+                14's indexes, tables and triggers dropped, the texts' template column too)
                 and opened: how long the migrations take per million rows
 
     python bench/history.py [--days 365] [--runs 4] [--dir /tmp/mcd-history] [--reuse]
@@ -72,11 +72,11 @@ GROUPS = ("sales", "support")
 
 
 def since_schema_9() -> list[str]:
-    """Migrations 10 to 13 (retention's and the report's indexes, the texts' template, the
-    calls' counts, the sent texts' indexes), as SQLite runs them."""
+    """Migrations 10 to 14 (retention's and the report's indexes, the texts' template, the
+    calls' counts, the sent texts' indexes, the sent texts' counts), as SQLite runs them."""
     from mcdaemon.store import migration_steps
 
-    return [statement for number in (9, 10, 11, 12)
+    return [statement for number in (9, 10, 11, 12, 13)
             for statement in migration_steps(number, "sqlite")]
 
 
@@ -346,7 +346,7 @@ def size(store: Path) -> float:
 
 
 def migration(store: Path, folder: Path) -> tuple[float, int]:
-    """Seconds migrations 10 to 13 take on a copy of the store taken back to schema 9, and
+    """Seconds migrations 10 to 14 take on a copy of the store taken back to schema 9, and
     the rows of the tables they index."""
     copy = folder / "schema9.db"
     shutil.copyfile(store, copy)
@@ -439,7 +439,7 @@ if __name__ == "__main__":
                         help="reuse the seeded store of an earlier run if there is one (the "
                              "retention step at the end shrinks it: reseed for its figures)")
     parser.add_argument("--migration", action="store_true",
-                        help="also time migrations 10 to 13 on a copy of the seeded store")
+                        help="also time migrations 10 to 14 on a copy of the seeded store")
     parser.add_argument("--seed-only", action="store_true", help="seed the store, measure nothing")
     parser.add_argument("--only", choices=["storm"], help="measure only this (storm: the "
                         "storms on the empty and the seeded store, in turns)")

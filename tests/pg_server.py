@@ -188,3 +188,16 @@ async def migrated_template(server: PgServer) -> str:
     store = await PgStore.open(url)
     await store.close()
     return url.rsplit("/", 1)[-1]
+
+
+async def change_by_hand(location: str, sql: str) -> None:
+    """A statement an administrator runs beside the store, committed."""
+    if is_postgresql(location):
+        await raw_rows(location, sql)  # asyncpg commits each statement of its own
+        return
+    raw = sqlite3.connect(location)
+    try:
+        with raw:
+            raw.execute(sql)
+    finally:
+        raw.close()

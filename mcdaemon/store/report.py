@@ -29,15 +29,16 @@ from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import (
     CALL_BUCKET,
     SENT_QUARTER,
+    SENT_STATES,
     SENT_WAIT_MS,
+    TEXT_DAY,
     TRANSITIONS,
     _quoted,
 )
 
 log = structlog.get_logger("mcdaemon.store")
 
-#: states of a first text the SMSC took ("sent")
-_SENT_STATES = frozenset({"submitted", "delivered", "undeliverable", "unknown"})
+_SENT_STATES = SENT_STATES
 _UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 _NUMBER = itemgetter(0)
@@ -88,14 +89,15 @@ class TextBatch:
     opt_outs: dict[str, list[float]]
 
 
-#: the sent first texts of the calls that ended in [?, ?]: each of the report's indexes of
-#: them (`messages_callers`, `messages_sent_arms`, `messages_sent_waits`,
-#: `messages_sent_quarters`) holds all their columns it reads, so the texts' rows are not
-#: read (`NOT IN`: a condition on the state that no index can serve, so SQLite keeps
-#: reading in the index's order)
-_SENT_IN_WINDOW = ("FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
-                   f" AND state NOT IN ({_UNSENT}) AND call_ended_at >= ?"
-                   " AND call_ended_at <= ?")
+#: the sent first texts of the calls that ended in {window}: each of the report's indexes
+#: of them (`messages_callers`, `messages_sent_arms`) holds all their columns it reads, so
+#: the texts' rows are not read (`NOT IN`: a condition on the state that no index can
+#: serve, so SQLite keeps reading in the index's order)
+_SENT_WHERE = ("FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
+               f" AND state NOT IN ({_UNSENT}) AND {{window}}")
+#: … in [?, ?], in number order (`+`: SQLite does not seek by the call's end through
+#: `messages_first_ended`, which has none of the other columns, for every text of a year)
+_SENT_IN_WINDOW = _SENT_WHERE.format(window="+call_ended_at >= ? AND +call_ended_at <= ?")
 #: the first texts of the calls with a booking since ?: from the bookings to their texts
 #: (`CROSS JOIN`: not a walk of every text)
 _BOOKED_TEXTS = ("FROM bookings AS b CROSS JOIN messages AS m WHERE m.pbx = b.pbx"
@@ -146,7 +148,8 @@ class ReportQueries(Receipts):
         The calls are counted from `call_counts` (schema 12), which the database keeps per
         quarter hour as calls are recorded and removed: a year is some 200,000 of its rows,
         not 3.6 million calls; only the calls of the window's two partial quarter hours
-        are read one by one."""
+        are read one by one. The sent texts' waits and quarter hours likewise, from
+        `text_waits` and `text_counts` (schema 14) per day of the call's end."""
         tables = await self.tables()
         window = (since, until)
         queries: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
@@ -154,7 +157,7 @@ class ReportQueries(Receipts):
                         f" WHERE kind = 'first' AND state IN ({_UNSENT})"
                         " AND call_ended_at >= ? AND call_ended_at <= ?"
                         " GROUP BY grp, state", window)]}
-        queries.update(await self._sent_text_queries(since, until, groups))
+        queries.update(await self._sent_text_queries(since, until, groups, tables))
         if "call_counts" in tables:
             queries.update(self._call_count_queries(since, until))
         else:  # a store older than schema 12, read as it is: every call of the window
@@ -194,12 +197,15 @@ class ReportQueries(Receipts):
         return counts
 
     async def _sent_text_queries(self, since: float, until: float,
-                                 groups: Sequence[str | None] | None
+                                 groups: Sequence[str | None] | None, tables: set[str]
                                  ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
         """`texts`, `waits`, `text_buckets` and the texted callers' counts of [since,
-        until]: each a read of an index in its order (schema 13), not a sort of every text."""
+        until]. The waits and quarter hours are read from `text_waits` and `text_counts`
+        (schema 14) for the window's whole days, from the texts of its two partial days
+        one by one; the texts and callers per arm, the callers per group and overall
+        (distinct numbers) from indexes in the order counted (schema 13), not by a sort."""
         template = await self._template_of_text()
-        whole, window = self._WHOLE, (since, until)
+        window = (since, until)
         scope: str = ""
         scoped: tuple[str, ...] = ()
         if groups is not None:  # an expression of `grp`: read in number order still, not
@@ -207,20 +213,54 @@ class ReportQueries(Receipts):
             scoped = tuple(sorted({group or "" for group in groups}))
             scope = (f" AND COALESCE(grp, '') IN ({', '.join('?' * len(scoped))})"
                      if scoped else " AND FALSE")
-        return {
+        first, last = math.ceil(since / TEXT_DAY), math.floor(until / TEXT_DAY)
+        if "text_counts" in tables and first < last:
+            queries = self._text_count_queries(first, last)
+            # each partial day by its own range: SQLite seeks a lone range through
+            # `messages_first_ended`, where an OR of two it would rather scan
+            for ends, params in (("<", (since, first * TEXT_DAY)),
+                                 ("<=", (last * TEXT_DAY, until))):
+                edge = _SENT_WHERE.format(
+                    window=f"call_ended_at >= ? AND call_ended_at {ends} ?")
+                for name, parts in self._text_queries(edge, params).items():
+                    queries[name] += parts
+        else:  # a window of less than a day, or a store older than schema 14
+            queries = self._text_queries(_SENT_IN_WINDOW, window)
+        queries.update({
             "texts": [(f"SELECT grp, {template}, variant, COUNT(*),"
                        f" {_total(_DELIVERED)}, COUNT(DISTINCT destination) {_SENT_IN_WINDOW}"
                        " GROUP BY 1, 2, 3", window)],
-            "waits": [(f"SELECT grp, {whole.format(SENT_WAIT_MS)}, COUNT(*) {_SENT_IN_WINDOW}"
-                       " GROUP BY 1, 2", window)],
-            "text_buckets": [(f"SELECT {whole.format(SENT_QUARTER)}, grp, COUNT(*)"
-                              f" {_SENT_IN_WINDOW} GROUP BY 1, 2", window)],
             # a caller's texts are a run of `messages_callers`, by group within it: DISTINCT
             # reads it without a sort
             "callers": [("SELECT grp, COUNT(*) FROM (SELECT DISTINCT destination, grp"
                          f" {_SENT_IN_WINDOW}) AS texted GROUP BY grp", window)],
             "all_callers": [("SELECT COUNT(*) FROM (SELECT DISTINCT destination"
-                             f" {_SENT_IN_WINDOW}{scope}) AS texted", window + scoped)]}
+                             f" {_SENT_IN_WINDOW}{scope}) AS texted", window + scoped)]})
+        return queries
+
+    @staticmethod
+    def _text_count_queries(first: int, last: int
+                            ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """`waits` and `text_buckets` of the texts of the calls that ended in the days
+        [first, last), from `text_waits` and `text_counts`."""
+        days = (first, last)
+        return {
+            "waits": [(f"SELECT NULLIF(grp, ''), wait_ms, {_total('texts')} FROM text_waits"
+                       " WHERE day >= ? AND day < ? GROUP BY grp, wait_ms", days)],
+            "text_buckets": [(f"SELECT quarter, NULLIF(grp, ''), {_total('texts')}"
+                              " FROM text_counts WHERE day >= ? AND day < ?"
+                              " GROUP BY quarter, grp", days)]}
+
+    def _text_queries(self, sent: str, params: tuple[Any, ...]
+                      ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """`waits` and `text_buckets` counted from the sent first texts `sent` (a FROM …
+        WHERE) one by one."""
+        whole = self._WHOLE
+        return {
+            "waits": [(f"SELECT grp, {whole.format(SENT_WAIT_MS)}, COUNT(*) {sent}"
+                       " GROUP BY 1, 2", params)],
+            "text_buckets": [(f"SELECT {whole.format(SENT_QUARTER)}, grp, COUNT(*) {sent}"
+                              " GROUP BY 1, 2", params)]}
 
     def _call_count_queries(self, since: float, until: float
                             ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:

@@ -15,9 +15,11 @@ from mcdaemon.store.plumbing import StoreError
 #: copied before the tables whose rows name theirs (message_parts' message_id, campaign
 #: attempts' campaign_id); the others in name order
 _FIRST = ("messages", "campaigns")
-#: rows the schema itself writes (the migrations fill them; `call_counts`' rows, the
-#: database's triggers as the calls are copied): never copied
-_SCHEMA_TABLES = frozenset({"message_transitions", "call_counts"})
+#: rows the schema itself writes (the migrations fill them; `call_counts`, `text_counts`
+#: and `text_waits`: the database's triggers as the calls and texts are copied): never
+#: copied
+_SCHEMA_TABLES = frozenset({"message_transitions", "call_counts", "text_counts",
+                            "text_waits"})
 
 
 async def copy_store(source: Connection, target: PgConnection) -> dict[str, int]:

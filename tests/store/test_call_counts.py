@@ -6,7 +6,6 @@ it says is what counting every call of the window one by one says. On both backe
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections import Counter
 from typing import Any
 
@@ -14,7 +13,7 @@ from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.records import MISSED_OUTCOMES, CallRecord, Decision, Outcome
 from mcdaemon.store import NewCall, PgStore, Store
 
-from pg_server import is_postgresql, raw_rows
+from pg_server import change_by_hand, raw_rows
 
 T0 = 1_736_157_600.0  # a quarter hour's start
 QUARTER = 900.0
@@ -86,19 +85,6 @@ def history(seed: int) -> list[NewCall]:
             group=chance.choice(["sales", "support", None]),
             did=chance.choice([None, "442071230000"])))
     return calls
-
-
-async def change_by_hand(location: str, sql: str) -> None:
-    """A statement an administrator runs beside the store, committed."""
-    if is_postgresql(location):
-        await raw_rows(location, sql)  # asyncpg commits each statement of its own
-        return
-    raw = sqlite3.connect(location)
-    try:
-        with raw:
-            raw.execute(sql)
-    finally:
-        raw.close()
 
 
 WINDOWS = [(T0, T0 + 5 * 3600), (T0 + 1.5, T0 + 3 * 3600 - 0.001),

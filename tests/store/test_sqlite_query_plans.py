@@ -207,27 +207,42 @@ async def test_sqlite_plan_report_texts_read_the_texts_of_the_callers_who_answer
     assert not [step for step in texts if step.startswith("SCAN messages")], texts
 
 
+async def test_sqlite_plan_report_counts_sent_texts_from_their_counts_not_from_every_text(
+        store: Store) -> None:
+    """A year's report reads the days' counts of texts by quarter hour and by wait the
+    database keeps, and the texts themselves only by their call's end, at the window's two
+    partial days."""
+    plans = await plans_of(store, lambda: store.report_counts(T0 - 365 * 86400 + 7, T0 + 60))
+
+    counted = {sql: plan for sql, plan in plans.items()
+               if "FROM text_counts" in sql or "FROM text_waits" in sql}
+    [quarters] = [plan for sql, plan in counted.items() if "FROM text_counts" in sql]
+    [waits] = [plan for sql, plan in counted.items() if "FROM text_waits" in sql]
+    assert quarters.startswith("SEARCH text_counts USING PRIMARY KEY (day>? AND day<?)")
+    assert waits == "SCAN text_waits"  # in its key's order: summed over the days unsorted
+    edges = {sql: plan for sql, plan in plans.items()
+             if "state NOT IN" in sql and " call_ended_at >= ? AND call_ended_at <" in sql}
+    reads = [line for plan in edges.values() for line in plan.splitlines()
+             if line.startswith(("SEARCH", "SCAN"))]
+    assert len(edges) == 4 and len(reads) == 4 and all(
+        "INDEX messages_first_ended (call_ended_at>? AND call_ended_at<" in line
+        for line in reads), edges
+
+
 @pytest.mark.parametrize("groups", [None, ["sales"], ["sales", None]])
-async def test_sqlite_plan_report_counts_the_sent_texts_from_indexes_in_their_order(
+async def test_sqlite_plan_report_counts_texted_callers_from_the_index_in_number_order(
         store: Store, groups: list[str | None] | None) -> None:
-    """The texts and their callers by A/B arm, by wait, by quarter hour, and their callers
-    by group and overall are read from indexes that hold them in the order counted: no
-    sort of every text (the callers per group sort only the distinct callers), a --group's
-    too."""
+    """The texts and their callers per A/B arm are runs of `messages_sent_arms`; the
+    texted callers per group and overall distinct runs of `messages_callers`: each read in
+    its index's order, no sort of every text (the callers per group sort only the distinct
+    callers), a --group's too."""
     plans = await plans_of(store, lambda: store.report_counts(T0 - 365 * 86400, T0 + 60,
                                                               groups))
 
-    sent = {sql: plan.splitlines() for sql, plan in plans.items()
-            if "submitted_at IS NOT NULL" in sql and "state IN" not in sql}
-    assert len(sent) == 5, sent
-    [arms] = [plan for sql, plan in sent.items() if "GROUP BY 1, 2, 3" in sql]
-    [waits] = [plan for sql, plan in sent.items() if "submitted_at - call_ended_at" in sql]
-    [quarters] = [plan for sql, plan in sent.items() if "submitted_at / 900" in sql]
+    [arms] = [plan.splitlines() for sql, plan in plans.items() if "GROUP BY 1, 2, 3" in sql]
     assert arms[0] == "SCAN messages USING COVERING INDEX messages_sent_arms", arms
     assert not [step for step in arms if "GROUP BY" in step], arms
-    assert waits == ["SCAN messages USING COVERING INDEX messages_sent_waits"]
-    assert quarters == ["SCAN messages USING COVERING INDEX messages_sent_quarters"]
-    callers = [plan for sql, plan in sent.items() if "(SELECT DISTINCT destination" in sql]
+    callers = [plan for sql, plan in plans.items() if "(SELECT DISTINCT destination" in sql]
     assert len(callers) == 2
     for plan in callers:
         assert "SCAN messages USING COVERING INDEX messages_callers" in plan, plan
