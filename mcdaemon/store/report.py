@@ -38,8 +38,7 @@ from mcdaemon.store.schema import (
 
 log = structlog.get_logger("mcdaemon.store")
 
-_SENT_STATES = SENT_STATES
-_UNSENT = _quoted([state for state in TRANSITIONS if state not in _SENT_STATES])
+_UNSENT = _quoted([state for state in TRANSITIONS if state not in SENT_STATES])
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 _NUMBER = itemgetter(0)
 _DELIVERED = "CASE WHEN state = 'delivered' THEN 1 ELSE 0 END"
@@ -393,7 +392,7 @@ class ReportQueries(Receipts):
         further) by `at`. None found: it is kept unattributed.
         """
         recorded = time.time() if now is None else now
-        sent = _quoted(sorted(_SENT_STATES))
+        sent = _quoted(sorted(SENT_STATES))
 
         async def work() -> Booking:
             rows = await self._rows(

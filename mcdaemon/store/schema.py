@@ -79,11 +79,16 @@ _CALL_COUNT_COLUMNS = (
     " PRIMARY KEY (bucket, decision_group, did, grp, outcome, reason, textable)")
 
 
+def _whole(expression: str, dialect: Dialect) -> str:
+    """`expression` truncated to an integer, as the report's `_WHOLE` writes it."""
+    return (f"CAST({expression} AS INTEGER)" if dialect == "sqlite"
+            else f"CAST(trunc({expression}) AS BIGINT)")
+
+
 def _call_count_key(row: str, dialect: Dialect) -> list[str]:
     """`call_counts`' key of the call `row` (a table, NEW or OLD): its quarter hour, then
     `_CALL_COUNT_KEY` with NULL as ''."""
-    bucket = (f"CAST({row}.ended / {CALL_BUCKET} AS INTEGER)" if dialect == "sqlite"
-              else f"CAST(trunc({row}.ended / {CALL_BUCKET}) AS BIGINT)")
+    bucket = _whole(f"{row}.ended / {CALL_BUCKET}", dialect)
     return [bucket, *(f"COALESCE({row}.{column}, '')" for column in _CALL_COUNT_KEY[:-1]),
             f"{row}.textable"]
 
@@ -138,12 +143,6 @@ def _call_count_triggers() -> tuple[Dialects, ...]:
     )
 
 
-def _whole(expression: str, dialect: Dialect) -> str:
-    """`expression` truncated to an integer, as the report's `_WHOLE` writes it."""
-    return (f"CAST({expression} AS INTEGER)" if dialect == "sqlite"
-            else f"CAST(trunc({expression}) AS BIGINT)")
-
-
 def _sent_first(row: str) -> str:
     """True if the message `row` (a table, NEW or OLD) is a sent first text of a call with
     an end: what `text_counts` and `text_waits` count."""
@@ -193,16 +192,19 @@ def _text_count_triggers() -> tuple[Dialects, ...]:
         return "; ".join(statements)
 
     watched = "kind, state, submitted_at, call_ended_at, grp"
-    changed = (f"({_sent_first('OLD')}) IS NOT ({_sent_first('NEW')})"
-               " OR OLD.grp IS NOT NEW.grp OR OLD.submitted_at IS NOT NEW.submitted_at"
-               " OR OLD.call_ended_at IS NOT NEW.call_ended_at")
-    changed_pg = changed.replace(" IS NOT ", " IS DISTINCT FROM ")
+
+    def changed(differs: str) -> str:  # whether counted, or a key column, differs
+        return " OR ".join([f"({_sent_first('OLD')}) {differs} ({_sent_first('NEW')})", *(
+            f"OLD.{column} {differs} NEW.{column}"
+            for column in ("grp", "submitted_at", "call_ended_at"))])
+
     return (
         Dialects(
             f"CREATE TRIGGER texts_counted AFTER INSERT ON messages WHEN {_sent_first('NEW')}"
             f" BEGIN {add('NEW', 'sqlite')}; END",
             "CREATE FUNCTION texts_counted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            f" IF TG_OP = 'UPDATE' AND NOT ({changed_pg}) THEN RETURN NULL; END IF;"
+            f" IF TG_OP = 'UPDATE' AND NOT ({changed('IS DISTINCT FROM')}) THEN RETURN NULL;"
+            " END IF;"
             f" IF TG_OP <> 'INSERT' THEN {take('OLD', 'postgresql')}; END IF;"
             f" IF TG_OP <> 'DELETE' THEN {add('NEW', 'postgresql')}; END IF;"
             " RETURN NULL; END $$;"
@@ -214,7 +216,8 @@ def _text_count_triggers() -> tuple[Dialects, ...]:
             ""),  # PostgreSQL's one trigger above does all three
         Dialects(
             f"CREATE TRIGGER texts_recounted AFTER UPDATE OF {watched} ON messages"
-            f" WHEN {changed} BEGIN {take('OLD', 'sqlite')}; {add('NEW', 'sqlite')}; END",
+            f" WHEN {changed('IS NOT')} BEGIN {take('OLD', 'sqlite')}; {add('NEW', 'sqlite')};"
+            " END",
             ""),
     )
 
