@@ -11,6 +11,8 @@ import sqlite3
 from collections import Counter
 from typing import Any, NamedTuple
 
+from test_report_stream import undo_migration_14
+
 from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import PgStore, Store, migration_steps
@@ -188,11 +190,7 @@ async def test_migration_14_counts_the_texts_a_store_already_holds(db_path: str)
     await send(store, texts)
     await store.close()
     older = sqlite3.connect(db_path)  # back to schema 13, its texts not counted
-    for trigger in ("texts_counted", "texts_uncounted", "texts_recounted"):
-        older.execute(f"DROP TRIGGER {trigger}")
-    for table in ("text_counts", "text_waits"):
-        older.execute(f"DROP TABLE {table}")
-    older.execute("DROP INDEX messages_first_ended")
+    undo_migration_14(older)
     for statement in migration_steps(12, "sqlite"):  # the indexes migration 14 dropped
         if statement.startswith(("CREATE INDEX messages_sent_waits",
                                  "CREATE INDEX messages_sent_quarters")):
