@@ -25,8 +25,9 @@ Then, in one run:
                 `prune_step` run at the daemon's batch size until nothing is past it, the
                 space released: the size after, and how long it took
     migration   (--migration) the seeded store taken back to schema 9 (migrations 10 to
-                14's indexes, tables and triggers dropped, the texts' template column too)
-                and opened: how long the migrations take per million rows
+                15's indexes, tables and triggers dropped, the texts' template column and the
+                bookings' copies of their calls too) and opened: how long the migrations
+                take per million rows
 
     python bench/history.py [--days 365] [--runs 4] [--dir /tmp/mcd-history] [--reuse]
     python bench/history.py --reuse --only storm [--compare OTHER/.venv/bin/python]
@@ -72,11 +73,12 @@ GROUPS = ("sales", "support")
 
 
 def since_schema_9() -> list[str]:
-    """Migrations 10 to 14 (retention's and the report's indexes, the texts' template, the
-    calls' counts, the sent texts' indexes, the sent texts' counts), as SQLite runs them."""
+    """Migrations 10 to 15 (retention's and the report's indexes, the texts' template, the
+    calls' counts, the sent texts' indexes, the sent texts' counts, the bookings' calls), as
+    SQLite runs them."""
     from mcdaemon.store import migration_steps
 
-    return [statement for number in (9, 10, 11, 12, 13)
+    return [statement for number in (9, 10, 11, 12, 13, 14)
             for statement in migration_steps(number, "sqlite")]
 
 
@@ -166,7 +168,9 @@ def seed(path: Path, days: int, per_day: int, end: float, rng: random.Random) ->
                     rows["opt_outs"].append((caller, at, "STOP"))
             if submitted and submitted + DAY < end and rng.random() < 0.01:
                 rows["bookings"].append((caller, float(rng.randint(40, 400)), "GBP", None,
-                                         submitted + 86400, "lab", call_id, submitted + 86400))
+                                         submitted + 86400, "lab", call_id, submitted + 86400,
+                                         ended, outcome, group, "442071230000", group,
+                                         message_id))
             if ended > end - 7 * DAY:
                 for event in ("missed_call", "text_delivered"):
                     key = f"{event}:{call_id}"
@@ -207,7 +211,8 @@ INSERTS = {
     "contact_events": "INSERT INTO contact_events (e164, kind, at, detail) VALUES (?,?,?,?)",
     "opt_outs": "INSERT OR IGNORE INTO opt_outs (e164, at, keyword) VALUES (?,?,?)",
     "bookings": "INSERT INTO bookings (e164, value, currency, note, at, pbx, call_id,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?)",
+                " created_at, call_ended, call_outcome, call_decision_group, call_did,"
+                " call_grp, text_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     "webhooks": "INSERT INTO webhooks (delivery_id, endpoint, event, event_key, order_key,"
                 " body, state, attempts, next_at, last_error, created_at, final_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -346,7 +351,7 @@ def size(store: Path) -> float:
 
 
 def migration(store: Path, folder: Path) -> tuple[float, int]:
-    """Seconds migrations 10 to 14 take on a copy of the store taken back to schema 9, and
+    """Seconds migrations 10 to 15 take on a copy of the store taken back to schema 9, and
     the rows of the tables they index."""
     copy = folder / "schema9.db"
     shutil.copyfile(store, copy)
@@ -355,6 +360,8 @@ def migration(store: Path, folder: Path) -> tuple[float, int]:
         for kind in ("INDEX", "TRIGGER", "TABLE"):
             if statement.startswith(f"CREATE {kind}"):
                 db.execute(f"DROP {kind} IF EXISTS " + statement.split()[2])
+        if statement.startswith("ALTER TABLE bookings ADD COLUMN"):
+            db.execute("ALTER TABLE bookings DROP COLUMN " + statement.split()[5])
     db.execute("ALTER TABLE messages DROP COLUMN template")
     db.execute("CREATE INDEX calls_ended ON calls (ended)")  # as schema 9 had it
     db.execute("PRAGMA user_version = 9")
@@ -439,7 +446,7 @@ if __name__ == "__main__":
                         help="reuse the seeded store of an earlier run if there is one (the "
                              "retention step at the end shrinks it: reseed for its figures)")
     parser.add_argument("--migration", action="store_true",
-                        help="also time migrations 10 to 14 on a copy of the seeded store")
+                        help="also time migrations 10 to 15 on a copy of the seeded store")
     parser.add_argument("--seed-only", action="store_true", help="seed the store, measure nothing")
     parser.add_argument("--only", choices=["storm"], help="measure only this (storm: the "
                         "storms on the empty and the seeded store, in turns)")

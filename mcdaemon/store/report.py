@@ -2,7 +2,8 @@
 
 The report never holds the window's rows: the store aggregates (`report_counts`: calls and
 bookings by group key, missed calls by quarter hour, the calls from the counts the database
-keeps as they are recorded; the sent texts by A/B arm, wait and quarter hour sent and
+keeps as they are recorded, the bookings from their own rows, which carry what is read of
+their calls; the sent texts by A/B arm, wait and quarter hour sent and
 their callers per group and arm, each from an index in the order it counts them), and
 streams the sent texts of the callers who replied, opted out or booked, by number, with
 their replies and opt-outs (`report_texts`: a batch of whole callers at a time, merged
@@ -27,7 +28,10 @@ from mcdaemon.core.records import MISSED_OUTCOMES
 from mcdaemon.store.plumbing import RowCursor
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import (
+    _BOOKED_CALL,
+    _BOOKED_FROM_CALL,
     CALL_BUCKET,
+    NEVER_SENT_STATES,
     SENT_QUARTER,
     SENT_STATES,
     SENT_WAIT_MS,
@@ -39,6 +43,8 @@ from mcdaemon.store.schema import (
 log = structlog.get_logger("mcdaemon.store")
 
 _UNSENT = _quoted([state for state in TRANSITIONS if state not in SENT_STATES])
+_NEVER_SENT = _quoted(sorted(NEVER_SENT_STATES))
+_NOT_YET_SENT = _quoted(sorted(set(TRANSITIONS) - SENT_STATES - NEVER_SENT_STATES))
 _MISSED = _quoted(sorted(str(outcome) for outcome in MISSED_OUTCOMES))
 _NUMBER = itemgetter(0)
 _DELIVERED = "CASE WHEN state = 'delivered' THEN 1 ELSE 0 END"
@@ -97,16 +103,42 @@ _SENT_WHERE = ("FROM messages WHERE kind = 'first' AND submitted_at IS NOT NULL"
 #: … in [?, ?], in number order (`+`: SQLite does not seek by the call's end through
 #: `messages_first_ended`, which has none of the other columns, for every text of a year)
 _SENT_IN_WINDOW = _SENT_WHERE.format(window="+call_ended_at >= ? AND +call_ended_at <= ?")
-#: the first texts of the calls with a booking since ?: from the bookings to their texts
-#: (`CROSS JOIN`: not a walk of every text)
-_BOOKED_TEXTS = ("FROM bookings AS b CROSS JOIN messages AS m WHERE m.pbx = b.pbx"
-                 " AND m.call_id = b.call_id AND m.kind = 'first' AND b.at >= ?"
-                 " AND b.call_id IS NOT NULL")
-#: the numbers who texted us or opted out since ? (the window's start), and (`_BOOKED`)
-#: booked since ?; their sent texts are read by number from `messages_callers`
+
+
+class _BookingReads(NamedTuple):
+    """What the report reads of the bookings since ?."""
+
+    #: those attributed to the missed calls that ended in [?, ?], by the call's group key
+    #: (key…, count, value)
+    counts: str
+    #: the first texts (id, number) of the calls booked
+    texts: str
+
+
+#: from the bookings' own columns (schema 15): a year's bookings are a small table
+_BOOKINGS = _BookingReads(
+    "SELECT call_decision_group, call_did, call_grp, COUNT(*), SUM(value) FROM bookings"
+    f" WHERE at >= ? AND call_ended >= ? AND call_ended <= ? AND call_outcome IN ({_MISSED})"
+    " GROUP BY call_decision_group, call_did, call_grp",
+    "SELECT DISTINCT text_id AS id, e164 AS number FROM bookings WHERE at >= ?"
+    " AND text_id IS NOT NULL")
+#: … in a store older than schema 15 (read as it is), from the bookings to their calls and
+#: texts (`CROSS JOIN`: SQLite keeps that order, not a walk of every call of the window or
+#: every text looking for a booking)
+_BOOKINGS_JOINED = _BookingReads(
+    "SELECT c.decision_group, c.did, c.grp, COUNT(*), SUM(b.value) FROM bookings AS b"
+    " CROSS JOIN calls AS c WHERE b.at >= ? AND c.pbx = b.pbx AND c.call_id = b.call_id"
+    f" AND c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED})"
+    " GROUP BY c.decision_group, c.did, c.grp",
+    "SELECT DISTINCT m.id AS id, m.destination AS number FROM bookings AS b"
+    " CROSS JOIN messages AS m"
+    " WHERE b.at >= ? AND m.pbx = b.pbx AND m.call_id = b.call_id AND m.kind = 'first'"
+    " AND b.call_id IS NOT NULL")
+#: the numbers who texted us or opted out since ? (the window's start), and booked since ?
+#: (the numbers of `_BookingReads.texts`); their sent texts are read by number from
+#: `messages_callers`
 _ANSWERED = ("SELECT source FROM inbound WHERE at >= ? UNION SELECT e164 FROM opt_outs"
              " WHERE at >= ?")
-_BOOKED = f" UNION SELECT m.destination {_BOOKED_TEXTS}"
 _CALLER_TEXTS = ("SELECT destination, submitted_at, grp, {template}, variant, id"
                  f" {_SENT_IN_WINDOW} AND destination IN ({{answered}})"
                  " ORDER BY destination{order}, submitted_at")
@@ -152,24 +184,22 @@ class ReportQueries(Receipts):
         tables = await self.tables()
         window = (since, until)
         queries: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
+            # those never sent from their own index (`messages_unsent`, schema 15: the
+            # same IN list, or SQLite does not see the index applies); the few queued or
+            # sending now by their state
             "unsent": [("SELECT grp, NULL, NULL, state, COUNT(*) FROM messages"
-                        f" WHERE kind = 'first' AND state IN ({_UNSENT})"
+                        f" WHERE kind = 'first' AND state IN ({states})"
                         " AND call_ended_at >= ? AND call_ended_at <= ?"
-                        " GROUP BY grp, state", window)]}
+                        " GROUP BY grp, state", window)
+                       for states in (_NEVER_SENT, _NOT_YET_SENT)]}
         queries.update(await self._sent_text_queries(since, until, groups, tables))
         if "call_counts" in tables:
             queries.update(self._call_count_queries(since, until))
         else:  # a store older than schema 12, read as it is: every call of the window
             queries.update(self._call_queries("ended >= ? AND ended <= ?", window))
         if "bookings" in tables:
-            queries["bookings"] = [(
-                # from the bookings to their calls (`CROSS JOIN`: SQLite keeps that order,
-                # not a walk of every call of the window looking for a booking)
-                "SELECT c.decision_group, c.did, c.grp, COUNT(*), SUM(b.value) FROM bookings"
-                " AS b CROSS JOIN calls AS c WHERE c.pbx = b.pbx AND c.call_id = b.call_id"
-                f" AND c.ended >= ? AND c.ended <= ? AND c.outcome IN ({_MISSED})"
-                " AND b.at >= ? GROUP BY c.decision_group, c.did, c.grp",
-                (since, until, since))]
+            queries["bookings"] = [((await self._booking_reads()).counts,
+                                    (since, since, until))]
             queries["currencies"] = [(
                 "SELECT DISTINCT currency FROM bookings WHERE at >= ? AND pbx IS NOT NULL"
                 " AND call_id IS NOT NULL AND currency IS NOT NULL AND currency <> ''"
@@ -302,12 +332,18 @@ class ReportQueries(Receipts):
         columns = await self._read(lambda: self._columns("messages"))
         return "template" if "template" in columns else _CALL_TEMPLATE
 
+    async def _booking_reads(self) -> _BookingReads:
+        """The bookings' reads this store answers: from their own columns, or in a store
+        older than schema 15 (read as it is) by joins."""
+        columns = await self._read(lambda: self._columns("bookings"))
+        return _BOOKINGS if "text_id" in columns else _BOOKINGS_JOINED
+
     async def report_booked(self, since: float) -> list[tuple[int, str]]:
         """The first texts (id, number) of the calls with a booking since `since`."""
         if "bookings" not in await self.tables():
             return []
-        rows = await self._read(lambda: self._rows(
-            f"SELECT DISTINCT m.id, m.destination {_BOOKED_TEXTS}", (since,)))
+        sql = (await self._booking_reads()).texts
+        rows = await self._read(lambda: self._rows(sql, (since,)))
         return [(int(row[0]), str(row[1])) for row in rows]
 
     async def report_recent(self, since: float, until: float, limit: int,
@@ -334,7 +370,9 @@ class ReportQueries(Receipts):
         order = self._BYTE_ORDER  # the numbers in the order Python compares them
         answered, params = _ANSWERED, [since, until, since, since]
         if "bookings" in await self.tables():
-            answered, params = answered + _BOOKED, [*params, since]
+            booked = (await self._booking_reads()).texts
+            answered = f"{answered} UNION SELECT number FROM ({booked}) AS booked"
+            params = [*params, since]
         sql = _CALLER_TEXTS.format(order=order, template=await self._template_of_text(),
                                    answered=answered)
         async with self._streaming():
@@ -395,17 +433,20 @@ class ReportQueries(Receipts):
         sent = _quoted(sorted(SENT_STATES))
 
         async def work() -> Booking:
+            # the call (pbx, call_id), what the report reads of it, and its first text's id
             rows = await self._rows(
-                "SELECT c.pbx, c.call_id FROM messages AS m JOIN calls AS c"
-                " ON c.pbx = m.pbx AND c.call_id = m.call_id WHERE m.destination = ?"
-                f" AND m.kind = 'first' AND m.state IN ({sent}) AND m.submitted_at <= ?"
-                " AND c.ended <= ? AND c.ended >= ? ORDER BY c.ended DESC, m.id DESC LIMIT 1",
+                f"SELECT c.pbx, c.call_id, {_BOOKED_FROM_CALL}, m.id FROM messages AS m"
+                " JOIN calls AS c ON c.pbx = m.pbx AND c.call_id = m.call_id"
+                f" WHERE m.destination = ? AND m.kind = 'first' AND m.state IN ({sent})"
+                " AND m.submitted_at <= ? AND c.ended <= ? AND c.ended >= ?"
+                " ORDER BY c.ended DESC, m.id DESC LIMIT 1",
                 (e164, at, at, at - window))
-            pbx, call_id = (str(rows[0][0]), str(rows[0][1])) if rows else (None, None)
+            call = tuple(rows[0]) if rows else (None,) * 8
             row_id = await self._scalar(
-                "INSERT INTO bookings (e164, value, currency, note, at, pbx, call_id,"
-                " created_at) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
-                (e164, value, currency, note, at, pbx, call_id, recorded))
+                "INSERT INTO bookings (e164, value, currency, note, at, created_at, pbx,"
+                f" call_id, {_BOOKED_CALL}, text_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " RETURNING id", (e164, value, currency, note, at, recorded, *call))
+            pbx, call_id = (None, None) if call[0] is None else (str(call[0]), str(call[1]))
             return Booking(int(row_id or 0), e164, value, currency, note, at, pbx, call_id)
 
         return await self._transaction(work)

@@ -137,6 +137,16 @@ async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
         assert rows(found, "callers") == rows(counts, "callers")
 
 
+def undo_migration_15(db: sqlite3.Connection) -> None:
+    """Schema 15 back to 14: the bookings' copies of their calls and texts, the trigger
+    that keeps them and the index of the texts never sent go."""
+    db.execute("DROP TRIGGER calls_booked")
+    db.execute("DROP INDEX messages_unsent")
+    for column in ("call_ended", "call_outcome", "call_decision_group", "call_did",
+                   "call_grp", "text_id"):
+        db.execute(f"ALTER TABLE bookings DROP COLUMN {column}")
+
+
 def undo_migration_14(db: sqlite3.Connection) -> None:
     """Schema 14 back to 13 as far as a report reads it: the texts' counts, their triggers
     and the index of the partial days go (the indexes it dropped are not put back)."""
@@ -187,6 +197,7 @@ async def test_sqlite_store_of_schema_10_is_read_as_it_is_then_its_texts_get_the
     assert await texts_of(store) == expected
     await store.close()
     old = sqlite3.connect(db_path)  # back to schema 10, as an older mcdaemon left it
+    undo_migration_15(old)
     undo_migration_14(old)
     undo_migration_13(old)
     undo_migration_12(old)

@@ -203,7 +203,7 @@ async def test_sqlite_plan_report_texts_read_the_texts_of_the_callers_who_answer
     [texts] = [plan.splitlines() for sql, plan in plans.items()
                if "submitted_at IS NOT NULL" in sql]
     assert texts[0] == "SEARCH messages USING COVERING INDEX messages_callers (destination=?)"
-    assert "SEARCH b USING INDEX bookings_at (at>?)" in texts
+    assert "SEARCH bookings USING INDEX bookings_at (at>?)" in texts
     assert not [step for step in texts if step.startswith("SCAN messages")], texts
 
 
@@ -225,6 +225,20 @@ async def test_sqlite_plan_report_counts_sent_texts_from_their_counts_not_from_e
     assert len(edges) == 4 and len(reads) == 4 and all(
         "INDEX messages_first_ended (call_ended_at>? AND call_ended_at<" in line
         for line in reads), edges
+
+
+async def test_sqlite_plan_report_counts_texts_never_sent_from_their_own_index(
+        store: Store) -> None:
+    """The first texts that failed or expired (a few in a hundred of a year's) are read
+    from an index that holds only them, and the few queued or sending now by their state:
+    no row of the history is read."""
+    plans = await plans_of(store, lambda: store.report_counts(T0 - 365 * 86400, T0 + 60))
+
+    unsent = {sql: plan for sql, plan in plans.items() if "NULL, NULL, state" in sql}
+    assert sorted(plan.splitlines()[0] for plan in unsent.values()) == [
+        "SEARCH messages USING COVERING INDEX messages_unsent"
+        " (state=? AND call_ended_at>? AND call_ended_at<?)",
+        "SEARCH messages USING INDEX messages_due (state=?)"]
 
 
 @pytest.mark.parametrize("groups", [None, ["sales"], ["sales", None]])
@@ -266,10 +280,11 @@ async def test_sqlite_plan_report_counts_calls_from_their_counts_not_from_every_
         "INDEX calls_ended (ended>? AND ended<" in line for line in reads), calls
 
 
-async def test_sqlite_plan_the_reports_bookings_lead_to_their_calls_and_texts(
+async def test_sqlite_plan_the_reports_bookings_are_read_from_their_own_rows(
         store: Store) -> None:
-    """The bookings (thousands) are read first and their calls and texts found by key: not
-    every call of the window, or every text, searched for a booking."""
+    """A year's bookings (thousands) are read by time from their own table, which carries
+    what the report counts of their calls and their first texts' ids: not a lookup of each
+    booking's call and text, scattered over the history's rows."""
     await store.add_booking(CALLER, 40.0, T0 + 60)
 
     async def report() -> None:
@@ -278,12 +293,12 @@ async def test_sqlite_plan_the_reports_bookings_lead_to_their_calls_and_texts(
 
     plans = await plans_of(store, report)
 
-    joins = [plan.splitlines() for sql, plan in plans.items() if "CROSS JOIN" in sql]
-    assert len(joins) == 2
-    for steps in joins:
+    booked = {sql: plan.splitlines() for sql, plan in plans.items() if "FROM bookings" in sql}
+    assert len(booked) == 4  # by call, currencies, unattributed, texts
+    for steps in booked.values():
         reads = [step for step in steps if step.startswith(("SEARCH", "SCAN"))]
-        assert reads[0].startswith("SEARCH b USING INDEX bookings_at"), steps
-        assert "(pbx=? AND call_id=?" in reads[1], steps
+        assert reads == [reads[0]] and reads[0].startswith(
+            "SEARCH bookings USING INDEX bookings_at (at>?"), steps
 
 
 async def vm_steps(store: Store, call: Callable[[], Awaitable[object]]) -> int:

@@ -11,7 +11,7 @@ import sqlite3
 from collections import Counter
 from typing import Any, NamedTuple
 
-from test_report_stream import undo_migration_14
+from test_report_stream import undo_migration_14, undo_migration_15
 
 from mcdaemon.config.model import RetentionConfig
 from mcdaemon.core.records import CallRecord, Decision, Outcome
@@ -190,6 +190,7 @@ async def test_migration_14_counts_the_texts_a_store_already_holds(db_path: str)
     await send(store, texts)
     await store.close()
     older = sqlite3.connect(db_path)  # back to schema 13, its texts not counted
+    undo_migration_15(older)
     undo_migration_14(older)
     for statement in migration_steps(12, "sqlite"):  # the indexes migration 14 dropped
         if statement.startswith(("CREATE INDEX messages_sent_waits",
