@@ -8,6 +8,7 @@ import asyncio
 import math
 import os
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from mcdaemon.config.model import Config
@@ -39,16 +40,21 @@ RECENT_CALLS = 25
 
 async def read_report(store: ReportStore, config: Config, *, since: float, until: float,
                       group: str | None = None, recent: int = RECENT_CALLS,
-                      aggregates: ReportStore | None = None) -> Report:
+                      aggregates: Sequence[ReportStore] = ()) -> Report:
     """The report of calls that ended in [since, until]: the store's texted callers a batch
     at a time and its aggregates, through `ReportBuilder` (memory: counts, not rows).
 
-    With `aggregates`, a second connection to the same store, the aggregates are read on it
-    from the start, while the booked texts, the recent calls and the texts of the callers
-    who answered are read on the first: the database counts while Python follows them."""
+    The aggregates are read from the start on `aggregates`, other connections to the same
+    store (the counts on the first, the texted callers on the second, or also on the
+    first), while the booked texts, the recent calls and the texts of the callers who
+    answered are read on `store`: the database counts while Python follows them, and a
+    store not in the page cache is read in several places at once. Without `aggregates`
+    all is read on `store`, in turns."""
     builder = ReportBuilder(config, since=since, until=until, group=group)
-    counting = None if aggregates is None else asyncio.ensure_future(
-        aggregates.report_counts(since, until, builder.text_groups()))
+    readers = [*aggregates[:2]] or [store]
+    counting = [asyncio.ensure_future(readers[0].report_counts(since, until)),
+                asyncio.ensure_future(readers[-1].report_callers(since, until,
+                                                                 builder.text_groups()))]
     try:
         builder.add_booked(await store.report_booked(since))
         offset = 0
@@ -59,11 +65,11 @@ async def read_report(store: ReportStore, config: Config, *, since: float, until
             offset += len(page)
         async for batch in store.report_texts(since, until):
             builder.add_texts(batch)
-        builder.add_counts(await (store.report_counts(since, until, builder.text_groups())
-                                  if counting is None else counting))
+        counts, callers = await asyncio.gather(*counting)
+        builder.add_counts(counts | callers)
     except BaseException:
-        if counting is not None:
-            counting.cancel()
+        for task in counting:
+            task.cancel()
         raise
     return builder.report()
 
@@ -76,22 +82,23 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
     except ValueError as exc:
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 2
+    # one connection for the texts of the callers who answered, one for the counts, one
+    # for the texted callers
+    connections: list[StoreInterface] = []
     try:
-        store: StoreInterface = await open_store_readonly(config.store)
+        for _ in range(3):
+            connections.append(await open_store_readonly(config.store))
     except StoreError as exc:
+        for opened in connections:
+            await opened.close()
         print(f"mcdaemon report: {exc}", file=sys.stderr)
         return 1
-    try:
-        aggregates: StoreInterface = await open_store_readonly(config.store)
-    except StoreError as exc:
-        await store.close()
-        print(f"mcdaemon report: {exc}", file=sys.stderr)
-        return 1
+    store, *aggregates = connections
     try:
         if group is not None and config.group(group) is None:
             everything = ReportBuilder(config, since=start, until=now)
-            # the calls' groups are all it needs: no texted caller counted (`[]`)
-            everything.add_counts(await store.report_counts(start, now, []))
+            # the calls' groups are all it needs
+            everything.add_counts(await store.report_counts(start, now))
             if group not in everything.groups_seen():
                 names = ", ".join(g.name for g in config.groups) or "none"
                 print(f"mcdaemon report: no group {group!r} in {config.source} or in the "
@@ -100,8 +107,8 @@ async def run_report(config: Config, out: TextIO, *, since: Since, now: float,
         report = await read_report(store, config, since=start, until=now, group=group,
                                    aggregates=aggregates)
     finally:
-        await store.close()
-        await aggregates.close()
+        for opened in connections:
+            await opened.close()
     {"json": as_json, "csv": as_csv, "table": as_table}[output](report, out)
     if html is not None:
         try:

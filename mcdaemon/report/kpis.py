@@ -1,6 +1,7 @@
 """`mcdaemon report` and `mcdaemon record-booking`: what texting back missed calls achieves.
 
-`ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`), the
+`ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`, the
+texted callers `report_callers`), the
 latest missed calls (`report_recent`), the booked texts (`report_booked`) and the sent texts
 of the callers who answered by number, a batch of whole callers at a time (`report_texts`)
 in, a `Report` out, holding counts, not rows (a year of a busy PBX in 67 MB);
@@ -491,9 +492,9 @@ class _ArmCounts:
 
 class ReportBuilder:
     """The report, built from the store's aggregates and the texts of the callers who
-    answered a batch of callers at a time (`Store.report_counts`, `report_recent`,
-    `report_booked`, `report_texts`): what it holds is counts per scope, quarter hour and
-    A/B arm, and the times to first text to the millisecond.
+    answered a batch of callers at a time (`Store.report_counts`, `report_callers`,
+    `report_recent`, `report_booked`, `report_texts`): what it holds is counts per scope,
+    quarter hour and A/B arm, and the times to first text to the millisecond.
 
     Feed it `add_booked` and `add_recent`, then every `add_texts`, and `add_counts` (before
     or after the texts); `report()` is the result. `commands/report.read_report` does that
@@ -554,7 +555,7 @@ class ReportBuilder:
     def text_groups(self) -> list[str | None] | None:
         """The groups the store names texts by (`SentText.group`) that count in the report:
         None for all; with --group its name, and no group (None) if that is where texts
-        without one count. `Store.report_counts` counts the texted callers of those only."""
+        without one count. `Store.report_callers` counts the texted callers of those only."""
         if self._group is None:
             return None
         return [self._group, *([None] if self._text_group(None) == self._group else [])]
@@ -570,7 +571,8 @@ class ReportBuilder:
             self._booked_numbers.add(number)
 
     def add_counts(self, counts: dict[str, list[Any]]) -> None:
-        """`Store.report_counts(since, until)`."""
+        """`Store.report_counts(since, until)` with `report_callers(since, until,
+        text_groups())`'s rows."""
         self._counts = counts
         for *key, outcome, reason, textable, count, numbered in counts.get("calls", []):
             group = self.group_of(*key)

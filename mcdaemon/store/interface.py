@@ -264,13 +264,17 @@ class ContactsStore(Protocol):
 class ReportStore(Protocol):
     """What `mcdaemon report` reads, and bookings (`report.ReportQueries`)."""
 
-    async def report_counts(self, since: float, until: float,
-                            groups: Sequence[str | None] | None = None
-                            ) -> dict[str, list[Any]]:
-        """The window's aggregates by group key (calls, texts, texted callers, bookings,
-        missed calls per quarter hour, currencies, unattributed bookings, campaigns,
-        unmatched receipts), the texted callers of the texts of `groups` only if given; a
+    async def report_counts(self, since: float, until: float) -> dict[str, list[Any]]:
+        """The window's aggregates by group key (calls, texts, bookings, missed calls per
+        quarter hour, currencies, unattributed bookings, campaigns, unmatched receipts); a
         table the store does not have yet gives no rows. Reads only."""
+        ...
+
+    async def report_callers(self, since: float, until: float,
+                             groups: Sequence[str | None] | None = None
+                             ) -> dict[str, list[Any]]:
+        """The window's texted callers per group and overall, the overall of the texts of
+        `groups` only if given. Reads only."""
         ...
 
     async def report_booked(self, since: float) -> list[tuple[int, str]]:

@@ -3,13 +3,14 @@
 The report never holds the window's rows: the store aggregates (`report_counts`: calls and
 bookings by group key, missed calls by quarter hour, the calls from the counts the database
 keeps as they are recorded, the bookings from their own rows, which carry what is read of
-their calls; the sent texts by A/B arm, wait and quarter hour sent and
-their callers per group and arm, each from an index in the order it counts them), and
-streams the sent texts of the callers who replied, opted out or booked, by number, with
-their replies and opt-outs (`report_texts`: a batch of whole callers at a time, merged
-from three queries ordered by number), which `report.kpis` looks at one by one. The two
-are read on connections of their own, at the same time: SQLite counts on one core while
-Python follows the callers who answered on the other.
+their calls; the sent texts by A/B arm, wait and quarter hour sent, and their callers per
+arm; `report_callers`: the texted callers per group and overall; each from an index in the
+order it counts them), and streams the sent texts of the callers who replied, opted out or
+booked, by number, with their replies and opt-outs (`report_texts`: a batch of whole
+callers at a time, merged from three queries ordered by number), which `report.kpis` looks
+at one by one. The three are read on connections of their own, at the same time: SQLite
+counts on one core while Python follows the callers who answered on the other, and a store
+not in the page cache is read in three places at once.
 """
 
 from __future__ import annotations
@@ -155,20 +156,17 @@ def _total(column: str) -> str:
 class ReportQueries(Receipts):
     """What `mcdaemon report` reads: aggregates, and the texts a batch of callers at a time."""
 
-    async def report_counts(self, since: float, until: float,
-                            groups: Sequence[str | None] | None = None
-                            ) -> dict[str, list[Any]]:
-        """The window's aggregates, as rows of plain values. Calls are those that ended in
-        [since, until]; a group key is (decision_group, did, grp).
+    async def report_counts(self, since: float, until: float) -> dict[str, list[Any]]:
+        """The window's aggregates, as rows of plain values, but its texted callers
+        (`report_callers`). Calls are those that ended in [since, until]; a group key is
+        (decision_group, did, grp).
 
         `calls`: (key…, outcome, reason, textable, count, of them with a number); `unsent`:
         their first texts not sent (key…, state, count; a text's key is (its group, None,
         None)); the sent ones by `texts` (group, template, variant, count, of them
         delivered, their callers: distinct numbers), `waits` (group, milliseconds from the
         call's end to the submit, count) and `text_buckets` (quarter hour sent, group,
-        count); their callers by `callers` (group, count) and `all_callers` (count: of the
-        texts of `groups` only, if given; None there: the texts without a group);
-        `bookings`: attributed to missed
+        count); `bookings`: attributed to missed
         calls of the window since `since` (key…, count, value); `missed`: missed calls by
         quarter hour (BUCKET) (bucket, key…, count); `currencies`: (currency) of attributed
         bookings since `since`; `unattributed`: (count) of unattributed bookings in the
@@ -192,7 +190,7 @@ class ReportQueries(Receipts):
                         " AND call_ended_at >= ? AND call_ended_at <= ?"
                         " GROUP BY grp, state", window)
                        for states in (_NEVER_SENT, _NOT_YET_SENT)]}
-        queries.update(await self._sent_text_queries(since, until, groups, tables))
+        queries.update(await self._sent_text_queries(since, until, tables))
         if "call_counts" in tables:
             queries.update(self._call_count_queries(since, until))
         else:  # a store older than schema 12, read as it is: every call of the window
@@ -225,15 +223,16 @@ class ReportQueries(Receipts):
         counts["receipts_unmatched"] = [(receipts["unmatched"], receipts["ambiguous"])]
         return counts
 
-    async def _sent_text_queries(self, since: float, until: float,
-                                 groups: Sequence[str | None] | None, tables: set[str]
-                                 ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
-        """`texts`, `waits`, `text_buckets` and the texted callers' counts of [since,
-        until]. The waits and quarter hours are read from `text_waits` and `text_counts`
-        (schema 14) for the window's whole days, from the texts of its two partial days
-        one by one; the texts and callers per arm, the callers per group and overall
-        (distinct numbers) from indexes in the order counted (schema 13), not by a sort."""
-        template = await self._template_of_text()
+    async def report_callers(self, since: float, until: float,
+                             groups: Sequence[str | None] | None = None
+                             ) -> dict[str, list[Any]]:
+        """The texted callers (distinct numbers) of the sent first texts of the calls that
+        ended in [since, until]: `callers` per group (group, count) and `all_callers`
+        (count: of the texts of `groups` only, if given; None there: the texts without a
+        group). Each a distinct run of `messages_callers` (schema 13): a caller's texts by
+        group, read in its order, not sorted. Apart from `report_counts` so that the two
+        may be read on connections of their own at once: cold, each reads its own index
+        of some 100 MB a year."""
         window = (since, until)
         scope: str = ""
         scoped: tuple[str, ...] = ()
@@ -242,6 +241,26 @@ class ReportQueries(Receipts):
             scoped = tuple(sorted({group or "" for group in groups}))
             scope = (f" AND COALESCE(grp, '') IN ({', '.join('?' * len(scoped))})"
                      if scoped else " AND FALSE")
+        queries = {
+            "callers": ("SELECT grp, COUNT(*) FROM (SELECT DISTINCT destination, grp"
+                        f" {_SENT_IN_WINDOW}) AS texted GROUP BY grp", window),
+            "all_callers": ("SELECT COUNT(*) FROM (SELECT DISTINCT destination"
+                            f" {_SENT_IN_WINDOW}{scope}) AS texted", window + scoped)}
+
+        async def work() -> dict[str, list[Any]]:
+            return {name: [tuple(row) for row in await self._rows(sql, params)]
+                    for name, (sql, params) in queries.items()}
+
+        return await self._read(work)
+
+    async def _sent_text_queries(self, since: float, until: float, tables: set[str]
+                                 ) -> dict[str, list[tuple[str, tuple[Any, ...]]]]:
+        """`texts`, `waits` and `text_buckets` of [since, until]. The waits and quarter
+        hours are read from `text_waits` and `text_counts` (schema 14) for the window's
+        whole days, from the texts of its two partial days one by one; the texts and
+        callers per arm from an index in the order counted (schema 13), not by a sort."""
+        template = await self._template_of_text()
+        window = (since, until)
         first, last = math.ceil(since / TEXT_DAY), math.floor(until / TEXT_DAY)
         if "text_counts" in tables and first < last:
             queries = self._text_count_queries(first, last)
@@ -258,13 +277,7 @@ class ReportQueries(Receipts):
         queries.update({
             "texts": [(f"SELECT grp, {template}, variant, COUNT(*),"
                        f" {_total(_DELIVERED)}, COUNT(DISTINCT destination) {_SENT_IN_WINDOW}"
-                       " GROUP BY 1, 2, 3", window)],
-            # a caller's texts are a run of `messages_callers`, by group within it: DISTINCT
-            # reads it without a sort
-            "callers": [("SELECT grp, COUNT(*) FROM (SELECT DISTINCT destination, grp"
-                         f" {_SENT_IN_WINDOW}) AS texted GROUP BY grp", window)],
-            "all_callers": [("SELECT COUNT(*) FROM (SELECT DISTINCT destination"
-                             f" {_SENT_IN_WINDOW}{scope}) AS texted", window + scoped)]})
+                       " GROUP BY 1, 2, 3", window)]})
         return queries
 
     @staticmethod

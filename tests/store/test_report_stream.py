@@ -1,7 +1,8 @@
 """`report_texts` streams the sent first texts of the callers who texted us, opted out or
 booked, by number, a batch of whole callers at a time, with the replies and opt-outs of the
 batch's callers, merged from three queries read a batch at a time; `report_counts` counts
-the sent texts and all their callers. On both backends, with batches of two rows, so every
+the sent texts and their callers per arm, `report_callers` all their callers per group and
+overall. On both backends, with batches of two rows, so every
 merge crosses batch boundaries (PostgreSQL: cursors of one transaction)."""
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ async def test_texts_not_sent_and_calls_outside_the_window_are_left_out(
 
     batches = [batch async for batch in store.report_texts(T0 - 1, T0 + 3600)]
     counts = await store.report_counts(T0 - 1, T0 + 3600)
+    callers = await store.report_callers(T0 - 1, T0 + 3600)
 
     assert [row[0] for batch in batches for row in batch.texts] == []  # none answered
     # the same texts counted: by arm (none delivered, one caller), by wait to the
@@ -90,8 +92,7 @@ async def test_texts_not_sent_and_calls_outside_the_window_are_left_out(
     assert [tuple(row) for row in counts["texts"]] == [("sales", "queue_abandon", None, 1, 0, 1)]
     assert [tuple(row) for row in counts["waits"]] == [("sales", 2000, 1)]
     assert [tuple(row) for row in counts["text_buckets"]] == [(int((T0 + 2) // 900), "sales", 1)]
-    assert [tuple(row) for row in counts["callers"]] == [("sales", 1)]
-    assert [tuple(row) for row in counts["all_callers"]] == [(1,)]
+    assert callers == {"callers": [("sales", 1)], "all_callers": [(1,)]}
 
 
 async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
@@ -116,8 +117,9 @@ async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
     await store.apply_receipt("c0-1", "DELIVRD", None, T0 + 5)
 
     counts = await store.report_counts(T0 - 1, T0 + 3600)
-    scoped = await store.report_counts(T0 - 1, T0 + 3600, ["support", None])
-    nothing = await store.report_counts(T0 - 1, T0 + 3600, [])
+    callers = await store.report_callers(T0 - 1, T0 + 3600)
+    scoped = await store.report_callers(T0 - 1, T0 + 3600, ["support", None])
+    nothing = await store.report_callers(T0 - 1, T0 + 3600, [])
 
     def rows(found: dict[str, list[tuple[object, ...]]], name: str) -> set[tuple[object, ...]]:
         return {tuple(row) for row in found[name]}
@@ -127,14 +129,13 @@ async def test_texted_callers_are_counted_once_per_group_arm_and_overall(
                                      ("sales", "queue_abandon", "b", 1, 0, 1),
                                      ("support", "queue_abandon", None, 3, 0, 2),
                                      (None, "queue_abandon", None, 1, 0, 1)}
-    assert rows(counts, "callers") == {("sales", 2), ("support", 2), (None, 1)}
-    assert rows(counts, "all_callers") == {(4,)}
+    assert rows(callers, "callers") == {("sales", 2), ("support", 2), (None, 1)}
+    assert rows(callers, "all_callers") == {(4,)}
     assert rows(scoped, "all_callers") == {(3,)}
     assert rows(nothing, "all_callers") == {(0,)}
-    # the texts and the callers per group are counted whatever `groups` says
+    # the callers per group are counted whatever `groups` says
     for found in (scoped, nothing):
-        assert rows(found, "texts") == rows(counts, "texts")
-        assert rows(found, "callers") == rows(counts, "callers")
+        assert rows(found, "callers") == rows(callers, "callers")
 
 
 def undo_migration_15(db: sqlite3.Connection) -> None:
