@@ -405,7 +405,8 @@ class Connection(Plumbing):
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{path} was written by a newer mcdaemon (schema {version}, "
                                  f"this version knows {SCHEMA_VERSION}): upgrade mcdaemon")
-            raise StoreError(f"{path} is not an mcdaemon store (no schema; check store.path)")
+            raise StoreError(f"{path} is not an mcdaemon store (no schema; check store.path; "
+                             "a daemon starting on a new store writes it within seconds)")
         return store
 
     async def schema_version(self) -> int | None:
