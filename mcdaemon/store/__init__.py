@@ -82,6 +82,7 @@ from mcdaemon.store.schema import (
     _MIGRATIONS,
     CALLER_KINDS,
     FINAL_STATES,
+    MIGRATION_SECONDS_PER_GB,
     MIN_SQLITE,
     SCHEMA_VERSION,
     TRANSITIONS,
@@ -155,7 +156,8 @@ async def open_store_readonly(config: StoreConfig) -> StoreInterface:
 
 
 __all__ = [
-    "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIN_SQLITE", "SCHEMA_VERSION",
+    "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIGRATION_SECONDS_PER_GB",
+    "MIN_SQLITE", "SCHEMA_VERSION",
     "SETTLED_WINDOW", "TRANSITIONS", "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking",
     "Campaign", "Connection", "Contact", "ContactsStore", "FirstText",
     "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "PgConnection", "PgStore",

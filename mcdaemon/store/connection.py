@@ -25,13 +25,16 @@ from mcdaemon.store.plumbing import (
     _open_transaction,
     this_daemon,
 )
-from mcdaemon.store.schema import BUSY_TIMEOUT_MS, MIN_SQLITE, SCHEMA_VERSION, migration_steps
+from mcdaemon.store.schema import (
+    BUSY_TIMEOUT_MS,
+    MIGRATION_SECONDS_PER_GB,
+    MIN_SQLITE,
+    SCHEMA_VERSION,
+    migration_steps,
+)
 
 log = structlog.get_logger("mcdaemon.store")
 
-#: what a migration that indexes every table takes per GB of store (bench/history.py,
-#: docs/performance.md), for the start-up's "expect about" line
-MIGRATION_SECONDS_PER_GB = 15.0
 #: while a migration runs, a line this often says it still does (seconds)
 MIGRATION_NOTE_EVERY = 10.0
 
@@ -128,14 +131,15 @@ class Connection(Plumbing):
         await db.execute("PRAGMA foreign_keys = ON")
         started = time.monotonic()
         if 0 < version < SCHEMA_VERSION:
-            await self._migrate_loudly(version)
+            taken = await self._migrate_loudly(version)
         else:
             await self._migrate(version)
         if version == 0:
             log.info("store created", path=self.path)
         elif version < SCHEMA_VERSION:  # one line at the end, not one per step
             log.info(f"store migrated from schema {version} to {SCHEMA_VERSION}",
-                     path=self.path, seconds=round(time.monotonic() - started, 1))
+                     path=self.path, seconds=round(time.monotonic() - started, 1),
+                     schema_seconds=taken)
 
     async def _journal_in_wal(self) -> str:
         """Put the file in WAL mode; the journal mode it is in. Changing it needs the file
@@ -150,9 +154,13 @@ class Connection(Plumbing):
                     raise
                 await asyncio.sleep(0.05)
 
-    async def _migrate(self, version: int) -> None:
+    async def _migrate(self, version: int) -> dict[int, float]:
+        """Migrate from `version`, one transaction per schema: the seconds each took, by
+        the schema it brought the store to."""
         db = self._db
+        taken: dict[int, float] = {}
         for number in range(version, SCHEMA_VERSION):
+            started = time.monotonic()
             await db.execute("BEGIN IMMEDIATE")
             try:
                 # another process may have migrated while this one waited for the lock
@@ -165,14 +173,18 @@ class Connection(Plumbing):
                 if db.in_transaction:
                     await db.execute("ROLLBACK")
                 raise
+            taken[number + 1] = round(time.monotonic() - started, 1)
+        return taken
 
-    async def _migrate_loudly(self, version: int) -> None:
-        """Migrate an existing store, saying how long to expect and, while it runs, that it
-        still does: an index added to a year of history reads every row of its table."""
+    async def _migrate_loudly(self, version: int) -> dict[int, float]:
+        """Migrate an existing store, saying how long to expect (each migration's time per
+        GB of store, summed) and, while it runs, that it still does: an index added to a
+        year of history reads every row of its table."""
         size = Path(self.path).stat().st_size
+        per_gb = sum(MIGRATION_SECONDS_PER_GB[version:SCHEMA_VERSION])
         log.info("migrating the store: the daemon starts when it is done", path=self.path,
                  schema_from=version, schema_to=SCHEMA_VERSION, size_mb=round(size / 1e6),
-                 expected_seconds=round(MIGRATION_SECONDS_PER_GB * size / 1e9, 1))
+                 expected_seconds=round(per_gb * size / 1e9, 1))
         started = time.monotonic()
         next_note = [started + MIGRATION_NOTE_EVERY]
 
@@ -186,7 +198,7 @@ class Connection(Plumbing):
 
         await self._db.set_progress_handler(progress, 1_000_000)
         try:
-            await self._migrate(version)
+            return await self._migrate(version)
         finally:
             await self._db.set_progress_handler(cast(Any, None), 0)  # removes it
 

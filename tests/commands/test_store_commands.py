@@ -22,7 +22,14 @@ from mcdaemon.config.load import config_from_dict
 from mcdaemon.config.model import Config
 from mcdaemon.core.daemons import DaemonBeat, process_id
 from mcdaemon.core.records import CallRecord, Decision, Outcome
-from mcdaemon.store import SCHEMA_VERSION, PgStore, Store, StoreInterface, migration_steps
+from mcdaemon.store import (
+    MIGRATION_SECONDS_PER_GB,
+    SCHEMA_VERSION,
+    PgStore,
+    Store,
+    StoreInterface,
+    migration_steps,
+)
 
 from pg_server import raw_rows
 
@@ -111,8 +118,14 @@ async def test_a_store_made_before_retention_is_migrated_saying_how_long_to_expe
     events = [entry["event"] for entry in logged]
     assert events[:1] == ["migrating the store: the daemon starts when it is done"]
     assert logged[0]["schema_from"] == 9 and logged[0]["schema_to"] == SCHEMA_VERSION
-    assert "expected_seconds" in logged[0]
+    # the migrations to run, each at its time per GB of store
+    size_gb = logged[0]["size_mb"] / 1000
+    assert logged[0]["expected_seconds"] == pytest.approx(
+        sum(MIGRATION_SECONDS_PER_GB[9:]) * size_gb, abs=0.1 + 0.01 * size_gb)
     assert events[-1] == f"store migrated from schema 9 to {SCHEMA_VERSION}"
+    # and what each took, by the schema it brought the store to
+    assert list(logged[-1]["schema_seconds"]) == list(range(10, SCHEMA_VERSION + 1))
+    assert len(MIGRATION_SECONDS_PER_GB) == SCHEMA_VERSION
     raw = sqlite3.connect(path)
     try:
         indexes = {name for name, in raw.execute(
