@@ -604,7 +604,8 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
 #: the schema this version writes: one migration per step, appended to `_MIGRATIONS`
 SCHEMA_VERSION = len(_MIGRATIONS)
 #: what each migration takes per GB of store, for the start-up's `expected_seconds`: from
-#: 10 on, measured on the benchmark's year (bench/history.py --migration, one migration at
-#: a time; docs/performance.md), rounded up; before 10 (stores that predate retention) not
-#: measured: what a migration that indexes every table takes
-MIGRATION_SECONDS_PER_GB: tuple[float, ...] = (15.0,) * 9 + (25.0, 16.0, 4.0, 5.0, 5.0, 2.0)
+#: 10 on, twice what each took on the benchmark's year on a fast day of a shared 2-core
+#: machine (bench/history.py --migration, the log's `schema_seconds`; a slow day took the
+#: whole twice as long); before 10 (stores that predate retention) not measured: what a
+#: migration that indexes every table takes
+MIGRATION_SECONDS_PER_GB: tuple[float, ...] = (15.0,) * 9 + (12.0, 22.0, 5.0, 6.0, 4.0, 2.0)
