@@ -1,13 +1,13 @@
 """`mcdaemon report` and `mcdaemon record-booking`: what texting back missed calls achieves.
 
-`ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`, the
-texted callers `report_callers`), the
-latest missed calls (`report_recent`), the booked texts (`report_booked`) and the sent texts
-of the callers who answered by number, a batch of whole callers at a time (`report_texts`)
-in, a `Report` out, holding counts, not rows (a year of a busy PBX in 67 MB);
-`commands/report.read_report` feeds it from read-only connections. `as_json`, `as_csv` and
-`as_table` print the report and `report.html` draws it. The README's "KPI report" section is
-the user's version of these definitions; keep both in step.
+`ReportBuilder` is the sans-IO core: the store's aggregates (`Store.report_counts`, and
+`report_callers`: the texted callers), the latest missed calls (`report_recent`), the booked
+texts (`report_booked`) and the sent texts of the callers who answered by number, a batch of
+whole callers at a time (`report_texts`) in, a `Report` out, holding counts, not rows (a
+year of a busy PBX in 78 MB); `commands/report.read_report` feeds it from read-only
+connections. `as_json`, `as_csv` and `as_table` print the report and `report.html` draws
+it. The README's "KPI report" section is the user's version of these definitions; keep both
+in step.
 
 Calls are those that *ended* in the window `[since, until]`; everything else hangs off them:
 

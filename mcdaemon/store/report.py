@@ -29,8 +29,8 @@ from mcdaemon.core.records import MISSED_OUTCOMES
 from mcdaemon.store.plumbing import RowCursor
 from mcdaemon.store.receipts import Receipts
 from mcdaemon.store.schema import (
-    _BOOKED_CALL,
-    _BOOKED_FROM_CALL,
+    BOOKED_CALL,
+    BOOKED_FROM_CALL,
     CALL_BUCKET,
     NEVER_SENT_STATES,
     SENT_QUARTER,
@@ -448,7 +448,7 @@ class ReportQueries(Receipts):
         async def work() -> Booking:
             # the call (pbx, call_id), what the report reads of it, and its first text's id
             rows = await self._rows(
-                f"SELECT c.pbx, c.call_id, {_BOOKED_FROM_CALL}, m.id FROM messages AS m"
+                f"SELECT c.pbx, c.call_id, {BOOKED_FROM_CALL}, m.id FROM messages AS m"
                 " JOIN calls AS c ON c.pbx = m.pbx AND c.call_id = m.call_id"
                 f" WHERE m.destination = ? AND m.kind = 'first' AND m.state IN ({sent})"
                 " AND m.submitted_at <= ? AND c.ended <= ? AND c.ended >= ?"
@@ -457,7 +457,7 @@ class ReportQueries(Receipts):
             call = tuple(rows[0]) if rows else (None,) * 8
             row_id = await self._scalar(
                 "INSERT INTO bookings (e164, value, currency, note, at, created_at, pbx,"
-                f" call_id, {_BOOKED_CALL}, text_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                f" call_id, {BOOKED_CALL}, text_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " RETURNING id", (e164, value, currency, note, at, recorded, *call))
             pbx, call_id = (None, None) if call[0] is None else (str(call[0]), str(call[1]))
             return Booking(int(row_id or 0), e164, value, currency, note, at, pbx, call_id)

@@ -237,18 +237,18 @@ def _text_count_backfill(dialect: Dialect) -> Iterator[str]:
 
 #: a booking's copy of its call's columns (`bookings`' column, its type): what the report
 #: counts bookings by, as `call_counts` counts calls
-_BOOKED_CALL_COLUMNS = (("call_ended", "REAL"), ("call_outcome", "TEXT"),
+BOOKED_CALL_COLUMNS = (("call_ended", "REAL"), ("call_outcome", "TEXT"),
                         ("call_decision_group", "TEXT"), ("call_did", "TEXT"),
                         ("call_grp", "TEXT"))
-_BOOKED_CALL = ", ".join(column for column, _ in _BOOKED_CALL_COLUMNS)
+BOOKED_CALL = ", ".join(column for column, _ in BOOKED_CALL_COLUMNS)
 #: … as a call's (`c`) columns, in that order
-_BOOKED_FROM_CALL = "c.ended, c.outcome, c.decision_group, c.did, c.grp"
+BOOKED_FROM_CALL = "c.ended, c.outcome, c.decision_group, c.did, c.grp"
 
 
 def _booked_call_trigger() -> Dialects:
     """The trigger that copies a call's changed columns to its bookings."""
     watched = "ended, outcome, decision_group, did, grp"
-    copy = (f"UPDATE bookings SET ({_BOOKED_CALL}) = (NEW.ended, NEW.outcome,"
+    copy = (f"UPDATE bookings SET ({BOOKED_CALL}) = (NEW.ended, NEW.outcome,"
             " NEW.decision_group, NEW.did, NEW.grp)"
             " WHERE pbx = NEW.pbx AND call_id = NEW.call_id")
     return Dialects(
@@ -588,9 +588,9 @@ _MIGRATIONS: tuple[tuple[str | Dialects, ...], ...] = (
         "CREATE INDEX messages_unsent ON messages (state, call_ended_at, grp, kind)"
         f" WHERE kind = 'first' AND state IN ({_quoted(sorted(NEVER_SENT_STATES))})",
         *(f"ALTER TABLE bookings ADD COLUMN {column} {kind}"
-          for column, kind in _BOOKED_CALL_COLUMNS),
+          for column, kind in BOOKED_CALL_COLUMNS),
         "ALTER TABLE bookings ADD COLUMN text_id INTEGER",
-        f"UPDATE bookings SET ({_BOOKED_CALL}) = (SELECT {_BOOKED_FROM_CALL} FROM calls AS c"
+        f"UPDATE bookings SET ({BOOKED_CALL}) = (SELECT {BOOKED_FROM_CALL} FROM calls AS c"
         " WHERE c.pbx = bookings.pbx AND c.call_id = bookings.call_id)"
         " WHERE call_id IS NOT NULL",
         "UPDATE bookings SET text_id = (SELECT m.id FROM messages AS m"
