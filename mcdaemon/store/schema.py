@@ -235,21 +235,21 @@ def _text_count_backfill(dialect: Dialect) -> Iterator[str]:
                f" GROUP BY {', '.join(str(n) for n in range(1, len(key) + 1))}")
 
 
-#: a booking's copy of its call's columns (`bookings`' column, its type): what the report
-#: counts bookings by, as `call_counts` counts calls
-BOOKED_CALL_COLUMNS = (("call_ended", "REAL"), ("call_outcome", "TEXT"),
-                        ("call_decision_group", "TEXT"), ("call_did", "TEXT"),
-                        ("call_grp", "TEXT"))
+#: the call's columns a booking carries a copy of (as `call_<column>`, of their type): what
+#: the report counts bookings by, as `call_counts` counts calls
+_BOOKED_FROM = (("ended", "REAL"), ("outcome", "TEXT"), ("decision_group", "TEXT"),
+                ("did", "TEXT"), ("grp", "TEXT"))
+BOOKED_CALL_COLUMNS = tuple((f"call_{column}", kind) for column, kind in _BOOKED_FROM)
 BOOKED_CALL = ", ".join(column for column, _ in BOOKED_CALL_COLUMNS)
 #: … as a call's (`c`) columns, in that order
-BOOKED_FROM_CALL = "c.ended, c.outcome, c.decision_group, c.did, c.grp"
+BOOKED_FROM_CALL = ", ".join(f"c.{column}" for column, _ in _BOOKED_FROM)
 
 
 def _booked_call_trigger() -> Dialects:
     """The trigger that copies a call's changed columns to its bookings."""
-    watched = "ended, outcome, decision_group, did, grp"
-    copy = (f"UPDATE bookings SET ({BOOKED_CALL}) = (NEW.ended, NEW.outcome,"
-            " NEW.decision_group, NEW.did, NEW.grp)"
+    watched = ", ".join(column for column, _ in _BOOKED_FROM)
+    new = ", ".join(f"NEW.{column}" for column, _ in _BOOKED_FROM)
+    copy = (f"UPDATE bookings SET ({BOOKED_CALL}) = ({new})"
             " WHERE pbx = NEW.pbx AND call_id = NEW.call_id")
     return Dialects(
         f"CREATE TRIGGER calls_booked AFTER UPDATE OF {watched} ON calls BEGIN {copy}; END",
