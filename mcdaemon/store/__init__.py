@@ -56,7 +56,7 @@ from typing import cast
 
 from mcdaemon.config.model import StoreConfig
 from mcdaemon.core.outbox import SubmitOutcome
-from mcdaemon.store.connection import Connection
+from mcdaemon.store.connection import PAGE_SIZE, Connection
 from mcdaemon.store.contacts import Contact, Contacts
 from mcdaemon.store.interface import (
     ContactsStore,
@@ -157,7 +157,7 @@ async def open_store_readonly(config: StoreConfig) -> StoreInterface:
 
 __all__ = [
     "AMBIGUOUS", "CALLER_KINDS", "FINAL_STATES", "LIVE_STATES", "MIGRATION_SECONDS_PER_GB",
-    "MIN_SQLITE", "SCHEMA_VERSION",
+    "MIN_SQLITE", "PAGE_SIZE", "SCHEMA_VERSION",
     "SETTLED_WINDOW", "TRANSITIONS", "_MIGRATIONS", "AppliedReceipts", "Attempt", "Booking",
     "Campaign", "Connection", "Contact", "ContactsStore", "FirstText",
     "NewCall", "OutboxMessage", "OutboxStore", "OutreachStore", "PgConnection", "PgStore",

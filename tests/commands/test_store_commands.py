@@ -24,6 +24,7 @@ from mcdaemon.core.daemons import DaemonBeat, process_id
 from mcdaemon.core.records import CallRecord, Decision, Outcome
 from mcdaemon.store import (
     MIGRATION_SECONDS_PER_GB,
+    PAGE_SIZE,
     SCHEMA_VERSION,
     PgStore,
     Store,
@@ -77,9 +78,11 @@ async def test_info_shows_each_tables_rows_their_ages_and_what_retention_removes
     assert abs(info["tables"]["calls"]["oldest"] - (now - 20 * DAY)) < 1
     assert info["retention_days"]["calls"] == 10 and info["retention_days"]["replies"] == 400
     assert info["releases_space"] is True and info["bytes"] == path.stat().st_size
+    assert info["page_bytes"] == PAGE_SIZE == 16384  # a new store's, not SQLite's 4096
     table = io.StringIO()
     assert await show_info(config_for(path, calls="10d"), table, as_json=False) == 0
     assert "calls" in table.getvalue() and "past retention" in table.getvalue()
+    assert "pages:     16 KB\n" in table.getvalue()
 
 
 def old_store(path: Path, calls: int) -> None:
@@ -150,6 +153,9 @@ async def test_compact_converts_an_old_sqlite_store_only_while_the_daemon_is_sto
     finally:
         await store.close()
     config = config_for(path)
+    before_info = io.StringIO()
+    await show_info(config, before_info, as_json=False)
+    assert "pages:     4 KB (a new store's are 16 KB" in before_info.getvalue()
 
     refused = await compact(config, io.StringIO())
 
@@ -161,18 +167,59 @@ async def test_compact_converts_an_old_sqlite_store_only_while_the_daemon_is_sto
             await stopped.close()
 
     await stop_daemon()
-    before = path.stat().st_size
     out = io.StringIO()
     done = await compact(config, out)
 
     assert (refused, done) == (1, 0)
-    assert path.stat().st_size < before
     assert "store compacted" in out.getvalue()
+    assert "pages stay" not in out.getvalue()
     again = await Store.open(str(path))
     try:
         space = await again.space()
         assert space["releases_space"] is True and space["free_bytes"] == 0
+        assert space["page_bytes"] == PAGE_SIZE  # rewritten with a new store's pages
         assert await again.count_calls() == 400
+    finally:
+        await again.close()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # back in WAL mode
+    finally:
+        raw.close()
+
+
+async def test_compact_keeps_an_old_stores_pages_while_another_process_reads_it(
+        tmp_path: Path) -> None:
+    """SQLite changes a file's page size only outside WAL mode, which needs the file to
+    itself: with another process on it (a `record-booking`, a monitoring `status`), compact
+    still gives the space back, keeps the pages as they are, and says how to convert them."""
+    path = tmp_path / "mcdaemon.db"
+    old_store(path, 0)
+    store = await Store.open(str(path))
+    try:
+        await add_calls(store, 200, time.time() - DAY)
+        await store._db.execute("DELETE FROM messages")
+        await store.checkpoint()
+    finally:
+        await store.close()
+    other = await Store.open(str(path))
+    reader = await Store.open_readonly(str(path))
+    try:
+        out = io.StringIO()
+        assert await compact(config_for(path), out) == 0
+        assert await reader.count_calls() == 200  # read through, not stopped
+        assert await other.count_calls() == 200
+    finally:
+        await reader.close()
+        await other.close()
+
+    assert "its pages stay 4 KB (a new store's are 16 KB): another process had it open" \
+        in out.getvalue()
+    again = await Store.open(str(path))
+    try:
+        space = await again.space()
+        assert space["page_bytes"] == 4096 and space["free_bytes"] == 0
+        assert await again.count_calls() == 200
     finally:
         await again.close()
 

@@ -111,9 +111,10 @@ async def test_a_store_that_cannot_grow_stops_the_daemon_and_the_restart_doubles
             AmiTestServer([storm], secret=AMI_SECRET, speed=1.0) as ami:
         config = write_config(tmp_path, ami_port=ami.port, smsc_port=smsc.port,
                               smpp={"throughput": 50, "window": WINDOW})
-        # the store's files may not grow past this (an empty store is ~300 KB; creating it
-        # writes ~550 KB of log): the storm's writes fail part-way
-        daemon = await start_daemon(config, log, file_size_limit=650_000)
+        # the store's files may not grow past this (an empty store is ~1.1 MB; creating it
+        # writes ~1.8 MB of log; failing from 2.2 to 3.2 MB did): the storm's writes fail
+        # part-way
+        daemon = await start_daemon(config, log, file_size_limit=2_600_000)
         try:
             code = await asyncio.wait_for(daemon.wait(), 90)
         finally:
