@@ -58,7 +58,7 @@ import latency  # bench/latency.py: the storm's replay, reused as it is
 
 from mcdaemon.commands.control import gather_status
 from mcdaemon.config.load import load_config
-from mcdaemon.pipeline.retention import PRUNE_BATCH, RELEASE_PAGES
+from mcdaemon.pipeline.retention import PRUNE_BATCH, RELEASE_BYTES
 from mcdaemon.store import Store
 
 DAY = 86400.0
@@ -329,8 +329,8 @@ def retention(store: Path, keep_days: float) -> tuple[float, float, float]:
         started = time.monotonic()
         try:
             while await opened.prune_step(config, time.time(), limit=PRUNE_BATCH):
-                await opened.release_space(RELEASE_PAGES)
-            while await opened.release_space(RELEASE_PAGES):
+                await opened.release_space(RELEASE_BYTES)
+            while await opened.release_space(RELEASE_BYTES):
                 pass
             await opened.checkpoint()
             return time.monotonic() - started

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from mcdaemon.commands.control import daemons_running
 from mcdaemon.config.model import Config
-from mcdaemon.pipeline.retention import RELEASE_PAGES
+from mcdaemon.pipeline.retention import RELEASE_BYTES
 from mcdaemon.store import PAGE_SIZE, StoreInterface, open_store, open_store_readonly
 
 DAY = 86400.0
@@ -99,7 +99,7 @@ async def compact(config: Config, out: TextIO) -> int:
         running = False if config.store.url else bool(
             daemons_running(await store.statuses(), time.time())[0])
         if config.store.url or (running and space["releases_space"]):
-            while await store.release_space(RELEASE_PAGES) > 0:
+            while await store.release_space(RELEASE_BYTES) > 0:
                 pass
             if config.store.url:
                 await store.compact()

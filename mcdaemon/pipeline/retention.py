@@ -26,8 +26,9 @@ Clock = Callable[[], float]
 
 #: rows of each kind one step removes at most
 PRUNE_BATCH = 500
-#: pages (4 KiB) one step gives back to the file system at most
-RELEASE_PAGES = 2000
+#: bytes one step gives back to the file system at most (2,048 pages of an older store's 4
+#: KB, 512 of a new one's 16 KB): what one short write moves
+RELEASE_BYTES = 8 * 1024 * 1024
 #: pause between steps while there is a backlog (seconds)
 BUSY_PAUSE = 0.2
 #: how often to look for history past its retention once there is none (seconds)
@@ -56,9 +57,9 @@ class Retention:
                                          limit=PRUNE_BATCH)
         for table, count in removed.items():
             self._removed[table] = self._removed.get(table, 0) + count
-        released = await store.release_space(RELEASE_PAGES)
+        released = await store.release_space(RELEASE_BYTES)
         busy = any(count >= PRUNE_BATCH for count in removed.values()) or (
-            released >= RELEASE_PAGES)
+            released >= RELEASE_BYTES)
         if not busy and self._removed:
             log.info("retention removed history past store.retention", **self._removed)
             self._removed = {}

@@ -264,16 +264,18 @@ class Connection(Plumbing):
     async def _cursor(self, sql: str, params: Sequence[Any] = ()) -> RowCursor:
         return _SqliteCursor(await self._db.execute(sql, params))
 
-    async def release_space(self, pages: int) -> int:
-        """Give back to the file system up to `pages` pages that deletions freed (SQLite's
-        `incremental_vacuum`, one short write); how many were released. A store created
-        before retention (auto_vacuum off) releases nothing: `mcdaemon store compact`."""
+    async def release_space(self, most_bytes: int) -> int:
+        """Give back to the file system up to `most_bytes` that deletions freed (SQLite's
+        `incremental_vacuum` of that many pages of the store's size, one short write); how
+        many bytes were released. A store created before retention (auto_vacuum off)
+        releases nothing: `mcdaemon store compact`."""
         async def work() -> int:
             before = int(await self._scalar("PRAGMA freelist_count"))
             if before == 0 or int(await self._scalar("PRAGMA auto_vacuum")) != 2:
                 return 0
-            await self._rows(f"PRAGMA incremental_vacuum({max(1, int(pages))})")
-            return before - int(await self._scalar("PRAGMA freelist_count"))
+            page = int(await self._scalar("PRAGMA page_size"))
+            await self._rows(f"PRAGMA incremental_vacuum({max(1, most_bytes // page)})")
+            return (before - int(await self._scalar("PRAGMA freelist_count"))) * page
 
         return await self._read(work)
 

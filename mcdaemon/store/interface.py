@@ -475,10 +475,10 @@ class StoreInterface(OutboxStore, ReceiptsStore, RepliesStore, WebhooksStore, Co
         """The schema the database holds (None: it has none, not an mcdaemon store)."""
         ...
 
-    async def release_space(self, pages: int) -> int:
-        """Give back to the file system up to `pages` pages freed by deletions, in one short
-        step; how many (SQLite: `incremental_vacuum`; PostgreSQL: 0, its autovacuum makes
-        the freed space reusable)."""
+    async def release_space(self, most_bytes: int) -> int:
+        """Give back to the file system up to `most_bytes` freed by deletions, in one short
+        step; how many bytes (SQLite: `incremental_vacuum`; PostgreSQL: 0, its autovacuum
+        makes the freed space reusable)."""
         ...
 
     async def compact(self) -> None:

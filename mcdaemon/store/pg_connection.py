@@ -426,7 +426,7 @@ class PgConnection(Plumbing):
     async def _cursor(self, sql: str, params: Sequence[Any] = ()) -> RowCursor:
         return _PgCursor(await self._db.cursor(_numbered(sql), *params))
 
-    async def release_space(self, pages: int) -> int:
+    async def release_space(self, most_bytes: int) -> int:
         """Nothing to do: PostgreSQL's autovacuum makes the space deletions freed reusable
         (its files do not shrink; `compact` runs a VACUUM now)."""
         return 0

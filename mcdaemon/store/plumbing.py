@@ -115,8 +115,8 @@ class Plumbing:
         """A query whose rows are read a batch at a time; only inside `_streaming()`."""
         raise NotImplementedError
 
-    async def release_space(self, pages: int) -> int:
-        """Give back up to `pages` pages that deletions freed; how many were released."""
+    async def release_space(self, most_bytes: int) -> int:
+        """Give back up to `most_bytes` that deletions freed; how many were released."""
         raise NotImplementedError
 
     async def compact(self) -> None:
