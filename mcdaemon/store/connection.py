@@ -286,17 +286,19 @@ class Connection(Plumbing):
         pages become `PAGE_SIZE` too, which SQLite allows only outside WAL mode, so only
         when no other connection has the file open; otherwise they stay as they are."""
         async def work() -> None:
-            try:
-                alone = str(await self._scalar("PRAGMA journal_mode = DELETE")) == "delete"
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                    raise
-                alone = False  # another process reads it: the page size stays
-            if alone:
+            convert = int(await self._scalar("PRAGMA page_size")) != PAGE_SIZE
+            if convert:
+                try:
+                    convert = str(await self._scalar("PRAGMA journal_mode = DELETE")) == "delete"
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                        raise
+                    convert = False  # another process has it open: the page size stays
+            if convert:
                 await self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             await self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             await self._db.execute("VACUUM")
-            if alone:
+            if convert:
                 await self._journal_in_wal()
             else:
                 await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
